@@ -1,0 +1,56 @@
+enable subgroups;
+//!include common/step.wgsl
+//!include common/weights.wgsl
+
+// y = x W^T for few tokens (decode), one output row per subgroup: the lanes stride along the
+// row and subgroupAdd reduces, with no workgroup memory or barriers. The host dispatches for the
+// adapter's largest subgroup size; workgroups left without rows return at once.
+
+struct MatmulParams {
+    n_in: u32,
+    n_out: u32,
+    row_bytes: u32,
+    out_col0: u32,
+    x_stride: u32,
+    y_stride: u32,
+    y_rows_at_pos: u32,
+    _pad: u32,
+}
+
+override W_DTYPE: u32 = 0u;
+// A multiple of the adapter's largest subgroup size.
+override WG_SIZE: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> params: MatmulParams;
+@group(0) @binding(1) var<storage, read> step: Step;
+@group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
+@group(0) @binding(3) var<storage, read> x: array<f32>;        // (n_tokens, x_stride)
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (rows, y_stride)
+
+@compute @workgroup_size(WG_SIZE)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(num_subgroups) n_sg: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {
+    let t = wid.y;
+    let row = (wid.x + wid.z * nwg.x) * n_sg + sg_id;
+    let active = row < params.n_out && t < step.n_tokens;
+    var acc = 0.0;
+    if (active) {
+        let row_at = row * params.row_bytes;
+        let x_at = t * params.x_stride;
+        for (var k = lane * 4u; k < params.n_in; k += sg_size * 4u) {
+            let xv = vec4<f32>(x[x_at + k], x[x_at + k + 1u], x[x_at + k + 2u], x[x_at + k + 3u]);
+            acc += dot(weights4(row_at, k), xv);
+        }
+    }
+    let sum = subgroupAdd(acc);
+    if (active && lane == 0u) {
+        let y_row = select(t, step.pos0 + t, params.y_rows_at_pos == 1u);
+        y[y_row * params.y_stride + params.out_col0 + row] = sum;
+    }
+}

@@ -1,0 +1,53 @@
+//!include common/step.wgsl
+
+// RMSNorm: out = x / sqrt(mean(x^2) + eps) * weight, one workgroup per row.
+
+struct RmsNormParams {
+    n_embd: u32,
+    eps: f32,
+    // 1: normalize only the step's last row into output row 0 (logits for the next token).
+    last_row_only: u32,
+    _pad: u32,
+}
+
+override WG_SIZE: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> params: RmsNormParams;
+@group(0) @binding(1) var<storage, read> step: Step;
+@group(0) @binding(2) var<storage, read> x: array<f32>;          // (n_tokens, n_embd)
+@group(0) @binding(3) var<storage, read> weight: array<f32>;     // (n_embd)
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // (n_tokens or 1, n_embd)
+
+var<workgroup> partial: array<f32, WG_SIZE>;
+
+@compute @workgroup_size(WG_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.y;
+    let n_rows = select(step.n_tokens, 1u, params.last_row_only == 1u);
+    let in_row = select(row, step.n_tokens - 1u, params.last_row_only == 1u);
+    let active = row < n_rows;
+    let x_at = in_row * params.n_embd;
+    var sum = 0.0;
+    if (active) {
+        for (var k = lid; k < params.n_embd; k += WG_SIZE) {
+            let v = x[x_at + k];
+            sum += v * v;
+        }
+    }
+    partial[lid] = sum;
+    workgroupBarrier();
+    for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            partial[lid] += partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (!active) {
+        return;
+    }
+    let scale = inverseSqrt(partial[0] / f32(params.n_embd) + params.eps);
+    let out_at = row * params.n_embd;
+    for (var k = lid; k < params.n_embd; k += WG_SIZE) {
+        out[out_at + k] = x[x_at + k] * scale * weight[k];
+    }
+}

@@ -1,0 +1,484 @@
+//! The GPU context: adapter choice, device with the adapter's own limits, optional features,
+//! error capture, buffers and pipelines.
+
+pub mod buffer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub use buffer::{ReadbackBuffer, WeightChunk, WeightTensor};
+
+/// Errors from the GPU layer.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no GPU adapter found (on Linux without a GPU, install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)")]
+    NoAdapter,
+    #[error("no adapter matches {wanted:?}; available: {available}")]
+    AdapterNotFound { wanted: String, available: String },
+    #[error("could not open a device on {adapter}: {message}")]
+    RequestDevice { adapter: String, message: String },
+    #[error("GPU out of memory while {what}")]
+    OutOfMemory { what: String },
+    #[error("GPU validation error while {what}: {message}")]
+    Validation { what: String, message: String },
+    #[error("GPU internal error while {what}: {message}")]
+    Internal { what: String, message: String },
+    #[error("GPU error: {0}")]
+    Uncaptured(String),
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+    #[error("could not read back a GPU buffer: {0}")]
+    Map(String),
+    #[error("{what} needs {needed} bytes in one binding; this adapter allows {limit}")]
+    BindingTooLarge { what: String, needed: u64, limit: u64 },
+}
+
+/// How to choose and configure the adapter. Unset fields keep the adapter's own choices.
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// An adapter index (as `sovereign devices` lists them) or a case-insensitive part of its
+    /// name. `None`: the high-performance adapter.
+    pub adapter: Option<String>,
+    /// Caps the storage binding size below the adapter's limit: tensors larger than the cap are
+    /// split across bindings. Lets tests exercise splitting on any adapter.
+    pub max_binding_size: Option<u64>,
+    /// Do not use shader-f16 even where the adapter has it.
+    pub disable_f16: bool,
+    /// Do not use subgroup operations even where the adapter has them.
+    pub disable_subgroups: bool,
+}
+
+impl GpuOptions {
+    /// Options from `SOVEREIGN_ADAPTER`, `SOVEREIGN_MAX_BINDING`, `SOVEREIGN_NO_F16` and
+    /// `SOVEREIGN_NO_SUBGROUPS`.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let flag = |k: &str| var(k).is_some_and(|v| v != "0");
+        GpuOptions {
+            adapter: var("SOVEREIGN_ADAPTER"),
+            max_binding_size: var("SOVEREIGN_MAX_BINDING").and_then(|v| v.parse().ok()),
+            disable_f16: flag("SOVEREIGN_NO_F16"),
+            disable_subgroups: flag("SOVEREIGN_NO_SUBGROUPS"),
+        }
+    }
+}
+
+/// The optional capabilities the kernels can use, as enabled on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GpuFeatures {
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+}
+
+/// One adapter as `sovereign devices` shows it.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_sizes: (u32, u32),
+    pub max_storage_binding: u64,
+    pub max_buffer: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations: u32,
+}
+
+fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let features = adapter.features();
+    let limits = adapter.limits();
+    AdapterSummary {
+        index,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        shader_f16: features.contains(wgpu::Features::SHADER_F16),
+        subgroups: features.contains(wgpu::Features::SUBGROUP),
+        subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+        max_storage_binding: limits.max_storage_buffer_binding_size,
+        max_buffer: limits.max_buffer_size,
+        max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+        max_invocations: limits.max_compute_invocations_per_workgroup,
+    }
+}
+
+fn new_instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // Validation layers slow lavapipe several-fold; opt in with WGPU_DEBUG / WGPU_VALIDATION.
+    if std::env::var_os("WGPU_VALIDATION").is_none() && std::env::var_os("WGPU_DEBUG").is_none() {
+        desc.flags.remove(wgpu::InstanceFlags::VALIDATION | wgpu::InstanceFlags::DEBUG);
+    }
+    wgpu::Instance::new(desc)
+}
+
+async fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        instance.enumerate_adapters(wgpu::Backends::all()).await
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        // The browser hands out one adapter at a time.
+        let options = wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        };
+        instance.request_adapter(&options).await.into_iter().collect()
+    }
+}
+
+/// Every adapter this machine offers, in the order `--adapter N` counts them.
+pub async fn list_adapters() -> Vec<AdapterSummary> {
+    let instance = new_instance();
+    adapters(&instance)
+        .await
+        .iter()
+        .enumerate()
+        .map(|(i, a)| summarize(i, a))
+        .collect()
+}
+
+#[derive(Default)]
+struct ErrorSink {
+    uncaptured: Option<String>,
+    lost: Option<String>,
+}
+
+/// A device and queue with what the kernels need to know about them.
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    features: GpuFeatures,
+    limits: wgpu::Limits,
+    max_binding_size: u64,
+    errors: Arc<Mutex<ErrorSink>>,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("features", &self.features)
+            .finish()
+    }
+}
+
+impl GpuContext {
+    pub async fn new(options: &GpuOptions) -> Result<Self, GpuError> {
+        let instance = new_instance();
+        let adapter = match &options.adapter {
+            None => {
+                let request = wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                };
+                match instance.request_adapter(&request).await {
+                    Ok(a) => a,
+                    // Some drivers refuse the preference; any adapter beats none.
+                    Err(_) => adapters(&instance)
+                        .await
+                        .into_iter()
+                        .next()
+                        .ok_or(GpuError::NoAdapter)?,
+                }
+            }
+            Some(wanted) => {
+                let all = adapters(&instance).await;
+                if all.is_empty() {
+                    return Err(GpuError::NoAdapter);
+                }
+                let by_index = wanted.parse::<usize>().ok().filter(|&i| i < all.len());
+                let needle = wanted.to_lowercase();
+                let found = by_index.or_else(|| {
+                    all.iter()
+                        .position(|a| a.get_info().name.to_lowercase().contains(&needle))
+                });
+                match found {
+                    Some(i) => all.into_iter().nth(i).ok_or(GpuError::NoAdapter)?,
+                    None => {
+                        let available = all
+                            .iter()
+                            .enumerate()
+                            .map(|(i, a)| format!("{i}: {}", a.get_info().name))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        return Err(GpuError::AdapterNotFound {
+                            wanted: wanted.clone(),
+                            available,
+                        });
+                    }
+                }
+            }
+        };
+        Self::from_adapter(adapter, options).await
+    }
+
+    async fn from_adapter(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Self, GpuError> {
+        let info = adapter.get_info();
+        let available = adapter.features();
+        let mut wanted = wgpu::Features::empty();
+        if available.contains(wgpu::Features::SHADER_F16) && !options.disable_f16 {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        if available.contains(wgpu::Features::SUBGROUP) && !options.disable_subgroups {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+        // The adapter's own limits: the defaults would cap bindings at 128 MiB and buffers at
+        // 256 MiB even on cards with far more.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("sovereign"),
+                required_features: wanted,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice {
+                adapter: info.name.clone(),
+                message: e.to_string(),
+            })?;
+
+        let errors = Arc::new(Mutex::new(ErrorSink::default()));
+        let sink = Arc::clone(&errors);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            tracing::error!("uncaptured GPU error: {e}");
+            if let Ok(mut s) = sink.lock() {
+                s.uncaptured.get_or_insert_with(|| e.to_string());
+            }
+        }));
+        let sink = Arc::clone(&errors);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut s) = sink.lock() {
+                s.lost.get_or_insert_with(|| format!("{reason:?}: {message}"));
+            }
+        });
+
+        let features = GpuFeatures {
+            shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
+            subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+        };
+        let hard_cap = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max_binding_size = options
+            .max_binding_size
+            .map_or(hard_cap, |cap| cap.clamp(256, hard_cap));
+        tracing::info!(
+            adapter = %info.name,
+            backend = ?info.backend,
+            f16 = features.shader_f16,
+            subgroups = features.subgroups,
+            max_binding_size,
+            "GPU ready"
+        );
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            features,
+            limits,
+            max_binding_size,
+            errors,
+            pipelines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    pub fn features(&self) -> GpuFeatures {
+        self.features
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The most bytes one storage binding may cover (adapter limit, or the configured cap).
+    pub fn max_binding_size(&self) -> u64 {
+        self.max_binding_size
+    }
+
+    /// Reports a device loss or an error that escaped every error scope since the last check.
+    pub fn check(&self) -> Result<(), GpuError> {
+        let mut sink = self
+            .errors
+            .lock()
+            .map_err(|_| GpuError::Uncaptured("error sink poisoned".into()))?;
+        if let Some(reason) = &sink.lost {
+            return Err(GpuError::DeviceLost(reason.clone()));
+        }
+        if let Some(message) = sink.uncaptured.take() {
+            return Err(GpuError::Uncaptured(message));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside out-of-memory and validation error scopes and turns what they catch into
+    /// an error naming `what`.
+    pub async fn scoped<T>(&self, what: &str, f: impl FnOnce(&wgpu::Device) -> T) -> Result<T, GpuError> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f(&self.device);
+        let validation = validation.pop();
+        let oom = oom.pop();
+        if let Some(e) = validation.await {
+            return Err(classify(what, e));
+        }
+        if let Some(e) = oom.await {
+            return Err(classify(what, e));
+        }
+        self.check()?;
+        Ok(value)
+    }
+
+    pub async fn create_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        // wgpu rejects zero-sized bindings; four bytes keep empty tensors bindable.
+        let size = size.max(4).next_multiple_of(4);
+        self.scoped(&format!("allocating {label} ({size} bytes)"), |d| {
+            d.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        })
+        .await
+    }
+
+    /// A storage buffer filled with `data` (padded to four bytes).
+    pub async fn storage_buffer_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer, GpuError> {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        self.buffer_init(label, data, usage).await
+    }
+
+    pub async fn buffer_init(
+        &self,
+        label: &str,
+        data: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        let buffer = self
+            .create_buffer(label, data.len() as u64, usage | wgpu::BufferUsages::COPY_DST)
+            .await?;
+        let whole = data.len() / 4 * 4;
+        if whole > 0 {
+            self.queue.write_buffer(&buffer, 0, &data[..whole]);
+        }
+        if whole < data.len() {
+            let mut tail = [0u8; 4];
+            tail[..data.len() - whole].copy_from_slice(&data[whole..]);
+            self.queue.write_buffer(&buffer, whole as u64, &tail);
+        }
+        Ok(buffer)
+    }
+
+    /// A compute pipeline for joined WGSL `source`, cached by `key` (shader name and constants).
+    pub async fn pipeline(
+        &self,
+        key: &str,
+        source: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
+        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(key).cloned()) {
+            return Ok(p);
+        }
+        let pipeline = self
+            .scoped(&format!("creating pipeline {key}"), |d| {
+                let module = d.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(key),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
+                d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(key),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+            })
+            .await?;
+        let pipeline = Arc::new(pipeline);
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.insert(key.to_string(), Arc::clone(&pipeline));
+        }
+        Ok(pipeline)
+    }
+
+    /// Waits for `buffer` (MAP_READ) to map, without blocking the browser's event loop: on the
+    /// web the map future resolves from the event loop; natively the device must be polled for
+    /// the callback to run.
+    pub async fn map_read(&self, slice: wgpu::BufferSlice<'_>) -> Result<(), GpuError> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Map(e.to_string()))?;
+        let mapped = rx.await.map_err(|_| GpuError::Map("map callback dropped".into()))?;
+        self.check()?;
+        mapped.map_err(|e| GpuError::Map(e.to_string()))
+    }
+}
+
+fn classify(what: &str, e: wgpu::Error) -> GpuError {
+    let what = what.to_string();
+    match e {
+        wgpu::Error::OutOfMemory { .. } => GpuError::OutOfMemory { what },
+        wgpu::Error::Validation { description, .. } => GpuError::Validation {
+            what,
+            message: description,
+        },
+        wgpu::Error::Internal { description, .. } => GpuError::Internal {
+            what,
+            message: description,
+        },
+    }
+}
+
+/// Splits `n` workgroups over x and y so that neither exceeds the per-dimension limit; shaders
+/// rebuild the linear index as `x + y * num_workgroups.x`.
+pub fn grid(n: u32, max_per_dim: u32) -> (u32, u32) {
+    if n <= max_per_dim {
+        (n.max(1), 1)
+    } else {
+        let y = n.div_ceil(max_per_dim);
+        (n.div_ceil(y), y)
+    }
+}

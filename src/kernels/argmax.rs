@@ -1,0 +1,58 @@
+//! Row-wise argmax (greedy sampling on the GPU): `shaders/argmax.wgsl`.
+
+use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len};
+use crate::gpu::GpuContext;
+
+crate::gpu_params! {
+    pub struct ArgmaxParams {
+        pub n: u32,
+        pub n_rows: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+}
+
+const WG_SIZE: u32 = 256;
+
+pub struct Argmax {
+    kernel: Kernel,
+}
+
+impl Argmax {
+    fn constants() -> Vec<(&'static str, f64)> {
+        vec![("WG_SIZE", f64::from(WG_SIZE))]
+    }
+
+    pub fn variants() -> Vec<Variant> {
+        vec![Variant {
+            shader: "argmax",
+            constants: Self::constants(),
+        }]
+    }
+
+    pub async fn new(ctx: &GpuContext) -> Result<Self, KernelError> {
+        Ok(Argmax {
+            kernel: Kernel::new(ctx, "argmax", &Self::constants()).await?,
+        })
+    }
+
+    /// `out[r] = argmax(x[r, ..n])` for `n_rows` rows.
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        x: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        n: u32,
+        n_rows: u32,
+    ) -> Result<Dispatch, KernelError> {
+        check_len("argmax", "x", x, u64::from(n) * u64::from(n_rows))?;
+        check_len("argmax", "out", out, u64::from(n_rows))?;
+        let params = ArgmaxParams { n, n_rows, ..Default::default() };
+        Ok(self.kernel.dispatch(
+            ctx,
+            &params,
+            vec![x.as_entire_binding(), out.as_entire_binding()],
+            Grid::Fixed([1, n_rows, 1]),
+        ))
+    }
+}

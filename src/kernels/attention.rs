@@ -1,0 +1,89 @@
+//! Causal attention over the KV cache with grouped K/V heads: `shaders/attention.wgsl`.
+
+use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len, shape_error};
+use crate::gpu::GpuContext;
+
+crate::gpu_params! {
+    pub struct AttentionParams {
+        pub n_head: u32,
+        pub n_head_kv: u32,
+        pub head_dim: u32,
+        pub q_stride: u32,
+        pub kv_stride: u32,
+        pub scale: f32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+}
+
+const WG_SIZE: u32 = 64;
+/// The shader keeps four output dimensions per thread and the query head in workgroup memory.
+pub const MAX_HEAD_DIM: u32 = 256;
+
+pub struct Attention {
+    kernel: Kernel,
+}
+
+impl Attention {
+    fn constants() -> Vec<(&'static str, f64)> {
+        vec![("WG_SIZE", f64::from(WG_SIZE))]
+    }
+
+    pub fn variants() -> Vec<Variant> {
+        vec![Variant {
+            shader: "attention",
+            constants: Self::constants(),
+        }]
+    }
+
+    pub async fn new(ctx: &GpuContext) -> Result<Self, KernelError> {
+        Ok(Attention {
+            kernel: Kernel::new(ctx, "attention", &Self::constants()).await?,
+        })
+    }
+
+    /// `out[t, head] = softmax(q[t, head] . K[..=pos0+t] * scale) V[..=pos0+t]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        step: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        params: AttentionParams,
+        max_tokens: u32,
+        n_ctx: u32,
+    ) -> Result<Dispatch, KernelError> {
+        let op = "attention";
+        if params.n_head_kv == 0 || params.n_head % params.n_head_kv != 0 {
+            return Err(shape_error(op, format!("{} query heads cannot share {} K/V heads", params.n_head, params.n_head_kv)));
+        }
+        if params.head_dim == 0 || params.head_dim > MAX_HEAD_DIM.min(4 * WG_SIZE) {
+            return Err(shape_error(op, format!("head_dim {} outside 1..={MAX_HEAD_DIM}", params.head_dim)));
+        }
+        if params.q_stride < params.n_head * params.head_dim || params.kv_stride < params.n_head_kv * params.head_dim {
+            return Err(shape_error(op, "heads do not fit in the row strides"));
+        }
+        check_len(op, "q", q, u64::from(max_tokens) * u64::from(params.q_stride))?;
+        check_len(op, "out", out, u64::from(max_tokens) * u64::from(params.q_stride))?;
+        check_len(op, "k_cache", k_cache, u64::from(n_ctx) * u64::from(params.kv_stride))?;
+        check_len(op, "v_cache", v_cache, u64::from(n_ctx) * u64::from(params.kv_stride))?;
+        Ok(self.kernel.dispatch(
+            ctx,
+            &params,
+            vec![
+                step.as_entire_binding(),
+                q.as_entire_binding(),
+                k_cache.as_entire_binding(),
+                v_cache.as_entire_binding(),
+                out.as_entire_binding(),
+            ],
+            Grid::Tokens {
+                x: params.n_head,
+                tile: 1,
+            },
+        ))
+    }
+}

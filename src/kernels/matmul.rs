@@ -1,0 +1,198 @@
+//! `y = x W^T` with W in its GGUF block layout, dequantized in the shader. Three shaders:
+//! `matvec.wgsl` (decode, reduction in workgroup memory), `matvec_subgroup.wgsl` (decode,
+//! reduction with subgroupAdd, where the adapter has subgroups) and `matmul.wgsl` (prefill,
+//! tiled through workgroup memory).
+
+use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len, check_weight_dtype, shape_error};
+use crate::format::DType;
+use crate::gpu::{GpuContext, GpuFeatures, WeightTensor};
+
+crate::gpu_params! {
+    pub struct MatmulParams {
+        pub n_in: u32,
+        pub n_out: u32,
+        pub row_bytes: u32,
+        pub out_col0: u32,
+        pub x_stride: u32,
+        pub y_stride: u32,
+        pub y_rows_at_pos: u32,
+        pub _pad: u32,
+    }
+}
+
+const MATVEC_WG: u32 = 64;
+const MATVEC_ROW_THREADS: u32 = 16;
+const TILE_M: u32 = 32;
+const TILE_N: u32 = 64;
+const TILE_K: u32 = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Rows per workgroup as the host counts them.
+    Vector { rows_per_wg: u32 },
+    Tiled,
+}
+
+/// Where x comes from and where y goes.
+#[derive(Debug, Clone, Copy)]
+pub struct MatmulLayout {
+    /// Elements between rows of x and of y.
+    pub x_stride: u32,
+    pub y_stride: u32,
+    /// Rows x and y hold (y rows: the cache length when `y_rows_at_pos`).
+    pub x_rows: u32,
+    pub y_rows: u32,
+    /// Token t's output goes to row `pos0 + t` (writing K/V straight into the cache).
+    pub y_rows_at_pos: bool,
+    /// Output column of the weight's first row.
+    pub y_col0: u32,
+    /// Compute only token row 0, whatever the step's token count (the logits of the last
+    /// token, after a norm that wrote just that row).
+    pub single_row: bool,
+}
+
+pub struct Matmul {
+    kernel: Kernel,
+    dtype: DType,
+    shape: Shape,
+}
+
+fn subgroup_wg(features: GpuFeatures) -> u32 {
+    features.subgroup_max_size.clamp(32, 256).next_power_of_two().max(64)
+}
+
+impl Matmul {
+    fn vector_spec(dtype: DType, features: GpuFeatures) -> (&'static str, Vec<(&'static str, f64)>, Shape) {
+        let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
+        if features.subgroups {
+            let wg = subgroup_wg(features);
+            let max_sg = features.subgroup_max_size.max(1);
+            (
+                "matvec_subgroup",
+                vec![w, ("WG_SIZE", f64::from(wg))],
+                Shape::Vector {
+                    rows_per_wg: (wg / max_sg).max(1),
+                },
+            )
+        } else {
+            (
+                "matvec",
+                vec![
+                    w,
+                    ("WG_SIZE", f64::from(MATVEC_WG)),
+                    ("ROW_THREADS", f64::from(MATVEC_ROW_THREADS)),
+                ],
+                Shape::Vector {
+                    rows_per_wg: MATVEC_WG / MATVEC_ROW_THREADS,
+                },
+            )
+        }
+    }
+
+    fn tiled_spec(dtype: DType) -> Vec<(&'static str, f64)> {
+        vec![
+            ("W_DTYPE", f64::from(dtype.ggml_id())),
+            ("TILE_M", f64::from(TILE_M)),
+            ("TILE_N", f64::from(TILE_N)),
+            ("TILE_K", f64::from(TILE_K)),
+        ]
+    }
+
+    pub fn variants(dtype: DType, features: GpuFeatures) -> Vec<Variant> {
+        let (shader, constants, _) = Self::vector_spec(dtype, features);
+        vec![
+            Variant { shader, constants },
+            Variant {
+                shader: "matmul",
+                constants: Self::tiled_spec(dtype),
+            },
+        ]
+    }
+
+    /// The decode kernel: one or a few tokens, each weight row read once per token.
+    pub async fn vector(ctx: &GpuContext, dtype: DType) -> Result<Self, KernelError> {
+        check_weight_dtype("matvec", dtype)?;
+        let (shader, constants, shape) = Self::vector_spec(dtype, ctx.features());
+        Ok(Matmul {
+            kernel: Kernel::new(ctx, shader, &constants).await?,
+            dtype,
+            shape,
+        })
+    }
+
+    /// The prefill kernel: tiles of tokens share each dequantized weight tile.
+    pub async fn tiled(ctx: &GpuContext, dtype: DType) -> Result<Self, KernelError> {
+        check_weight_dtype("matmul", dtype)?;
+        Ok(Matmul {
+            kernel: Kernel::new(ctx, "matmul", &Self::tiled_spec(dtype)).await?,
+            dtype,
+            shape: Shape::Tiled,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// One dispatch per buffer of `w` (n_out, n_in): `y[t, col0 + r] = x[t] . w[r]`.
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        step: &wgpu::Buffer,
+        w: &WeightTensor,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        layout: MatmulLayout,
+    ) -> Result<Vec<Dispatch>, KernelError> {
+        let op = "matmul";
+        if w.dtype != self.dtype {
+            return Err(shape_error(op, format!("{} is {}, kernel built for {}", w.name, w.dtype, self.dtype)));
+        }
+        if w.row_len % 4 != 0 {
+            return Err(shape_error(op, format!("{}: row length {} is not a multiple of 4", w.name, w.row_len)));
+        }
+        if layout.x_stride < w.row_len {
+            return Err(shape_error(op, format!("{}: x rows of {} hold fewer than {} inputs", w.name, layout.x_stride, w.row_len)));
+        }
+        if layout.y_col0 + w.n_rows > layout.y_stride {
+            return Err(shape_error(op, format!("{}: {} outputs from column {} overflow y rows of {}", w.name, w.n_rows, layout.y_col0, layout.y_stride)));
+        }
+        check_len(op, "x", x, u64::from(layout.x_rows) * u64::from(layout.x_stride))?;
+        check_len(op, "y", y, u64::from(layout.y_rows) * u64::from(layout.y_stride))?;
+        Ok(w.chunks
+            .iter()
+            .map(|chunk| {
+                let params = MatmulParams {
+                    n_in: w.row_len,
+                    n_out: chunk.n_rows,
+                    row_bytes: w.row_bytes as u32,
+                    out_col0: layout.y_col0 + chunk.first_row,
+                    x_stride: layout.x_stride,
+                    y_stride: layout.y_stride,
+                    y_rows_at_pos: u32::from(layout.y_rows_at_pos),
+                    _pad: 0,
+                };
+                let (groups, tile) = match self.shape {
+                    Shape::Vector { rows_per_wg } => (chunk.n_rows.div_ceil(rows_per_wg), 1),
+                    Shape::Tiled => (chunk.n_rows.div_ceil(TILE_N), TILE_M),
+                };
+                let grid = if layout.single_row {
+                    Grid::Once { x: groups }
+                } else {
+                    Grid::Tokens { x: groups, tile }
+                };
+                self.kernel.dispatch(
+                    ctx,
+                    &params,
+                    vec![
+                        step.as_entire_binding(),
+                        chunk.buffer.as_entire_binding(),
+                        x.as_entire_binding(),
+                        y.as_entire_binding(),
+                    ],
+                    grid,
+                )
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,82 @@
+//! RMSNorm with a learned scale: `shaders/rms_norm.wgsl`.
+
+use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len};
+use crate::gpu::GpuContext;
+
+crate::gpu_params! {
+    pub struct RmsNormParams {
+        pub n_embd: u32,
+        pub eps: f32,
+        pub last_row_only: u32,
+        pub _pad: u32,
+    }
+}
+
+const WG_SIZE: u32 = 256;
+
+pub struct RmsNorm {
+    kernel: Kernel,
+}
+
+impl RmsNorm {
+    fn constants() -> Vec<(&'static str, f64)> {
+        vec![("WG_SIZE", f64::from(WG_SIZE))]
+    }
+
+    pub fn variants() -> Vec<Variant> {
+        vec![Variant {
+            shader: "rms_norm",
+            constants: Self::constants(),
+        }]
+    }
+
+    pub async fn new(ctx: &GpuContext) -> Result<Self, KernelError> {
+        Ok(RmsNorm {
+            kernel: Kernel::new(ctx, "rms_norm", &Self::constants()).await?,
+        })
+    }
+
+    /// `out = rms_norm(x) * weight` over rows of `n_embd`; with `last_row_only`, only the step's
+    /// last row, written as row 0.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        step: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        weight: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        n_embd: u32,
+        eps: f32,
+        last_row_only: bool,
+        max_tokens: u32,
+    ) -> Result<Dispatch, KernelError> {
+        let rows = u64::from(max_tokens);
+        check_len("rms_norm", "x", x, rows * u64::from(n_embd))?;
+        check_len("rms_norm", "weight", weight, u64::from(n_embd))?;
+        let out_rows = if last_row_only { 1 } else { rows };
+        check_len("rms_norm", "out", out, out_rows * u64::from(n_embd))?;
+        let params = RmsNormParams {
+            n_embd,
+            eps,
+            last_row_only: u32::from(last_row_only),
+            _pad: 0,
+        };
+        let grid = if last_row_only {
+            Grid::Fixed([1, 1, 1])
+        } else {
+            Grid::Tokens { x: 1, tile: 1 }
+        };
+        Ok(self.kernel.dispatch(
+            ctx,
+            &params,
+            vec![
+                step.as_entire_binding(),
+                x.as_entire_binding(),
+                weight.as_entire_binding(),
+                out.as_entire_binding(),
+            ],
+            grid,
+        ))
+    }
+}

@@ -1,0 +1,62 @@
+//! SwiGLU activation, `gate = silu(gate) * up`: `shaders/silu_mul.wgsl`.
+
+use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len};
+use crate::gpu::GpuContext;
+
+crate::gpu_params! {
+    pub struct SiluMulParams {
+        pub n: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
+
+const WG_SIZE: u32 = 256;
+
+pub struct SiluMul {
+    kernel: Kernel,
+}
+
+impl SiluMul {
+    fn constants() -> Vec<(&'static str, f64)> {
+        vec![("WG_SIZE", f64::from(WG_SIZE))]
+    }
+
+    pub fn variants() -> Vec<Variant> {
+        vec![Variant {
+            shader: "silu_mul",
+            constants: Self::constants(),
+        }]
+    }
+
+    pub async fn new(ctx: &GpuContext) -> Result<Self, KernelError> {
+        Ok(SiluMul {
+            kernel: Kernel::new(ctx, "silu_mul", &Self::constants()).await?,
+        })
+    }
+
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        step: &wgpu::Buffer,
+        gate: &wgpu::Buffer,
+        up: &wgpu::Buffer,
+        n: u32,
+        max_tokens: u32,
+    ) -> Result<Dispatch, KernelError> {
+        let len = u64::from(n) * u64::from(max_tokens);
+        check_len("silu_mul", "gate", gate, len)?;
+        check_len("silu_mul", "up", up, len)?;
+        let params = SiluMulParams { n, ..Default::default() };
+        Ok(self.kernel.dispatch(
+            ctx,
+            &params,
+            vec![step.as_entire_binding(), gate.as_entire_binding(), up.as_entire_binding()],
+            Grid::Tokens {
+                x: n.div_ceil(WG_SIZE),
+                tile: 1,
+            },
+        ))
+    }
+}

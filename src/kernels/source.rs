@@ -1,0 +1,66 @@
+//! The WGSL sources, compiled into the binary, and the one include step that joins a shader
+//! with the helpers it names in `//!include` lines.
+
+use super::KernelError;
+
+/// Every file under `shaders/`, by its path there.
+pub const SHADER_FILES: &[(&str, &str)] = &[
+    ("common/step.wgsl", include_str!("../../shaders/common/step.wgsl")),
+    ("common/weights.wgsl", include_str!("../../shaders/common/weights.wgsl")),
+    ("add.wgsl", include_str!("../../shaders/add.wgsl")),
+    ("argmax.wgsl", include_str!("../../shaders/argmax.wgsl")),
+    ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
+    ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
+    ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
+    ("matvec.wgsl", include_str!("../../shaders/matvec.wgsl")),
+    ("matvec_subgroup.wgsl", include_str!("../../shaders/matvec_subgroup.wgsl")),
+    ("rms_norm.wgsl", include_str!("../../shaders/rms_norm.wgsl")),
+    ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
+    ("silu_mul.wgsl", include_str!("../../shaders/silu_mul.wgsl")),
+];
+
+const INCLUDE: &str = "//!include ";
+
+fn file(path: &str) -> Result<&'static str, KernelError> {
+    SHADER_FILES
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| KernelError::UnknownShader(path.to_string()))
+}
+
+/// The full source of `shaders/<name>.wgsl`: its `enable` directives first (WGSL wants them
+/// before any declaration), then each included helper once, then the shader's own text.
+pub fn shader_source(name: &str) -> Result<String, KernelError> {
+    let main = file(&format!("{name}.wgsl"))?;
+    let mut enables = String::new();
+    let mut includes = Vec::new();
+    let mut body = String::new();
+    for line in main.lines() {
+        if let Some(path) = line.strip_prefix(INCLUDE) {
+            let path = path.trim();
+            if !includes.contains(&path) {
+                includes.push(path);
+            }
+        } else if line.starts_with("enable ") {
+            enables.push_str(line);
+            enables.push('\n');
+        } else {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    let mut out = enables;
+    for path in includes {
+        let helper = file(path)?;
+        if helper.lines().any(|l| l.starts_with(INCLUDE)) {
+            return Err(KernelError::NestedInclude(path.to_string()));
+        }
+        out.push_str(&format!("// ---- {path}\n"));
+        out.push_str(helper);
+        out.push('\n');
+    }
+    out.push_str(&format!("// ---- {name}.wgsl\n"));
+    out.push_str(&body);
+    Ok(out)
+}

@@ -1,0 +1,656 @@
+//! The Llama forward pass on the GPU: weights uploaded as they are in the file, every dispatch
+//! of a step built at load time, one command encoder and one submit per step.
+
+use std::sync::Arc;
+
+use super::arch::{self, block_tensor};
+use super::{LlamaConfig, ModelError};
+use crate::Result;
+use crate::format::{DType, TensorSource};
+use crate::gpu::{GpuContext, ReadbackBuffer, WeightTensor};
+use crate::kernels::add::Add;
+use crate::kernels::argmax::Argmax;
+use crate::kernels::attention::{Attention, AttentionParams};
+use crate::kernels::embed::Embed;
+use crate::kernels::matmul::{Matmul, MatmulLayout};
+use crate::kernels::rms_norm::RmsNorm;
+use crate::kernels::rope::{Rope, RopeParams};
+use crate::kernels::silu_mul::SiluMul;
+use crate::kernels::{Dispatch, KernelError, StepBuffer, encode_all};
+
+/// Steps of fewer tokens than this use the matrix-vector kernels (each weight row read once per
+/// token); longer ones the tiled matrix-matrix kernels.
+const VECTOR_MAX_TOKENS: u32 = 8;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// KV cache length in tokens; `None`: the training context, capped at 4096.
+    pub n_ctx: Option<u32>,
+    /// Most tokens in one forward step (longer prompts are prefilled in chunks of this).
+    pub max_batch: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            n_ctx: None,
+            max_batch: 512,
+        }
+    }
+}
+
+/// What a forward step returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The most likely next token after the last position (greedy decoding, reads 4 bytes).
+    Argmax,
+    /// The logits after the last position: (n_vocab).
+    LastLogits,
+    /// The logits after every position: (n_tokens, n_vocab).
+    AllLogits,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Forward {
+    Token(u32),
+    Logits(Vec<f32>),
+}
+
+/// An activation to read back in traced runs: `rows` rows of `row_len` values.
+#[derive(Debug, Clone)]
+struct TracePoint {
+    name: String,
+    buffer: wgpu::Buffer,
+    row_len: u32,
+    /// Token t's row is at pos0 + t (a KV cache), else at t.
+    rows_at_pos: bool,
+}
+
+/// Dispatches that produce one named activation.
+#[derive(Debug)]
+struct Stage {
+    dispatches: Vec<Dispatch>,
+    trace: Option<TracePoint>,
+}
+
+/// Activation buffers, each (max_batch, width).
+struct Activations {
+    x: wgpu::Buffer,
+    xn: wgpu::Buffer,
+    q: wgpu::Buffer,
+    attn: wgpu::Buffer,
+    proj: wgpu::Buffer,
+    gate: wgpu::Buffer,
+    up: wgpu::Buffer,
+}
+
+struct Weights {
+    token_embd: WeightTensor,
+    output: Option<WeightTensor>,
+    output_norm: wgpu::Buffer,
+    layers: Vec<LayerWeights>,
+}
+
+struct LayerWeights {
+    attn_norm: wgpu::Buffer,
+    attn_q: WeightTensor,
+    attn_k: WeightTensor,
+    attn_v: WeightTensor,
+    attn_output: WeightTensor,
+    ffn_norm: wgpu::Buffer,
+    ffn_gate: WeightTensor,
+    ffn_up: WeightTensor,
+    ffn_down: WeightTensor,
+}
+
+/// Load progress: bytes of weights uploaded so far, of the total.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadProgress {
+    pub done: u64,
+    pub total: u64,
+}
+
+pub struct LlamaGpu {
+    ctx: Arc<GpuContext>,
+    cfg: LlamaConfig,
+    n_ctx: u32,
+    max_batch: u32,
+    logit_rows: u32,
+    step: StepBuffer,
+    /// Layers for steps of many tokens (tiled matmuls) and of few (matrix-vector).
+    prefill: Vec<Stage>,
+    decode: Vec<Stage>,
+    /// Final norm of the last row, output projection, argmax.
+    tail_last: Vec<Dispatch>,
+    /// Final norm of every row and output projection.
+    tail_all: Vec<Dispatch>,
+    logits: wgpu::Buffer,
+    next_token: wgpu::Buffer,
+    readback: ReadbackBuffer,
+    weight_bytes: u64,
+    kv_bytes: u64,
+    // Kept for the trace of the final norm.
+    xn: wgpu::Buffer,
+}
+
+impl std::fmt::Debug for LlamaGpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaGpu")
+            .field("cfg", &self.cfg)
+            .field("n_ctx", &self.n_ctx)
+            .field("max_batch", &self.max_batch)
+            .finish()
+    }
+}
+
+async fn upload_matrix(
+    ctx: &GpuContext,
+    src: &dyn TensorSource,
+    name: &str,
+    progress: &mut dyn FnMut(u64),
+) -> Result<WeightTensor> {
+    let t = src
+        .tensor(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+    let w = WeightTensor::upload(ctx, name, t.dtype, t.row_len() as u32, t.n_rows() as u32, t.data).await?;
+    progress(t.data.len() as u64);
+    Ok(w)
+}
+
+/// Norm weights are tiny: widen them to f32 whatever their stored type.
+async fn upload_vector(
+    ctx: &GpuContext,
+    src: &dyn TensorSource,
+    name: &str,
+    progress: &mut dyn FnMut(u64),
+) -> Result<wgpu::Buffer> {
+    let t = src
+        .tensor(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+    let values = crate::reference::dequantize(t.dtype, t.data, t.n_elements() as usize)?;
+    let buffer = ctx.storage_buffer_init(name, bytemuck::cast_slice(&values)).await?;
+    progress(t.data.len() as u64);
+    Ok(buffer)
+}
+
+impl LlamaGpu {
+    /// Uploads the weights of a model whose `cfg` was read (and its tensors checked) from the
+    /// same source, and builds every dispatch.
+    pub async fn load(
+        ctx: Arc<GpuContext>,
+        cfg: LlamaConfig,
+        src: &dyn TensorSource,
+        options: &LoadOptions,
+        on_progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let n_ctx = options.n_ctx.unwrap_or(cfg.n_ctx_train.min(4096)).max(1);
+        let max_batch = options.max_batch.clamp(1, n_ctx);
+        let kv_row_bytes = u64::from(cfg.n_embd_kv()) * 4;
+        let cache_bytes = u64::from(n_ctx) * kv_row_bytes;
+        if cache_bytes > ctx.max_binding_size() {
+            return Err(ModelError::ContextTooLong {
+                requested: u64::from(n_ctx),
+                reason: format!(
+                    "one layer's K cache would take {cache_bytes} bytes, over this adapter's binding limit of {}; at most {} tokens fit",
+                    ctx.max_binding_size(),
+                    ctx.max_binding_size() / kv_row_bytes
+                ),
+            }
+            .into());
+        }
+
+        let total: u64 = cfg
+            .expected_tensors()
+            .iter()
+            .filter_map(|(name, _)| src.tensor(name).map(|t| t.data.len() as u64))
+            .sum();
+        let mut done = 0u64;
+        let mut progress = |bytes: u64| {
+            done += bytes;
+            on_progress(LoadProgress { done, total });
+        };
+
+        let mut layers = Vec::with_capacity(cfg.n_layer as usize);
+        for i in 0..cfg.n_layer {
+            let name = |n: &str| block_tensor(i, n);
+            layers.push(LayerWeights {
+                attn_norm: upload_vector(&ctx, src, &name(arch::ATTN_NORM), &mut progress).await?,
+                attn_q: upload_matrix(&ctx, src, &name(arch::ATTN_Q), &mut progress).await?,
+                attn_k: upload_matrix(&ctx, src, &name(arch::ATTN_K), &mut progress).await?,
+                attn_v: upload_matrix(&ctx, src, &name(arch::ATTN_V), &mut progress).await?,
+                attn_output: upload_matrix(&ctx, src, &name(arch::ATTN_OUTPUT), &mut progress).await?,
+                ffn_norm: upload_vector(&ctx, src, &name(arch::FFN_NORM), &mut progress).await?,
+                ffn_gate: upload_matrix(&ctx, src, &name(arch::FFN_GATE), &mut progress).await?,
+                ffn_up: upload_matrix(&ctx, src, &name(arch::FFN_UP), &mut progress).await?,
+                ffn_down: upload_matrix(&ctx, src, &name(arch::FFN_DOWN), &mut progress).await?,
+            });
+        }
+        let weights = Weights {
+            token_embd: upload_matrix(&ctx, src, arch::TOKEN_EMBD, &mut progress).await?,
+            output: if cfg.tied_embeddings {
+                None
+            } else {
+                Some(upload_matrix(&ctx, src, arch::OUTPUT, &mut progress).await?)
+            },
+            output_norm: upload_vector(&ctx, src, arch::OUTPUT_NORM, &mut progress).await?,
+            layers,
+        };
+
+        let act_buffer = |label: &'static str, width: u32| {
+            let ctx = Arc::clone(&ctx);
+            async move {
+                ctx.create_buffer(
+                    label,
+                    u64::from(max_batch) * u64::from(width) * 4,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                )
+                .await
+            }
+        };
+        let act = Activations {
+            x: act_buffer("x", cfg.n_embd).await?,
+            xn: act_buffer("xn", cfg.n_embd).await?,
+            q: act_buffer("q", cfg.n_embd_q()).await?,
+            attn: act_buffer("attn", cfg.n_embd_q()).await?,
+            proj: act_buffer("proj", cfg.n_embd).await?,
+            gate: act_buffer("gate", cfg.n_ff).await?,
+            up: act_buffer("up", cfg.n_ff).await?,
+        };
+        let mut k_cache = Vec::with_capacity(cfg.n_layer as usize);
+        let mut v_cache = Vec::with_capacity(cfg.n_layer as usize);
+        let cache_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        for i in 0..cfg.n_layer {
+            k_cache.push(ctx.create_buffer(&format!("blk.{i}.k_cache"), cache_bytes, cache_usage).await?);
+            v_cache.push(ctx.create_buffer(&format!("blk.{i}.v_cache"), cache_bytes, cache_usage).await?);
+        }
+
+        let vocab_row_bytes = u64::from(cfg.n_vocab) * 4;
+        let logit_rows = (ctx.max_binding_size() / vocab_row_bytes).clamp(1, u64::from(max_batch)) as u32;
+        let logits = ctx
+            .create_buffer(
+                "logits",
+                u64::from(logit_rows) * vocab_row_bytes,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            )
+            .await?;
+        let next_token = ctx
+            .create_buffer("next_token", 4, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC)
+            .await?;
+        let readback = ReadbackBuffer::new(&ctx, "readback", u64::from(logit_rows) * vocab_row_bytes).await?;
+        let step = StepBuffer::new(&ctx, max_batch).await?;
+
+        let builder = PlanBuilder {
+            ctx: &ctx,
+            cfg: &cfg,
+            step: step.buffer(),
+            act: &act,
+            weights: &weights,
+            k_cache: &k_cache,
+            v_cache: &v_cache,
+            n_ctx,
+            max_batch,
+        };
+        let prefill = builder.layers(false).await?;
+        let decode = builder.layers(true).await?;
+        let tail_last = builder.tail(true, &logits, &next_token).await?;
+        let tail_all = builder.tail(false, &logits, &next_token).await?;
+        ctx.check()?;
+
+        let weight_bytes = total;
+        let kv_bytes = 2 * cache_bytes * u64::from(cfg.n_layer);
+        tracing::info!(
+            weights_mib = weight_bytes >> 20,
+            kv_mib = kv_bytes >> 20,
+            n_ctx,
+            max_batch,
+            "model on the GPU"
+        );
+        Ok(LlamaGpu {
+            ctx,
+            cfg,
+            n_ctx,
+            max_batch,
+            logit_rows,
+            step,
+            prefill,
+            decode,
+            tail_last,
+            tail_all,
+            logits,
+            next_token,
+            readback,
+            weight_bytes,
+            kv_bytes,
+            xn: act.xn,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// KV cache length in tokens.
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// Most tokens one forward step takes.
+    pub fn max_batch(&self) -> u32 {
+        self.max_batch
+    }
+
+    /// Most tokens one [`Output::AllLogits`] step takes.
+    pub fn max_logit_rows(&self) -> u32 {
+        self.logit_rows
+    }
+
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv_bytes
+    }
+
+    fn check_step(&self, tokens: &[u32], pos0: u32, output: Output) -> Result<u32> {
+        let n = tokens.len() as u64;
+        let max = if output == Output::AllLogits { self.logit_rows } else { self.max_batch };
+        if n == 0 || n > u64::from(max) {
+            return Err(ModelError::BadRequest(format!("a step takes 1..={max} tokens, got {n}")).into());
+        }
+        let end = u64::from(pos0) + n;
+        if end > u64::from(self.n_ctx) {
+            return Err(ModelError::ContextFull {
+                pos0,
+                end,
+                n_ctx: self.n_ctx,
+            }
+            .into());
+        }
+        if let Some(&token) = tokens.iter().find(|&&t| t >= self.cfg.n_vocab) {
+            return Err(ModelError::TokenOutOfRange {
+                token,
+                n_vocab: self.cfg.n_vocab,
+            }
+            .into());
+        }
+        Ok(n as u32)
+    }
+
+    /// Runs `tokens` at positions `pos0..`, storing their K/V in the cache, and returns what
+    /// `output` asks for. Positions past `pos0 + tokens.len()` keep stale K/V that later steps
+    /// overwrite, so rewinding is just passing an earlier `pos0`.
+    pub async fn forward(&mut self, tokens: &[u32], pos0: u32, output: Output) -> Result<Forward> {
+        let n = self.check_step(tokens, pos0, output)?;
+        self.step.write(&self.ctx, pos0, tokens)?;
+        let layers = if n < VECTOR_MAX_TOKENS { &self.decode } else { &self.prefill };
+        let tail = if output == Output::AllLogits { &self.tail_all } else { &self.tail_last };
+        let mut encoder = self
+            .ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        encode_all(
+            &self.ctx,
+            &mut encoder,
+            layers.iter().flat_map(|s| &s.dispatches).chain(tail),
+            n,
+        );
+        let vocab = u64::from(self.cfg.n_vocab);
+        let read_bytes = match output {
+            Output::Argmax => {
+                self.readback.copy_from(&mut encoder, &self.next_token, 0, 4)?;
+                4
+            }
+            Output::LastLogits => {
+                self.readback.copy_from(&mut encoder, &self.logits, 0, vocab * 4)?;
+                vocab * 4
+            }
+            Output::AllLogits => {
+                let bytes = u64::from(n) * vocab * 4;
+                self.readback.copy_from(&mut encoder, &self.logits, 0, bytes)?;
+                bytes
+            }
+        };
+        self.ctx.queue().submit([encoder.finish()]);
+        Ok(match output {
+            Output::Argmax => {
+                let ids = self.readback.read_u32(&self.ctx, 1).await?;
+                let id = ids.first().copied().unwrap_or(u32::MAX);
+                if id >= self.cfg.n_vocab {
+                    return Err(ModelError::Invalid("the logits hold no finite value".into()).into());
+                }
+                Forward::Token(id)
+            }
+            _ => Forward::Logits(self.readback.read_f32(&self.ctx, (read_bytes / 4) as usize).await?),
+        })
+    }
+
+    /// Runs `tokens` like [`forward`](Self::forward) with every logit row, stage by stage, and
+    /// returns the named activations (as in the reference layer dump) followed by `logits`.
+    pub async fn forward_traced(&mut self, tokens: &[u32], pos0: u32) -> Result<Vec<(String, Vec<f32>)>> {
+        let n = self.check_step(tokens, pos0, Output::AllLogits)?;
+        self.step.write(&self.ctx, pos0, tokens)?;
+        let layers = if n < VECTOR_MAX_TOKENS { &self.decode } else { &self.prefill };
+        let final_norm = TracePoint {
+            name: "output_norm".into(),
+            buffer: self.xn.clone(),
+            row_len: self.cfg.n_embd,
+            rows_at_pos: false,
+        };
+        let tail = [Stage {
+            dispatches: Vec::new(),
+            trace: None,
+        }];
+        let mut out = Vec::new();
+        let stages = layers.iter().chain(&tail);
+        for (i, stage) in stages.enumerate() {
+            let (dispatches, trace): (&[Dispatch], Option<&TracePoint>) = if i == layers.len() {
+                (&self.tail_all, Some(&final_norm))
+            } else {
+                (&stage.dispatches, stage.trace.as_ref())
+            };
+            let mut encoder = self.ctx.device().create_command_encoder(&Default::default());
+            encode_all(&self.ctx, &mut encoder, dispatches, n);
+            let Some(tp) = trace else {
+                self.ctx.queue().submit([encoder.finish()]);
+                continue;
+            };
+            let row_bytes = u64::from(tp.row_len) * 4;
+            let offset = if tp.rows_at_pos { u64::from(pos0) * row_bytes } else { 0 };
+            let bytes = u64::from(n) * row_bytes;
+            let rb = ReadbackBuffer::new(&self.ctx, "trace", bytes).await?;
+            rb.copy_from(&mut encoder, &tp.buffer, offset, bytes)?;
+            self.ctx.queue().submit([encoder.finish()]);
+            out.push((tp.name.clone(), rb.read_f32(&self.ctx, (bytes / 4) as usize).await?));
+        }
+        let bytes = u64::from(n) * u64::from(self.cfg.n_vocab) * 4;
+        let mut encoder = self.ctx.device().create_command_encoder(&Default::default());
+        self.readback.copy_from(&mut encoder, &self.logits, 0, bytes)?;
+        self.ctx.queue().submit([encoder.finish()]);
+        out.push(("logits".into(), self.readback.read_f32(&self.ctx, (bytes / 4) as usize).await?));
+        Ok(out)
+    }
+}
+
+/// Builds the dispatch lists once, at load time.
+struct PlanBuilder<'a> {
+    ctx: &'a GpuContext,
+    cfg: &'a LlamaConfig,
+    step: &'a wgpu::Buffer,
+    act: &'a Activations,
+    weights: &'a Weights,
+    k_cache: &'a [wgpu::Buffer],
+    v_cache: &'a [wgpu::Buffer],
+    n_ctx: u32,
+    max_batch: u32,
+}
+
+impl PlanBuilder<'_> {
+    async fn matmul_kernel(&self, vector: bool, dtype: DType) -> Result<Matmul, KernelError> {
+        if vector {
+            Matmul::vector(self.ctx, dtype).await
+        } else {
+            Matmul::tiled(self.ctx, dtype).await
+        }
+    }
+
+    /// `y = x w^T` between activation buffers of max_batch rows.
+    async fn matmul(
+        &self,
+        vector: bool,
+        w: &WeightTensor,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        y_width: u32,
+        to_cache: bool,
+    ) -> Result<Vec<Dispatch>, KernelError> {
+        self.matmul_kernel(vector, w.dtype).await?.bind(
+            self.ctx,
+            self.step,
+            w,
+            x,
+            y,
+            MatmulLayout {
+                x_stride: w.row_len,
+                y_stride: y_width,
+                x_rows: self.max_batch,
+                y_rows: if to_cache { self.n_ctx } else { self.max_batch },
+                y_rows_at_pos: to_cache,
+                y_col0: 0,
+                single_row: false,
+            },
+        )
+    }
+
+    fn trace(&self, name: String, buffer: &wgpu::Buffer, row_len: u32, rows_at_pos: bool) -> Option<TracePoint> {
+        Some(TracePoint {
+            name,
+            buffer: buffer.clone(),
+            row_len,
+            rows_at_pos,
+        })
+    }
+
+    async fn layers(&self, vector: bool) -> Result<Vec<Stage>> {
+        let c = self.cfg;
+        let a = self.act;
+        let (ctx, step, mb) = (self.ctx, self.step, self.max_batch);
+        let rms = RmsNorm::new(ctx).await?;
+        let rope = Rope::new(ctx).await?;
+        let attention = Attention::new(ctx).await?;
+        let add = Add::new(ctx).await?;
+        let silu_mul = SiluMul::new(ctx).await?;
+        let embed = Embed::new(ctx, self.weights.token_embd.dtype).await?;
+
+        let mut stages = vec![Stage {
+            dispatches: embed.bind(ctx, step, &self.weights.token_embd, &a.x, mb)?,
+            trace: self.trace("embd".into(), &a.x, c.n_embd, false),
+        }];
+        let rope_params = |n_head: u32, row_stride: u32, rows_at_pos: bool| RopeParams {
+            n_head,
+            head_dim: c.head_dim,
+            n_rot: c.rope.n_rot as u32,
+            neox: u32::from(c.rope.neox),
+            freq_base: c.rope.freq_base,
+            freq_scale: c.rope.freq_scale,
+            row_stride,
+            rows_at_pos: u32::from(rows_at_pos),
+        };
+        for (i, l) in self.weights.layers.iter().enumerate() {
+            let (kc, vc) = (&self.k_cache[i], &self.v_cache[i]);
+            stages.push(Stage {
+                dispatches: vec![rms.bind(ctx, step, &a.x, &l.attn_norm, &a.xn, c.n_embd, c.norm_eps, false, mb)?],
+                trace: self.trace(format!("blk.{i}.attn_norm"), &a.xn, c.n_embd, false),
+            });
+            let mut qkv = self.matmul(vector, &l.attn_q, &a.xn, &a.q, c.n_embd_q(), false).await?;
+            qkv.extend(self.matmul(vector, &l.attn_k, &a.xn, kc, c.n_embd_kv(), true).await?);
+            qkv.extend(self.matmul(vector, &l.attn_v, &a.xn, vc, c.n_embd_kv(), true).await?);
+            stages.push(Stage {
+                dispatches: qkv,
+                trace: None,
+            });
+            stages.push(Stage {
+                dispatches: vec![rope.bind(ctx, step, &a.q, rope_params(c.n_head, c.n_embd_q(), false), mb)?],
+                trace: self.trace(format!("blk.{i}.q_rope"), &a.q, c.n_embd_q(), false),
+            });
+            stages.push(Stage {
+                dispatches: vec![rope.bind(ctx, step, kc, rope_params(c.n_head_kv, c.n_embd_kv(), true), self.n_ctx)?],
+                trace: self.trace(format!("blk.{i}.k_rope"), kc, c.n_embd_kv(), true),
+            });
+            let attn_params = AttentionParams {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim: c.head_dim,
+                q_stride: c.n_embd_q(),
+                kv_stride: c.n_embd_kv(),
+                scale: 1.0 / (c.head_dim as f32).sqrt(),
+                _pad0: 0,
+                _pad1: 0,
+            };
+            stages.push(Stage {
+                dispatches: vec![attention.bind(ctx, step, &a.q, kc, vc, &a.attn, attn_params, mb, self.n_ctx)?],
+                trace: self.trace(format!("blk.{i}.attn_out_before_proj"), &a.attn, c.n_embd_q(), false),
+            });
+            let mut d = self.matmul(vector, &l.attn_output, &a.attn, &a.proj, c.n_embd, false).await?;
+            d.push(add.bind(ctx, step, &a.x, &a.proj, c.n_embd, mb)?);
+            stages.push(Stage {
+                dispatches: d,
+                trace: self.trace(format!("blk.{i}.after_attn_residual"), &a.x, c.n_embd, false),
+            });
+            let mut d = vec![rms.bind(ctx, step, &a.x, &l.ffn_norm, &a.xn, c.n_embd, c.norm_eps, false, mb)?];
+            d.extend(self.matmul(vector, &l.ffn_gate, &a.xn, &a.gate, c.n_ff, false).await?);
+            d.extend(self.matmul(vector, &l.ffn_up, &a.xn, &a.up, c.n_ff, false).await?);
+            d.push(silu_mul.bind(ctx, step, &a.gate, &a.up, c.n_ff, mb)?);
+            d.extend(self.matmul(vector, &l.ffn_down, &a.gate, &a.proj, c.n_embd, false).await?);
+            d.push(add.bind(ctx, step, &a.x, &a.proj, c.n_embd, mb)?);
+            stages.push(Stage {
+                dispatches: d,
+                trace: self.trace(format!("blk.{i}.out"), &a.x, c.n_embd, false),
+            });
+        }
+        Ok(stages)
+    }
+
+    /// Final norm and output projection: of the last row only (and its argmax), or of all rows.
+    async fn tail(&self, last_only: bool, logits: &wgpu::Buffer, next_token: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
+        let c = self.cfg;
+        let a = self.act;
+        let output = self.weights.output.as_ref().unwrap_or(&self.weights.token_embd);
+        let logit_rows = (logits.size() / (u64::from(c.n_vocab) * 4)) as u32;
+        let mut d = vec![RmsNorm::new(self.ctx).await?.bind(
+            self.ctx,
+            self.step,
+            &a.x,
+            &self.weights.output_norm,
+            &a.xn,
+            c.n_embd,
+            c.norm_eps,
+            last_only,
+            self.max_batch,
+        )?];
+        d.extend(self.matmul_kernel(last_only, output.dtype).await?.bind(
+            self.ctx,
+            self.step,
+            output,
+            &a.xn,
+            logits,
+            MatmulLayout {
+                x_stride: c.n_embd,
+                y_stride: c.n_vocab,
+                x_rows: if last_only { 1 } else { logit_rows },
+                y_rows: if last_only { 1 } else { logit_rows },
+                y_rows_at_pos: false,
+                y_col0: 0,
+                single_row: last_only,
+            },
+        )?);
+        if last_only {
+            d.push(Argmax::new(self.ctx).await?.bind(self.ctx, logits, next_token, c.n_vocab, 1)?);
+        }
+        Ok(d)
+    }
+}
