@@ -21,10 +21,10 @@ var<workgroup> best_index: array<u32, WG_SIZE>;
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wid.y;
-    let active = row < params.n_rows;
+    let in_range = row < params.n_rows;
     var value = -3.0e38;
     var index = 0xffffffffu;
-    if (active) {
+    if (in_range) {
         let at = row * params.n;
         for (var k = lid; k < params.n; k += WG_SIZE) {
             let v = x[at + k];
@@ -48,7 +48,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    if (active && lid == 0u) {
+    if (in_range && lid == 0u) {
         out[row] = best_index[0];
     }
 }

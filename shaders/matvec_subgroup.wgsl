@@ -38,9 +38,9 @@ fn main(
 ) {
     let t = wid.y;
     let row = (wid.x + wid.z * nwg.x) * n_sg + sg_id;
-    let active = row < params.n_out && t < step.n_tokens;
+    let in_range = row < params.n_out && t < step.n_tokens;
     var acc = 0.0;
-    if (active) {
+    if (in_range) {
         let row_at = row * params.row_bytes;
         let x_at = t * params.x_stride;
         for (var k = lane * 4u; k < params.n_in; k += sg_size * 4u) {
@@ -49,7 +49,7 @@ fn main(
         }
     }
     let sum = subgroupAdd(acc);
-    if (active && lane == 0u) {
+    if (in_range && lane == 0u) {
         let y_row = select(t, step.pos0 + t, params.y_rows_at_pos == 1u);
         y[y_row * params.y_stride + params.out_col0 + row] = sum;
     }

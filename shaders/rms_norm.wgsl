@@ -25,10 +25,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let row = wid.y;
     let n_rows = select(step.n_tokens, 1u, params.last_row_only == 1u);
     let in_row = select(row, step.n_tokens - 1u, params.last_row_only == 1u);
-    let active = row < n_rows;
+    let in_range = row < n_rows;
     let x_at = in_row * params.n_embd;
     var sum = 0.0;
-    if (active) {
+    if (in_range) {
         for (var k = lid; k < params.n_embd; k += WG_SIZE) {
             let v = x[x_at + k];
             sum += v * v;
@@ -42,7 +42,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    if (!active) {
+    if (!in_range) {
         return;
     }
     let scale = inverseSqrt(partial[0] / f32(params.n_embd) + params.eps);

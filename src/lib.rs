@@ -18,3 +18,5 @@ pub mod reference;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+/// The wgpu this crate is built on, for callers that share its device or buffers.
+pub use wgpu;

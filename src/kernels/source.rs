@@ -29,6 +29,14 @@ fn file(path: &str) -> Result<&'static str, KernelError> {
         .ok_or_else(|| KernelError::UnknownShader(path.to_string()))
 }
 
+/// Whether an `enable` directive goes to the shader compiler. Browsers require
+/// `enable subgroups;` before subgroup builtins, while naga (wgpu's native compiler) rejects the
+/// directive and allows the builtins when the device has the feature; so the files carry the
+/// standard directive and native builds drop it.
+fn keep_enable(line: &str) -> bool {
+    cfg!(target_arch = "wasm32") || !line.contains("subgroups")
+}
+
 /// The full source of `shaders/<name>.wgsl`: its `enable` directives first (WGSL wants them
 /// before any declaration), then each included helper once, then the shader's own text.
 pub fn shader_source(name: &str) -> Result<String, KernelError> {
@@ -43,8 +51,10 @@ pub fn shader_source(name: &str) -> Result<String, KernelError> {
                 includes.push(path);
             }
         } else if line.starts_with("enable ") {
-            enables.push_str(line);
-            enables.push('\n');
+            if keep_enable(line) {
+                enables.push_str(line);
+                enables.push('\n');
+            }
         } else {
             body.push_str(line);
             body.push('\n');

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sovereign::gpu::{GpuContext, GpuOptions};
+use sovereign::wgpu;
 
 /// The SmolLM2-135M-Instruct Q4_1 file: `SOVEREIGN_TEST_MODEL`, else the default model cache.
 pub fn model_path() -> PathBuf {
@@ -36,4 +37,79 @@ pub fn gpu(options: GpuOptions) -> Arc<GpuContext> {
         Ok(ctx) => Arc::new(ctx),
         Err(e) => panic!("no usable GPU adapter ({e}); GPU tests never skip"),
     }
+}
+
+/// A fixed-seed xorshift generator for test inputs.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u32(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 32) as u32
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        self.next_u32() as f32 / 2_147_483_648.0 - 1.0
+    }
+
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+}
+
+pub fn storage(ctx: &GpuContext, data: &[f32]) -> wgpu::Buffer {
+    pollster::block_on(ctx.storage_buffer_init("test", bytemuck::cast_slice(data))).unwrap()
+}
+
+pub fn zeros(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
+    storage(ctx, &vec![0.0; n])
+}
+
+/// Writes the step, records `dispatches` in one pass, submits and waits.
+pub fn run(ctx: &GpuContext, dispatches: &[&sovereign::kernels::Dispatch], pos0: u32, tokens: &[u32], step: &sovereign::kernels::StepBuffer) {
+    step.write(ctx, pos0, tokens).unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    sovereign::kernels::encode_all(ctx, &mut encoder, dispatches.iter().copied(), tokens.len() as u32);
+    ctx.queue().submit([encoder.finish()]);
+}
+
+pub fn read_f32(ctx: &GpuContext, buffer: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    let rb = pollster::block_on(sovereign::gpu::ReadbackBuffer::new(ctx, "test", (n * 4) as u64)).unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    rb.copy_from(&mut encoder, buffer, 0, (n * 4) as u64).unwrap();
+    ctx.queue().submit([encoder.finish()]);
+    pollster::block_on(rb.read_f32(ctx, n)).unwrap()
+}
+
+pub fn read_u32(ctx: &GpuContext, buffer: &wgpu::Buffer, n: usize) -> Vec<u32> {
+    let rb = pollster::block_on(sovereign::gpu::ReadbackBuffer::new(ctx, "test", (n * 4) as u64)).unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    rb.copy_from(&mut encoder, buffer, 0, (n * 4) as u64).unwrap();
+    ctx.queue().submit([encoder.finish()]);
+    pollster::block_on(rb.read_u32(ctx, n)).unwrap()
+}
+
+/// Asserts |got - want| <= atol + rtol * |want| element-wise, naming the first bad index.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        assert!(
+            err <= atol + rtol * w.abs(),
+            "{what}: element {i}: got {g}, want {w} (error {err})"
+        );
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    assert!(want.iter().any(|v| *v != 0.0), "{what}: reference is all zeros, the test proves nothing");
+    eprintln!("{what}: max error {:.3e} at {}", worst.0, worst.1);
 }

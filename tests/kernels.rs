@@ -1,0 +1,381 @@
+//! Every kernel on the GPU against its CPU reference, on random inputs with fixed seeds, for every
+//! weight type and for both the plain and the subgroup path.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Rng, assert_close, gpu, read_f32, read_u32, run, storage, zeros};
+use sovereign::format::DType;
+use sovereign::gpu::{GpuContext, GpuOptions, WeightTensor};
+use sovereign::kernels::StepBuffer;
+use sovereign::kernels::add::Add;
+use sovereign::kernels::argmax::Argmax;
+use sovereign::kernels::attention::{Attention, AttentionParams};
+use sovereign::kernels::embed::Embed;
+use sovereign::kernels::matmul::{Matmul, MatmulLayout};
+use sovereign::kernels::rms_norm::RmsNorm;
+use sovereign::kernels::rope::{Rope, RopeParams};
+use sovereign::kernels::silu_mul::SiluMul;
+use sovereign::reference::{self, AttentionShape, RopeConfig};
+
+const DTYPES: [DType; 5] = [DType::F32, DType::F16, DType::Q4_0, DType::Q4_1, DType::Q8_0];
+
+/// The plain path (no subgroups, no f16) and whatever the adapter offers.
+fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
+    let plain = gpu(GpuOptions {
+        disable_f16: true,
+        disable_subgroups: true,
+        ..Default::default()
+    });
+    let full = gpu(GpuOptions::default());
+    let mut v = vec![("plain", plain)];
+    if full.features().subgroups || full.features().shader_f16 {
+        v.push(("features", full));
+    }
+    v
+}
+
+/// Random weights quantized to `dtype`, and their dequantized values (the reference input).
+fn weights(rng: &mut Rng, dtype: DType, n_rows: usize, row_len: usize) -> (Vec<u8>, Vec<f32>) {
+    let values = rng.vec(n_rows * row_len, 1.0);
+    let bytes = reference::quantize(dtype, &values).unwrap();
+    let deq = reference::dequantize(dtype, &bytes, values.len()).unwrap();
+    (bytes, deq)
+}
+
+fn upload(ctx: &GpuContext, dtype: DType, row_len: usize, n_rows: usize, bytes: &[u8]) -> WeightTensor {
+    pollster::block_on(WeightTensor::upload(ctx, "w", dtype, row_len as u32, n_rows as u32, bytes)).unwrap()
+}
+
+fn step(ctx: &GpuContext, max: u32) -> StepBuffer {
+    pollster::block_on(StepBuffer::new(ctx, max)).unwrap()
+}
+
+#[test]
+fn embed_matches_reference_for_every_dtype() {
+    let mut rng = Rng::new(1);
+    let (n_vocab, n_embd) = (300, 96);
+    let tokens = [0u32, 299, 17, 150, 17, 64];
+    // A binding cap forces the table over several buffers: rows past the first chunk must work.
+    let ctx = gpu(GpuOptions {
+        max_binding_size: Some(4096),
+        ..Default::default()
+    });
+    for dtype in DTYPES {
+        let (bytes, deq) = weights(&mut rng, dtype, n_vocab, n_embd);
+        let table = upload(&ctx, dtype, n_embd, n_vocab, &bytes);
+        assert!(table.chunks.len() > 1, "{dtype}: table not split");
+        let out = zeros(&ctx, 8 * n_embd);
+        let s = step(&ctx, 8);
+        let op = pollster::block_on(Embed::new(&ctx, dtype)).unwrap();
+        let d = op.bind(&ctx, s.buffer(), &table, &out, 8).unwrap();
+        run(&ctx, &d.iter().collect::<Vec<_>>(), 0, &tokens, &s);
+        let got = read_f32(&ctx, &out, tokens.len() * n_embd);
+        assert_close(&format!("embed {dtype}"), &got, &reference::embed(&deq, n_embd, &tokens), 0.0, 0.0);
+    }
+}
+
+#[test]
+fn rms_norm_matches_reference() {
+    let mut rng = Rng::new(2);
+    let ctx = gpu(GpuOptions::default());
+    let (n_tokens, n_embd, eps) = (5usize, 576usize, 1e-5f32);
+    let x = rng.vec(n_tokens * n_embd, 3.0);
+    let w = rng.vec(n_embd, 1.0);
+    let want = reference::rms_norm(&x, &w, eps);
+    let mut x = x;
+    x.resize(8 * n_embd, 0.0);
+    let tokens = vec![0u32; n_tokens];
+    let s = step(&ctx, 8);
+    let (xb, wb) = (storage(&ctx, &x), storage(&ctx, &w));
+    let op = pollster::block_on(RmsNorm::new(&ctx)).unwrap();
+
+    let out = zeros(&ctx, 8 * n_embd);
+    let d = op.bind(&ctx, s.buffer(), &xb, &wb, &out, n_embd as u32, eps, false, 8).unwrap();
+    run(&ctx, &[&d], 0, &tokens, &s);
+    assert_close("rms_norm", &read_f32(&ctx, &out, n_tokens * n_embd), &want, 1e-5, 1e-5);
+
+    let last = zeros(&ctx, n_embd);
+    let d = op.bind(&ctx, s.buffer(), &xb, &wb, &last, n_embd as u32, eps, true, 8).unwrap();
+    run(&ctx, &[&d], 0, &tokens, &s);
+    assert_close(
+        "rms_norm last row",
+        &read_f32(&ctx, &last, n_embd),
+        &want[(n_tokens - 1) * n_embd..],
+        1e-5,
+        1e-5,
+    );
+}
+
+#[test]
+fn rope_matches_reference_in_both_modes() {
+    let mut rng = Rng::new(3);
+    let ctx = gpu(GpuOptions::default());
+    let (n_head, head_dim) = (3usize, 64usize);
+    let op = pollster::block_on(Rope::new(&ctx)).unwrap();
+    for (neox, n_rot, pos0, n_tokens) in [(false, 64, 0u32, 7usize), (true, 64, 5, 3), (false, 32, 8000, 2), (true, 48, 4090, 1)] {
+        let cfg = RopeConfig {
+            n_rot,
+            freq_base: 100_000.0,
+            freq_scale: 1.0,
+            neox,
+        };
+        let x = rng.vec(n_tokens * n_head * head_dim, 2.0);
+        let mut want = x.clone();
+        let positions: Vec<u32> = (pos0..pos0 + n_tokens as u32).collect();
+        reference::rope(&mut want, n_head, head_dim, &positions, cfg);
+        let xb = storage(&ctx, &x);
+        let s = step(&ctx, 8);
+        let params = RopeParams {
+            n_head: n_head as u32,
+            head_dim: head_dim as u32,
+            n_rot: n_rot as u32,
+            neox: u32::from(neox),
+            freq_base: cfg.freq_base,
+            freq_scale: cfg.freq_scale,
+            row_stride: (n_head * head_dim) as u32,
+            rows_at_pos: 0,
+        };
+        let d = op.bind(&ctx, s.buffer(), &xb, params, n_tokens as u32).unwrap();
+        run(&ctx, &[&d], pos0, &vec![0; n_tokens], &s);
+        // At position 8000 an f32 angle carries ~5e-4 rad of rounding; the reference is exact.
+        let atol = if pos0 > 1000 { 3e-3 } else { 2e-5 };
+        assert_close(
+            &format!("rope neox={neox} n_rot={n_rot} pos0={pos0}"),
+            &read_f32(&ctx, &xb, x.len()),
+            &want,
+            atol,
+            1e-5,
+        );
+    }
+
+    // Rows addressed by position, as when K is rotated in the cache.
+    let (n_ctx, pos0, n_tokens) = (16usize, 9u32, 4usize);
+    let row = n_head * head_dim;
+    let cache = rng.vec(n_ctx * row, 1.0);
+    let cfg = RopeConfig {
+        n_rot: 64,
+        freq_base: 10_000.0,
+        freq_scale: 0.5,
+        neox: false,
+    };
+    let mut want = cache.clone();
+    let range = pos0 as usize * row..(pos0 as usize + n_tokens) * row;
+    let positions: Vec<u32> = (pos0..pos0 + n_tokens as u32).collect();
+    reference::rope(&mut want[range], n_head, head_dim, &positions, cfg);
+    let cb = storage(&ctx, &cache);
+    let s = step(&ctx, 8);
+    let params = RopeParams {
+        n_head: n_head as u32,
+        head_dim: head_dim as u32,
+        n_rot: 64,
+        neox: 0,
+        freq_base: cfg.freq_base,
+        freq_scale: cfg.freq_scale,
+        row_stride: row as u32,
+        rows_at_pos: 1,
+    };
+    let d = op.bind(&ctx, s.buffer(), &cb, params, n_ctx as u32).unwrap();
+    run(&ctx, &[&d], pos0, &vec![0; n_tokens], &s);
+    assert_close("rope at positions", &read_f32(&ctx, &cb, cache.len()), &want, 2e-5, 1e-5);
+}
+
+/// Runs `y = x W^T` with the decode or the prefill kernel and compares with the reference.
+#[allow(clippy::too_many_arguments)]
+fn check_matmul(ctx: &GpuContext, label: &str, vector: bool, dtype: DType, n_tokens: usize, n_in: usize, n_out: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (bytes, deq) = weights(&mut rng, dtype, n_out, n_in);
+    let x = rng.vec(n_tokens * n_in, 1.0);
+    let want = reference::matmul(&x, &deq, n_in);
+    let w = upload(ctx, dtype, n_in, n_out, &bytes);
+    let max = n_tokens.max(8);
+    let xb = storage(ctx, &x);
+    let y = zeros(ctx, max * n_out);
+    let s = step(ctx, max as u32);
+    let op = if vector { pollster::block_on(Matmul::vector(ctx, dtype)) } else { pollster::block_on(Matmul::tiled(ctx, dtype)) }.unwrap();
+    let layout = MatmulLayout {
+        x_stride: n_in as u32,
+        y_stride: n_out as u32,
+        x_rows: n_tokens as u32,
+        y_rows: n_tokens as u32,
+        y_rows_at_pos: false,
+        y_col0: 0,
+        single_row: false,
+    };
+    let d = op.bind(ctx, s.buffer(), &w, &xb, &y, layout).unwrap();
+    run(ctx, &d.iter().collect::<Vec<_>>(), 0, &vec![0; n_tokens], &s);
+    let got = read_f32(ctx, &y, n_tokens * n_out);
+    let atol = 2e-5 * (n_in as f32).sqrt();
+    assert_close(
+        &format!("{label} {} {dtype} ({n_tokens}x{n_in} . {n_out}x{n_in}, {} buffers)", if vector { "matvec" } else { "matmul" }, w.chunks.len()),
+        &got,
+        &want,
+        atol,
+        1e-4,
+    );
+}
+
+#[test]
+fn matvec_matches_reference_for_every_dtype_and_path() {
+    for (label, ctx) in contexts() {
+        for (i, dtype) in DTYPES.into_iter().enumerate() {
+            check_matmul(&ctx, label, true, dtype, 1, 576, 200, 10 + i as u64);
+            check_matmul(&ctx, label, true, dtype, 3, 1536, 77, 20 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_reference_for_every_dtype() {
+    let ctx = gpu(GpuOptions::default());
+    for (i, dtype) in DTYPES.into_iter().enumerate() {
+        // Token and output counts that are not multiples of the tiles.
+        check_matmul(&ctx, "tiled", false, dtype, 37, 576, 130, 30 + i as u64);
+        check_matmul(&ctx, "tiled", false, dtype, 8, 160, 64, 40 + i as u64);
+    }
+    // A K that is not a multiple of the K tile (f32 rows need only be multiples of 4).
+    check_matmul(&ctx, "tiled", false, DType::F32, 33, 52, 70, 50);
+    check_matmul(&ctx, "plain", true, DType::F32, 2, 52, 70, 51);
+}
+
+#[test]
+fn matmul_splits_weights_over_bindings() {
+    // Each buffer holds at most 24 KiB: the 200 x 576 matrices span several.
+    let ctx = gpu(GpuOptions {
+        max_binding_size: Some(24 * 1024),
+        disable_subgroups: true,
+        ..Default::default()
+    });
+    for (i, dtype) in DTYPES.into_iter().enumerate() {
+        check_matmul(&ctx, "split", true, dtype, 1, 576, 200, 60 + i as u64);
+        check_matmul(&ctx, "split", false, dtype, 40, 576, 200, 70 + i as u64);
+    }
+}
+
+#[test]
+fn matmul_writes_rows_at_positions() {
+    let ctx = gpu(GpuOptions::default());
+    let mut rng = Rng::new(80);
+    let (n_in, n_out, n_ctx, pos0, n_tokens) = (64usize, 48usize, 20usize, 11u32, 3usize);
+    let (bytes, deq) = weights(&mut rng, DType::Q8_0, n_out, n_in);
+    let w = upload(&ctx, DType::Q8_0, n_in, n_out, &bytes);
+    let x = rng.vec(n_tokens * n_in, 1.0);
+    let cache = rng.vec(n_ctx * n_out, 1.0);
+    let mut want = cache.clone();
+    let rows = reference::matmul(&x, &deq, n_in);
+    want[pos0 as usize * n_out..(pos0 as usize + n_tokens) * n_out].copy_from_slice(&rows);
+    for vector in [true, false] {
+        let cb = storage(&ctx, &cache);
+        let s = step(&ctx, 8);
+        let op = if vector { pollster::block_on(Matmul::vector(&ctx, DType::Q8_0)) } else { pollster::block_on(Matmul::tiled(&ctx, DType::Q8_0)) }.unwrap();
+        let layout = MatmulLayout {
+            x_stride: n_in as u32,
+            y_stride: n_out as u32,
+            x_rows: n_tokens as u32,
+            y_rows: n_ctx as u32,
+            y_rows_at_pos: true,
+            y_col0: 0,
+            single_row: false,
+        };
+        let d = op.bind(&ctx, s.buffer(), &w, &storage(&ctx, &x), &cb, layout).unwrap();
+        run(&ctx, &d.iter().collect::<Vec<_>>(), pos0, &vec![0; n_tokens], &s);
+        assert_close(&format!("rows at pos (vector={vector})"), &read_f32(&ctx, &cb, cache.len()), &want, 1e-4, 1e-4);
+    }
+}
+
+fn check_attention(ctx: &GpuContext, n_head: usize, n_head_kv: usize, head_dim: usize, pos0: usize, n_tokens: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let n_ctx = pos0 + n_tokens + 3;
+    let q = rng.vec(n_tokens * n_head * head_dim, 1.0);
+    let k = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
+    let v = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
+    let shape = AttentionShape {
+        n_head,
+        n_head_kv,
+        head_dim,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    };
+    let want = reference::attention(&q, &k, &v, pos0, shape);
+    let out = zeros(ctx, n_tokens * n_head * head_dim);
+    let s = step(ctx, n_tokens as u32);
+    let op = pollster::block_on(Attention::new(ctx)).unwrap();
+    let params = AttentionParams {
+        n_head: n_head as u32,
+        n_head_kv: n_head_kv as u32,
+        head_dim: head_dim as u32,
+        q_stride: (n_head * head_dim) as u32,
+        kv_stride: (n_head_kv * head_dim) as u32,
+        scale: shape.scale,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let d = op
+        .bind(ctx, s.buffer(), &storage(ctx, &q), &storage(ctx, &k), &storage(ctx, &v), &out, params, n_tokens as u32, n_ctx as u32)
+        .unwrap();
+    run(ctx, &[&d], pos0 as u32, &vec![0; n_tokens], &s);
+    assert_close(
+        &format!("attention {n_head}/{n_head_kv} heads of {head_dim}, {n_tokens} tokens at {pos0}"),
+        &read_f32(ctx, &out, want.len()),
+        &want,
+        2e-5,
+        1e-4,
+    );
+}
+
+#[test]
+fn attention_matches_reference_for_prefill_and_decode() {
+    let ctx = gpu(GpuOptions::default());
+    // Prefill from position 0 (causal mask within the step), GQA 3:1 as in SmolLM2.
+    check_attention(&ctx, 9, 3, 64, 0, 70, 90);
+    // Prefill continuing a cache.
+    check_attention(&ctx, 4, 1, 128, 50, 20, 91);
+    // Decode at several context lengths, MHA and MQA.
+    for (i, pos0) in [0usize, 63, 64, 700, 2047].into_iter().enumerate() {
+        check_attention(&ctx, 9, 3, 64, pos0, 1, 92 + i as u64);
+    }
+    check_attention(&ctx, 8, 8, 32, 130, 1, 99);
+    check_attention(&ctx, 8, 1, 256, 33, 2, 100);
+}
+
+#[test]
+fn silu_mul_and_add_match_reference() {
+    let ctx = gpu(GpuOptions::default());
+    let mut rng = Rng::new(110);
+    let (n_tokens, n) = (3usize, 1536usize);
+    let gate = rng.vec(n_tokens * n, 6.0);
+    let up = rng.vec(n_tokens * n, 2.0);
+    let (gb, ub) = (storage(&ctx, &gate), storage(&ctx, &up));
+    let s = step(&ctx, 4);
+    let d = pollster::block_on(SiluMul::new(&ctx)).unwrap().bind(&ctx, s.buffer(), &gb, &ub, n as u32, 3).unwrap();
+    run(&ctx, &[&d], 0, &[0; 3], &s);
+    assert_close("silu_mul", &read_f32(&ctx, &gb, gate.len()), &reference::silu_mul(&gate, &up), 1e-6, 1e-5);
+
+    let x = rng.vec(n_tokens * n, 1.0);
+    let xb = storage(&ctx, &x);
+    let d = pollster::block_on(Add::new(&ctx)).unwrap().bind(&ctx, s.buffer(), &xb, &ub, n as u32, 3).unwrap();
+    run(&ctx, &[&d], 0, &[0; 3], &s);
+    assert_close("add", &read_f32(&ctx, &xb, x.len()), &reference::add(&x, &up), 0.0, 0.0);
+}
+
+#[test]
+fn argmax_matches_reference_and_breaks_ties_low() {
+    let ctx = gpu(GpuOptions::default());
+    let mut rng = Rng::new(120);
+    let n = 49152usize;
+    let mut x = rng.vec(3 * n, 10.0);
+    // Row 1: a tie between a late and an early index; the early one wins.
+    x[n + 40000] = 50.0;
+    x[n + 7] = 50.0;
+    // Row 2: the maximum in the last slot.
+    x[3 * n - 1] = 99.0;
+    let out = storage(&ctx, &[0.0; 3]);
+    let d = pollster::block_on(Argmax::new(&ctx)).unwrap().bind(&ctx, &storage(&ctx, &x), &out, n as u32, 3).unwrap();
+    let s = step(&ctx, 1);
+    run(&ctx, &[&d], 0, &[0], &s);
+    let got = read_u32(&ctx, &out, 3);
+    let want: Vec<u32> = x.chunks(n).map(|r| reference::argmax(r) as u32).collect();
+    assert_eq!(got, want);
+    assert_eq!(got[1], 7);
+    assert_eq!(got[2], n as u32 - 1);
+}
