@@ -3,7 +3,9 @@
 //! The file is parsed from one byte slice (a memory map on native targets, an owned buffer on the
 //! web). Every count, length, offset and size read from the file is checked against the bytes that
 //! remain, with checked arithmetic, before anything is allocated, so a hostile file costs at most a
-//! small multiple of its own size and never panics.
+//! small multiple of its own size, never panics and never recurses without bound. Positions are
+//! kept in `u64` and converted to `usize` only through checked conversions: the library also runs
+//! on wasm32, where `usize` is 32 bits.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,10 +17,11 @@ const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// Larger alignments than this serve no hardware and only waste file space; a file asking for one
 /// is corrupt or hostile.
-const MAX_ALIGNMENT: u64 = 1 << 20;
+pub const MAX_ALIGNMENT: u64 = 1 << 20;
 /// ggml keeps tensor names in a fixed 64-byte field (63 bytes and a terminator).
-const MAX_TENSOR_NAME: u64 = 63;
-const MAX_DIMS: u32 = 4;
+pub const MAX_TENSOR_NAME: u64 = 63;
+/// ggml's `GGML_MAX_DIMS`.
+pub const MAX_DIMS: u32 = 4;
 /// Arrays of arrays are legal GGUF, but no model uses more than a couple of levels; a deep nest is
 /// an attempt to exhaust the stack.
 pub const MAX_ARRAY_DEPTH: u32 = 8;
@@ -26,6 +29,11 @@ pub const MAX_ARRAY_DEPTH: u32 = 8;
 const MIN_KV_BYTES: u64 = 8 + 4 + 1;
 /// The smallest a tensor info can be: name length (8), empty name, n_dims (4), type (4), offset (8).
 const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 4 + 8;
+/// The most entries reserved up front for any count read from the file. Counts are already
+/// bounded by the bytes that remain, but a collection entry is larger than the smallest encoding
+/// of one, so a large file with a hostile count could still make us reserve gigabytes before a
+/// single entry is read. Past this, collections grow only as entries are actually parsed.
+const MAX_PREALLOC: u64 = 4096;
 
 /// What went wrong reading a GGUF file. Each variant names the problem and where it is.
 #[derive(Debug, thiserror::Error)]
@@ -36,45 +44,61 @@ pub enum GgufError {
         #[source]
         source: std::io::Error,
     },
-    #[error("not a GGUF file: the first bytes are {found:02x?}, expected the magic \"GGUF\"")]
+    #[error(
+        "not a GGUF file: it starts with the bytes {found:02x?} instead of the magic bytes \"GGUF\""
+    )]
     BadMagic { found: Vec<u8> },
-    #[error("big-endian GGUF files are not supported")]
+    #[error("big-endian GGUF files are not supported (this is a little-endian reader)")]
     BigEndian,
-    #[error("unsupported GGUF version {0} (versions 2 and 3 are supported)")]
+    #[error("unsupported version {0} of the GGUF format (versions 2 and 3 are supported)")]
     UnsupportedVersion(u32),
-    #[error("file truncated at byte {offset}: {what} needs {needed} bytes, {remaining} remain")]
+    #[error(
+        "file truncated or corrupt: {what} at byte {offset} needs {needed} bytes, but only {remaining} remain"
+    )]
     Truncated {
         what: String,
         offset: u64,
         needed: u64,
         remaining: u64,
     },
-    #[error("absurd {what} count {count}: the {remaining} bytes left hold at most {max}")]
+    #[error(
+        "absurd {what} count {count}: the {remaining} bytes left in the file hold at most {max}"
+    )]
     AbsurdCount {
         what: &'static str,
         count: u64,
         remaining: u64,
         max: u64,
     },
-    #[error("{what} at byte {offset} is not valid UTF-8")]
+    #[error("{what} at byte {offset} is not valid UTF-8 text")]
     BadUtf8 { what: String, offset: u64 },
-    #[error("metadata key {key:?} has unknown value type {type_id}")]
+    #[error("metadata key {key:?} has unknown value type {type_id} (GGUF defines types 0 to 12)")]
     UnknownValueType { key: String, type_id: u32 },
+    #[error(
+        "metadata key {key:?}: array has unknown element type {type_id} (GGUF defines types 0 to 12)"
+    )]
+    UnknownArrayType { key: String, type_id: u32 },
     #[error("metadata key {key:?}: arrays nested deeper than {MAX_ARRAY_DEPTH} levels")]
     NestingTooDeep { key: String },
     #[error("duplicate metadata key {0:?}")]
     DuplicateKey(String),
-    #[error("general.alignment must be a u32, found {0}")]
+    #[error("general.alignment must be a u32, found a {0}")]
     AlignmentType(&'static str),
-    #[error("general.alignment {0} is invalid: it must be a power of two between 1 and {MAX_ALIGNMENT}")]
+    #[error(
+        "general.alignment {0} is invalid: it must be a power of two between 1 and {MAX_ALIGNMENT}"
+    )]
     BadAlignment(u64),
-    #[error("tensor {name:?}: name is {len} bytes, longer than the {MAX_TENSOR_NAME} bytes ggml allows")]
+    #[error(
+        "tensor {name:?}: name is {len} bytes, longer than the {MAX_TENSOR_NAME} bytes ggml allows"
+    )]
     TensorNameTooLong { name: String, len: u64 },
     #[error("tensor {name:?} has {n_dims} dimensions; at most {MAX_DIMS} are supported")]
     TooManyDims { name: String, n_dims: u32 },
-    #[error("tensor {name:?}: the product of dimensions {dims:?} overflows")]
+    #[error(
+        "tensor {name:?}: dimensions {dims:?} overflow a 64-bit size (element count or byte size past 2^63)"
+    )]
     DimsOverflow { name: String, dims: Vec<u64> },
-    #[error("tensor {name:?} has unknown type {type_id}")]
+    #[error("tensor {name:?} has an unknown data type (ggml type {type_id})")]
     UnknownTensorType { name: String, type_id: u32 },
     #[error(
         "tensor {name:?}: row length {row_len} is not a multiple of the {dtype} block of {block_len}"
@@ -92,7 +116,8 @@ pub enum GgufError {
         alignment: u64,
     },
     #[error(
-        "tensor {name:?}: data at {offset}..{end} lies past the end of the data section ({data_len} bytes)"
+        "tensor {name:?}: data at {offset}..{end} of the data section lies past the end of the file \
+         (the data section holds {data_len} bytes; the file is truncated or the offset is corrupt)"
     )]
     DataOutOfBounds {
         name: String,
@@ -104,6 +129,16 @@ pub enum GgufError {
     Overlap { first: String, second: String },
     #[error("duplicate tensor name {0:?}")]
     DuplicateTensor(String),
+}
+
+/// Capacity to reserve for `count` entries read from the file.
+fn prealloc(count: u64) -> usize {
+    usize::try_from(count.min(MAX_PREALLOC)).unwrap_or(0)
+}
+
+/// usize is at most 64 bits on every target Rust supports, so the fallback is never taken.
+fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 /// The type of a metadata value as GGUF numbers it.
@@ -356,7 +391,10 @@ impl Array {
             Array::U32(v) => v.iter().map(|&x| x.into()).collect(),
             Array::I32(v) => v.iter().map(|&x| x.into()).collect(),
             Array::I64(v) => v.clone(),
-            Array::U64(v) => v.iter().map(|&x| i64::try_from(x).ok()).collect::<Option<_>>()?,
+            Array::U64(v) => v
+                .iter()
+                .map(|&x| i64::try_from(x).ok())
+                .collect::<Option<_>>()?,
             _ => return None,
         })
     }
@@ -428,7 +466,8 @@ pub struct Metadata {
 
 impl Metadata {
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.index.get(key).map(|&i| &self.entries[i].1)
+        let &i = self.index.get(key)?;
+        self.entries.get(i).map(|(_, v)| v)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
@@ -465,17 +504,30 @@ impl Metadata {
 
     /// Builds metadata from pairs; a repeated key is an error, as it is in a file.
     pub fn from_entries(entries: Vec<(String, Value)>) -> Result<Self, GgufError> {
-        let mut index = HashMap::with_capacity(entries.len());
-        for (i, (key, _)) in entries.iter().enumerate() {
-            if index.insert(key.clone(), i).is_some() {
-                return Err(GgufError::DuplicateKey(key.clone()));
-            }
+        let mut metadata = Metadata {
+            entries: Vec::with_capacity(entries.len()),
+            index: HashMap::with_capacity(entries.len()),
+        };
+        for (key, value) in entries {
+            metadata.push(key, value)?;
         }
-        Ok(Metadata { entries, index })
+        Ok(metadata)
+    }
+
+    fn push(&mut self, key: String, value: Value) -> Result<(), GgufError> {
+        if self.index.contains_key(&key) {
+            return Err(GgufError::DuplicateKey(key));
+        }
+        self.index.insert(key.clone(), self.entries.len());
+        self.entries.push((key, value));
+        Ok(())
     }
 }
 
 /// One tensor's entry in the file's tensor table.
+///
+/// For a parsed tensor, the product of its non-zero dimensions fits in an `i64` (as ggml
+/// requires), so `n_elements`, `n_rows` and any other partial product cannot overflow.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
     pub name: String,
@@ -496,7 +548,11 @@ impl TensorInfo {
 
     /// Number of rows: the product of every dimension but the first.
     pub fn n_rows(&self) -> u64 {
-        self.dims.iter().skip(1).product()
+        // Saturating only matters for a hand-built info; a parsed one never overflows here.
+        self.dims
+            .iter()
+            .skip(1)
+            .fold(1u64, |acc, &d| acc.saturating_mul(d))
     }
 }
 
@@ -561,13 +617,13 @@ impl GgufFile {
 
     fn parse(bytes: FileBytes) -> Result<Self, GgufError> {
         let mut r = Reader::new(&bytes);
-        let magic = r.bytes(4, "magic")?;
+        let magic = r.bytes(4, "the magic bytes")?;
         if magic != MAGIC {
             return Err(GgufError::BadMagic {
                 found: magic.to_vec(),
             });
         }
-        let version = r.u32("version")?;
+        let version = r.u32("the version")?;
         if version != 2 && version != 3 {
             // A big-endian file stores the version byte-swapped: 3 reads as 0x03000000.
             if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
@@ -575,55 +631,53 @@ impl GgufFile {
             }
             return Err(GgufError::UnsupportedVersion(version));
         }
-        let n_tensors = r.u64("tensor count")?;
-        let n_kv = r.u64("metadata count")?;
-        r.check_count("metadata", n_kv, MIN_KV_BYTES)?;
+        let n_tensors = r.u64("the tensor count")?;
+        let n_kv = r.u64("the metadata key/value count")?;
+        r.check_count("metadata key/value", n_kv, MIN_KV_BYTES)?;
         r.check_count("tensor", n_tensors, MIN_TENSOR_INFO_BYTES)?;
 
-        let mut entries = Vec::with_capacity(n_kv as usize);
-        let mut seen = HashMap::with_capacity(n_kv as usize);
+        let mut metadata = Metadata {
+            entries: Vec::with_capacity(prealloc(n_kv)),
+            index: HashMap::with_capacity(prealloc(n_kv)),
+        };
         for _ in 0..n_kv {
-            let key_at = r.pos;
-            let key = r.string("metadata key")?;
-            if seen.insert(key.clone(), key_at).is_some() {
+            let key = r.string("a metadata key")?;
+            if metadata.index.contains_key(&key) {
                 return Err(GgufError::DuplicateKey(key));
             }
-            let type_id = r.u32("metadata value type")?;
+            let type_id = r.u32(&format!("the value type of metadata key {key:?}"))?;
             let ty = ValueType::from_id(type_id).ok_or_else(|| GgufError::UnknownValueType {
                 key: key.clone(),
                 type_id,
             })?;
-            let value = r.value(&key, ty, 0)?;
-            entries.push((key, value));
+            let value = r.value(&key, ty)?;
+            metadata.push(key, value)?;
         }
-        let metadata = Metadata::from_entries(entries)?;
 
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(Value::U32(a)) => u64::from(*a),
             Some(other) => return Err(GgufError::AlignmentType(other.value_type().name())),
         };
-        if alignment == 0 || !alignment.is_power_of_two() || alignment > MAX_ALIGNMENT {
+        if !alignment.is_power_of_two() || alignment > MAX_ALIGNMENT {
             return Err(GgufError::BadAlignment(alignment));
         }
 
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(prealloc(n_tensors));
+        let mut tensor_index = HashMap::with_capacity(prealloc(n_tensors));
         for _ in 0..n_tensors {
             let info = r.tensor_info()?;
-            if tensor_index
-                .insert(info.name.clone(), tensors.len())
-                .is_some()
-            {
+            if tensor_index.contains_key(&info.name) {
                 return Err(GgufError::DuplicateTensor(info.name));
             }
+            tensor_index.insert(info.name.clone(), tensors.len());
             tensors.push(info);
         }
 
-        let header_end = r.pos as u64;
-        let file_len = bytes.len() as u64;
-        // The data section starts at the next multiple of the alignment (a file with no tensor
-        // data may end before it).
+        let header_end = to_u64(r.pos);
+        let file_len = to_u64(bytes.len());
+        // The data section starts at the next multiple of the alignment. A file whose tensors are
+        // all empty may end before it, so this may lie past the end of the file.
         let data_offset = header_end
             .checked_next_multiple_of(alignment)
             .ok_or(GgufError::BadAlignment(alignment))?;
@@ -636,10 +690,9 @@ impl GgufFile {
                     alignment,
                 });
             }
-            let end = t.offset.checked_add(t.n_bytes);
-            match end {
+            match t.offset.checked_add(t.n_bytes) {
                 Some(end) if end <= data_len => {}
-                _ => {
+                end => {
                     return Err(GgufError::DataOutOfBounds {
                         name: t.name.clone(),
                         offset: t.offset,
@@ -649,13 +702,16 @@ impl GgufFile {
                 }
             }
         }
+        // Every range is in bounds now, so these sums cannot overflow.
         let mut by_offset: Vec<&TensorInfo> = tensors.iter().filter(|t| t.n_bytes > 0).collect();
         by_offset.sort_by_key(|t| t.offset);
         for pair in by_offset.windows(2) {
-            if pair[0].offset + pair[0].n_bytes > pair[1].offset {
+            if let [a, b] = pair
+                && a.offset.saturating_add(a.n_bytes) > b.offset
+            {
                 return Err(GgufError::Overlap {
-                    first: pair[0].name.clone(),
-                    second: pair[1].name.clone(),
+                    first: a.name.clone(),
+                    second: b.name.clone(),
                 });
             }
         }
@@ -680,14 +736,24 @@ impl GgufFile {
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+        let &i = self.tensor_index.get(name)?;
+        self.tensors.get(i)
     }
 
     /// The tensor's bytes, borrowed from the mapped file.
+    ///
+    /// Bounds were checked at parse time against this same buffer. An info that does not belong
+    /// to this file, or an empty tensor placed where the file has already ended, gives an empty
+    /// slice rather than a panic.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
-        // Bounds were checked at parse time against this same buffer.
-        let start = (self.data_offset + info.offset) as usize;
-        &self.bytes[start..start + info.n_bytes as usize]
+        let range = || {
+            let start = self.data_offset.checked_add(info.offset)?;
+            let end = start.checked_add(info.n_bytes)?;
+            Some(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+        };
+        range()
+            .and_then(|range| self.bytes.get(range))
+            .unwrap_or(&[])
     }
 
     /// Offset of the data section from the start of the file.
@@ -696,11 +762,16 @@ impl GgufFile {
     }
 
     pub fn file_len(&self) -> u64 {
-        self.bytes.len() as u64
+        to_u64(self.bytes.len())
+    }
+
+    /// The whole file as parsed (the memory map on native targets); tensor data borrows from it.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
-/// A bounds-checked little-endian cursor.
+/// A bounds-checked little-endian cursor. `pos` never exceeds `buf.len()`.
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -711,26 +782,32 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
+    fn rest(&self) -> &'a [u8] {
+        self.buf.get(self.pos..).unwrap_or(&[])
+    }
+
     fn remaining(&self) -> u64 {
-        (self.buf.len() - self.pos) as u64
+        to_u64(self.rest().len())
+    }
+
+    fn truncated(&self, what: &str, needed: u64) -> GgufError {
+        GgufError::Truncated {
+            what: what.to_string(),
+            offset: to_u64(self.pos),
+            needed,
+            remaining: self.remaining(),
+        }
     }
 
     fn bytes(&mut self, n: u64, what: &str) -> Result<&'a [u8], GgufError> {
-        if n > self.remaining() {
-            return Err(GgufError::Truncated {
-                what: what.to_string(),
-                offset: self.pos as u64,
-                needed: n,
-                remaining: self.remaining(),
-            });
-        }
-        let start = self.pos;
-        self.pos += n as usize;
-        Ok(&self.buf[start..self.pos])
+        let taken = usize::try_from(n).ok().and_then(|n| self.rest().get(..n));
+        let taken = taken.ok_or_else(|| self.truncated(what, n))?;
+        self.pos += taken.len();
+        Ok(taken)
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], GgufError> {
-        let b = self.bytes(N as u64, what)?;
+        let b = self.bytes(to_u64(N), what)?;
         let mut out = [0u8; N];
         out.copy_from_slice(b);
         Ok(out)
@@ -744,7 +821,7 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    /// Rejects a count whose elements could not fit in what remains, before anything is sized
+    /// Rejects a count whose entries could not fit in what remains, before anything is sized
     /// from it.
     fn check_count(&self, what: &'static str, count: u64, min_bytes: u64) -> Result<(), GgufError> {
         let max = self.remaining() / min_bytes;
@@ -759,18 +836,27 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// A length-prefixed UTF-8 string; the length is checked against the file before any copy.
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
         let len = self.u64(what)?;
-        let at = self.pos as u64;
-        let raw = self.bytes(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| GgufError::BadUtf8 {
-            what: what.to_string(),
-            offset: at,
-        })
+        self.text(len, what)
     }
 
-    fn value(&mut self, key: &str, ty: ValueType, depth: u32) -> Result<Value, GgufError> {
-        let what = || format!("value of {key:?}");
+    /// `len` bytes of UTF-8.
+    fn text(&mut self, len: u64, what: &str) -> Result<String, GgufError> {
+        let at = to_u64(self.pos);
+        let raw = self.bytes(len, what)?;
+        match std::str::from_utf8(raw) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(_) => Err(GgufError::BadUtf8 {
+                what: what.to_string(),
+                offset: at,
+            }),
+        }
+    }
+
+    fn value(&mut self, key: &str, ty: ValueType) -> Result<Value, GgufError> {
+        let what = || format!("the {} value of metadata key {key:?}", ty.name());
         Ok(match ty {
             ValueType::U8 => Value::U8(u8::from_le_bytes(self.array(&what())?)),
             ValueType::I8 => Value::I8(i8::from_le_bytes(self.array(&what())?)),
@@ -785,36 +871,37 @@ impl<'a> Reader<'a> {
             // GGUF bools are one byte; anything but 0 reads as true, as in llama.cpp.
             ValueType::Bool => Value::Bool(self.array::<1>(&what())?[0] != 0),
             ValueType::String => Value::String(self.string(&what())?),
-            ValueType::Array => Value::Array(self.array_value(key, depth + 1)?),
+            ValueType::Array => Value::Array(self.array_value(key, 1)?),
         })
     }
 
+    /// An array at nesting level `depth` (1 for the value of a key). The depth is checked before
+    /// anything is read, so a nest of any size costs at most `MAX_ARRAY_DEPTH` stack frames.
     fn array_value(&mut self, key: &str, depth: u32) -> Result<Array, GgufError> {
         if depth > MAX_ARRAY_DEPTH {
             return Err(GgufError::NestingTooDeep {
                 key: key.to_string(),
             });
         }
-        let what = format!("array in {key:?}");
-        let type_id = self.u32(&what)?;
-        let ty = ValueType::from_id(type_id).ok_or_else(|| GgufError::UnknownValueType {
+        let header = format!("the array header of metadata key {key:?}");
+        let type_id = self.u32(&header)?;
+        let ty = ValueType::from_id(type_id).ok_or_else(|| GgufError::UnknownArrayType {
             key: key.to_string(),
             type_id,
         })?;
-        let count = self.u64(&what)?;
-        let max = self.remaining() / ty.min_bytes();
-        if count > max {
-            return Err(GgufError::Truncated {
-                what: format!("{what} of {count} {} elements", ty.name()),
-                offset: self.pos as u64,
-                needed: count.saturating_mul(ty.min_bytes()),
-                remaining: self.remaining(),
-            });
+        let count = self.u64(&header)?;
+        let what = format!(
+            "the array of {count} {} elements of metadata key {key:?}",
+            ty.name()
+        );
+        // Each element takes at least `min_bytes`, so this bounds both the allocation below and
+        // the loop counts by the size of the file.
+        if count > self.remaining() / ty.min_bytes() {
+            return Err(self.truncated(&what, count.saturating_mul(ty.min_bytes())));
         }
-        let n = count as usize;
         macro_rules! fixed {
             ($variant:ident, $t:ty) => {{
-                let raw = self.bytes(count * ty.min_bytes(), &what)?;
+                let raw = self.bytes(count.saturating_mul(ty.min_bytes()), &what)?;
                 Array::$variant(
                     raw.chunks_exact(std::mem::size_of::<$t>())
                         .map(|c| {
@@ -837,17 +924,20 @@ impl<'a> Reader<'a> {
             ValueType::U64 => fixed!(U64, u64),
             ValueType::I64 => fixed!(I64, i64),
             ValueType::F64 => fixed!(F64, f64),
-            ValueType::Bool => Array::Bool(self.bytes(count, &what)?.iter().map(|&b| b != 0).collect()),
+            ValueType::Bool => {
+                Array::Bool(self.bytes(count, &what)?.iter().map(|&b| b != 0).collect())
+            }
             ValueType::String => {
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push(self.string(&what)?);
+                let element = format!("a string in the array of metadata key {key:?}");
+                let mut v = Vec::with_capacity(prealloc(count));
+                for _ in 0..count {
+                    v.push(self.string(&element)?);
                 }
                 Array::String(v)
             }
             ValueType::Array => {
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
+                let mut v = Vec::with_capacity(prealloc(count));
+                for _ in 0..count {
                     v.push(self.array_value(key, depth + 1)?);
                 }
                 Array::Array(v)
@@ -856,39 +946,46 @@ impl<'a> Reader<'a> {
     }
 
     fn tensor_info(&mut self) -> Result<TensorInfo, GgufError> {
-        let name_len_at = self.pos;
-        let name = self.string("tensor name")?;
-        let name_len = (self.pos - name_len_at - 8) as u64;
+        let name_len = self.u64("a tensor name")?;
         if name_len > MAX_TENSOR_NAME {
+            // Show the start of the name without reading (or allocating) the whole claimed length.
+            let shown = self.rest().iter().take(32).copied().collect::<Vec<u8>>();
             return Err(GgufError::TensorNameTooLong {
-                name,
+                name: format!("{}...", String::from_utf8_lossy(&shown)),
                 len: name_len,
             });
         }
-        let what = format!("tensor info of {name:?}");
+        let name = self.text(name_len, "a tensor name")?;
+        let what = format!("the tensor info of {name:?}");
         let n_dims = self.u32(&what)?;
         if n_dims > MAX_DIMS {
             return Err(GgufError::TooManyDims { name, n_dims });
         }
-        let mut dims = Vec::with_capacity(n_dims as usize);
+        let mut dims = Vec::with_capacity(prealloc(n_dims.into()));
         for _ in 0..n_dims {
             dims.push(self.u64(&what)?);
         }
         let type_id = self.u32(&what)?;
         let offset = self.u64(&what)?;
-        // ggml counts elements in int64_t: a product past i64::MAX is as broken as one past u64.
-        let n_elements = dims
+        // ggml holds dimensions and element counts in int64_t, and callers multiply subsets of the
+        // dimensions (rows are all but the first). Bounding the product of the non-zero
+        // dimensions bounds every such partial product too, even when another dimension is 0.
+        let nonzero_product = dims
             .iter()
+            .filter(|&&d| d != 0)
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| n <= i64::MAX as u64)
-            .ok_or_else(|| GgufError::DimsOverflow {
-                name: name.clone(),
-                dims: dims.clone(),
-            })?;
-        let dtype = DType::from_ggml(type_id).ok_or_else(|| GgufError::UnknownTensorType {
-            name: name.clone(),
-            type_id,
-        })?;
+            .filter(|&n| i64::try_from(n).is_ok());
+        let Some(nonzero_product) = nonzero_product else {
+            return Err(GgufError::DimsOverflow { name, dims });
+        };
+        let n_elements = if dims.contains(&0) {
+            0
+        } else {
+            nonzero_product
+        };
+        let Some(dtype) = DType::from_ggml(type_id) else {
+            return Err(GgufError::UnknownTensorType { name, type_id });
+        };
         let row_len = dims.first().copied().unwrap_or(1);
         if row_len % dtype.block_len() != 0 {
             return Err(GgufError::RowNotBlockMultiple {
@@ -898,12 +995,9 @@ impl<'a> Reader<'a> {
                 block_len: dtype.block_len(),
             });
         }
-        let n_bytes = dtype
-            .bytes_for(n_elements)
-            .ok_or_else(|| GgufError::DimsOverflow {
-                name: name.clone(),
-                dims: dims.clone(),
-            })?;
+        let Some(n_bytes) = dtype.bytes_for(n_elements) else {
+            return Err(GgufError::DimsOverflow { name, dims });
+        };
         Ok(TensorInfo {
             name,
             dims,

@@ -21,8 +21,10 @@ pub struct TensorView<'a> {
 }
 
 impl TensorView<'_> {
+    // Saturating, because a view can be built by hand; for a view from a parsed file these
+    // products are checked at parse time and never saturate.
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims.iter().fold(1u64, |acc, &d| acc.saturating_mul(d))
     }
 
     pub fn row_len(&self) -> u64 {
@@ -30,7 +32,10 @@ impl TensorView<'_> {
     }
 
     pub fn n_rows(&self) -> u64 {
-        self.dims.iter().skip(1).product()
+        self.dims
+            .iter()
+            .skip(1)
+            .fold(1u64, |acc, &d| acc.saturating_mul(d))
     }
 }
 

@@ -132,7 +132,10 @@ mod tests {
 
     #[test]
     fn written_files_read_back() {
-        let nested = Array::Array(vec![Array::I32(vec![1, -2]), Array::String(vec!["x".into()])]);
+        let nested = Array::Array(vec![
+            Array::I32(vec![1, -2]),
+            Array::String(vec!["x".into()]),
+        ]);
         let bytes = GgufWriter::new()
             .kv("general.architecture", Value::String("llama".into()))
             .kv("a.nested", Value::Array(nested.clone()))
@@ -142,11 +145,17 @@ mod tests {
             .to_bytes();
         let file = GgufFile::from_bytes(bytes).unwrap();
         assert_eq!(file.version, 3);
-        assert_eq!(file.metadata().get_str("general.architecture"), Some("llama"));
+        assert_eq!(
+            file.metadata().get_str("general.architecture"),
+            Some("llama")
+        );
         assert_eq!(file.metadata().get_array("a.nested"), Some(&nested));
         assert_eq!(file.metadata().get_f64("a.f"), Some(0.25));
         let w = file.tensor("w").unwrap();
-        assert_eq!((w.dims.as_slice(), w.dtype, w.n_bytes), (&[32u64, 2][..], DType::Q8_0, 68));
+        assert_eq!(
+            (w.dims.as_slice(), w.dtype, w.n_bytes),
+            (&[32u64, 2][..], DType::Q8_0, 68)
+        );
         assert_eq!(file.tensor_data(w), &[7u8; 68][..]);
         let b = file.tensor("b").unwrap();
         assert_eq!(b.offset % 32, 0);

@@ -1,0 +1,311 @@
+//! Chat templates: the model's Jinja template rendered with minijinja, as Hugging Face renders it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, Value};
+
+use super::{Tokenizer, TokenizerError};
+
+/// ChatML, for models whose file carries no template.
+pub(crate) const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` (templates may know others, such as `tool`).
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+impl Tokenizer {
+    /// The prompt for `messages` in the model's chat format: the file's template, or ChatML when
+    /// it has none. With `add_generation_prompt` the prompt ends where the assistant's reply
+    /// begins. Special tokens appear as text (`<|im_start|>`), which `encode` parses back.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let text = |id: Option<u32>| id.and_then(|id| self.token_text(id)).unwrap_or("");
+        render_chat_template(
+            self.chat_template().unwrap_or(CHATML),
+            messages,
+            add_generation_prompt,
+            text(self.bos()),
+            text(self.eos()),
+        )
+    }
+}
+
+/// Renders a Hugging Face chat template. The environment matches `transformers`' own: blocks trim
+/// their newline and leading whitespace, Python string and dict methods (`.strip()`, `.items()`)
+/// work, `raise_exception` fails the render with its message, and `tojson` writes JSON the way
+/// Python's `json.dumps` does.
+pub fn render_chat_template(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String, TokenizerError> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", raise_exception);
+    env.add_filter("tojson", tojson);
+
+    let template = env
+        .template_from_str(template)
+        .map_err(|e| TokenizerError::ChatTemplate(describe(&e)))?;
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let mut map = BTreeMap::new();
+            map.insert("role", Value::from(m.role.as_str()));
+            map.insert("content", Value::from(m.content.as_str()));
+            Value::from(map)
+        })
+        .collect();
+    let mut ctx = BTreeMap::new();
+    ctx.insert("messages", Value::from(messages));
+    ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
+    ctx.insert("bos_token", Value::from(bos_token));
+    ctx.insert("eos_token", Value::from(eos_token));
+    template
+        .render(Value::from(ctx))
+        .map_err(|e| TokenizerError::ChatTemplate(describe(&e)))
+}
+
+/// The error with its cause chain: minijinja keeps the interesting part (which filter, which
+/// line) in the detail and the source.
+fn describe(e: &Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let _ = write!(msg, ": {s}");
+        source = s.source();
+    }
+    msg
+}
+
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message))
+}
+
+/// `tojson` as `transformers` defines it: `json.dumps(x, ensure_ascii=False, indent=indent)`.
+/// Python's separators are `", "` and `": "` without indent and `","` and `": "` with it; tool
+/// definitions reach the model in this exact spelling, so it matters.
+fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    write_json(
+        &mut out,
+        value,
+        indent,
+        sort_keys.unwrap_or(false),
+        0,
+        0,
+    )?;
+    Ok(Value::from(out))
+}
+
+/// Nesting beyond this is a cycle or an attack, not a tool schema.
+const MAX_JSON_DEPTH: usize = 128;
+
+fn write_json(
+    out: &mut String,
+    value: &Value,
+    indent: Option<usize>,
+    sort_keys: bool,
+    level: usize,
+    depth: usize,
+) -> Result<(), Error> {
+    if depth > MAX_JSON_DEPTH {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: value nested too deeply",
+        ));
+    }
+    let newline = |out: &mut String, level: usize| {
+        if let Some(width) = indent {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', width * level));
+        }
+    };
+    let item_sep = if indent.is_some() { "," } else { ", " };
+    match value.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+        ValueKind::Number => {
+            if let Some(i) = value.as_i64() {
+                let _ = write!(out, "{i}");
+            } else {
+                let f = f64::try_from(value.clone()).unwrap_or(f64::NAN);
+                if !f.is_finite() {
+                    out.push_str(if f.is_nan() {
+                        "NaN"
+                    } else if f > 0.0 {
+                        "Infinity"
+                    } else {
+                        "-Infinity"
+                    });
+                } else if f.fract() == 0.0 && f.abs() < 1e16 {
+                    let _ = write!(out, "{f:.1}");
+                } else {
+                    let _ = write!(out, "{f}");
+                }
+            }
+        }
+        ValueKind::String => write_json_string(out, value.as_str().unwrap_or_default()),
+        ValueKind::Map => {
+            let mut keys: Vec<Value> = value.try_iter()?.collect();
+            if sort_keys {
+                keys.sort();
+            }
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            out.push('{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, level + 1);
+                match key.as_str() {
+                    Some(k) => write_json_string(out, k),
+                    None => write_json_string(out, &key.to_string()),
+                }
+                out.push_str(": ");
+                let item = value.get_item(key)?;
+                write_json(out, &item, indent, sort_keys, level + 1, depth + 1)?;
+            }
+            newline(out, level);
+            out.push('}');
+        }
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = value.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, level + 1);
+                write_json(out, item, indent, sort_keys, level + 1, depth + 1)?;
+            }
+            newline(out, level);
+            out.push(']');
+        }
+        _ => write_json_string(out, &value.to_string()),
+    }
+    Ok(())
+}
+
+fn write_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(template: &str, messages: &[ChatMessage], gen_prompt: bool) -> String {
+        render_chat_template(template, messages, gen_prompt, "<s>", "</s>").unwrap()
+    }
+
+    #[test]
+    fn chatml_fallback() {
+        let out = render(
+            CHATML,
+            &[ChatMessage::system("Be brief."), ChatMessage::user("Hi")],
+            true,
+        );
+        assert_eq!(
+            out,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let out = render(CHATML, &[ChatMessage::user("Hi")], false);
+        assert_eq!(out, "<|im_start|>user\nHi<|im_end|>\n");
+    }
+
+    #[test]
+    fn python_methods_and_block_trimming() {
+        let template = "{{ bos_token }}\n{% for m in messages %}\n    {% if m.role.startswith('us') %}[{{ m['content'].strip().upper() }}]{% endif %}\n{% endfor %}{{ eos_token }}";
+        let out = render(template, &[ChatMessage::user("  hi  ")], false);
+        assert_eq!(out, "<s>\n[HI]</s>");
+    }
+
+    #[test]
+    fn raise_exception_fails_with_its_message() {
+        let template = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok";
+        let err = render_chat_template(template, &[ChatMessage::assistant("x")], false, "", "")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("Conversation must start with user"),
+            "{err}"
+        );
+        assert_eq!(render(template, &[ChatMessage::user("x")], false), "ok");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        let err = render_chat_template("{% for %}", &[], false, "", "").unwrap_err();
+        assert!(matches!(err, TokenizerError::ChatTemplate(_)), "{err}");
+    }
+
+    #[test]
+    fn tojson_like_python() {
+        let template = "{{ messages | tojson }}|{{ {'a': [1, 2.5, none, true], 'b': 'x\"\\n'} | tojson(indent=2) }}|{{ 'é' | tojson }}";
+        let out = render(template, &[ChatMessage::user("hi")], false);
+        assert_eq!(
+            out,
+            "[{\"content\": \"hi\", \"role\": \"user\"}]|{\n  \"a\": [\n    1,\n    2.5,\n    null,\n    true\n  ],\n  \"b\": \"x\\\"\\n\"\n}|\"é\""
+        );
+    }
+}

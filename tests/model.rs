@@ -1,0 +1,239 @@
+//! The whole model on the GPU against the float64 layer dump, the CPU reference forward pass and
+//! llama.cpp's logprobs, on the real SmolLM2-135M-Instruct Q4_1 file.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{gpu, greedy_cases, model_path, reference_path};
+use sovereign::format::GgufFile;
+use sovereign::gpu::{GpuContext, GpuOptions};
+use sovereign::model::llama::Forward;
+use sovereign::model::{LlamaConfig, LlamaGpu, LoadOptions, Output};
+use sovereign::reference::llama::ReferenceLlama;
+use sovereign::reference::log_softmax;
+
+fn load(ctx: Arc<GpuContext>, file: &GgufFile, max_batch: u32) -> LlamaGpu {
+    let cfg = LlamaConfig::from_metadata(file.metadata(), file).unwrap();
+    let options = LoadOptions {
+        n_ctx: Some(1024),
+        max_batch,
+    };
+    pollster::block_on(LlamaGpu::load(ctx, cfg, file, &options, &mut |_| {})).unwrap()
+}
+
+fn logits(model: &mut LlamaGpu, tokens: &[u32], pos0: u32, output: Output) -> Vec<f32> {
+    match pollster::block_on(model.forward(tokens, pos0, output)).unwrap() {
+        Forward::Logits(l) => l,
+        Forward::Token(_) => unreachable!(),
+    }
+}
+
+fn top(row: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+#[test]
+fn config_matches_the_file() {
+    let file = GgufFile::open(model_path()).unwrap();
+    let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
+    assert_eq!(
+        (
+            cfg.n_vocab,
+            cfg.n_embd,
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.n_head_kv,
+            cfg.head_dim,
+            cfg.n_ff
+        ),
+        (49152, 576, 30, 9, 3, 64, 1536)
+    );
+    assert!(cfg.tied_embeddings);
+    assert_eq!(cfg.rope.freq_base, 100_000.0);
+    assert_eq!(cfg.n_ctx_train, 8192);
+}
+
+/// Every named activation of the first reference prompt against the float64 dump: a failure
+/// names the first tensor that diverges.
+#[test]
+fn activations_match_the_layer_dump() {
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(reference_path("smollm2-135m-instruct-q4_1.layers.json")).unwrap(),
+    )
+    .unwrap();
+    let raw = std::fs::read(reference_path("smollm2-135m-instruct-q4_1.layers.f32")).unwrap();
+    let tokens: Vec<u32> = meta["prompt_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    let file = GgufFile::open(model_path()).unwrap();
+    for max_batch in [512, 4] {
+        // 512: the prompt in one tiled step; 4: the decode kernels, the prompt in two steps.
+        let mut model = load(gpu(GpuOptions::default()), &file, max_batch);
+        let mut got: Vec<(String, Vec<f32>)> = Vec::new();
+        for (chunk_i, chunk) in tokens.chunks(max_batch as usize).enumerate() {
+            let trace = pollster::block_on(
+                model.forward_traced(chunk, (chunk_i * max_batch as usize) as u32),
+            )
+            .unwrap();
+            for (name, values) in trace {
+                match got.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, v)) => v.extend(values),
+                    None => got.push((name, values)),
+                }
+            }
+        }
+        let mut checked = 0;
+        for t in meta["tensors"].as_array().unwrap() {
+            let name = t["name"].as_str().unwrap();
+            let shape: Vec<usize> = t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            let offset = t["offset"].as_u64().unwrap() as usize;
+            let n = shape.iter().product::<usize>();
+            let want: Vec<f32> = raw[offset..offset + 4 * n]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let (_, values) = got
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("the GPU trace has no {name}"));
+            assert_eq!(values.len(), n, "{name}: size");
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let err = values
+                .iter()
+                .zip(&want)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            // f32 against float64 through up to 30 blocks: relative to the tensor's range.
+            assert!(
+                err <= 2e-3 * scale.max(1.0),
+                "max_batch {max_batch}: {name} diverges: max error {err} (range {scale})"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, meta["tensors"].as_array().unwrap().len());
+
+        let logits = &got.iter().find(|(n, _)| n == "logits").unwrap().1;
+        let last = log_softmax(&logits[(tokens.len() - 1) * 49152..]);
+        for entry in meta["last_position_top10"].as_array().unwrap() {
+            let id = entry["id"].as_u64().unwrap() as usize;
+            let lp = entry["logprob"].as_f64().unwrap() as f32;
+            assert!(
+                (last[id] - lp).abs() < 0.01,
+                "logprob of {id}: {} vs {lp}",
+                last[id]
+            );
+        }
+    }
+}
+
+/// The GPU forward against the CPU reference forward: same top-1 at every position, logits close;
+/// a prompt prefilled in one step, then decoded token by token.
+#[test]
+fn gpu_matches_cpu_reference_forward() {
+    let file = GgufFile::open(model_path()).unwrap();
+    let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
+    let mut cpu = ReferenceLlama::load(&cfg, &file).unwrap();
+    let mut model = load(gpu(GpuOptions::default()), &file, 64);
+    let case = &greedy_cases()[2];
+    let prompt: Vec<u32> = case["prompt_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    let cont: Vec<u32> = case["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(6)
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    let n_vocab = cfg.n_vocab as usize;
+
+    let want = cpu.forward(&prompt, None);
+    let got = logits(&mut model, &prompt, 0, Output::AllLogits);
+    let mut rows: Vec<(Vec<f32>, Vec<f32>)> = want
+        .chunks(n_vocab)
+        .zip(got.chunks(n_vocab))
+        .map(|(w, g)| (w.to_vec(), g.to_vec()))
+        .collect();
+    let mut pos = prompt.len() as u32;
+    for &t in &cont {
+        let want = cpu.forward(&[t], None);
+        let got = logits(&mut model, &[t], pos, Output::LastLogits);
+        rows.push((want, got));
+        pos += 1;
+    }
+    for (i, (want, got)) in rows.iter().enumerate() {
+        assert_eq!(top(got, 1), top(want, 1), "position {i}: top-1 differs");
+        let err = got
+            .iter()
+            .zip(want)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 0.02, "position {i}: logits differ by up to {err}");
+    }
+}
+
+/// Teacher-forced over each reference continuation: the engine's top-1 is among llama.cpp's
+/// top-2 at every step, and its logprobs of llama.cpp's top-5 are within a few hundredths.
+#[test]
+fn teacher_forced_logprobs_match_llama_cpp() {
+    let file = GgufFile::open(model_path()).unwrap();
+    let mut model = load(gpu(GpuOptions::default()), &file, 512);
+    for case in greedy_cases() {
+        let ids = |k: &str| -> Vec<u32> {
+            case[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let (prompt, cont) = (ids("prompt_tokens"), ids("tokens"));
+        let mut all = prompt.clone();
+        all.extend(&cont);
+        let logits = logits(&mut model, &all, 0, Output::AllLogits);
+        let (mut worst, mut sum, mut count) = (0.0f32, 0.0f32, 0);
+        for (step, top5) in case["top5"].as_array().unwrap().iter().enumerate() {
+            let row = &logits[(prompt.len() - 1 + step) * 49152..(prompt.len() + step) * 49152];
+            let lp = log_softmax(row);
+            let want: Vec<(usize, f32)> = top5
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32))
+                .collect();
+            let best = top(row, 1)[0];
+            assert!(
+                best == want[0].0 || best == want[1].0,
+                "{:?} step {step}: top-1 {best} not in the reference top-2 {:?}",
+                case["prompt"],
+                &want[..2]
+            );
+            for (id, ref_lp) in want {
+                let d = (lp[id] - ref_lp).abs();
+                worst = worst.max(d);
+                sum += d;
+                count += 1;
+            }
+        }
+        let mean = sum / count as f32;
+        eprintln!("{:?}: logprob difference mean {mean:.4}, max {worst:.4}", case["prompt"]);
+        // llama.cpp's own rounding sits in these figures: the CPU f32 reference forward gives the
+        // same values as the GPU here (see gpu_matches_cpu_reference_forward), and both agree with
+        // the float64 dump within 0.01 (activations_match_the_layer_dump).
+        assert!(mean < 0.02, "{:?}: mean logprob difference {mean}", case["prompt"]);
+        assert!(worst < 0.2, "{:?}: max logprob difference {worst}", case["prompt"]);
+    }
+}
