@@ -6,6 +6,7 @@
 //! shader), the forward pass in [`model::llama`], and the [`engine`] (sessions, sampling).
 //! [`reference`] holds the plain-Rust CPU versions every kernel and the model are tested against.
 
+pub mod bench;
 pub mod engine;
 pub mod error;
 #[cfg(feature = "native")]

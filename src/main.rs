@@ -1,1 +1,477 @@
-fn main(){}
+//! The `sovereign` command line. Generated text goes to stdout; logs, progress and errors go to
+//! stderr, so scripts can rely on stdout.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use sovereign::engine::{GenerateParams, Model, SamplingParams, Session, StopReason};
+use sovereign::format::GgufFile;
+use sovereign::gpu::{GpuContext, GpuOptions};
+use sovereign::model::{LlamaConfig, LoadOptions};
+use sovereign::tokenizer::{ChatMessage, Tokenizer};
+
+#[derive(Parser)]
+#[command(name = "sovereign", version, about = "Run quantized LLMs on any GPU through WGSL compute shaders")]
+struct Cli {
+    /// GPU adapter: an index from `sovereign devices` or part of its name (also SOVEREIGN_ADAPTER).
+    #[arg(long, global = true)]
+    adapter: Option<String>,
+    /// More logging on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Continue a prompt, streaming the generated text to stdout.
+    Run(RunArgs),
+    /// Chat interactively; the conversation goes through the model's chat template.
+    Chat(ChatArgs),
+    /// Show a GGUF file's metadata and tensor table, and check it.
+    Inspect {
+        /// Path to a GGUF file.
+        model: PathBuf,
+    },
+    /// List the GPU adapters with their backend, features and limits.
+    Devices,
+    /// Measure prefill (pp) and decode (tg) tokens per second, as llama-bench does.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// GGUF model file; default: SmolLM2-135M-Instruct Q4_1, fetched into the cache on first use.
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// Context (KV cache) length in tokens; default: the model's, at most 4096.
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<u32>,
+    /// Most tokens per forward step; longer prompts are prefilled in batches of this.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: u32,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Temperature; 0 is greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temperature: f32,
+    /// Top-k sampling; 0 disables.
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Top-p (nucleus) sampling; 1 disables.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p sampling; 0 disables.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalty for repeating recent tokens; 1 disables.
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many recent tokens the repeat penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed; the same seed gives the same output.
+    #[arg(short, long)]
+    seed: Option<u64>,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Tokens to generate; -1: until end of generation or a full context.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256, allow_negative_numbers = true)]
+    n_predict: i64,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// The prompt, used as raw text (special tokens such as <|im_start|> are parsed).
+    prompt: String,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Most tokens per reply; -1: until end of generation.
+    #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
+    n_predict: i64,
+    /// System message.
+    #[arg(long)]
+    system: Option<String>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens for the prefill test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: u32,
+    /// Tokens for the decode test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: u32,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    repetitions: u32,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SOVEREIGN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("warn,sovereign={level}"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let result = match cli.command {
+        Command::Run(args) => run(cli.adapter, args),
+        Command::Chat(args) => chat(cli.adapter, args),
+        Command::Inspect { model } => inspect(&model),
+        Command::Devices => devices(),
+        Command::Bench(args) => bench(cli.adapter, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                let text = s.to_string();
+                if !message.contains(&text) {
+                    message.push_str(": ");
+                    message.push_str(&text);
+                }
+                source = s.source();
+            }
+            let _ = std::io::stdout().flush();
+            eprintln!("error: {}", message.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CliResult = Result<(), sovereign::Error>;
+
+fn model_path(args: &ModelArgs) -> Result<PathBuf, sovereign::Error> {
+    match &args.model {
+        Some(p) => Ok(p.clone()),
+        None => Ok(sovereign::fetch::ensure_default_model()?),
+    }
+}
+
+fn gpu(adapter: Option<String>) -> Result<Arc<GpuContext>, sovereign::Error> {
+    let mut options = GpuOptions::from_env();
+    if adapter.is_some() {
+        options.adapter = adapter;
+    }
+    Ok(Arc::new(pollster::block_on(GpuContext::new(&options))?))
+}
+
+/// Opens, checks and uploads a model, with a progress bar on a terminal.
+fn load(adapter: Option<String>, args: &ModelArgs) -> Result<Model, sovereign::Error> {
+    let path = model_path(args)?;
+    let file = GgufFile::open(&path)?;
+    let ctx = gpu(adapter)?;
+    tracing::info!(model = %path.display(), adapter = %ctx.adapter_info().name, "loading");
+    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let options = LoadOptions {
+        n_ctx: args.ctx_size,
+        max_batch: args.batch_size,
+    };
+    let model = pollster::block_on(Model::load(ctx, &file, &options, &mut |p| {
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+    }));
+    bar.finish_and_clear();
+    model
+}
+
+fn max_tokens(n: i64) -> Option<u32> {
+    u32::try_from(n).ok()
+}
+
+fn run(adapter: Option<String>, args: RunArgs) -> CliResult {
+    let mut model = load(adapter, &args.model)?;
+    let prompt = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage::new("system", system));
+        }
+        messages.push(ChatMessage::new("user", &args.prompt));
+        model.encode_chat(&messages)?
+    } else {
+        model.encode(&args.prompt)?
+    };
+    let params = GenerateParams {
+        max_tokens: max_tokens(args.n_predict),
+        sampling: args.sampling.params(),
+        stop: args.sampling.stop.clone(),
+        ignore_eos: false,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut write_error = None;
+    let completion = pollster::block_on(Session::new().generate(&mut model, &prompt, &params, &mut |text| {
+        match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                write_error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }))?;
+    // A closed pipe (`| head`) is a normal way to stop reading.
+    if let Some(e) = write_error {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: writing the output: {e}");
+        }
+        return Ok(());
+    }
+    if std::io::stdout().is_terminal() {
+        println!();
+    }
+    report(&completion);
+    Ok(())
+}
+
+fn report(c: &sovereign::engine::Completion) {
+    let per_s = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    let new_prompt = c.n_prompt - c.n_reused;
+    tracing::info!(
+        "prompt: {new_prompt} tokens in {:.0} ms ({:.1} t/s), generation: {} tokens in {:.0} ms ({:.1} t/s), stop: {:?}",
+        c.prefill_time.as_secs_f64() * 1e3,
+        per_s(new_prompt, c.prefill_time),
+        c.tokens.len(),
+        c.decode_time.as_secs_f64() * 1e3,
+        per_s(c.tokens.len(), c.decode_time),
+        c.stop
+    );
+}
+
+fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
+    let mut model = load(adapter, &args.model)?;
+    let mut session = Session::new();
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(ChatMessage::new("system", system));
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("{} ready. Type a message; /reset starts over, /exit or Ctrl-D quits.", model.name());
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.map_err(|e| sovereign::engine::EngineError::InvalidParameter {
+            name: "input".into(),
+            message: e.to_string(),
+        })?;
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                messages.retain(|m: &ChatMessage| m.role == "system");
+                session.reset();
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(ChatMessage::new("user", line));
+        let prompt = model.encode_chat(&messages)?;
+        let params = GenerateParams {
+            max_tokens: max_tokens(args.n_predict),
+            sampling: args.sampling.params(),
+            stop: args.sampling.stop.clone(),
+            ignore_eos: false,
+        };
+        let mut stdout = std::io::stdout().lock();
+        let completion = pollster::block_on(session.generate(&mut model, &prompt, &params, &mut |text| {
+            let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+            ControlFlow::Continue(())
+        }))?;
+        let _ = writeln!(stdout);
+        report(&completion);
+        if completion.stop == StopReason::ContextFull {
+            eprintln!("(the context is full; /reset to start over)");
+        }
+        messages.push(ChatMessage::new("assistant", &completion.text));
+    }
+    Ok(())
+}
+
+fn inspect(path: &PathBuf) -> CliResult {
+    let file = GgufFile::open(path)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}: GGUF version {}, {} bytes", path.display(), file.version, file.file_len());
+    let _ = writeln!(out, "alignment {}, data at byte {}", file.alignment, file.data_offset());
+    let _ = writeln!(out, "\n{} metadata entries:", file.metadata().len());
+    for (key, value) in file.metadata().iter() {
+        let mut shown = value.to_string();
+        if shown.len() > 200 {
+            let mut cut = 200;
+            while !shown.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            shown = format!("{}... ({} chars)", &shown[..cut], shown.len());
+        }
+        let _ = writeln!(out, "  {key} = {} [{}]", shown.replace('\n', "\\n"), value.value_type().name());
+    }
+    let _ = writeln!(out, "\n{} tensors:", file.tensors().len());
+    let _ = writeln!(out, "  {:<40} {:<8} {:<22} {:>12} {:>12}", "name", "type", "shape", "bytes", "offset");
+    let mut params = 0u64;
+    for t in file.tensors() {
+        params += t.n_elements;
+        let shape = format!("{:?}", t.dims);
+        let _ = writeln!(out, "  {:<40} {:<8} {:<22} {:>12} {:>12}", t.name, t.dtype.name(), shape, t.n_bytes, t.offset);
+    }
+    let _ = writeln!(out, "\n{:.2} M parameters", params as f64 / 1e6);
+    drop(out);
+
+    // The file parsed; now check that it is a model this build can run.
+    let arch = file.metadata().get_str("general.architecture").unwrap_or("");
+    if !sovereign::model::arch::LLAMA_LIKE.contains(&arch) && !arch.is_empty() {
+        println!("architecture {arch:?}: not runnable by this build");
+        return Ok(());
+    }
+    let cfg = LlamaConfig::from_metadata(file.metadata(), &file)?;
+    let tokenizer = Tokenizer::from_gguf(file.metadata())?;
+    println!(
+        "{} layers, {} heads ({} K/V), embedding {}, feed-forward {}, vocabulary {} ({} tokenizer entries), trained context {}: runnable",
+        cfg.n_layer,
+        cfg.n_head,
+        cfg.n_head_kv,
+        cfg.n_embd,
+        cfg.n_ff,
+        cfg.n_vocab,
+        tokenizer.n_vocab(),
+        cfg.n_ctx_train
+    );
+    Ok(())
+}
+
+fn devices() -> CliResult {
+    let adapters = pollster::block_on(sovereign::gpu::list_adapters());
+    if adapters.is_empty() {
+        return Err(sovereign::gpu::GpuError::NoAdapter.into());
+    }
+    for a in adapters {
+        println!("{}: {} ({}, {})", a.index, a.name, a.backend, a.device_type);
+        println!("   driver: {}", a.driver);
+        println!(
+            "   features: shader-f16 {}, subgroups {} (sizes {}..{})",
+            yes(a.shader_f16),
+            yes(a.subgroups),
+            a.subgroup_sizes.0,
+            a.subgroup_sizes.1
+        );
+        println!(
+            "   limits: storage binding {} MiB, buffer {} MiB, workgroup memory {} KiB, {} invocations per workgroup",
+            a.max_storage_binding >> 20,
+            a.max_buffer >> 20,
+            a.max_workgroup_storage >> 10,
+            a.max_invocations
+        );
+    }
+    Ok(())
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
+    if args.repetitions == 0 {
+        return Err(sovereign::engine::EngineError::InvalidParameter {
+            name: "repetitions".into(),
+            message: "must be at least 1".into(),
+        }
+        .into());
+    }
+    let mut margs = args.model.clone();
+    let needed = args.n_prompt.max(args.n_gen);
+    if margs.ctx_size.is_none() {
+        margs.ctx_size = Some(needed.max(512));
+    }
+    let mut model = load(adapter, &margs)?;
+    let results = pollster::block_on(sovereign::bench::run(&mut model, args.n_prompt, args.n_gen, args.repetitions))?;
+    let info = model.llama().context().adapter_info().clone();
+    let cfg = model.config();
+    let size = model.llama().weight_bytes() as f64 / (1024.0 * 1024.0);
+    let params = params_of(&margs)?;
+    let label = format!("{} {}", cfg.arch, human_params(params));
+    println!("| model | size | params | backend | adapter | test | t/s |");
+    println!("| --- | ---: | ---: | --- | --- | ---: | ---: |");
+    for r in results {
+        println!(
+            "| {label} | {size:.2} MiB | {:.2} M | wgpu/{:?} | {} | {} | {:.2} ± {:.2} |",
+            params as f64 / 1e6,
+            info.backend,
+            info.name,
+            r.test,
+            r.mean(),
+            r.stddev()
+        );
+    }
+    Ok(())
+}
+
+fn params_of(args: &ModelArgs) -> Result<u64, sovereign::Error> {
+    let file = GgufFile::open(model_path(args)?)?;
+    Ok(file.tensors().iter().map(|t| t.n_elements).sum())
+}
+
+fn human_params(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.1}B", n as f64 / 1e9)
+    } else {
+        format!("{}M", n / 1_000_000)
+    }
+}

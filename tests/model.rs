@@ -25,7 +25,7 @@ fn load(ctx: Arc<GpuContext>, file: &GgufFile, max_batch: u32) -> LlamaGpu {
 fn logits(model: &mut LlamaGpu, tokens: &[u32], pos0: u32, output: Output) -> Vec<f32> {
     match pollster::block_on(model.forward(tokens, pos0, output)).unwrap() {
         Forward::Logits(l) => l,
-        Forward::Token(_) => unreachable!(),
+        other => panic!("expected logits, got {other:?}"),
     }
 }
 

@@ -42,6 +42,8 @@ impl Default for LoadOptions {
 /// What a forward step returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
+    /// Nothing: the step only fills the KV cache (the first chunks of a long prompt).
+    Nothing,
     /// The most likely next token after the last position (greedy decoding, reads 4 bytes).
     Argmax,
     /// The logits after the last position: (n_vocab).
@@ -52,6 +54,7 @@ pub enum Output {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Forward {
+    Nothing,
     Token(u32),
     Logits(Vec<f32>),
 }
@@ -388,7 +391,11 @@ impl LlamaGpu {
         let n = self.check_step(tokens, pos0, output)?;
         self.step.write(&self.ctx, pos0, tokens)?;
         let layers = if n < VECTOR_MAX_TOKENS { &self.decode } else { &self.prefill };
-        let tail = if output == Output::AllLogits { &self.tail_all } else { &self.tail_last };
+        let tail: &[Dispatch] = match output {
+            Output::Nothing => &[],
+            Output::AllLogits => &self.tail_all,
+            Output::Argmax | Output::LastLogits => &self.tail_last,
+        };
         let mut encoder = self
             .ctx
             .device()
@@ -401,6 +408,7 @@ impl LlamaGpu {
         );
         let vocab = u64::from(self.cfg.n_vocab);
         let read_bytes = match output {
+            Output::Nothing => 0,
             Output::Argmax => {
                 self.readback.copy_from(&mut encoder, &self.next_token, 0, 4)?;
                 4
@@ -417,6 +425,10 @@ impl LlamaGpu {
         };
         self.ctx.queue().submit([encoder.finish()]);
         Ok(match output {
+            Output::Nothing => {
+                self.ctx.check()?;
+                Forward::Nothing
+            }
             Output::Argmax => {
                 let ids = self.readback.read_u32(&self.ctx, 1).await?;
                 let id = ids.first().copied().unwrap_or(u32::MAX);
