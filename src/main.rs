@@ -15,7 +15,11 @@ use sovereign::model::{LlamaConfig, LoadOptions};
 use sovereign::tokenizer::{ChatMessage, Tokenizer};
 
 #[derive(Parser)]
-#[command(name = "sovereign", version, about = "Run quantized LLMs on any GPU through WGSL compute shaders")]
+#[command(
+    name = "sovereign",
+    version,
+    about = "Run quantized LLMs on any GPU through WGSL compute shaders"
+)]
 struct Cli {
     /// GPU adapter: an index from `sovereign devices` or part of its name (also SOVEREIGN_ADAPTER).
     #[arg(long, global = true)]
@@ -107,7 +111,12 @@ struct RunArgs {
     #[command(flatten)]
     sampling: SamplingArgs,
     /// Tokens to generate; -1: until end of generation or a full context.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 256, allow_negative_numbers = true)]
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 256,
+        allow_negative_numbers = true
+    )]
     n_predict: i64,
     /// Wrap the prompt as a user message in the model's chat template.
     #[arg(long)]
@@ -155,9 +164,8 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SOVEREIGN_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("warn,sovereign={level}"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SOVEREIGN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,sovereign={level}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -213,7 +221,8 @@ fn load(adapter: Option<String>, args: &ModelArgs) -> Result<Model, sovereign::E
     let file = GgufFile::open(&path)?;
     let ctx = gpu(adapter)?;
     tracing::info!(model = %path.display(), adapter = %ctx.adapter_info().name, "loading");
-    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
         indicatif::ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -254,15 +263,19 @@ fn run(adapter: Option<String>, args: RunArgs) -> CliResult {
     };
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
-    let completion = pollster::block_on(Session::new().generate(&mut model, &prompt, &params, &mut |text| {
-        match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                write_error = Some(e);
-                ControlFlow::Break(())
-            }
-        }
-    }))?;
+    let completion =
+        pollster::block_on(
+            Session::new().generate(&mut model, &prompt, &params, &mut |text| match stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    write_error = Some(e);
+                    ControlFlow::Break(())
+                }
+            }),
+        )?;
     // A closed pipe (`| head`) is a normal way to stop reading.
     if let Some(e) = write_error {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -300,7 +313,10 @@ fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
     }
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("{} ready. Type a message; /reset starts over, /exit or Ctrl-D quits.", model.name());
+        eprintln!(
+            "{} ready. Type a message; /reset starts over, /exit or Ctrl-D quits.",
+            model.name()
+        );
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -333,10 +349,13 @@ fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
             ignore_eos: false,
         };
         let mut stdout = std::io::stdout().lock();
-        let completion = pollster::block_on(session.generate(&mut model, &prompt, &params, &mut |text| {
-            let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
-            ControlFlow::Continue(())
-        }))?;
+        let completion =
+            pollster::block_on(session.generate(&mut model, &prompt, &params, &mut |text| {
+                let _ = stdout
+                    .write_all(text.as_bytes())
+                    .and_then(|()| stdout.flush());
+                ControlFlow::Continue(())
+            }))?;
         let _ = writeln!(stdout);
         report(&completion);
         if completion.stop == StopReason::ContextFull {
@@ -350,8 +369,19 @@ fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
 fn inspect(path: &PathBuf) -> CliResult {
     let file = GgufFile::open(path)?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}: GGUF version {}, {} bytes", path.display(), file.version, file.file_len());
-    let _ = writeln!(out, "alignment {}, data at byte {}", file.alignment, file.data_offset());
+    let _ = writeln!(
+        out,
+        "{}: GGUF version {}, {} bytes",
+        path.display(),
+        file.version,
+        file.file_len()
+    );
+    let _ = writeln!(
+        out,
+        "alignment {}, data at byte {}",
+        file.alignment,
+        file.data_offset()
+    );
     let _ = writeln!(out, "\n{} metadata entries:", file.metadata().len());
     for (key, value) in file.metadata().iter() {
         let mut shown = value.to_string();
@@ -362,21 +392,41 @@ fn inspect(path: &PathBuf) -> CliResult {
             }
             shown = format!("{}... ({} chars)", &shown[..cut], shown.len());
         }
-        let _ = writeln!(out, "  {key} = {} [{}]", shown.replace('\n', "\\n"), value.value_type().name());
+        let _ = writeln!(
+            out,
+            "  {key} = {} [{}]",
+            shown.replace('\n', "\\n"),
+            value.value_type().name()
+        );
     }
     let _ = writeln!(out, "\n{} tensors:", file.tensors().len());
-    let _ = writeln!(out, "  {:<40} {:<8} {:<22} {:>12} {:>12}", "name", "type", "shape", "bytes", "offset");
+    let _ = writeln!(
+        out,
+        "  {:<40} {:<8} {:<22} {:>12} {:>12}",
+        "name", "type", "shape", "bytes", "offset"
+    );
     let mut params = 0u64;
     for t in file.tensors() {
         params += t.n_elements;
         let shape = format!("{:?}", t.dims);
-        let _ = writeln!(out, "  {:<40} {:<8} {:<22} {:>12} {:>12}", t.name, t.dtype.name(), shape, t.n_bytes, t.offset);
+        let _ = writeln!(
+            out,
+            "  {:<40} {:<8} {:<22} {:>12} {:>12}",
+            t.name,
+            t.dtype.name(),
+            shape,
+            t.n_bytes,
+            t.offset
+        );
     }
     let _ = writeln!(out, "\n{:.2} M parameters", params as f64 / 1e6);
     drop(out);
 
     // The file parsed; now check that it is a model this build can run.
-    let arch = file.metadata().get_str("general.architecture").unwrap_or("");
+    let arch = file
+        .metadata()
+        .get_str("general.architecture")
+        .unwrap_or("");
     if !sovereign::model::arch::LLAMA_LIKE.contains(&arch) && !arch.is_empty() {
         println!("architecture {arch:?}: not runnable by this build");
         return Ok(());
@@ -441,7 +491,12 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
         margs.ctx_size = Some(needed.max(512));
     }
     let mut model = load(adapter, &margs)?;
-    let results = pollster::block_on(sovereign::bench::run(&mut model, args.n_prompt, args.n_gen, args.repetitions))?;
+    let results = pollster::block_on(sovereign::bench::run(
+        &mut model,
+        args.n_prompt,
+        args.n_gen,
+        args.repetitions,
+    ))?;
     let info = model.llama().context().adapter_info().clone();
     let cfg = model.config();
     let size = model.llama().weight_bytes() as f64 / (1024.0 * 1024.0);

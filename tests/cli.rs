@@ -27,7 +27,10 @@ fn stderr(o: &Output) -> String {
 /// A failed run: non-zero exit, nothing on stdout, one `error:` line on stderr naming `words`.
 fn assert_fails(o: &Output, words: &str) {
     let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
     assert!(o.stdout.is_empty(), "stdout not empty: {}", stdout(o));
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
@@ -46,9 +49,22 @@ fn greedy_runs_print_the_reference_text() {
     for case in greedy_cases() {
         let prompt = case["prompt"].as_str().unwrap();
         let n = case["n_stable"].as_u64().unwrap().to_string();
-        let o = sovereign(&["run", "-m", model.to_str().unwrap(), "-n", &n, "--temp", "0", prompt]);
+        let o = sovereign(&[
+            "run",
+            "-m",
+            model.to_str().unwrap(),
+            "-n",
+            &n,
+            "--temp",
+            "0",
+            prompt,
+        ]);
         assert!(o.status.success(), "{prompt:?}: {}", stderr(&o));
-        assert_eq!(stdout(&o), case["text_stable"].as_str().unwrap(), "{prompt:?}");
+        assert_eq!(
+            stdout(&o),
+            case["text_stable"].as_str().unwrap(),
+            "{prompt:?}"
+        );
     }
 }
 
@@ -57,7 +73,18 @@ fn sampling_is_reproducible_with_a_seed_and_stops_at_stop_strings() {
     let model = model_path();
     let m = model.to_str().unwrap();
     let run = |seed: &str| {
-        let o = sovereign(&["run", "-m", m, "-n", "12", "--temp", "1.0", "--seed", seed, "Once upon a time"]);
+        let o = sovereign(&[
+            "run",
+            "-m",
+            m,
+            "-n",
+            "12",
+            "--temp",
+            "1.0",
+            "--seed",
+            seed,
+            "Once upon a time",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         stdout(&o)
     };
@@ -65,10 +92,24 @@ fn sampling_is_reproducible_with_a_seed_and_stops_at_stop_strings() {
     assert!(!a.is_empty());
     assert_eq!(a, run("42"));
     let others: Vec<String> = ["1", "2", "3"].iter().map(|s| run(s)).collect();
-    assert!(others.iter().any(|o| *o != a), "three other seeds all gave {a:?}");
+    assert!(
+        others.iter().any(|o| *o != a),
+        "three other seeds all gave {a:?}"
+    );
 
     // The greedy continuation is " Paris.\n\nThe answer is: ...": a stop at "." ends it after Paris.
-    let o = sovereign(&["run", "-m", m, "-n", "20", "--temp", "0", "--stop", ".", "The capital of France is"]);
+    let o = sovereign(&[
+        "run",
+        "-m",
+        m,
+        "-n",
+        "20",
+        "--temp",
+        "0",
+        "--stop",
+        ".",
+        "The capital of France is",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), " Paris");
 }
@@ -98,7 +139,15 @@ fn chat_command_keeps_the_conversation() {
     use std::io::Write;
     let model = model_path();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sovereign"))
-        .args(["chat", "-m", model.to_str().unwrap(), "--temp", "0", "-n", "12"])
+        .args([
+            "chat",
+            "-m",
+            model.to_str().unwrap(),
+            "--temp",
+            "0",
+            "-n",
+            "12",
+        ])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -116,7 +165,10 @@ fn chat_command_keeps_the_conversation() {
     let out = stdout(&o);
     let replies: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(replies.len() >= 2, "expected two replies: {out:?}");
-    assert!(out.starts_with("The tallest mountain on Earth is Mount Everest"), "{out:?}");
+    assert!(
+        out.starts_with("The tallest mountain on Earth is Mount Everest"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -153,32 +205,81 @@ fn devices_lists_an_adapter() {
 #[test]
 fn bench_prints_pp_and_tg() {
     let model = model_path();
-    let o = sovereign(&["bench", "-m", model.to_str().unwrap(), "-p", "16", "-n", "4", "-r", "1"]);
+    let o = sovereign(&[
+        "bench",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-r",
+        "1",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("| test | t/s |"), "{out}");
     for test in ["| pp16 |", "| tg4 |"] {
-        let line = out.lines().find(|l| l.contains(test)).unwrap_or_else(|| panic!("no {test} in {out}"));
-        let rate: f64 = line.rsplit('|').nth(1).unwrap().split('±').next().unwrap().trim().parse().unwrap();
+        let line = out
+            .lines()
+            .find(|l| l.contains(test))
+            .unwrap_or_else(|| panic!("no {test} in {out}"));
+        let rate: f64 = line
+            .rsplit('|')
+            .nth(1)
+            .unwrap()
+            .split('±')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert!(rate > 0.0, "{line}");
     }
 }
 
 #[test]
 fn bad_input_gives_one_line_errors() {
-    assert_fails(&sovereign(&["run", "-m", "/nonexistent/model.gguf", "hi"]), "cannot read /nonexistent/model.gguf");
-    assert_fails(&sovereign(&["inspect", "/nonexistent/model.gguf"]), "no such file");
+    assert_fails(
+        &sovereign(&["run", "-m", "/nonexistent/model.gguf", "hi"]),
+        "cannot read /nonexistent/model.gguf",
+    );
+    assert_fails(
+        &sovereign(&["inspect", "/nonexistent/model.gguf"]),
+        "no such file",
+    );
     let model = model_path();
     let m = model.to_str().unwrap();
-    assert_fails(&sovereign(&["run", "-m", m, "--temp", "-1", "hi"]), "temperature");
+    assert_fails(
+        &sovereign(&["run", "-m", m, "--temp", "-1", "hi"]),
+        "temperature",
+    );
     assert_fails(&sovereign(&["run", "-m", m, "--top-p", "0", "hi"]), "top_p");
     assert_fails(&sovereign(&["run", "-m", m, ""]), "prompt is empty");
-    assert_fails(&sovereign(&["run", "-m", m, "-c", "8", "-n", "1", "one two three four five six seven eight nine ten"]), "context");
-    assert_fails(&sovereign(&["run", "--adapter", "no-such-adapter", "-m", m, "hi"]), "no adapter matches");
+    assert_fails(
+        &sovereign(&[
+            "run",
+            "-m",
+            m,
+            "-c",
+            "8",
+            "-n",
+            "1",
+            "one two three four five six seven eight nine ten",
+        ]),
+        "context",
+    );
+    assert_fails(
+        &sovereign(&["run", "--adapter", "no-such-adapter", "-m", m, "hi"]),
+        "no adapter matches",
+    );
     // Not a GGUF file at all.
     let text = std::env::temp_dir().join("sovereign-not-a-model.txt");
     std::fs::write(&text, "hello").unwrap();
-    assert_fails(&sovereign(&["run", "-m", text.to_str().unwrap(), "hi"]), "not a GGUF file");
+    assert_fails(
+        &sovereign(&["run", "-m", text.to_str().unwrap(), "hi"]),
+        "not a GGUF file",
+    );
 }
 
 /// Every file of the bad-GGUF corpus: non-zero exit and an error naming the problem, from
@@ -188,13 +289,28 @@ fn bad_gguf_corpus_fails_cleanly() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/gguf");
     let expected = std::fs::read_to_string(dir.join("EXPECTED.txt")).unwrap();
     let mut n = 0;
-    for line in expected.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
-        let (file, words) = line.split_once('\t').unwrap_or_else(|| panic!("bad EXPECTED line {line:?}"));
+    for line in expected
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        let (file, words) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("bad EXPECTED line {line:?}"));
         let path = dir.join(file.trim());
         let start = std::time::Instant::now();
-        assert_fails(&sovereign(&["inspect", path.to_str().unwrap()]), words.trim());
-        assert_fails(&sovereign(&["run", "-m", path.to_str().unwrap(), "-n", "1", "hi"]), words.trim());
-        assert!(start.elapsed().as_secs() < 20, "{file}: took {:?}", start.elapsed());
+        assert_fails(
+            &sovereign(&["inspect", path.to_str().unwrap()]),
+            words.trim(),
+        );
+        assert_fails(
+            &sovereign(&["run", "-m", path.to_str().unwrap(), "-n", "1", "hi"]),
+            words.trim(),
+        );
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "{file}: took {:?}",
+            start.elapsed()
+        );
         n += 1;
     }
     assert!(n >= 25, "only {n} corpus files");

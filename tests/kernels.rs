@@ -19,7 +19,13 @@ use sovereign::kernels::rope::{Rope, RopeParams};
 use sovereign::kernels::silu_mul::SiluMul;
 use sovereign::reference::{self, AttentionShape, RopeConfig};
 
-const DTYPES: [DType; 5] = [DType::F32, DType::F16, DType::Q4_0, DType::Q4_1, DType::Q8_0];
+const DTYPES: [DType; 5] = [
+    DType::F32,
+    DType::F16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+];
 
 /// The plain path (no subgroups, no f16) and whatever the adapter offers.
 fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
@@ -44,8 +50,22 @@ fn weights(rng: &mut Rng, dtype: DType, n_rows: usize, row_len: usize) -> (Vec<u
     (bytes, deq)
 }
 
-fn upload(ctx: &GpuContext, dtype: DType, row_len: usize, n_rows: usize, bytes: &[u8]) -> WeightTensor {
-    pollster::block_on(WeightTensor::upload(ctx, "w", dtype, row_len as u32, n_rows as u32, bytes)).unwrap()
+fn upload(
+    ctx: &GpuContext,
+    dtype: DType,
+    row_len: usize,
+    n_rows: usize,
+    bytes: &[u8],
+) -> WeightTensor {
+    pollster::block_on(WeightTensor::upload(
+        ctx,
+        "w",
+        dtype,
+        row_len as u32,
+        n_rows as u32,
+        bytes,
+    ))
+    .unwrap()
 }
 
 fn step(ctx: &GpuContext, max: u32) -> StepBuffer {
@@ -72,7 +92,13 @@ fn embed_matches_reference_for_every_dtype() {
         let d = op.bind(&ctx, s.buffer(), &table, &out, 8).unwrap();
         run(&ctx, &d.iter().collect::<Vec<_>>(), 0, &tokens, &s);
         let got = read_f32(&ctx, &out, tokens.len() * n_embd);
-        assert_close(&format!("embed {dtype}"), &got, &reference::embed(&deq, n_embd, &tokens), 0.0, 0.0);
+        assert_close(
+            &format!("embed {dtype}"),
+            &got,
+            &reference::embed(&deq, n_embd, &tokens),
+            0.0,
+            0.0,
+        );
     }
 }
 
@@ -92,12 +118,42 @@ fn rms_norm_matches_reference() {
     let op = pollster::block_on(RmsNorm::new(&ctx)).unwrap();
 
     let out = zeros(&ctx, 8 * n_embd);
-    let d = op.bind(&ctx, s.buffer(), &xb, &wb, &out, n_embd as u32, eps, false, 8).unwrap();
+    let d = op
+        .bind(
+            &ctx,
+            s.buffer(),
+            &xb,
+            &wb,
+            &out,
+            n_embd as u32,
+            eps,
+            false,
+            8,
+        )
+        .unwrap();
     run(&ctx, &[&d], 0, &tokens, &s);
-    assert_close("rms_norm", &read_f32(&ctx, &out, n_tokens * n_embd), &want, 1e-5, 1e-5);
+    assert_close(
+        "rms_norm",
+        &read_f32(&ctx, &out, n_tokens * n_embd),
+        &want,
+        1e-5,
+        1e-5,
+    );
 
     let last = zeros(&ctx, n_embd);
-    let d = op.bind(&ctx, s.buffer(), &xb, &wb, &last, n_embd as u32, eps, true, 8).unwrap();
+    let d = op
+        .bind(
+            &ctx,
+            s.buffer(),
+            &xb,
+            &wb,
+            &last,
+            n_embd as u32,
+            eps,
+            true,
+            8,
+        )
+        .unwrap();
     run(&ctx, &[&d], 0, &tokens, &s);
     assert_close(
         "rms_norm last row",
@@ -114,7 +170,12 @@ fn rope_matches_reference_in_both_modes() {
     let ctx = gpu(GpuOptions::default());
     let (n_head, head_dim) = (3usize, 64usize);
     let op = pollster::block_on(Rope::new(&ctx)).unwrap();
-    for (neox, n_rot, pos0, n_tokens) in [(false, 64, 0u32, 7usize), (true, 64, 5, 3), (false, 32, 8000, 2), (true, 48, 4090, 1)] {
+    for (neox, n_rot, pos0, n_tokens) in [
+        (false, 64, 0u32, 7usize),
+        (true, 64, 5, 3),
+        (false, 32, 8000, 2),
+        (true, 48, 4090, 1),
+    ] {
         let cfg = RopeConfig {
             n_rot,
             freq_base: 100_000.0,
@@ -137,7 +198,9 @@ fn rope_matches_reference_in_both_modes() {
             row_stride: (n_head * head_dim) as u32,
             rows_at_pos: 0,
         };
-        let d = op.bind(&ctx, s.buffer(), &xb, params, n_tokens as u32).unwrap();
+        let d = op
+            .bind(&ctx, s.buffer(), &xb, params, n_tokens as u32)
+            .unwrap();
         run(&ctx, &[&d], pos0, &vec![0; n_tokens], &s);
         // At position 8000 an f32 angle carries ~5e-4 rad of rounding; the reference is exact.
         let atol = if pos0 > 1000 { 3e-3 } else { 2e-5 };
@@ -176,14 +239,31 @@ fn rope_matches_reference_in_both_modes() {
         row_stride: row as u32,
         rows_at_pos: 1,
     };
-    let d = op.bind(&ctx, s.buffer(), &cb, params, n_ctx as u32).unwrap();
+    let d = op
+        .bind(&ctx, s.buffer(), &cb, params, n_ctx as u32)
+        .unwrap();
     run(&ctx, &[&d], pos0, &vec![0; n_tokens], &s);
-    assert_close("rope at positions", &read_f32(&ctx, &cb, cache.len()), &want, 2e-5, 1e-5);
+    assert_close(
+        "rope at positions",
+        &read_f32(&ctx, &cb, cache.len()),
+        &want,
+        2e-5,
+        1e-5,
+    );
 }
 
 /// Runs `y = x W^T` with the decode or the prefill kernel and compares with the reference.
 #[allow(clippy::too_many_arguments)]
-fn check_matmul(ctx: &GpuContext, label: &str, vector: bool, dtype: DType, n_tokens: usize, n_in: usize, n_out: usize, seed: u64) {
+fn check_matmul(
+    ctx: &GpuContext,
+    label: &str,
+    vector: bool,
+    dtype: DType,
+    n_tokens: usize,
+    n_in: usize,
+    n_out: usize,
+    seed: u64,
+) {
     let mut rng = Rng::new(seed);
     let (bytes, deq) = weights(&mut rng, dtype, n_out, n_in);
     let x = rng.vec(n_tokens * n_in, 1.0);
@@ -193,7 +273,12 @@ fn check_matmul(ctx: &GpuContext, label: &str, vector: bool, dtype: DType, n_tok
     let xb = storage(ctx, &x);
     let y = zeros(ctx, max * n_out);
     let s = step(ctx, max as u32);
-    let op = if vector { pollster::block_on(Matmul::vector(ctx, dtype)) } else { pollster::block_on(Matmul::tiled(ctx, dtype)) }.unwrap();
+    let op = if vector {
+        pollster::block_on(Matmul::vector(ctx, dtype))
+    } else {
+        pollster::block_on(Matmul::tiled(ctx, dtype))
+    }
+    .unwrap();
     let layout = MatmulLayout {
         x_stride: n_in as u32,
         y_stride: n_out as u32,
@@ -204,11 +289,21 @@ fn check_matmul(ctx: &GpuContext, label: &str, vector: bool, dtype: DType, n_tok
         single_row: false,
     };
     let d = op.bind(ctx, s.buffer(), &w, &xb, &y, layout).unwrap();
-    run(ctx, &d.iter().collect::<Vec<_>>(), 0, &vec![0; n_tokens], &s);
+    run(
+        ctx,
+        &d.iter().collect::<Vec<_>>(),
+        0,
+        &vec![0; n_tokens],
+        &s,
+    );
     let got = read_f32(ctx, &y, n_tokens * n_out);
     let atol = 2e-5 * (n_in as f32).sqrt();
     assert_close(
-        &format!("{label} {} {dtype} ({n_tokens}x{n_in} . {n_out}x{n_in}, {} buffers)", if vector { "matvec" } else { "matmul" }, w.chunks.len()),
+        &format!(
+            "{label} {} {dtype} ({n_tokens}x{n_in} . {n_out}x{n_in}, {} buffers)",
+            if vector { "matvec" } else { "matmul" },
+            w.chunks.len()
+        ),
         &got,
         &want,
         atol,
@@ -268,7 +363,12 @@ fn matmul_writes_rows_at_positions() {
     for vector in [true, false] {
         let cb = storage(&ctx, &cache);
         let s = step(&ctx, 8);
-        let op = if vector { pollster::block_on(Matmul::vector(&ctx, DType::Q8_0)) } else { pollster::block_on(Matmul::tiled(&ctx, DType::Q8_0)) }.unwrap();
+        let op = if vector {
+            pollster::block_on(Matmul::vector(&ctx, DType::Q8_0))
+        } else {
+            pollster::block_on(Matmul::tiled(&ctx, DType::Q8_0))
+        }
+        .unwrap();
         let layout = MatmulLayout {
             x_stride: n_in as u32,
             y_stride: n_out as u32,
@@ -278,13 +378,35 @@ fn matmul_writes_rows_at_positions() {
             y_col0: 0,
             single_row: false,
         };
-        let d = op.bind(&ctx, s.buffer(), &w, &storage(&ctx, &x), &cb, layout).unwrap();
-        run(&ctx, &d.iter().collect::<Vec<_>>(), pos0, &vec![0; n_tokens], &s);
-        assert_close(&format!("rows at pos (vector={vector})"), &read_f32(&ctx, &cb, cache.len()), &want, 1e-4, 1e-4);
+        let d = op
+            .bind(&ctx, s.buffer(), &w, &storage(&ctx, &x), &cb, layout)
+            .unwrap();
+        run(
+            &ctx,
+            &d.iter().collect::<Vec<_>>(),
+            pos0,
+            &vec![0; n_tokens],
+            &s,
+        );
+        assert_close(
+            &format!("rows at pos (vector={vector})"),
+            &read_f32(&ctx, &cb, cache.len()),
+            &want,
+            1e-4,
+            1e-4,
+        );
     }
 }
 
-fn check_attention(ctx: &GpuContext, n_head: usize, n_head_kv: usize, head_dim: usize, pos0: usize, n_tokens: usize, seed: u64) {
+fn check_attention(
+    ctx: &GpuContext,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    pos0: usize,
+    n_tokens: usize,
+    seed: u64,
+) {
     let mut rng = Rng::new(seed);
     let n_ctx = pos0 + n_tokens + 3;
     let q = rng.vec(n_tokens * n_head * head_dim, 1.0);
@@ -311,7 +433,17 @@ fn check_attention(ctx: &GpuContext, n_head: usize, n_head_kv: usize, head_dim: 
         _pad1: 0,
     };
     let d = op
-        .bind(ctx, s.buffer(), &storage(ctx, &q), &storage(ctx, &k), &storage(ctx, &v), &out, params, n_tokens as u32, n_ctx as u32)
+        .bind(
+            ctx,
+            s.buffer(),
+            &storage(ctx, &q),
+            &storage(ctx, &k),
+            &storage(ctx, &v),
+            &out,
+            params,
+            n_tokens as u32,
+            n_ctx as u32,
+        )
         .unwrap();
     run(ctx, &[&d], pos0 as u32, &vec![0; n_tokens], &s);
     assert_close(
@@ -347,15 +479,33 @@ fn silu_mul_and_add_match_reference() {
     let up = rng.vec(n_tokens * n, 2.0);
     let (gb, ub) = (storage(&ctx, &gate), storage(&ctx, &up));
     let s = step(&ctx, 4);
-    let d = pollster::block_on(SiluMul::new(&ctx)).unwrap().bind(&ctx, s.buffer(), &gb, &ub, n as u32, 3).unwrap();
+    let d = pollster::block_on(SiluMul::new(&ctx))
+        .unwrap()
+        .bind(&ctx, s.buffer(), &gb, &ub, n as u32, 3)
+        .unwrap();
     run(&ctx, &[&d], 0, &[0; 3], &s);
-    assert_close("silu_mul", &read_f32(&ctx, &gb, gate.len()), &reference::silu_mul(&gate, &up), 1e-6, 1e-5);
+    assert_close(
+        "silu_mul",
+        &read_f32(&ctx, &gb, gate.len()),
+        &reference::silu_mul(&gate, &up),
+        1e-6,
+        1e-5,
+    );
 
     let x = rng.vec(n_tokens * n, 1.0);
     let xb = storage(&ctx, &x);
-    let d = pollster::block_on(Add::new(&ctx)).unwrap().bind(&ctx, s.buffer(), &xb, &ub, n as u32, 3).unwrap();
+    let d = pollster::block_on(Add::new(&ctx))
+        .unwrap()
+        .bind(&ctx, s.buffer(), &xb, &ub, n as u32, 3)
+        .unwrap();
     run(&ctx, &[&d], 0, &[0; 3], &s);
-    assert_close("add", &read_f32(&ctx, &xb, x.len()), &reference::add(&x, &up), 0.0, 0.0);
+    assert_close(
+        "add",
+        &read_f32(&ctx, &xb, x.len()),
+        &reference::add(&x, &up),
+        0.0,
+        0.0,
+    );
 }
 
 #[test]
@@ -370,7 +520,10 @@ fn argmax_matches_reference_and_breaks_ties_low() {
     // Row 2: the maximum in the last slot.
     x[3 * n - 1] = 99.0;
     let out = storage(&ctx, &[0.0; 3]);
-    let d = pollster::block_on(Argmax::new(&ctx)).unwrap().bind(&ctx, &storage(&ctx, &x), &out, n as u32, 3).unwrap();
+    let d = pollster::block_on(Argmax::new(&ctx))
+        .unwrap()
+        .bind(&ctx, &storage(&ctx, &x), &out, n as u32, 3)
+        .unwrap();
     let s = step(&ctx, 1);
     run(&ctx, &[&d], 0, &[0], &s);
     let got = read_u32(&ctx, &out, 3);

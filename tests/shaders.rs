@@ -38,7 +38,7 @@ fn every_variant_validates_and_compiles() {
         for (k, value) in &v.constants {
             constants.insert(k.to_string(), *value);
         }
-        let (module, info) = naga::back::pipeline_constants::process_overrides(
+        let (module, _) = naga::back::pipeline_constants::process_overrides(
             &module,
             &info,
             Some((naga::ShaderStage::Compute, "main")),
@@ -56,7 +56,10 @@ fn every_variant_validates_and_compiles() {
 
 #[test]
 fn every_shader_file_is_used() {
-    let used: Vec<_> = kernels::all_variants().iter().map(|v| format!("{}.wgsl", v.shader)).collect();
+    let used: Vec<_> = kernels::all_variants()
+        .iter()
+        .map(|v| format!("{}.wgsl", v.shader))
+        .collect();
     for (path, _) in kernels::source::SHADER_FILES {
         if !path.starts_with("common/") {
             assert!(used.contains(&path.to_string()), "{path} has no variant");
@@ -111,13 +114,20 @@ fn check_layout<P: GpuParams>(shader: &str) {
     // The Step header is followed by the runtime-sized token array in WGSL.
     let wgsl = &wgsl[..rust.len().min(wgsl.len())];
     assert_eq!(
-        rust.iter().map(|(n, o, s)| (n.to_string(), *o, *s)).collect::<Vec<_>>(),
+        rust.iter()
+            .map(|(n, o, s)| (n.to_string(), *o, *s))
+            .collect::<Vec<_>>(),
         wgsl,
         "{} in {shader}",
         P::WGSL_NAME
     );
     if P::WGSL_NAME != "Step" {
-        assert_eq!(std::mem::size_of::<P>(), *span as usize, "size of {}", P::WGSL_NAME);
+        assert_eq!(
+            std::mem::size_of::<P>(),
+            *span as usize,
+            "size of {}",
+            P::WGSL_NAME
+        );
         assert_eq!(layouter[handle].size as usize, std::mem::size_of::<P>());
     }
 }

@@ -25,7 +25,9 @@ pub enum EngineError {
     NoCandidates,
     #[error("the prompt is empty")]
     EmptyPrompt,
-    #[error("the prompt has {n_prompt} tokens but the context holds only {n_ctx} (raise it with --ctx-size)")]
+    #[error(
+        "the prompt has {n_prompt} tokens but the context holds only {n_ctx} (raise it with --ctx-size)"
+    )]
     PromptTooLong { n_prompt: usize, n_ctx: u32 },
 }
 
@@ -115,7 +117,7 @@ impl Model {
 }
 
 /// What one generation is allowed to do.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerateParams {
     /// Most tokens to generate; `None`: until end of generation or a full context.
     pub max_tokens: Option<u32>,
@@ -124,17 +126,6 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
-}
-
-impl Default for GenerateParams {
-    fn default() -> Self {
-        GenerateParams {
-            max_tokens: None,
-            sampling: SamplingParams::default(),
-            stop: Vec::new(),
-            ignore_eos: false,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,7 +233,11 @@ impl Session {
             let last = pos + chunk.len() == prompt.len();
             result = model
                 .llama
-                .forward(chunk, pos as u32, if last { output } else { Output::Nothing })
+                .forward(
+                    chunk,
+                    pos as u32,
+                    if last { output } else { Output::Nothing },
+                )
                 .await?;
             self.cached.extend_from_slice(chunk);
             pos += chunk.len();
@@ -252,7 +247,8 @@ impl Session {
         let start = Instant::now();
         let mut history = prompt.to_vec();
         let mut tokens = Vec::new();
-        let mut decoder = StreamDecoder::new();
+        // Generated text continues the prompt: a SentencePiece leading space is real here.
+        let mut decoder = StreamDecoder::after_prompt();
         let mut text = String::new();
         let mut sent = 0;
         let stop = loop {
@@ -285,7 +281,10 @@ impl Session {
                     break StopReason::Cancelled;
                 }
             }
-            if params.max_tokens.is_some_and(|m| tokens.len() >= m as usize) {
+            if params
+                .max_tokens
+                .is_some_and(|m| tokens.len() >= m as usize)
+            {
                 break StopReason::MaxTokens;
             }
             if pos >= n_ctx as usize {
@@ -318,7 +317,9 @@ fn find_stop<'a>(text: &str, from: usize, stops: &'a [String]) -> Option<(usize,
         .iter()
         .filter_map(|s| {
             let search_from = floor_char_boundary(text, from.saturating_sub(s.len()));
-            text[search_from..].find(s.as_str()).map(|i| (search_from + i, s.as_str()))
+            text[search_from..]
+                .find(s.as_str())
+                .map(|i| (search_from + i, s.as_str()))
         })
         .min_by_key(|(at, _)| *at)
 }

@@ -193,7 +193,8 @@ impl Sampler {
 
         let probs = softmax(c.iter().map(|x| x.1 / p.temperature));
         // 53 random bits: a uniform f64 in [0, 1).
-        let r = ((u64::from(self.rng.next_u32()) << 21) ^ u64::from(self.rng.next_u32() >> 11)) as f64
+        let r = ((u64::from(self.rng.next_u32()) << 21) ^ u64::from(self.rng.next_u32() >> 11))
+            as f64
             / (1u64 << 53) as f64;
         let mut cum = 0.0;
         for (i, pr) in probs.iter().enumerate() {
@@ -339,11 +340,26 @@ mod tests {
     #[test]
     fn invalid_settings_are_refused() {
         for p in [
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { min_p: 1.5, ..Default::default() },
-            SamplingParams { repeat_penalty: 0.0, ..Default::default() },
-            SamplingParams { temperature: f32::NAN, ..Default::default() },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: 1.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                repeat_penalty: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
         ] {
             assert!(Sampler::new(p).is_err());
         }

@@ -33,12 +33,15 @@ impl WeightTensor {
         n_rows: u32,
         data: &[u8],
     ) -> Result<Self, GpuError> {
-        let row_bytes = dtype
-            .bytes_for(u64::from(row_len))
-            .ok_or_else(|| GpuError::Validation {
-                what: format!("uploading {name}"),
-                message: format!("row length {row_len} is not a whole number of {dtype} blocks"),
-            })?;
+        let row_bytes =
+            dtype
+                .bytes_for(u64::from(row_len))
+                .ok_or_else(|| GpuError::Validation {
+                    what: format!("uploading {name}"),
+                    message: format!(
+                        "row length {row_len} is not a whole number of {dtype} blocks"
+                    ),
+                })?;
         let total = row_bytes * u64::from(n_rows);
         if total != data.len() as u64 {
             return Err(GpuError::Validation {
@@ -131,7 +134,7 @@ impl ReadbackBuffer {
         src_offset: u64,
         size: u64,
     ) -> Result<(), GpuError> {
-        if size > self.size || size % 4 != 0 || src_offset % 4 != 0 {
+        if size > self.size || !size.is_multiple_of(4) || !src_offset.is_multiple_of(4) {
             return Err(GpuError::Map(format!(
                 "bad readback copy: {size} bytes at {src_offset} into a {}-byte buffer",
                 self.size

@@ -11,7 +11,9 @@ pub use buffer::{ReadbackBuffer, WeightChunk, WeightTensor};
 /// Errors from the GPU layer.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
-    #[error("no GPU adapter found (on Linux without a GPU, install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)")]
+    #[error(
+        "no GPU adapter found (on Linux without a GPU, install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)"
+    )]
     NoAdapter,
     #[error("no adapter matches {wanted:?}; available: {available}")]
     AdapterNotFound { wanted: String, available: String },
@@ -30,7 +32,11 @@ pub enum GpuError {
     #[error("could not read back a GPU buffer: {0}")]
     Map(String),
     #[error("{what} needs {needed} bytes in one binding; this adapter allows {limit}")]
-    BindingTooLarge { what: String, needed: u64, limit: u64 },
+    BindingTooLarge {
+        what: String,
+        needed: u64,
+        limit: u64,
+    },
 }
 
 /// How to choose and configure the adapter. Unset fields keep the adapter's own choices.
@@ -98,7 +104,9 @@ fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
         name: info.name.clone(),
         backend: format!("{:?}", info.backend),
         device_type: format!("{:?}", info.device_type),
-        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
         shader_f16: features.contains(wgpu::Features::SHADER_F16),
         subgroups: features.contains(wgpu::Features::SUBGROUP),
         subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
@@ -113,7 +121,8 @@ fn new_instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     // Validation layers slow lavapipe several-fold; opt in with WGPU_DEBUG / WGPU_VALIDATION.
     if std::env::var_os("WGPU_VALIDATION").is_none() && std::env::var_os("WGPU_DEBUG").is_none() {
-        desc.flags.remove(wgpu::InstanceFlags::VALIDATION | wgpu::InstanceFlags::DEBUG);
+        desc.flags
+            .remove(wgpu::InstanceFlags::VALIDATION | wgpu::InstanceFlags::DEBUG);
     }
     wgpu::Instance::new(desc)
 }
@@ -130,7 +139,11 @@ async fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
         };
-        instance.request_adapter(&options).await.into_iter().collect()
+        instance
+            .request_adapter(&options)
+            .await
+            .into_iter()
+            .collect()
     }
 }
 
@@ -262,7 +275,8 @@ impl GpuContext {
         let sink = Arc::clone(&errors);
         device.set_device_lost_callback(move |reason, message| {
             if let Ok(mut s) = sink.lock() {
-                s.lost.get_or_insert_with(|| format!("{reason:?}: {message}"));
+                s.lost
+                    .get_or_insert_with(|| format!("{reason:?}: {message}"));
             }
         });
 
@@ -272,7 +286,9 @@ impl GpuContext {
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
         };
-        let hard_cap = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let hard_cap = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         let max_binding_size = options
             .max_binding_size
             .map_or(hard_cap, |cap| cap.clamp(256, hard_cap));
@@ -338,7 +354,11 @@ impl GpuContext {
 
     /// Runs `f` inside out-of-memory and validation error scopes and turns what they catch into
     /// an error naming `what`.
-    pub async fn scoped<T>(&self, what: &str, f: impl FnOnce(&wgpu::Device) -> T) -> Result<T, GpuError> {
+    pub async fn scoped<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&wgpu::Device) -> T,
+    ) -> Result<T, GpuError> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = f(&self.device);
@@ -374,8 +394,14 @@ impl GpuContext {
     }
 
     /// A storage buffer filled with `data` (padded to four bytes).
-    pub async fn storage_buffer_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer, GpuError> {
-        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    pub async fn storage_buffer_init(
+        &self,
+        label: &str,
+        data: &[u8],
+    ) -> Result<wgpu::Buffer, GpuError> {
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
         self.buffer_init(label, data, usage).await
     }
 
@@ -386,7 +412,11 @@ impl GpuContext {
         usage: wgpu::BufferUsages,
     ) -> Result<wgpu::Buffer, GpuError> {
         let buffer = self
-            .create_buffer(label, data.len() as u64, usage | wgpu::BufferUsages::COPY_DST)
+            .create_buffer(
+                label,
+                data.len() as u64,
+                usage | wgpu::BufferUsages::COPY_DST,
+            )
             .await?;
         let whole = data.len() / 4 * 4;
         if whole > 0 {
@@ -451,7 +481,9 @@ impl GpuContext {
                 timeout: None,
             })
             .map_err(|e| GpuError::Map(e.to_string()))?;
-        let mapped = rx.await.map_err(|_| GpuError::Map("map callback dropped".into()))?;
+        let mapped = rx
+            .await
+            .map_err(|_| GpuError::Map("map callback dropped".into()))?;
         self.check()?;
         mapped.map_err(|e| GpuError::Map(e.to_string()))
     }

@@ -48,11 +48,18 @@ impl Add {
         let len = u64::from(n) * u64::from(max_tokens);
         check_len("add", "x", x, len)?;
         check_len("add", "y", y, len)?;
-        let params = AddParams { n, ..Default::default() };
+        let params = AddParams {
+            n,
+            ..Default::default()
+        };
         Ok(self.kernel.dispatch(
             ctx,
             &params,
-            vec![step.as_entire_binding(), x.as_entire_binding(), y.as_entire_binding()],
+            vec![
+                step.as_entire_binding(),
+                x.as_entire_binding(),
+                y.as_entire_binding(),
+            ],
             Grid::Tokens {
                 x: n.div_ceil(WG_SIZE),
                 tile: 1,

@@ -47,7 +47,11 @@ impl Argmax {
     ) -> Result<Dispatch, KernelError> {
         check_len("argmax", "x", x, u64::from(n) * u64::from(n_rows))?;
         check_len("argmax", "out", out, u64::from(n_rows))?;
-        let params = ArgmaxParams { n, n_rows, ..Default::default() };
+        let params = ArgmaxParams {
+            n,
+            n_rows,
+            ..Default::default()
+        };
         Ok(self.kernel.dispatch(
             ctx,
             &params,

@@ -57,19 +57,50 @@ impl Attention {
         n_ctx: u32,
     ) -> Result<Dispatch, KernelError> {
         let op = "attention";
-        if params.n_head_kv == 0 || params.n_head % params.n_head_kv != 0 {
-            return Err(shape_error(op, format!("{} query heads cannot share {} K/V heads", params.n_head, params.n_head_kv)));
+        if params.n_head_kv == 0 || !params.n_head.is_multiple_of(params.n_head_kv) {
+            return Err(shape_error(
+                op,
+                format!(
+                    "{} query heads cannot share {} K/V heads",
+                    params.n_head, params.n_head_kv
+                ),
+            ));
         }
         if params.head_dim == 0 || params.head_dim > MAX_HEAD_DIM.min(4 * WG_SIZE) {
-            return Err(shape_error(op, format!("head_dim {} outside 1..={MAX_HEAD_DIM}", params.head_dim)));
+            return Err(shape_error(
+                op,
+                format!("head_dim {} outside 1..={MAX_HEAD_DIM}", params.head_dim),
+            ));
         }
-        if params.q_stride < params.n_head * params.head_dim || params.kv_stride < params.n_head_kv * params.head_dim {
+        if params.q_stride < params.n_head * params.head_dim
+            || params.kv_stride < params.n_head_kv * params.head_dim
+        {
             return Err(shape_error(op, "heads do not fit in the row strides"));
         }
-        check_len(op, "q", q, u64::from(max_tokens) * u64::from(params.q_stride))?;
-        check_len(op, "out", out, u64::from(max_tokens) * u64::from(params.q_stride))?;
-        check_len(op, "k_cache", k_cache, u64::from(n_ctx) * u64::from(params.kv_stride))?;
-        check_len(op, "v_cache", v_cache, u64::from(n_ctx) * u64::from(params.kv_stride))?;
+        check_len(
+            op,
+            "q",
+            q,
+            u64::from(max_tokens) * u64::from(params.q_stride),
+        )?;
+        check_len(
+            op,
+            "out",
+            out,
+            u64::from(max_tokens) * u64::from(params.q_stride),
+        )?;
+        check_len(
+            op,
+            "k_cache",
+            k_cache,
+            u64::from(n_ctx) * u64::from(params.kv_stride),
+        )?;
+        check_len(
+            op,
+            "v_cache",
+            v_cache,
+            u64::from(n_ctx) * u64::from(params.kv_stride),
+        )?;
         Ok(self.kernel.dispatch(
             ctx,
             &params,

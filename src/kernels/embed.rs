@@ -1,6 +1,8 @@
 //! Embedding lookup from a (possibly quantized, possibly split) token table: `shaders/embed.wgsl`.
 
-use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len, check_weight_dtype, shape_error};
+use super::{
+    Dispatch, Grid, Kernel, KernelError, Variant, check_len, check_weight_dtype, shape_error,
+};
 use crate::format::DType;
 use crate::gpu::{GpuContext, WeightTensor};
 
@@ -22,7 +24,10 @@ pub struct Embed {
 
 impl Embed {
     fn constants(dtype: DType) -> Vec<(&'static str, f64)> {
-        vec![("W_DTYPE", f64::from(dtype.ggml_id())), ("WG_SIZE", f64::from(WG_SIZE))]
+        vec![
+            ("W_DTYPE", f64::from(dtype.ggml_id())),
+            ("WG_SIZE", f64::from(WG_SIZE)),
+        ]
     }
 
     pub fn variants(dtype: DType) -> Vec<Variant> {
@@ -49,12 +54,23 @@ impl Embed {
         max_tokens: u32,
     ) -> Result<Vec<Dispatch>, KernelError> {
         if table.dtype != self.dtype {
-            return Err(shape_error("embed", format!("table is {}, kernel built for {}", table.dtype, self.dtype)));
+            return Err(shape_error(
+                "embed",
+                format!("table is {}, kernel built for {}", table.dtype, self.dtype),
+            ));
         }
-        if table.row_len % 4 != 0 {
-            return Err(shape_error("embed", format!("row length {} is not a multiple of 4", table.row_len)));
+        if !table.row_len.is_multiple_of(4) {
+            return Err(shape_error(
+                "embed",
+                format!("row length {} is not a multiple of 4", table.row_len),
+            ));
         }
-        check_len("embed", "out", out, u64::from(max_tokens) * u64::from(table.row_len))?;
+        check_len(
+            "embed",
+            "out",
+            out,
+            u64::from(max_tokens) * u64::from(table.row_len),
+        )?;
         Ok(table
             .chunks
             .iter()

@@ -3,7 +3,9 @@
 //! reduction with subgroupAdd, where the adapter has subgroups) and `matmul.wgsl` (prefill,
 //! tiled through workgroup memory).
 
-use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len, check_weight_dtype, shape_error};
+use super::{
+    Dispatch, Grid, Kernel, KernelError, Variant, check_len, check_weight_dtype, shape_error,
+};
 use crate::format::DType;
 use crate::gpu::{GpuContext, GpuFeatures, WeightTensor};
 
@@ -29,7 +31,9 @@ const TILE_K: u32 = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
     /// Rows per workgroup as the host counts them.
-    Vector { rows_per_wg: u32 },
+    Vector {
+        rows_per_wg: u32,
+    },
     Tiled,
 }
 
@@ -58,11 +62,18 @@ pub struct Matmul {
 }
 
 fn subgroup_wg(features: GpuFeatures) -> u32 {
-    features.subgroup_max_size.clamp(32, 256).next_power_of_two().max(64)
+    features
+        .subgroup_max_size
+        .clamp(32, 256)
+        .next_power_of_two()
+        .max(64)
 }
 
 impl Matmul {
-    fn vector_spec(dtype: DType, features: GpuFeatures) -> (&'static str, Vec<(&'static str, f64)>, Shape) {
+    fn vector_spec(
+        dtype: DType,
+        features: GpuFeatures,
+    ) -> (&'static str, Vec<(&'static str, f64)>, Shape) {
         let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
         if features.subgroups {
             let wg = subgroup_wg(features);
@@ -146,19 +157,50 @@ impl Matmul {
     ) -> Result<Vec<Dispatch>, KernelError> {
         let op = "matmul";
         if w.dtype != self.dtype {
-            return Err(shape_error(op, format!("{} is {}, kernel built for {}", w.name, w.dtype, self.dtype)));
+            return Err(shape_error(
+                op,
+                format!("{} is {}, kernel built for {}", w.name, w.dtype, self.dtype),
+            ));
         }
-        if w.row_len % 4 != 0 {
-            return Err(shape_error(op, format!("{}: row length {} is not a multiple of 4", w.name, w.row_len)));
+        if !w.row_len.is_multiple_of(4) {
+            return Err(shape_error(
+                op,
+                format!(
+                    "{}: row length {} is not a multiple of 4",
+                    w.name, w.row_len
+                ),
+            ));
         }
         if layout.x_stride < w.row_len {
-            return Err(shape_error(op, format!("{}: x rows of {} hold fewer than {} inputs", w.name, layout.x_stride, w.row_len)));
+            return Err(shape_error(
+                op,
+                format!(
+                    "{}: x rows of {} hold fewer than {} inputs",
+                    w.name, layout.x_stride, w.row_len
+                ),
+            ));
         }
         if layout.y_col0 + w.n_rows > layout.y_stride {
-            return Err(shape_error(op, format!("{}: {} outputs from column {} overflow y rows of {}", w.name, w.n_rows, layout.y_col0, layout.y_stride)));
+            return Err(shape_error(
+                op,
+                format!(
+                    "{}: {} outputs from column {} overflow y rows of {}",
+                    w.name, w.n_rows, layout.y_col0, layout.y_stride
+                ),
+            ));
         }
-        check_len(op, "x", x, u64::from(layout.x_rows) * u64::from(layout.x_stride))?;
-        check_len(op, "y", y, u64::from(layout.y_rows) * u64::from(layout.y_stride))?;
+        check_len(
+            op,
+            "x",
+            x,
+            u64::from(layout.x_rows) * u64::from(layout.x_stride),
+        )?;
+        check_len(
+            op,
+            "y",
+            y,
+            u64::from(layout.y_rows) * u64::from(layout.y_stride),
+        )?;
         Ok(w.chunks
             .iter()
             .map(|chunk| {

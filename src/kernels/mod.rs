@@ -28,7 +28,9 @@ pub enum KernelError {
     NestedInclude(String),
     #[error("{op}: {message}")]
     Shape { op: &'static str, message: String },
-    #[error("{op}: weights of type {dtype} are not supported (supported: F32, F16, Q4_0, Q4_1, Q8_0)")]
+    #[error(
+        "{op}: weights of type {dtype} are not supported (supported: F32, F16, Q4_0, Q4_1, Q8_0)"
+    )]
     UnsupportedDType { op: &'static str, dtype: DType },
     #[error(transparent)]
     Gpu(#[from] GpuError),
@@ -42,7 +44,13 @@ pub(crate) fn shape_error(op: &'static str, message: impl Into<String>) -> Kerne
 }
 
 /// Weight types the matmul and embedding shaders dequantize.
-pub const WEIGHT_DTYPES: [DType; 5] = [DType::F32, DType::F16, DType::Q4_0, DType::Q4_1, DType::Q8_0];
+pub const WEIGHT_DTYPES: [DType; 5] = [
+    DType::F32,
+    DType::F16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+];
 
 pub(crate) fn check_weight_dtype(op: &'static str, dtype: DType) -> Result<(), KernelError> {
     if WEIGHT_DTYPES.contains(&dtype) {
@@ -129,7 +137,11 @@ impl StepBuffer {
             .ok_or_else(|| {
                 shape_error(
                     "step",
-                    format!("{} tokens in one step; 1..={} allowed", tokens.len(), self.max_tokens),
+                    format!(
+                        "{} tokens in one step; 1..={} allowed",
+                        tokens.len(),
+                        self.max_tokens
+                    ),
                 )
             })?;
         let head = Step {

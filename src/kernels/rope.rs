@@ -50,16 +50,24 @@ impl Rope {
         params: RopeParams,
         rows: u32,
     ) -> Result<Dispatch, KernelError> {
-        if params.n_rot % 2 != 0 || params.n_rot > params.head_dim || params.n_rot == 0 {
+        if !params.n_rot.is_multiple_of(2) || params.n_rot > params.head_dim || params.n_rot == 0 {
             return Err(shape_error(
                 "rope",
-                format!("n_rot {} must be even and in 2..={}", params.n_rot, params.head_dim),
+                format!(
+                    "n_rot {} must be even and in 2..={}",
+                    params.n_rot, params.head_dim
+                ),
             ));
         }
         if params.n_head * params.head_dim > params.row_stride {
             return Err(shape_error("rope", "heads do not fit in a row"));
         }
-        check_len("rope", "x", x, u64::from(rows) * u64::from(params.row_stride))?;
+        check_len(
+            "rope",
+            "x",
+            x,
+            u64::from(rows) * u64::from(params.row_stride),
+        )?;
         let pairs = params.n_head * params.n_rot / 2;
         Ok(self.kernel.dispatch(
             ctx,

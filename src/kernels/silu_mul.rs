@@ -48,11 +48,18 @@ impl SiluMul {
         let len = u64::from(n) * u64::from(max_tokens);
         check_len("silu_mul", "gate", gate, len)?;
         check_len("silu_mul", "up", up, len)?;
-        let params = SiluMulParams { n, ..Default::default() };
+        let params = SiluMulParams {
+            n,
+            ..Default::default()
+        };
         Ok(self.kernel.dispatch(
             ctx,
             &params,
-            vec![step.as_entire_binding(), gate.as_entire_binding(), up.as_entire_binding()],
+            vec![
+                step.as_entire_binding(),
+                gate.as_entire_binding(),
+                up.as_entire_binding(),
+            ],
             Grid::Tokens {
                 x: n.div_ceil(WG_SIZE),
                 tile: 1,

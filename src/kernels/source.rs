@@ -5,15 +5,27 @@ use super::KernelError;
 
 /// Every file under `shaders/`, by its path there.
 pub const SHADER_FILES: &[(&str, &str)] = &[
-    ("common/step.wgsl", include_str!("../../shaders/common/step.wgsl")),
-    ("common/weights.wgsl", include_str!("../../shaders/common/weights.wgsl")),
+    (
+        "common/step.wgsl",
+        include_str!("../../shaders/common/step.wgsl"),
+    ),
+    (
+        "common/weights.wgsl",
+        include_str!("../../shaders/common/weights.wgsl"),
+    ),
     ("add.wgsl", include_str!("../../shaders/add.wgsl")),
     ("argmax.wgsl", include_str!("../../shaders/argmax.wgsl")),
-    ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
+    (
+        "attention.wgsl",
+        include_str!("../../shaders/attention.wgsl"),
+    ),
     ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("matvec.wgsl", include_str!("../../shaders/matvec.wgsl")),
-    ("matvec_subgroup.wgsl", include_str!("../../shaders/matvec_subgroup.wgsl")),
+    (
+        "matvec_subgroup.wgsl",
+        include_str!("../../shaders/matvec_subgroup.wgsl"),
+    ),
     ("rms_norm.wgsl", include_str!("../../shaders/rms_norm.wgsl")),
     ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
     ("silu_mul.wgsl", include_str!("../../shaders/silu_mul.wgsl")),

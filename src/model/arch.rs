@@ -22,7 +22,15 @@ pub const FFN_UP: &str = "ffn_up";
 pub const FFN_DOWN: &str = "ffn_down";
 
 pub const BLOCK_TENSORS: [&str; 9] = [
-    ATTN_NORM, ATTN_Q, ATTN_K, ATTN_V, ATTN_OUTPUT, FFN_NORM, FFN_GATE, FFN_UP, FFN_DOWN,
+    ATTN_NORM,
+    ATTN_Q,
+    ATTN_K,
+    ATTN_V,
+    ATTN_OUTPUT,
+    FFN_NORM,
+    FFN_GATE,
+    FFN_UP,
+    FFN_DOWN,
 ];
 
 /// `blk.{layer}.{name}.weight`.

@@ -92,39 +92,55 @@ impl LlamaConfig {
             return invalid("block_count is 0".into());
         }
         if n_embd == 0 || n_ff == 0 {
-            return invalid(format!("embedding_length {n_embd} and feed_forward_length {n_ff} must be positive"));
+            return invalid(format!(
+                "embedding_length {n_embd} and feed_forward_length {n_ff} must be positive"
+            ));
         }
         if n_head == 0 || n_head_kv == 0 {
-            return invalid(format!("head counts must be positive (head_count {n_head}, head_count_kv {n_head_kv})"));
+            return invalid(format!(
+                "head counts must be positive (head_count {n_head}, head_count_kv {n_head_kv})"
+            ));
         }
         if n_head % n_head_kv != 0 {
-            return invalid(format!("head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"));
+            return invalid(format!(
+                "head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
+            ));
         }
         let head_dim = match uint("attention.key_length")? {
             Some(k) => k,
             None if n_embd % n_head == 0 => n_embd / n_head,
-            None => return invalid(format!("embedding_length {n_embd} is not a multiple of head_count {n_head}")),
+            None => {
+                return invalid(format!(
+                    "embedding_length {n_embd} is not a multiple of head_count {n_head}"
+                ));
+            }
         };
         if head_dim == 0 || head_dim % 4 != 0 || head_dim > MAX_HEAD_DIM {
-            return invalid(format!("head dimension {head_dim} is not a multiple of 4 in 4..={MAX_HEAD_DIM}"));
+            return invalid(format!(
+                "head dimension {head_dim} is not a multiple of 4 in 4..={MAX_HEAD_DIM}"
+            ));
         }
-        if let Some(v) = uint("attention.value_length")? {
-            if v != head_dim {
-                return invalid(format!("value_length {v} differs from key_length {head_dim}"));
-            }
+        if let Some(v) = uint("attention.value_length")?
+            && v != head_dim
+        {
+            return invalid(format!(
+                "value_length {v} differs from key_length {head_dim}"
+            ));
         }
         let n_rot = uint("rope.dimension_count")?.unwrap_or(head_dim);
         if n_rot == 0 || n_rot % 2 != 0 || n_rot > head_dim {
-            return invalid(format!("rope.dimension_count {n_rot} must be even and in 2..={head_dim}"));
+            return invalid(format!(
+                "rope.dimension_count {n_rot} must be even and in 2..={head_dim}"
+            ));
         }
-        if !(freq_base > 0.0) {
+        if freq_base.is_nan() || freq_base <= 0.0 {
             return invalid(format!("rope.freq_base {freq_base} must be positive"));
         }
         let freq_scale = match meta.get_str(&arch_key(&arch, "rope.scaling.type")) {
             None | Some("none") => 1.0,
             Some("linear") => {
                 let factor = float("rope.scaling.factor")?.unwrap_or(1.0);
-                if !(factor > 0.0) {
+                if factor.is_nan() || factor <= 0.0 {
                     return invalid(format!("rope.scaling.factor {factor} must be positive"));
                 }
                 1.0 / factor
@@ -143,18 +159,25 @@ impl LlamaConfig {
         if embd.dims.len() != 2 || embd.dims[0] != u64::from(n_embd) {
             return Err(ModelError::TensorShape {
                 name: arch::TOKEN_EMBD.into(),
-                expected: vec![u64::from(n_embd), u64::from(uint("vocab_size")?.unwrap_or(0))],
+                expected: vec![
+                    u64::from(n_embd),
+                    u64::from(uint("vocab_size")?.unwrap_or(0)),
+                ],
                 found: embd.dims.to_vec(),
             });
         }
-        let n_vocab = u32::try_from(embd.dims[1]).map_err(|_| ModelError::Invalid("vocabulary too large".into()))?;
+        let n_vocab = u32::try_from(embd.dims[1])
+            .map_err(|_| ModelError::Invalid("vocabulary too large".into()))?;
         if n_vocab == 0 {
             return invalid("the vocabulary is empty".into());
         }
-        if let Some(v) = uint("vocab_size")? {
-            if v != n_vocab {
-                return invalid(format!("vocab_size {v} differs from the {n_vocab} rows of {}", arch::TOKEN_EMBD));
-            }
+        if let Some(v) = uint("vocab_size")?
+            && v != n_vocab
+        {
+            return invalid(format!(
+                "vocab_size {v} differs from the {n_vocab} rows of {}",
+                arch::TOKEN_EMBD
+            ));
         }
         let tied_embeddings = tensors.tensor(arch::OUTPUT).is_none();
 
@@ -190,7 +213,10 @@ impl LlamaConfig {
             u64::from(self.n_ff),
         );
         let mut v = vec![
-            (arch::TOKEN_EMBD.to_string(), vec![e, u64::from(self.n_vocab)]),
+            (
+                arch::TOKEN_EMBD.to_string(),
+                vec![e, u64::from(self.n_vocab)],
+            ),
             (arch::OUTPUT_NORM.to_string(), vec![e]),
         ];
         if !self.tied_embeddings {
@@ -236,7 +262,11 @@ impl LlamaConfig {
                 let supported = if is_norm {
                     "F32, F16, BF16".to_string()
                 } else {
-                    WEIGHT_DTYPES.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+                    WEIGHT_DTYPES
+                        .iter()
+                        .map(|d| d.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
                 return Err(ModelError::UnsupportedTensorType {
                     name,

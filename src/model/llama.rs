@@ -155,7 +155,15 @@ async fn upload_matrix(
     let t = src
         .tensor(name)
         .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-    let w = WeightTensor::upload(ctx, name, t.dtype, t.row_len() as u32, t.n_rows() as u32, t.data).await?;
+    let w = WeightTensor::upload(
+        ctx,
+        name,
+        t.dtype,
+        t.row_len() as u32,
+        t.n_rows() as u32,
+        t.data,
+    )
+    .await?;
     progress(t.data.len() as u64);
     Ok(w)
 }
@@ -171,7 +179,9 @@ async fn upload_vector(
         .tensor(name)
         .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
     let values = crate::reference::dequantize(t.dtype, t.data, t.n_elements() as usize)?;
-    let buffer = ctx.storage_buffer_init(name, bytemuck::cast_slice(&values)).await?;
+    let buffer = ctx
+        .storage_buffer_init(name, bytemuck::cast_slice(&values))
+        .await?;
     progress(t.data.len() as u64);
     Ok(buffer)
 }
@@ -221,7 +231,8 @@ impl LlamaGpu {
                 attn_q: upload_matrix(&ctx, src, &name(arch::ATTN_Q), &mut progress).await?,
                 attn_k: upload_matrix(&ctx, src, &name(arch::ATTN_K), &mut progress).await?,
                 attn_v: upload_matrix(&ctx, src, &name(arch::ATTN_V), &mut progress).await?,
-                attn_output: upload_matrix(&ctx, src, &name(arch::ATTN_OUTPUT), &mut progress).await?,
+                attn_output: upload_matrix(&ctx, src, &name(arch::ATTN_OUTPUT), &mut progress)
+                    .await?,
                 ffn_norm: upload_vector(&ctx, src, &name(arch::FFN_NORM), &mut progress).await?,
                 ffn_gate: upload_matrix(&ctx, src, &name(arch::FFN_GATE), &mut progress).await?,
                 ffn_up: upload_matrix(&ctx, src, &name(arch::FFN_UP), &mut progress).await?,
@@ -245,7 +256,9 @@ impl LlamaGpu {
                 ctx.create_buffer(
                     label,
                     u64::from(max_batch) * u64::from(width) * 4,
-                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
                 )
                 .await
             }
@@ -263,12 +276,19 @@ impl LlamaGpu {
         let mut v_cache = Vec::with_capacity(cfg.n_layer as usize);
         let cache_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         for i in 0..cfg.n_layer {
-            k_cache.push(ctx.create_buffer(&format!("blk.{i}.k_cache"), cache_bytes, cache_usage).await?);
-            v_cache.push(ctx.create_buffer(&format!("blk.{i}.v_cache"), cache_bytes, cache_usage).await?);
+            k_cache.push(
+                ctx.create_buffer(&format!("blk.{i}.k_cache"), cache_bytes, cache_usage)
+                    .await?,
+            );
+            v_cache.push(
+                ctx.create_buffer(&format!("blk.{i}.v_cache"), cache_bytes, cache_usage)
+                    .await?,
+            );
         }
 
         let vocab_row_bytes = u64::from(cfg.n_vocab) * 4;
-        let logit_rows = (ctx.max_binding_size() / vocab_row_bytes).clamp(1, u64::from(max_batch)) as u32;
+        let logit_rows =
+            (ctx.max_binding_size() / vocab_row_bytes).clamp(1, u64::from(max_batch)) as u32;
         let logits = ctx
             .create_buffer(
                 "logits",
@@ -277,9 +297,14 @@ impl LlamaGpu {
             )
             .await?;
         let next_token = ctx
-            .create_buffer("next_token", 4, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC)
+            .create_buffer(
+                "next_token",
+                4,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            )
             .await?;
-        let readback = ReadbackBuffer::new(&ctx, "readback", u64::from(logit_rows) * vocab_row_bytes).await?;
+        let readback =
+            ReadbackBuffer::new(&ctx, "readback", u64::from(logit_rows) * vocab_row_bytes).await?;
         let step = StepBuffer::new(&ctx, max_batch).await?;
 
         let builder = PlanBuilder {
@@ -361,9 +386,15 @@ impl LlamaGpu {
 
     fn check_step(&self, tokens: &[u32], pos0: u32, output: Output) -> Result<u32> {
         let n = tokens.len() as u64;
-        let max = if output == Output::AllLogits { self.logit_rows } else { self.max_batch };
+        let max = if output == Output::AllLogits {
+            self.logit_rows
+        } else {
+            self.max_batch
+        };
         if n == 0 || n > u64::from(max) {
-            return Err(ModelError::BadRequest(format!("a step takes 1..={max} tokens, got {n}")).into());
+            return Err(
+                ModelError::BadRequest(format!("a step takes 1..={max} tokens, got {n}")).into(),
+            );
         }
         let end = u64::from(pos0) + n;
         if end > u64::from(self.n_ctx) {
@@ -390,16 +421,22 @@ impl LlamaGpu {
     pub async fn forward(&mut self, tokens: &[u32], pos0: u32, output: Output) -> Result<Forward> {
         let n = self.check_step(tokens, pos0, output)?;
         self.step.write(&self.ctx, pos0, tokens)?;
-        let layers = if n < VECTOR_MAX_TOKENS { &self.decode } else { &self.prefill };
+        let layers = if n < VECTOR_MAX_TOKENS {
+            &self.decode
+        } else {
+            &self.prefill
+        };
         let tail: &[Dispatch] = match output {
             Output::Nothing => &[],
             Output::AllLogits => &self.tail_all,
             Output::Argmax | Output::LastLogits => &self.tail_last,
         };
-        let mut encoder = self
-            .ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("forward"),
+                });
         encode_all(
             &self.ctx,
             &mut encoder,
@@ -410,16 +447,19 @@ impl LlamaGpu {
         let read_bytes = match output {
             Output::Nothing => 0,
             Output::Argmax => {
-                self.readback.copy_from(&mut encoder, &self.next_token, 0, 4)?;
+                self.readback
+                    .copy_from(&mut encoder, &self.next_token, 0, 4)?;
                 4
             }
             Output::LastLogits => {
-                self.readback.copy_from(&mut encoder, &self.logits, 0, vocab * 4)?;
+                self.readback
+                    .copy_from(&mut encoder, &self.logits, 0, vocab * 4)?;
                 vocab * 4
             }
             Output::AllLogits => {
                 let bytes = u64::from(n) * vocab * 4;
-                self.readback.copy_from(&mut encoder, &self.logits, 0, bytes)?;
+                self.readback
+                    .copy_from(&mut encoder, &self.logits, 0, bytes)?;
                 bytes
             }
         };
@@ -433,20 +473,34 @@ impl LlamaGpu {
                 let ids = self.readback.read_u32(&self.ctx, 1).await?;
                 let id = ids.first().copied().unwrap_or(u32::MAX);
                 if id >= self.cfg.n_vocab {
-                    return Err(ModelError::Invalid("the logits hold no finite value".into()).into());
+                    return Err(
+                        ModelError::Invalid("the logits hold no finite value".into()).into(),
+                    );
                 }
                 Forward::Token(id)
             }
-            _ => Forward::Logits(self.readback.read_f32(&self.ctx, (read_bytes / 4) as usize).await?),
+            _ => Forward::Logits(
+                self.readback
+                    .read_f32(&self.ctx, (read_bytes / 4) as usize)
+                    .await?,
+            ),
         })
     }
 
     /// Runs `tokens` like [`forward`](Self::forward) with every logit row, stage by stage, and
     /// returns the named activations (as in the reference layer dump) followed by `logits`.
-    pub async fn forward_traced(&mut self, tokens: &[u32], pos0: u32) -> Result<Vec<(String, Vec<f32>)>> {
+    pub async fn forward_traced(
+        &mut self,
+        tokens: &[u32],
+        pos0: u32,
+    ) -> Result<Vec<(String, Vec<f32>)>> {
         let n = self.check_step(tokens, pos0, Output::AllLogits)?;
         self.step.write(&self.ctx, pos0, tokens)?;
-        let layers = if n < VECTOR_MAX_TOKENS { &self.decode } else { &self.prefill };
+        let layers = if n < VECTOR_MAX_TOKENS {
+            &self.decode
+        } else {
+            &self.prefill
+        };
         let final_norm = TracePoint {
             name: "output_norm".into(),
             buffer: self.xn.clone(),
@@ -465,25 +519,44 @@ impl LlamaGpu {
             } else {
                 (&stage.dispatches, stage.trace.as_ref())
             };
-            let mut encoder = self.ctx.device().create_command_encoder(&Default::default());
+            let mut encoder = self
+                .ctx
+                .device()
+                .create_command_encoder(&Default::default());
             encode_all(&self.ctx, &mut encoder, dispatches, n);
             let Some(tp) = trace else {
                 self.ctx.queue().submit([encoder.finish()]);
                 continue;
             };
             let row_bytes = u64::from(tp.row_len) * 4;
-            let offset = if tp.rows_at_pos { u64::from(pos0) * row_bytes } else { 0 };
+            let offset = if tp.rows_at_pos {
+                u64::from(pos0) * row_bytes
+            } else {
+                0
+            };
             let bytes = u64::from(n) * row_bytes;
             let rb = ReadbackBuffer::new(&self.ctx, "trace", bytes).await?;
             rb.copy_from(&mut encoder, &tp.buffer, offset, bytes)?;
             self.ctx.queue().submit([encoder.finish()]);
-            out.push((tp.name.clone(), rb.read_f32(&self.ctx, (bytes / 4) as usize).await?));
+            out.push((
+                tp.name.clone(),
+                rb.read_f32(&self.ctx, (bytes / 4) as usize).await?,
+            ));
         }
         let bytes = u64::from(n) * u64::from(self.cfg.n_vocab) * 4;
-        let mut encoder = self.ctx.device().create_command_encoder(&Default::default());
-        self.readback.copy_from(&mut encoder, &self.logits, 0, bytes)?;
+        let mut encoder = self
+            .ctx
+            .device()
+            .create_command_encoder(&Default::default());
+        self.readback
+            .copy_from(&mut encoder, &self.logits, 0, bytes)?;
         self.ctx.queue().submit([encoder.finish()]);
-        out.push(("logits".into(), self.readback.read_f32(&self.ctx, (bytes / 4) as usize).await?));
+        out.push((
+            "logits".into(),
+            self.readback
+                .read_f32(&self.ctx, (bytes / 4) as usize)
+                .await?,
+        ));
         Ok(out)
     }
 }
@@ -538,7 +611,13 @@ impl PlanBuilder<'_> {
         )
     }
 
-    fn trace(&self, name: String, buffer: &wgpu::Buffer, row_len: u32, rows_at_pos: bool) -> Option<TracePoint> {
+    fn trace(
+        &self,
+        name: String,
+        buffer: &wgpu::Buffer,
+        row_len: u32,
+        rows_at_pos: bool,
+    ) -> Option<TracePoint> {
         Some(TracePoint {
             name,
             buffer: buffer.clone(),
@@ -575,22 +654,52 @@ impl PlanBuilder<'_> {
         for (i, l) in self.weights.layers.iter().enumerate() {
             let (kc, vc) = (&self.k_cache[i], &self.v_cache[i]);
             stages.push(Stage {
-                dispatches: vec![rms.bind(ctx, step, &a.x, &l.attn_norm, &a.xn, c.n_embd, c.norm_eps, false, mb)?],
+                dispatches: vec![rms.bind(
+                    ctx,
+                    step,
+                    &a.x,
+                    &l.attn_norm,
+                    &a.xn,
+                    c.n_embd,
+                    c.norm_eps,
+                    false,
+                    mb,
+                )?],
                 trace: self.trace(format!("blk.{i}.attn_norm"), &a.xn, c.n_embd, false),
             });
-            let mut qkv = self.matmul(vector, &l.attn_q, &a.xn, &a.q, c.n_embd_q(), false).await?;
-            qkv.extend(self.matmul(vector, &l.attn_k, &a.xn, kc, c.n_embd_kv(), true).await?);
-            qkv.extend(self.matmul(vector, &l.attn_v, &a.xn, vc, c.n_embd_kv(), true).await?);
+            let mut qkv = self
+                .matmul(vector, &l.attn_q, &a.xn, &a.q, c.n_embd_q(), false)
+                .await?;
+            qkv.extend(
+                self.matmul(vector, &l.attn_k, &a.xn, kc, c.n_embd_kv(), true)
+                    .await?,
+            );
+            qkv.extend(
+                self.matmul(vector, &l.attn_v, &a.xn, vc, c.n_embd_kv(), true)
+                    .await?,
+            );
             stages.push(Stage {
                 dispatches: qkv,
                 trace: None,
             });
             stages.push(Stage {
-                dispatches: vec![rope.bind(ctx, step, &a.q, rope_params(c.n_head, c.n_embd_q(), false), mb)?],
+                dispatches: vec![rope.bind(
+                    ctx,
+                    step,
+                    &a.q,
+                    rope_params(c.n_head, c.n_embd_q(), false),
+                    mb,
+                )?],
                 trace: self.trace(format!("blk.{i}.q_rope"), &a.q, c.n_embd_q(), false),
             });
             stages.push(Stage {
-                dispatches: vec![rope.bind(ctx, step, kc, rope_params(c.n_head_kv, c.n_embd_kv(), true), self.n_ctx)?],
+                dispatches: vec![rope.bind(
+                    ctx,
+                    step,
+                    kc,
+                    rope_params(c.n_head_kv, c.n_embd_kv(), true),
+                    self.n_ctx,
+                )?],
                 trace: self.trace(format!("blk.{i}.k_rope"), kc, c.n_embd_kv(), true),
             });
             let attn_params = AttentionParams {
@@ -604,20 +713,61 @@ impl PlanBuilder<'_> {
                 _pad1: 0,
             };
             stages.push(Stage {
-                dispatches: vec![attention.bind(ctx, step, &a.q, kc, vc, &a.attn, attn_params, mb, self.n_ctx)?],
-                trace: self.trace(format!("blk.{i}.attn_out_before_proj"), &a.attn, c.n_embd_q(), false),
+                dispatches: vec![attention.bind(
+                    ctx,
+                    step,
+                    &a.q,
+                    kc,
+                    vc,
+                    &a.attn,
+                    attn_params,
+                    mb,
+                    self.n_ctx,
+                )?],
+                trace: self.trace(
+                    format!("blk.{i}.attn_out_before_proj"),
+                    &a.attn,
+                    c.n_embd_q(),
+                    false,
+                ),
             });
-            let mut d = self.matmul(vector, &l.attn_output, &a.attn, &a.proj, c.n_embd, false).await?;
+            let mut d = self
+                .matmul(vector, &l.attn_output, &a.attn, &a.proj, c.n_embd, false)
+                .await?;
             d.push(add.bind(ctx, step, &a.x, &a.proj, c.n_embd, mb)?);
             stages.push(Stage {
                 dispatches: d,
-                trace: self.trace(format!("blk.{i}.after_attn_residual"), &a.x, c.n_embd, false),
+                trace: self.trace(
+                    format!("blk.{i}.after_attn_residual"),
+                    &a.x,
+                    c.n_embd,
+                    false,
+                ),
             });
-            let mut d = vec![rms.bind(ctx, step, &a.x, &l.ffn_norm, &a.xn, c.n_embd, c.norm_eps, false, mb)?];
-            d.extend(self.matmul(vector, &l.ffn_gate, &a.xn, &a.gate, c.n_ff, false).await?);
-            d.extend(self.matmul(vector, &l.ffn_up, &a.xn, &a.up, c.n_ff, false).await?);
+            let mut d = vec![rms.bind(
+                ctx,
+                step,
+                &a.x,
+                &l.ffn_norm,
+                &a.xn,
+                c.n_embd,
+                c.norm_eps,
+                false,
+                mb,
+            )?];
+            d.extend(
+                self.matmul(vector, &l.ffn_gate, &a.xn, &a.gate, c.n_ff, false)
+                    .await?,
+            );
+            d.extend(
+                self.matmul(vector, &l.ffn_up, &a.xn, &a.up, c.n_ff, false)
+                    .await?,
+            );
             d.push(silu_mul.bind(ctx, step, &a.gate, &a.up, c.n_ff, mb)?);
-            d.extend(self.matmul(vector, &l.ffn_down, &a.gate, &a.proj, c.n_embd, false).await?);
+            d.extend(
+                self.matmul(vector, &l.ffn_down, &a.gate, &a.proj, c.n_embd, false)
+                    .await?,
+            );
             d.push(add.bind(ctx, step, &a.x, &a.proj, c.n_embd, mb)?);
             stages.push(Stage {
                 dispatches: d,
@@ -628,10 +778,19 @@ impl PlanBuilder<'_> {
     }
 
     /// Final norm and output projection: of the last row only (and its argmax), or of all rows.
-    async fn tail(&self, last_only: bool, logits: &wgpu::Buffer, next_token: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
+    async fn tail(
+        &self,
+        last_only: bool,
+        logits: &wgpu::Buffer,
+        next_token: &wgpu::Buffer,
+    ) -> Result<Vec<Dispatch>> {
         let c = self.cfg;
         let a = self.act;
-        let output = self.weights.output.as_ref().unwrap_or(&self.weights.token_embd);
+        let output = self
+            .weights
+            .output
+            .as_ref()
+            .unwrap_or(&self.weights.token_embd);
         let logit_rows = (logits.size() / (u64::from(c.n_vocab) * 4)) as u32;
         let mut d = vec![RmsNorm::new(self.ctx).await?.bind(
             self.ctx,
@@ -661,7 +820,11 @@ impl PlanBuilder<'_> {
             },
         )?);
         if last_only {
-            d.push(Argmax::new(self.ctx).await?.bind(self.ctx, logits, next_token, c.n_vocab, 1)?);
+            d.push(
+                Argmax::new(self.ctx)
+                    .await?
+                    .bind(self.ctx, logits, next_token, c.n_vocab, 1)?,
+            );
         }
         Ok(d)
     }

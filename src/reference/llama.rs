@@ -34,9 +34,9 @@ pub struct ReferenceLlama {
 }
 
 fn load(src: &dyn TensorSource, name: &str) -> Result<Vec<f32>, KernelError> {
-    let t = src
-        .tensor(name)
-        .ok_or_else(|| crate::kernels::shape_error("reference", format!("tensor {name} is missing")))?;
+    let t = src.tensor(name).ok_or_else(|| {
+        crate::kernels::shape_error("reference", format!("tensor {name} is missing"))
+    })?;
     dequantize(t.dtype, t.data, t.n_elements() as usize)
 }
 
@@ -61,7 +61,11 @@ impl ReferenceLlama {
             cfg: cfg.clone(),
             token_embd: load(src, arch::TOKEN_EMBD)?,
             output_norm: load(src, arch::OUTPUT_NORM)?,
-            output: if cfg.tied_embeddings { None } else { Some(load(src, arch::OUTPUT)?) },
+            output: if cfg.tied_embeddings {
+                None
+            } else {
+                Some(load(src, arch::OUTPUT)?)
+            },
             layers,
             k_cache: vec![Vec::new(); cfg.n_layer as usize],
             v_cache: vec![Vec::new(); cfg.n_layer as usize],
@@ -86,7 +90,9 @@ impl ReferenceLlama {
             head_dim: c.head_dim as usize,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
         };
-        let positions: Vec<u32> = (self.n_past..self.n_past + tokens.len()).map(|p| p as u32).collect();
+        let positions: Vec<u32> = (self.n_past..self.n_past + tokens.len())
+            .map(|p| p as u32)
+            .collect();
         let mut record = |name: String, v: &[f32]| {
             if let Some(t) = trace.as_deref_mut() {
                 t.push((name, v.to_vec()));
@@ -120,6 +126,10 @@ impl ReferenceLlama {
         let xn = rms_norm(&x, &self.output_norm, c.norm_eps);
         record("output_norm".into(), &xn);
         self.n_past += tokens.len();
-        matmul(&xn, self.output.as_ref().unwrap_or(&self.token_embd), n_embd)
+        matmul(
+            &xn,
+            self.output.as_ref().unwrap_or(&self.token_embd),
+            n_embd,
+        )
     }
 }

@@ -51,7 +51,11 @@ pub fn rope(x: &mut [f32], n_head: usize, head_dim: usize, positions: &[u32], cf
                     * f64::from(cfg.freq_base).powf(-2.0 * i as f64 / cfg.n_rot as f64);
                 let angle = f64::from(pos) * theta;
                 let (s, c) = (angle.sin() as f32, angle.cos() as f32);
-                let (a, b) = if cfg.neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                let (a, b) = if cfg.neox {
+                    (i, i + half)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
                 let (x0, x1) = (head[a], head[b]);
                 head[a] = x0 * c - x1 * s;
                 head[b] = x0 * s + x1 * c;
@@ -83,7 +87,13 @@ pub struct AttentionShape {
 
 /// Causal attention with grouped K/V heads. `q` is (n_tokens, n_head * head_dim) for tokens at
 /// positions pos0.., the caches are (>= pos0 + n_tokens, n_head_kv * head_dim).
-pub fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, s: AttentionShape) -> Vec<f32> {
+pub fn attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    s: AttentionShape,
+) -> Vec<f32> {
     let q_row = s.n_head * s.head_dim;
     let kv_row = s.n_head_kv * s.head_dim;
     let group = s.n_head / s.n_head_kv;

@@ -20,15 +20,30 @@ pub fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Kern
     if bytes.len() < needed {
         return Err(crate::kernels::shape_error(
             "dequantize",
-            format!("{n} {dtype} values need {needed} bytes, got {}", bytes.len()),
+            format!(
+                "{n} {dtype} values need {needed} bytes, got {}",
+                bytes.len()
+            ),
         ));
     }
     let bytes = &bytes[..needed];
     let mut out = Vec::with_capacity(n);
     match dtype {
-        DType::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        DType::F16 => out.extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
-        DType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        DType::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        DType::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
         DType::Q4_0 => {
             for b in bytes.chunks_exact(18) {
                 let d = f16_at(b, 0);
@@ -58,17 +73,29 @@ pub fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Kern
 
 /// Encodes `x` (a whole number of blocks) as `dtype`, rounding as ggml's reference quantizers do.
 pub fn quantize(dtype: DType, x: &[f32]) -> Result<Vec<u8>, KernelError> {
-    let unsupported = || KernelError::UnsupportedDType { op: "quantize", dtype };
+    let unsupported = || KernelError::UnsupportedDType {
+        op: "quantize",
+        dtype,
+    };
     dtype.bytes_for(x.len() as u64).ok_or_else(unsupported)?;
     let mut out = Vec::new();
     match dtype {
-        DType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-        DType::BF16 => x.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+        DType::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::F16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        DType::BF16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
         DType::Q4_0 => {
             for block in x.chunks_exact(32) {
                 // The element of largest magnitude maps to -8, keeping its sign.
-                let max = block.iter().copied().fold(0.0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+                let max = block
+                    .iter()
+                    .copied()
+                    .fold(0.0f32, |m, v| if v.abs() > m.abs() { v } else { m });
                 let d = max / -8.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
@@ -111,7 +138,9 @@ mod tests {
     use super::*;
 
     fn sample(n: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect()
+        (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect()
     }
 
     #[test]
@@ -129,7 +158,10 @@ mod tests {
             let q = quantize(dtype, &x).unwrap();
             assert_eq!(q.len() as u64, dtype.bytes_for(256).unwrap());
             let y = dequantize(dtype, &q, 256).unwrap();
-            let err = x.iter().zip(&y).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            let err = x
+                .iter()
+                .zip(&y)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(err <= tol, "{dtype}: max error {err} > {tol}");
         }
     }

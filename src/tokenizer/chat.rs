@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Value};
 
@@ -72,11 +73,17 @@ pub fn render_chat_template(
     eos_token: &str,
 ) -> Result<String, TokenizerError> {
     let mut env = Environment::new();
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
+    let syntax = SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()
+        .map_err(|e| TokenizerError::ChatTemplate(describe(&e)))?;
+    env.set_syntax(syntax);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
     env.add_filter("tojson", tojson);
+    #[cfg(not(target_arch = "wasm32"))]
+    env.add_function("strftime_now", strftime_now);
 
     let template = env
         .template_from_str(template)
@@ -95,6 +102,9 @@ pub fn render_chat_template(
     ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
     ctx.insert("bos_token", Value::from(bos_token));
     ctx.insert("eos_token", Value::from(eos_token));
+    // transformers passes these as None when the caller has none; templates test for that.
+    ctx.insert("tools", Value::from(()));
+    ctx.insert("documents", Value::from(()));
     template
         .render(Value::from(ctx))
         .map_err(|e| TokenizerError::ChatTemplate(describe(&e)))
@@ -116,6 +126,90 @@ fn raise_exception(message: String) -> Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
 
+/// `strftime_now(format)` as `transformers` provides it: Llama 3.x templates put today's date in
+/// the system prompt. UTC. In the browser `std` has no clock, so the function is left undefined
+/// there and such templates use their own fallback date.
+#[cfg(not(target_arch = "wasm32"))]
+fn strftime_now(format: String) -> Result<Value, Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Ok(Value::from(strftime(&format, now)))
+}
+
+/// The common `strftime` directives for a UTC time; others are copied through unchanged.
+#[cfg(not(target_arch = "wasm32"))]
+fn strftime(format: &str, unix_secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+    ];
+    let days = (unix_secs / 86_400) as i64;
+    let secs = unix_secs % 86_400;
+    // Days to a civil date (Howard Hinnant's algorithm), March-based years.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let is_leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let before: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = before[(month - 1) as usize] + day + i64::from(is_leap && month > 2);
+    let weekday = (days + 4).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
+    let month_name = MONTHS[(month - 1) as usize];
+
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let _ = match chars.next() {
+            Some('Y') => write!(out, "{year}"),
+            Some('y') => write!(out, "{:02}", year.rem_euclid(100)),
+            Some('m') => write!(out, "{month:02}"),
+            Some('d') => write!(out, "{day:02}"),
+            Some('j') => write!(out, "{yday:03}"),
+            Some('H') => write!(out, "{:02}", secs / 3600),
+            Some('M') => write!(out, "{:02}", secs / 60 % 60),
+            Some('S') => write!(out, "{:02}", secs % 60),
+            Some('B') => write!(out, "{month_name}"),
+            Some('b') => write!(out, "{}", &month_name[..3]),
+            Some('A') => write!(out, "{}", DAYS[weekday]),
+            Some('a') => write!(out, "{}", &DAYS[weekday][..3]),
+            Some('%') => write!(out, "%"),
+            Some(other) => write!(out, "%{other}"),
+            None => write!(out, "%"),
+        };
+    }
+    out
+}
+
 /// `tojson` as `transformers` defines it: `json.dumps(x, ensure_ascii=False, indent=indent)`.
 /// Python's separators are `", "` and `": "` without indent and `","` and `": "` with it; tool
 /// definitions reach the model in this exact spelling, so it matters.
@@ -124,14 +218,7 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
     let mut out = String::new();
-    write_json(
-        &mut out,
-        value,
-        indent,
-        sort_keys.unwrap_or(false),
-        0,
-        0,
-    )?;
+    write_json(&mut out, value, indent, sort_keys.unwrap_or(false), 0, 0)?;
     Ok(Value::from(out))
 }
 
@@ -287,7 +374,8 @@ mod tests {
         let err = render_chat_template(template, &[ChatMessage::assistant("x")], false, "", "")
             .unwrap_err();
         assert!(
-            err.to_string().contains("Conversation must start with user"),
+            err.to_string()
+                .contains("Conversation must start with user"),
             "{err}"
         );
         assert_eq!(render(template, &[ChatMessage::user("x")], false), "ok");
@@ -297,6 +385,31 @@ mod tests {
     fn syntax_errors_are_reported() {
         let err = render_chat_template("{% for %}", &[], false, "", "").unwrap_err();
         assert!(matches!(err, TokenizerError::ChatTemplate(_)), "{err}");
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn strftime_dates() {
+        assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
+        assert_eq!(
+            strftime("%A %a %B %b %d %m %y %Y %H:%M:%S %j %% %q", 1_700_000_000),
+            "Tuesday Tue November Nov 14 11 23 2023 22:13:20 318 % %q"
+        );
+        // 2024-02-29, a leap day.
+        assert_eq!(strftime("%Y-%m-%d %j", 1_709_164_800), "2024-02-29 060");
+        assert_eq!(strftime("%Y-%m-%d %j", 1_735_603_200), "2024-12-31 366");
+        let today = render("{{ strftime_now('%Y') }}", &[], false);
+        assert!(today.parse::<u32>().unwrap() >= 2025, "{today}");
+    }
+
+    #[test]
+    fn tools_are_none_like_in_transformers() {
+        let out = render(
+            "{% if tools is not none %}tools{% else %}none{% endif %}",
+            &[],
+            false,
+        );
+        assert_eq!(out, "none");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Two GGUF vocabulary types are supported, the two that cover nearly every chat model:
 //!
 //! - `gpt2`: byte-level BPE (Llama 3, Qwen, SmolLM, Mistral Nemo, ...) with the pre-tokenizer
-//!   named by `tokenizer.ggml.pre`, see [`pretokenize`].
+//!   named by `tokenizer.ggml.pre` (the table is in `pretokenize.rs`).
 //! - `llama`: SentencePiece BPE with byte fallback (Llama 2, Mistral 7B, TinyLlama, ...), whose
 //!   merges are derived from the piece scores.
 //!
@@ -14,6 +14,10 @@
 //! Special tokens follow llama.cpp: control, user-defined and unknown tokens written in the text
 //! are always parsed as single tokens; control and unknown tokens render as empty text; tokens
 //! that llama.cpp recognises by name as end-of-turn markers end generation.
+//!
+//! Not done: llama.cpp's `clean_spaces` pass for some old GPT-2-style vocabularies (`" ."` to
+//! `"."` after decoding). It rewrites text already shown to the user, so a streaming decoder
+//! could only honour it by holding text back, and the models that want it are not chat models.
 
 mod bytes;
 mod chat;
@@ -256,7 +260,10 @@ fn value_type_name(v: &Value) -> String {
     }
 }
 
-fn opt_string_array<'m>(meta: &'m Metadata, key: &str) -> Result<Option<&'m [String]>, TokenizerError> {
+fn opt_string_array<'m>(
+    meta: &'m Metadata,
+    key: &str,
+) -> Result<Option<&'m [String]>, TokenizerError> {
     match meta.get(key) {
         None => Ok(None),
         Some(Value::Array(Array::String(v))) => Ok(Some(v)),
@@ -290,6 +297,36 @@ fn opt_bool(meta: &Metadata, key: &str) -> Result<Option<bool>, TokenizerError> 
             found: value_type_name(other),
         }),
     }
+}
+
+/// A numeric array with one entry per token, converted by `convert` (`None` for the wrong element
+/// type).
+fn opt_per_token<T>(
+    meta: &Metadata,
+    key: &'static str,
+    n_vocab: usize,
+    convert: impl Fn(&Array) -> Option<Vec<T>>,
+) -> Result<Option<Vec<T>>, TokenizerError> {
+    let wrong = |found: String| TokenizerError::WrongType {
+        key: key.to_string(),
+        expected: "an array of numbers",
+        found,
+    };
+    let array = match meta.get(key) {
+        None => return Ok(None),
+        Some(Value::Array(a)) => a,
+        Some(other) => return Err(wrong(value_type_name(other))),
+    };
+    let values = convert(array)
+        .ok_or_else(|| wrong(format!("an array of {}", array.element_type().name())))?;
+    if values.len() != n_vocab {
+        return Err(TokenizerError::LengthMismatch {
+            key,
+            found: values.len(),
+            expected: n_vocab,
+        });
+    }
+    Ok(Some(values))
 }
 
 /// Checks every `tokenizer.ggml.*_token_id` key, including ones this tokenizer does not use, so
@@ -356,57 +393,12 @@ impl Tokenizer {
             })
             .collect();
 
-        let mut types = match meta.get(KEY_TYPES) {
-            None => vec![TokenType::Normal; n_vocab],
-            Some(Value::Array(a)) => {
-                let raw = a.to_i64_vec().ok_or_else(|| TokenizerError::WrongType {
-                    key: KEY_TYPES.to_string(),
-                    expected: "an array of integers",
-                    found: format!("an array of {}", a.element_type().name()),
-                })?;
-                if raw.len() != n_vocab {
-                    return Err(TokenizerError::LengthMismatch {
-                        key: KEY_TYPES,
-                        found: raw.len(),
-                        expected: n_vocab,
-                    });
-                }
-                raw.into_iter().map(TokenType::from_gguf).collect()
-            }
-            Some(other) => {
-                return Err(TokenizerError::WrongType {
-                    key: KEY_TYPES.to_string(),
-                    expected: "an array of integers",
-                    found: value_type_name(other),
-                });
-            }
-        };
-
-        let scores = match meta.get(KEY_SCORES) {
-            None => None,
-            Some(Value::Array(a)) => {
-                let v = a.to_f32_vec().ok_or_else(|| TokenizerError::WrongType {
-                    key: KEY_SCORES.to_string(),
-                    expected: "an array of numbers",
-                    found: format!("an array of {}", a.element_type().name()),
-                })?;
-                if v.len() != n_vocab {
-                    return Err(TokenizerError::LengthMismatch {
-                        key: KEY_SCORES,
-                        found: v.len(),
-                        expected: n_vocab,
-                    });
-                }
-                Some(v)
-            }
-            Some(other) => {
-                return Err(TokenizerError::WrongType {
-                    key: KEY_SCORES.to_string(),
-                    expected: "an array of numbers",
-                    found: value_type_name(other),
-                });
-            }
-        };
+        let mut types: Vec<TokenType> =
+            match opt_per_token(meta, KEY_TYPES, n_vocab, Array::to_i64_vec)? {
+                Some(raw) => raw.into_iter().map(TokenType::from_gguf).collect(),
+                None => vec![TokenType::Normal; n_vocab],
+            };
+        let scores = opt_per_token(meta, KEY_SCORES, n_vocab, Array::to_f32_vec)?;
 
         check_special_ids(meta, n_vocab)?;
 
@@ -495,18 +487,22 @@ impl Tokenizer {
         let mut eog: Vec<u32> = EOG_TEXTS
             .iter()
             .filter_map(|t| ids.get(t).copied())
-            .chain([eos, eot, eom, fim_pad, fim_rep, fim_sep].into_iter().flatten())
+            .chain(
+                [eos, eot, eom, fim_pad, fim_rep, fim_sep]
+                    .into_iter()
+                    .flatten(),
+            )
             .collect();
         eog.sort_unstable();
         eog.dedup();
         // gpt-oss and Solar Open close a message with <|end|> and go on generating; their turns
         // end at <|return|> / <|call|> (<|flush|> / <|calls|>), and <|end|> is shown as text.
         let has = |t: &str| ids.contains_key(t);
-        if (has("<|return|>") && has("<|call|>")) || (has("<|flush|>") && has("<|calls|>")) {
-            if let Some(&end) = ids.get("<|end|>") {
-                eog.retain(|&id| id != end);
-                types[end as usize] = TokenType::UserDefined;
-            }
+        let harmony =
+            (has("<|return|>") && has("<|call|>")) || (has("<|flush|>") && has("<|calls|>"));
+        if let (true, Some(&end)) = (harmony, ids.get("<|end|>")) {
+            eog.retain(|&id| id != end);
+            types[end as usize] = TokenType::UserDefined;
         }
 
         let vocab: Vocab = ids.iter().map(|(t, &id)| (t.to_string(), id)).collect();

@@ -118,7 +118,10 @@ mod tests {
         );
         for bad in ["ab", "a c", "b a"] {
             let err = parse_merges(&[bad.to_string()], &ids).unwrap_err();
-            assert!(matches!(err, TokenizerError::BadMerge { index: 0, .. }), "{err}");
+            assert!(
+                matches!(err, TokenizerError::BadMerge { index: 0, .. }),
+                "{err}"
+            );
         }
     }
 }

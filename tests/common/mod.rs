@@ -17,17 +17,24 @@ pub fn model_path() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .expect("HOME is not set");
     let path = home.join("sovereign/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "test model missing at {}: run `sovereign run` once or set SOVEREIGN_TEST_MODEL", path.display());
+    assert!(
+        path.exists(),
+        "test model missing at {}: run `sovereign run` once or set SOVEREIGN_TEST_MODEL",
+        path.display()
+    );
     path
 }
 
 /// `tests/reference/<name>`.
 pub fn reference_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference")
+        .join(name)
 }
 
 pub fn greedy_cases() -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(reference_path("smollm2-135m-instruct-q4_1.greedy.json")).unwrap();
+    let text =
+        std::fs::read_to_string(reference_path("smollm2-135m-instruct-q4_1.greedy.json")).unwrap();
     serde_json::from_str::<Vec<serde_json::Value>>(&text).unwrap()
 }
 
@@ -73,25 +80,48 @@ pub fn zeros(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
 }
 
 /// Writes the step, records `dispatches` in one pass, submits and waits.
-pub fn run(ctx: &GpuContext, dispatches: &[&sovereign::kernels::Dispatch], pos0: u32, tokens: &[u32], step: &sovereign::kernels::StepBuffer) {
+pub fn run(
+    ctx: &GpuContext,
+    dispatches: &[&sovereign::kernels::Dispatch],
+    pos0: u32,
+    tokens: &[u32],
+    step: &sovereign::kernels::StepBuffer,
+) {
     step.write(ctx, pos0, tokens).unwrap();
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    sovereign::kernels::encode_all(ctx, &mut encoder, dispatches.iter().copied(), tokens.len() as u32);
+    sovereign::kernels::encode_all(
+        ctx,
+        &mut encoder,
+        dispatches.iter().copied(),
+        tokens.len() as u32,
+    );
     ctx.queue().submit([encoder.finish()]);
 }
 
 pub fn read_f32(ctx: &GpuContext, buffer: &wgpu::Buffer, n: usize) -> Vec<f32> {
-    let rb = pollster::block_on(sovereign::gpu::ReadbackBuffer::new(ctx, "test", (n * 4) as u64)).unwrap();
+    let rb = pollster::block_on(sovereign::gpu::ReadbackBuffer::new(
+        ctx,
+        "test",
+        (n * 4) as u64,
+    ))
+    .unwrap();
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    rb.copy_from(&mut encoder, buffer, 0, (n * 4) as u64).unwrap();
+    rb.copy_from(&mut encoder, buffer, 0, (n * 4) as u64)
+        .unwrap();
     ctx.queue().submit([encoder.finish()]);
     pollster::block_on(rb.read_f32(ctx, n)).unwrap()
 }
 
 pub fn read_u32(ctx: &GpuContext, buffer: &wgpu::Buffer, n: usize) -> Vec<u32> {
-    let rb = pollster::block_on(sovereign::gpu::ReadbackBuffer::new(ctx, "test", (n * 4) as u64)).unwrap();
+    let rb = pollster::block_on(sovereign::gpu::ReadbackBuffer::new(
+        ctx,
+        "test",
+        (n * 4) as u64,
+    ))
+    .unwrap();
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    rb.copy_from(&mut encoder, buffer, 0, (n * 4) as u64).unwrap();
+    rb.copy_from(&mut encoder, buffer, 0, (n * 4) as u64)
+        .unwrap();
     ctx.queue().submit([encoder.finish()]);
     pollster::block_on(rb.read_u32(ctx, n)).unwrap()
 }
@@ -110,6 +140,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
             worst = (err, i);
         }
     }
-    assert!(want.iter().any(|v| *v != 0.0), "{what}: reference is all zeros, the test proves nothing");
+    assert!(
+        want.iter().any(|v| *v != 0.0),
+        "{what}: reference is all zeros, the test proves nothing"
+    );
     eprintln!("{what}: max error {:.3e} at {}", worst.0, worst.1);
 }
