@@ -251,3 +251,92 @@ fn teacher_forced_logprobs_match_llama_cpp() {
         );
     }
 }
+
+/// Random Llama-shaped models in every weight type, tied and untied, with weights split over
+/// bindings: the GPU forward (prefill then decode) against the CPU reference.
+#[test]
+fn synthetic_models_match_cpu_reference() {
+    use sovereign::format::DType;
+    use sovereign::model::synthetic::{SyntheticSpec, synthetic_llama};
+    let cases = [
+        (DType::F32, DType::F32, false, None),
+        (DType::F16, DType::F16, true, None),
+        (DType::Q4_0, DType::Q8_0, false, None),
+        (DType::Q4_1, DType::Q4_0, true, None),
+        // 16 KiB bindings: the embedding, the output and the FFN matrices span several buffers.
+        (DType::Q8_0, DType::Q4_1, false, Some(16 * 1024)),
+    ];
+    for (i, (dtype, embd_dtype, tied, max_binding)) in cases.into_iter().enumerate() {
+        let spec = SyntheticSpec {
+            dtype,
+            embd_dtype,
+            tied,
+            seed: i as u64,
+            ..Default::default()
+        };
+        let file = GgufFile::from_bytes(synthetic_llama(&spec).unwrap().to_bytes()).unwrap();
+        let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
+        assert_eq!(cfg.tied_embeddings, tied);
+        let ctx = gpu(GpuOptions {
+            max_binding_size: max_binding,
+            ..Default::default()
+        });
+        let options = LoadOptions {
+            n_ctx: Some(64),
+            max_batch: 32,
+        };
+        let mut model = pollster::block_on(LlamaGpu::load(
+            ctx,
+            cfg.clone(),
+            &file,
+            &options,
+            &mut |_| {},
+        ))
+        .unwrap();
+        let mut cpu = ReferenceLlama::load(&cfg, &file).unwrap();
+        let prompt: Vec<u32> = (0..20).map(|t| (t * 37 + 5) % spec.n_vocab).collect();
+        let n_vocab = spec.n_vocab as usize;
+        let label = format!("{dtype}/{embd_dtype} tied={tied} binding={max_binding:?}");
+
+        // All-logits steps hold as many rows as one binding allows: prefill in such chunks.
+        let step = model.max_logit_rows() as usize;
+        let mut gpu_logits = Vec::new();
+        for (i, chunk) in prompt.chunks(step).enumerate() {
+            gpu_logits.extend(logits(
+                &mut model,
+                chunk,
+                (i * step) as u32,
+                Output::AllLogits,
+            ));
+        }
+        let mut rows: Vec<(Vec<f32>, Vec<f32>)> = cpu
+            .forward(&prompt, None)
+            .chunks(n_vocab)
+            .map(|r| r.to_vec())
+            .zip(gpu_logits.chunks(n_vocab).map(|r| r.to_vec()))
+            .collect();
+        let mut next = top(&rows.last().unwrap().0, 1)[0] as u32;
+        for pos in prompt.len() as u32..prompt.len() as u32 + 5 {
+            let want = cpu.forward(&[next], None);
+            let got = logits(&mut model, &[next], pos, Output::LastLogits);
+            next = top(&want, 1)[0] as u32;
+            rows.push((want, got));
+        }
+        for (p, (want, got)) in rows.iter().enumerate() {
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(want)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                err <= 1e-3 * scale.max(1.0),
+                "{label} position {p}: logits differ by {err} (range {scale})"
+            );
+            assert_eq!(
+                top(got, 1),
+                top(want, 1),
+                "{label} position {p}: top-1 differs"
+            );
+        }
+    }
+}

@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod config;
 pub mod llama;
+pub mod synthetic;
 
 pub use config::LlamaConfig;
 pub use llama::{LlamaGpu, LoadOptions, Output};

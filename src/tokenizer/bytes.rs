@@ -4,7 +4,7 @@ use std::sync::LazyLock;
 
 /// GPT-2 spells every byte as a printable character so that a vocabulary is plain text: the
 /// printable Latin-1 bytes stand for themselves, the other 68 are moved to U+0100 and up, in order.
-fn byte_to_char() -> [char; 256] {
+pub fn byte_to_char() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next = 256u32;
     for (byte, slot) in table.iter_mut().enumerate() {

@@ -19,7 +19,7 @@
 //! `"."` after decoding). It rewrites text already shown to the user, so a streaming decoder
 //! could only honour it by holding text back, and the models that want it are not chat models.
 
-mod bytes;
+pub mod bytes;
 mod chat;
 mod pretokenize;
 mod spm;
