@@ -1,8 +1,11 @@
 //!include common/step.wgsl
 //!include common/weights.wgsl
+//!include common/weights_dot.wgsl
 
 // y = x W^T for few tokens (decode): each output row is one weight row dotted with x, by
-// ROW_THREADS threads that stride along the row and then reduce in workgroup memory.
+// ROW_THREADS threads that take whole 32-element chunks of the row in turn and then reduce in
+// workgroup memory. With ROW_THREADS = 1 (CPU adapters) a thread owns a row: every thread reads
+// the same x, and no barrier is needed.
 
 struct MatmulParams {
     // Input features: elements per weight row and per x row.
@@ -26,10 +29,15 @@ override WG_SIZE: u32 = 64u;
 // Threads per output row; a power of two dividing WG_SIZE.
 override ROW_THREADS: u32 = 16u;
 
+// x rows start at multiples of 4 (x_stride and n_in are), so every read is one aligned vec4.
+fn x4(at: u32) -> vec4<f32> {
+    return x[at >> 2u];
+}
+
 @group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
-@group(0) @binding(3) var<storage, read> x: array<f32>;        // (n_tokens, x_stride)
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // (n_tokens, x_stride / 4)
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (rows, y_stride)
 
 var<workgroup> partial: array<f32, WG_SIZE>;
@@ -48,21 +56,28 @@ fn main(
     if (in_range) {
         let row_at = row * params.row_bytes;
         let x_at = t * params.x_stride;
-        for (var k = lane * 4u; k < params.n_in; k += ROW_THREADS * 4u) {
-            let xv = vec4<f32>(x[x_at + k], x[x_at + k + 1u], x[x_at + k + 2u], x[x_at + k + 3u]);
-            acc += dot(weights4(row_at, k), xv);
+        let n_chunks = params.n_in / 32u;
+        for (var b = lane; b < n_chunks; b += ROW_THREADS) {
+            acc += weights_block_dot(row_at, b, x_at);
+        }
+        // Unquantized rows need only be multiples of 4 long.
+        for (var k = n_chunks * 32u + lane * 4u; k < params.n_in; k += ROW_THREADS * 4u) {
+            acc += dot(weights4(row_at, k), x4(x_at + k));
         }
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var s = ROW_THREADS / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            partial[lid] += partial[lid + s];
-        }
+    if (ROW_THREADS > 1u) {
+        partial[lid] = acc;
         workgroupBarrier();
+        for (var s = ROW_THREADS / 2u; s > 0u; s >>= 1u) {
+            if (lane < s) {
+                partial[lid] += partial[lid + s];
+            }
+            workgroupBarrier();
+        }
+        acc = partial[lid];
     }
     if (in_range && lane == 0u) {
         let y_row = select(t, step.pos0 + t, params.y_rows_at_pos == 1u);
-        y[y_row * params.y_stride + params.out_col0 + row] = partial[lid];
+        y[y_row * params.y_stride + params.out_col0 + row] = acc;
     }
 }

@@ -27,17 +27,26 @@ const DTYPES: [DType; 5] = [
     DType::Q8_0,
 ];
 
-/// The plain path (no subgroups, no f16) and whatever the adapter offers.
+/// Every kernel shape the adapter can run: the plain path (no subgroups, no f16, GPU shapes), the
+/// adapter's features with GPU shapes, and the adapter as it is (on lavapipe: the CPU shapes).
 fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
     let plain = gpu(GpuOptions {
         disable_f16: true,
         disable_subgroups: true,
+        gpu_kernels_on_cpu: true,
         ..Default::default()
     });
-    let full = gpu(GpuOptions::default());
+    let features = gpu(GpuOptions {
+        gpu_kernels_on_cpu: true,
+        ..Default::default()
+    });
+    let native = gpu(GpuOptions::default());
     let mut v = vec![("plain", plain)];
-    if full.features().subgroups || full.features().shader_f16 {
-        v.push(("features", full));
+    if features.features().subgroups || features.features().shader_f16 {
+        v.push(("features", features));
+    }
+    if native.features().cpu {
+        v.push(("cpu", native));
     }
     v
 }
@@ -317,6 +326,8 @@ fn matvec_matches_reference_for_every_dtype_and_path() {
         for (i, dtype) in DTYPES.into_iter().enumerate() {
             check_matmul(&ctx, label, true, dtype, 1, 576, 200, 10 + i as u64);
             check_matmul(&ctx, label, true, dtype, 3, 1536, 77, 20 + i as u64);
+            // Five blocks per row: Q4_0/Q8_0 rows start at every alignment.
+            check_matmul(&ctx, label, true, dtype, 2, 160, 33, 25 + i as u64);
         }
     }
 }

@@ -2,7 +2,8 @@
 //
 // The including shader declares `weights: array<u32>` (the raw bytes, padded to four) and the
 // override `W_DTYPE` (a GGUF type number). Q4_0 and Q8_0 blocks are 18 and 34 bytes, so their
-// fields are not always four-byte aligned: reads go through byte-addressed helpers.
+// fields are not always four-byte aligned: their reads go through byte-addressed helpers. The
+// other layouts keep every field aligned (rows are multiples of 4 elements long).
 
 const DTYPE_F32: u32 = 0u;
 const DTYPE_F16: u32 = 1u;
@@ -10,14 +11,22 @@ const DTYPE_Q4_0: u32 = 2u;
 const DTYPE_Q4_1: u32 = 3u;
 const DTYPE_Q8_0: u32 = 8u;
 
-// The four bytes starting at byte `at`, little-endian.
+// The four bytes starting at byte `at` (any alignment), little-endian: two word loads joined by a
+// branch-free funnel shift, so lanes at different alignments never diverge.
 fn weights_u32_at(at: u32) -> u32 {
     let i = at >> 2u;
-    let shift = (at & 3u) * 8u;
-    if (shift == 0u) {
-        return weights[i];
-    }
-    return (weights[i] >> shift) | (weights[i + 1u] << (32u - shift));
+    return funnel(weights[i], weights[i + 1u], (at & 3u) * 8u);
+}
+
+// The four bytes starting at byte `at`, a multiple of 4.
+fn weights_u32_aligned(at: u32) -> u32 {
+    return weights[at >> 2u];
+}
+
+// Bytes shift/8 .. shift/8 + 3 of the eight bytes lo, hi. The second shift is split in two so
+// that shift = 0 shifts hi out entirely (a single shift by 32 is undefined).
+fn funnel(lo: u32, hi: u32, shift: u32) -> u32 {
+    return (lo >> shift) | ((hi << 1u) << (31u - shift));
 }
 
 // The f16 at byte `at` (two-byte aligned), widened to f32.
@@ -42,7 +51,7 @@ fn weights4(row_at: u32, k: u32) -> vec4<f32> {
     switch W_DTYPE {
         case DTYPE_F16: {
             let at = row_at + k * 2u;
-            return vec4<f32>(unpack2x16float(weights_u32_at(at)), unpack2x16float(weights_u32_at(at + 4u)));
+            return vec4<f32>(unpack2x16float(weights_u32_aligned(at)), unpack2x16float(weights_u32_aligned(at + 4u)));
         }
         case DTYPE_Q4_0: {
             // Block of 32: f16 scale d, 16 bytes of nibbles; element j < 16 is the low nibble of
@@ -57,10 +66,9 @@ fn weights4(row_at: u32, k: u32) -> vec4<f32> {
             // Block of 32: f16 scale d, f16 minimum m, 16 bytes of nibbles. Value = d * q + m.
             let block_at = row_at + (k >> 5u) * 20u;
             let j = k & 31u;
-            let d = weights_f16_at(block_at);
-            let m = weights_f16_at(block_at + 2u);
-            let q = (weights_u32_at(block_at + 4u + (j & 15u)) >> ((j >> 4u) * 4u)) & 0x0f0f0f0fu;
-            return d * bytes_u8(q) + vec4<f32>(m);
+            let dm = unpack2x16float(weights_u32_aligned(block_at));
+            let q = (weights_u32_aligned(block_at + 4u + (j & 15u)) >> ((j >> 4u) * 4u)) & 0x0f0f0f0fu;
+            return dm.x * bytes_u8(q) + vec4<f32>(dm.y);
         }
         case DTYPE_Q8_0: {
             // Block of 32: f16 scale d, 32 signed bytes. Value = d * q.
@@ -69,13 +77,9 @@ fn weights4(row_at: u32, k: u32) -> vec4<f32> {
             return d * bytes_i8(weights_u32_at(block_at + 2u + (k & 31u)));
         }
         default: {
-            let at = row_at + k * 4u;
-            return bitcast<vec4<f32>>(vec4<u32>(
-                weights_u32_at(at),
-                weights_u32_at(at + 4u),
-                weights_u32_at(at + 8u),
-                weights_u32_at(at + 12u),
-            ));
+            let i = (row_at >> 2u) + k;
+            return bitcast<vec4<f32>>(vec4<u32>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u]));
         }
     }
 }
+

@@ -52,6 +52,9 @@ pub struct GpuOptions {
     pub disable_f16: bool,
     /// Do not use subgroup operations even where the adapter has them.
     pub disable_subgroups: bool,
+    /// Use the kernel shapes meant for GPUs even on a CPU adapter, so that tests on lavapipe
+    /// cover every variant.
+    pub gpu_kernels_on_cpu: bool,
 }
 
 impl GpuOptions {
@@ -65,6 +68,7 @@ impl GpuOptions {
             max_binding_size: var("SOVEREIGN_MAX_BINDING").and_then(|v| v.parse().ok()),
             disable_f16: flag("SOVEREIGN_NO_F16"),
             disable_subgroups: flag("SOVEREIGN_NO_SUBGROUPS"),
+            gpu_kernels_on_cpu: flag("SOVEREIGN_GPU_KERNELS"),
         }
     }
 }
@@ -72,6 +76,9 @@ impl GpuOptions {
 /// The optional capabilities the kernels can use, as enabled on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GpuFeatures {
+    /// The adapter runs shaders on the CPU (lavapipe, SwiftShader, WARP): invocations are SIMD
+    /// lanes, barriers are costly, and kernels pick shapes suited to that.
+    pub cpu: bool,
     pub shader_f16: bool,
     pub subgroups: bool,
     pub subgroup_min_size: u32,
@@ -281,6 +288,7 @@ impl GpuContext {
         });
 
         let features = GpuFeatures {
+            cpu: info.device_type == wgpu::DeviceType::Cpu && !options.gpu_kernels_on_cpu,
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
             subgroup_min_size: info.subgroup_min_size,

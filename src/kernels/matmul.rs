@@ -75,7 +75,16 @@ impl Matmul {
         features: GpuFeatures,
     ) -> (&'static str, Vec<(&'static str, f64)>, Shape) {
         let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
-        if features.subgroups {
+        if features.cpu {
+            // One row per invocation: the SIMD lanes share every x load and never synchronize.
+            (
+                "matvec",
+                vec![w, ("WG_SIZE", f64::from(MATVEC_WG)), ("ROW_THREADS", 1.0)],
+                Shape::Vector {
+                    rows_per_wg: MATVEC_WG,
+                },
+            )
+        } else if features.subgroups {
             let wg = subgroup_wg(features);
             let max_sg = features.subgroup_max_size.max(1);
             (
@@ -169,6 +178,12 @@ impl Matmul {
                     "{}: row length {} is not a multiple of 4",
                     w.name, w.row_len
                 ),
+            ));
+        }
+        if !layout.x_stride.is_multiple_of(4) {
+            return Err(shape_error(
+                op,
+                format!("x row stride {} is not a multiple of 4", layout.x_stride),
             ));
         }
         if layout.x_stride < w.row_len {

@@ -320,13 +320,15 @@ pub struct Variant {
 /// Every variant any adapter could get: the no-feature path and each feature-gated one.
 pub fn all_variants() -> Vec<Variant> {
     let all = GpuFeatures {
+        cpu: false,
         shader_f16: true,
         subgroups: true,
         subgroup_min_size: 4,
         subgroup_max_size: 128,
     };
     let mut v = Vec::new();
-    for features in [GpuFeatures::default(), all] {
+    let cpu = GpuFeatures { cpu: true, ..all };
+    for features in [GpuFeatures::default(), all, cpu] {
         for dtype in WEIGHT_DTYPES {
             v.extend(embed::Embed::variants(dtype));
             v.extend(matmul::Matmul::variants(dtype, features));

@@ -13,6 +13,10 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         "common/weights.wgsl",
         include_str!("../../shaders/common/weights.wgsl"),
     ),
+    (
+        "common/weights_dot.wgsl",
+        include_str!("../../shaders/common/weights_dot.wgsl"),
+    ),
     ("add.wgsl", include_str!("../../shaders/add.wgsl")),
     ("argmax.wgsl", include_str!("../../shaders/argmax.wgsl")),
     (
