@@ -823,10 +823,13 @@ fn nested_arrays_and_arrays_of_strings() {
 
 #[test]
 fn custom_alignments() {
-    for alignment in [64u32, 1] {
-        let bytes = GgufWriter::new()
-            .alignment(u64::from(alignment))
-            .kv("general.alignment", Value::U32(alignment))
+    // Given as a key, or implied by the writer's alignment.
+    for (alignment, explicit) in [(64u32, true), (1, true), (64, false), (1, false)] {
+        let mut w = GgufWriter::new().alignment(u64::from(alignment));
+        if explicit {
+            w = w.kv("general.alignment", Value::U32(alignment));
+        }
+        let bytes = w
             .tensor("a", &[3], DType::F32, pattern(12, 1))
             .tensor("b", &[1], DType::I8, pattern(1, 2))
             .tensor("c", &[5], DType::F16, pattern(10, 3))

@@ -310,7 +310,7 @@ fn check_matmul(
     assert_close(
         &format!(
             "{label} {} {dtype} ({n_tokens}x{n_in} . {n_out}x{n_in}, {} buffers)",
-            if vector { "matvec" } else { "matmul" },
+            if vector { "decode" } else { "prefill" },
             w.chunks.len()
         ),
         &got,
@@ -334,44 +334,49 @@ fn matvec_matches_reference_for_every_dtype_and_path() {
 
 #[test]
 fn matmul_matches_reference_for_every_dtype() {
-    let ctx = gpu(GpuOptions::default());
-    for (i, dtype) in DTYPES.into_iter().enumerate() {
-        // Token and output counts that are not multiples of the tiles.
-        check_matmul(&ctx, "tiled", false, dtype, 37, 576, 130, 30 + i as u64);
-        check_matmul(&ctx, "tiled", false, dtype, 8, 160, 64, 40 + i as u64);
+    for (label, ctx) in contexts() {
+        for (i, dtype) in DTYPES.into_iter().enumerate() {
+            // Token and output counts that are not multiples of the tiles.
+            check_matmul(&ctx, label, false, dtype, 37, 576, 130, 30 + i as u64);
+            check_matmul(&ctx, label, false, dtype, 8, 160, 64, 40 + i as u64);
+        }
+        // A K that is not a multiple of the K tile (f32 rows need only be multiples of 4).
+        check_matmul(&ctx, label, false, DType::F32, 33, 52, 70, 50);
+        check_matmul(&ctx, label, true, DType::F32, 2, 52, 70, 51);
     }
-    // A K that is not a multiple of the K tile (f32 rows need only be multiples of 4).
-    check_matmul(&ctx, "tiled", false, DType::F32, 33, 52, 70, 50);
-    check_matmul(&ctx, "plain", true, DType::F32, 2, 52, 70, 51);
 }
 
 #[test]
 fn matmul_splits_weights_over_bindings() {
     // Each buffer holds at most 24 KiB: the 200 x 576 matrices span several.
-    let ctx = gpu(GpuOptions {
-        max_binding_size: Some(24 * 1024),
-        disable_subgroups: true,
-        ..Default::default()
-    });
-    for (i, dtype) in DTYPES.into_iter().enumerate() {
-        check_matmul(&ctx, "split", true, dtype, 1, 576, 200, 60 + i as u64);
-        check_matmul(&ctx, "split", false, dtype, 40, 576, 200, 70 + i as u64);
+    for gpu_kernels_on_cpu in [true, false] {
+        let ctx = gpu(GpuOptions {
+            max_binding_size: Some(24 * 1024),
+            gpu_kernels_on_cpu,
+            ..Default::default()
+        });
+        for (i, dtype) in DTYPES.into_iter().enumerate() {
+            check_matmul(&ctx, "split", true, dtype, 1, 576, 200, 60 + i as u64);
+            check_matmul(&ctx, "split", false, dtype, 40, 576, 200, 70 + i as u64);
+        }
     }
 }
 
 #[test]
 fn matmul_writes_rows_at_positions() {
-    let ctx = gpu(GpuOptions::default());
     let mut rng = Rng::new(80);
     let (n_in, n_out, n_ctx, pos0, n_tokens) = (64usize, 48usize, 20usize, 11u32, 3usize);
     let (bytes, deq) = weights(&mut rng, DType::Q8_0, n_out, n_in);
-    let w = upload(&ctx, DType::Q8_0, n_in, n_out, &bytes);
     let x = rng.vec(n_tokens * n_in, 1.0);
     let cache = rng.vec(n_ctx * n_out, 1.0);
     let mut want = cache.clone();
     let rows = reference::matmul(&x, &deq, n_in);
     want[pos0 as usize * n_out..(pos0 as usize + n_tokens) * n_out].copy_from_slice(&rows);
-    for vector in [true, false] {
+    for ((label, ctx), vector) in contexts()
+        .into_iter()
+        .flat_map(|c| [(c.clone(), true), (c, false)])
+    {
+        let w = upload(&ctx, DType::Q8_0, n_in, n_out, &bytes);
         let cb = storage(&ctx, &cache);
         let s = step(&ctx, 8);
         let op = if vector {
@@ -400,7 +405,7 @@ fn matmul_writes_rows_at_positions() {
             &s,
         );
         assert_close(
-            &format!("rows at pos (vector={vector})"),
+            &format!("{label} rows at pos (vector={vector})"),
             &read_f32(&ctx, &cb, cache.len()),
             &want,
             1e-4,

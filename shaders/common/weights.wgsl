@@ -83,3 +83,62 @@ fn weights4(row_at: u32, k: u32) -> vec4<f32> {
     }
 }
 
+
+// The 32 weights of chunk `b` (elements 32b..32b+31) of the row at byte `row_at`, as 8 vec4s: a
+// whole quant block per call, its scale read once and its quants with full-word loads.
+fn weights_block(row_at: u32, b: u32) -> array<vec4<f32>, 8> {
+    var out: array<vec4<f32>, 8>;
+    switch W_DTYPE {
+        case DTYPE_Q4_0: {
+            // 18 bytes starting at byte 0 or 2 of a word: the six words covering them are loaded
+            // once and the nibbles cut out of registers.
+            let block_at = row_at + b * 18u;
+            let w0 = block_at >> 2u;
+            let shift = (block_at & 3u) * 8u;
+            var w: array<u32, 6>;
+            for (var i = 0u; i < 6u; i++) {
+                w[i] = weights[w0 + i];
+            }
+            let d = unpack2x16float(w[0] >> shift).x;
+            // Quant byte 0 sits 2 bytes after the scale.
+            let q_shift = (shift + 16u) & 31u;
+            let q_word = (shift + 16u) >> 5u;
+            for (var j = 0u; j < 4u; j++) {
+                let q = funnel(w[q_word + j], w[q_word + j + 1u], q_shift);
+                out[j] = d * (bytes_u8(q & 0x0f0f0f0fu) - vec4<f32>(8.0));
+                out[j + 4u] = d * (bytes_u8((q >> 4u) & 0x0f0f0f0fu) - vec4<f32>(8.0));
+            }
+        }
+        case DTYPE_Q4_1: {
+            let block_at = row_at + b * 20u;
+            let dm = unpack2x16float(weights_u32_aligned(block_at));
+            for (var j = 0u; j < 4u; j++) {
+                let q = weights_u32_aligned(block_at + 4u + 4u * j);
+                out[j] = dm.x * bytes_u8(q & 0x0f0f0f0fu) + vec4<f32>(dm.y);
+                out[j + 4u] = dm.x * bytes_u8((q >> 4u) & 0x0f0f0f0fu) + vec4<f32>(dm.y);
+            }
+        }
+        case DTYPE_Q8_0: {
+            // 34 bytes starting at byte 0 or 2 of a word: ten words cover them.
+            let block_at = row_at + b * 34u;
+            let w0 = block_at >> 2u;
+            let shift = (block_at & 3u) * 8u;
+            var w: array<u32, 10>;
+            for (var i = 0u; i < 10u; i++) {
+                w[i] = weights[w0 + i];
+            }
+            let d = unpack2x16float(w[0] >> shift).x;
+            let q_shift = (shift + 16u) & 31u;
+            let q_word = (shift + 16u) >> 5u;
+            for (var j = 0u; j < 8u; j++) {
+                out[j] = d * bytes_i8(funnel(w[q_word + j], w[q_word + j + 1u], q_shift));
+            }
+        }
+        default: {
+            for (var j = 0u; j < 8u; j++) {
+                out[j] = weights4(row_at, b * 32u + 4u * j);
+            }
+        }
+    }
+    return out;
+}

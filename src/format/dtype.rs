@@ -171,7 +171,7 @@ impl DType {
     /// Bytes taken by `n_elements` elements, or `None` when `n_elements` is not a whole number
     /// of blocks or the size overflows.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
-        if n_elements % self.block_len() != 0 {
+        if !n_elements.is_multiple_of(self.block_len()) {
             return None;
         }
         (n_elements / self.block_len()).checked_mul(self.block_bytes())

@@ -683,7 +683,7 @@ impl GgufFile {
             .ok_or(GgufError::BadAlignment(alignment))?;
         let data_len = file_len.saturating_sub(data_offset);
         for t in &tensors {
-            if t.offset % alignment != 0 {
+            if !t.offset.is_multiple_of(alignment) {
                 return Err(GgufError::MisalignedOffset {
                     name: t.name.clone(),
                     offset: t.offset,
@@ -987,7 +987,7 @@ impl<'a> Reader<'a> {
             return Err(GgufError::UnknownTensorType { name, type_id });
         };
         let row_len = dims.first().copied().unwrap_or(1);
-        if row_len % dtype.block_len() != 0 {
+        if !row_len.is_multiple_of(dtype.block_len()) {
             return Err(GgufError::RowNotBlockMultiple {
                 name,
                 dtype,

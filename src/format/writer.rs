@@ -1,7 +1,7 @@
 //! GGUF writer: builds valid files for tests and synthetic models.
 
 use super::dtype::DType;
-use super::gguf::{Array, Value};
+use super::gguf::{Array, MAX_ALIGNMENT, Value};
 
 /// Collects metadata and tensors, then lays them out as a version 3 GGUF file.
 #[derive(Debug, Default)]
@@ -20,6 +20,9 @@ impl GgufWriter {
         }
     }
 
+    /// Sets the data alignment (a power of two up to `MAX_ALIGNMENT`). Unless a
+    /// `general.alignment` entry is given, one is written for any alignment but the default 32,
+    /// since a reader lays out the data section by it.
     pub fn alignment(mut self, alignment: u64) -> Self {
         self.alignment = alignment;
         self
@@ -39,13 +42,21 @@ impl GgufWriter {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let align = self.alignment.max(1) as usize;
+        // The reader accepts nothing outside this range, so neither does the writer.
+        let align = self.alignment.clamp(1, MAX_ALIGNMENT);
+        let align = usize::try_from(align).unwrap_or(1);
+        let implied = (align != 32 && !self.metadata.iter().any(|(k, _)| k == "general.alignment"))
+            .then(|| {
+                let a = u32::try_from(align).unwrap_or(32);
+                ("general.alignment".to_string(), Value::U32(a))
+            });
+        let metadata: Vec<_> = self.metadata.iter().chain(&implied).collect();
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&3u32.to_le_bytes());
         out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
-        for (key, value) in &self.metadata {
+        out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+        for (key, value) in metadata {
             write_string(&mut out, key);
             out.extend_from_slice(&value.value_type().id().to_le_bytes());
             write_value(&mut out, value);

@@ -1,7 +1,8 @@
-//! `y = x W^T` with W in its GGUF block layout, dequantized in the shader. Three shaders:
-//! `matvec.wgsl` (decode, reduction in workgroup memory), `matvec_subgroup.wgsl` (decode,
-//! reduction with subgroupAdd, where the adapter has subgroups) and `matmul.wgsl` (prefill,
-//! tiled through workgroup memory).
+//! `y = x W^T` with W in its GGUF block layout, dequantized in the shader. Four shaders:
+//! `matvec.wgsl` (decode, reduction in workgroup memory, or one row per invocation on CPU
+//! adapters), `matvec_subgroup.wgsl` (decode, reduction with subgroupAdd, where the adapter has
+//! subgroups), `matmul.wgsl` (prefill, tiled through workgroup memory) and `matmul_rowwise.wgsl`
+//! (prefill on CPU adapters: one row and a tile of tokens per invocation).
 
 use super::{
     Dispatch, Grid, Kernel, KernelError, Variant, check_len, check_weight_dtype, shape_error,
@@ -27,6 +28,9 @@ const MATVEC_ROW_THREADS: u32 = 16;
 const TILE_M: u32 = 32;
 const TILE_N: u32 = 64;
 const TILE_K: u32 = 32;
+const ROWWISE_WG: u32 = 64;
+/// Tokens per invocation in `matmul_rowwise.wgsl` (a const there).
+const ROWWISE_TOKENS: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -35,6 +39,7 @@ enum Shape {
         rows_per_wg: u32,
     },
     Tiled,
+    Rowwise,
 }
 
 /// Where x comes from and where y goes.
@@ -109,22 +114,39 @@ impl Matmul {
         }
     }
 
-    fn tiled_spec(dtype: DType) -> Vec<(&'static str, f64)> {
-        vec![
-            ("W_DTYPE", f64::from(dtype.ggml_id())),
-            ("TILE_M", f64::from(TILE_M)),
-            ("TILE_N", f64::from(TILE_N)),
-            ("TILE_K", f64::from(TILE_K)),
-        ]
+    fn tiled_spec(
+        dtype: DType,
+        features: GpuFeatures,
+    ) -> (&'static str, Vec<(&'static str, f64)>, Shape) {
+        let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
+        if features.cpu {
+            (
+                "matmul_rowwise",
+                vec![w, ("WG_SIZE", f64::from(ROWWISE_WG))],
+                Shape::Rowwise,
+            )
+        } else {
+            (
+                "matmul",
+                vec![
+                    w,
+                    ("TILE_M", f64::from(TILE_M)),
+                    ("TILE_N", f64::from(TILE_N)),
+                    ("TILE_K", f64::from(TILE_K)),
+                ],
+                Shape::Tiled,
+            )
+        }
     }
 
     pub fn variants(dtype: DType, features: GpuFeatures) -> Vec<Variant> {
         let (shader, constants, _) = Self::vector_spec(dtype, features);
+        let (tiled, tiled_constants, _) = Self::tiled_spec(dtype, features);
         vec![
             Variant { shader, constants },
             Variant {
-                shader: "matmul",
-                constants: Self::tiled_spec(dtype),
+                shader: tiled,
+                constants: tiled_constants,
             },
         ]
     }
@@ -143,10 +165,11 @@ impl Matmul {
     /// The prefill kernel: tiles of tokens share each dequantized weight tile.
     pub async fn tiled(ctx: &GpuContext, dtype: DType) -> Result<Self, KernelError> {
         check_weight_dtype("matmul", dtype)?;
+        let (shader, constants, shape) = Self::tiled_spec(dtype, ctx.features());
         Ok(Matmul {
-            kernel: Kernel::new(ctx, "matmul", &Self::tiled_spec(dtype)).await?,
+            kernel: Kernel::new(ctx, shader, &constants).await?,
             dtype,
-            shape: Shape::Tiled,
+            shape,
         })
     }
 
@@ -232,6 +255,7 @@ impl Matmul {
                 let (groups, tile) = match self.shape {
                     Shape::Vector { rows_per_wg } => (chunk.n_rows.div_ceil(rows_per_wg), 1),
                     Shape::Tiled => (chunk.n_rows.div_ceil(TILE_N), TILE_M),
+                    Shape::Rowwise => (chunk.n_rows.div_ceil(ROWWISE_WG), ROWWISE_TOKENS),
                 };
                 let grid = if layout.single_row {
                     Grid::Once { x: groups }

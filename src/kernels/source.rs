@@ -25,6 +25,10 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ),
     ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
+    (
+        "matmul_rowwise.wgsl",
+        include_str!("../../shaders/matmul_rowwise.wgsl"),
+    ),
     ("matvec.wgsl", include_str!("../../shaders/matvec.wgsl")),
     (
         "matvec_subgroup.wgsl",

@@ -155,15 +155,10 @@ async fn upload_matrix(
     let t = src
         .tensor(name)
         .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-    let w = WeightTensor::upload(
-        ctx,
-        name,
-        t.dtype,
-        t.row_len() as u32,
-        t.n_rows() as u32,
-        t.data,
-    )
-    .await?;
+    let too_large = || ModelError::Invalid(format!("tensor {name} is too large ({:?})", t.dims));
+    let row_len = u32::try_from(t.row_len()).map_err(|_| too_large())?;
+    let n_rows = u32::try_from(t.n_rows()).map_err(|_| too_large())?;
+    let w = WeightTensor::upload(ctx, name, t.dtype, row_len, n_rows, t.data).await?;
     progress(t.data.len() as u64);
     Ok(w)
 }
