@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use sovereign::engine::{GenerateParams, Model, SamplingParams, Session, StopReason};
 use sovereign::format::GgufFile;
 use sovereign::gpu::{GpuContext, GpuOptions};
-use sovereign::model::{LlamaConfig, LoadOptions};
-use sovereign::tokenizer::{ChatMessage, Tokenizer};
+use sovereign::model::LoadOptions;
+use sovereign::tokenizer::ChatMessage;
 
 #[derive(Parser)]
 #[command(
@@ -431,8 +431,7 @@ fn inspect(path: &PathBuf) -> CliResult {
         println!("architecture {arch:?}: not runnable by this build");
         return Ok(());
     }
-    let cfg = LlamaConfig::from_metadata(file.metadata(), &file)?;
-    let tokenizer = Tokenizer::from_gguf(file.metadata())?;
+    let (cfg, tokenizer) = Model::check(&file)?;
     println!(
         "{} layers, {} heads ({} K/V), embedding {}, feed-forward {}, vocabulary {} ({} tokenizer entries), trained context {}: runnable",
         cfg.n_layer,

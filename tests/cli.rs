@@ -26,12 +26,17 @@ fn stderr(o: &Output) -> String {
 
 /// A failed run: non-zero exit, nothing on stdout, one `error:` line on stderr naming `words`.
 fn assert_fails(o: &Output, words: &str) {
+    assert!(o.stdout.is_empty(), "stdout not empty: {}", stdout(o));
+    assert_fails_after_output(o, words);
+}
+
+/// As [`assert_fails`], for `inspect`, which shows what it could read before the error.
+fn assert_fails_after_output(o: &Output, words: &str) {
     let err = stderr(o);
     assert!(
         !o.status.success(),
         "expected failure, got success; stderr: {err}"
     );
-    assert!(o.stdout.is_empty(), "stdout not empty: {}", stdout(o));
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
     assert!(
@@ -282,36 +287,187 @@ fn bad_input_gives_one_line_errors() {
     );
 }
 
-/// Every file of the bad-GGUF corpus: non-zero exit and an error naming the problem, from
-/// `inspect` (parsing and model checks) and from `run`.
+/// Every file of the bad-GGUF corpus (broken files) and of the model corpus (valid GGUF, not a
+/// runnable model): non-zero exit and an error naming the problem, from `inspect` (parsing and
+/// model checks) and from `run`.
 #[test]
 fn bad_gguf_corpus_fails_cleanly() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/gguf");
-    let expected = std::fs::read_to_string(dir.join("EXPECTED.txt")).unwrap();
     let mut n = 0;
-    for line in expected
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-    {
-        let (file, words) = line
-            .split_once('\t')
-            .unwrap_or_else(|| panic!("bad EXPECTED line {line:?}"));
-        let path = dir.join(file.trim());
-        let start = std::time::Instant::now();
-        assert_fails(
-            &sovereign(&["inspect", path.to_str().unwrap()]),
-            words.trim(),
-        );
-        assert_fails(
-            &sovereign(&["run", "-m", path.to_str().unwrap(), "-n", "1", "hi"]),
-            words.trim(),
-        );
-        assert!(
-            start.elapsed().as_secs() < 20,
-            "{file}: took {:?}",
-            start.elapsed()
-        );
-        n += 1;
+    for sub in ["gguf", "model"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/corpus")
+            .join(sub);
+        let expected = std::fs::read_to_string(dir.join("EXPECTED.txt")).unwrap();
+        for line in expected
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        {
+            let (file, words) = line
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("bad EXPECTED line {line:?}"));
+            let path = dir.join(file.trim());
+            let start = std::time::Instant::now();
+            assert_fails_after_output(
+                &sovereign(&["inspect", path.to_str().unwrap()]),
+                words.trim(),
+            );
+            assert_fails(
+                &sovereign(&["run", "-m", path.to_str().unwrap(), "-n", "1", "hi"]),
+                words.trim(),
+            );
+            assert!(
+                start.elapsed().as_secs() < 20,
+                "{file}: took {:?}",
+                start.elapsed()
+            );
+            n += 1;
+        }
     }
-    assert!(n >= 25, "only {n} corpus files");
+    assert!(n >= 45, "only {n} corpus files");
+}
+
+/// Files that are valid GGUF but not a model that can run: what each spoils in a tiny synthetic
+/// model, and words its error must contain.
+fn model_corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    use sovereign::format::{DType, GgufWriter, Value};
+    use sovereign::model::synthetic::{SyntheticSpec, synthetic_llama};
+    let spec = SyntheticSpec {
+        n_vocab: 272,
+        n_embd: 64,
+        n_layer: 2,
+        n_head: 4,
+        n_head_kv: 2,
+        n_ff: 64,
+        dtype: DType::Q8_0,
+        embd_dtype: DType::Q8_0,
+        tied: true,
+        ..Default::default()
+    };
+    let base = || synthetic_llama(&spec).unwrap();
+    let u32v = Value::U32;
+    let cases: Vec<(&'static str, GgufWriter, &'static str)> = vec![
+        (
+            "head_count_zero",
+            base().set("llama.attention.head_count", u32v(0)),
+            "head counts must be positive",
+        ),
+        (
+            "head_count_kv_zero",
+            base().set("llama.attention.head_count_kv", u32v(0)),
+            "head counts must be positive",
+        ),
+        (
+            "heads_not_dividing",
+            base().set("llama.attention.head_count_kv", u32v(3)),
+            "is not a multiple of head_count_kv",
+        ),
+        (
+            "block_count_zero",
+            base().set("llama.block_count", u32v(0)),
+            "block_count is 0",
+        ),
+        (
+            "block_count_past_tensors",
+            base().set("llama.block_count", u32v(3)),
+            "blk.2.attn_norm.weight is missing",
+        ),
+        (
+            "missing_tensor",
+            base().remove_tensor("blk.1.ffn_up.weight"),
+            "blk.1.ffn_up.weight is missing",
+        ),
+        (
+            "missing_key",
+            base().remove("llama.embedding_length"),
+            "llama.embedding_length is missing",
+        ),
+        (
+            "no_architecture",
+            base().remove("general.architecture"),
+            "no general.architecture",
+        ),
+        (
+            "wrong_shape",
+            base().remove_tensor("blk.0.attn_q.weight").tensor(
+                "blk.0.attn_q.weight",
+                &[64, 32],
+                DType::F32,
+                vec![0; 64 * 32 * 4],
+            ),
+            "blk.0.attn_q.weight has shape [64, 32], expected [64, 64]",
+        ),
+        (
+            "unsupported_tensor_type",
+            base().remove_tensor("blk.0.attn_q.weight").tensor(
+                "blk.0.attn_q.weight",
+                &[64, 64],
+                DType::Q5_0,
+                vec![0; 64 * 2 * 22],
+            ),
+            "has type q5_0, which this build cannot run",
+        ),
+        (
+            "head_dim_not_multiple_of_4",
+            base()
+                .set("llama.attention.head_count", u32v(32))
+                .set("llama.attention.head_count_kv", u32v(32)),
+            "head dimension 2",
+        ),
+        (
+            "rope_dims_odd",
+            base().set("llama.rope.dimension_count", u32v(7)),
+            "rope.dimension_count 7",
+        ),
+        (
+            "bos_outside_vocab",
+            base().set("tokenizer.ggml.bos_token_id", u32v(272)),
+            "tokenizer.ggml.bos_token_id = 272 is outside the vocabulary",
+        ),
+        (
+            "eos_outside_vocab",
+            base().set("tokenizer.ggml.eos_token_id", u32v(100_000)),
+            "tokenizer.ggml.eos_token_id = 100000 is outside the vocabulary",
+        ),
+        (
+            "vocab_size_mismatch",
+            base().set("llama.vocab_size", u32v(300)),
+            "vocab_size 300 differs",
+        ),
+        (
+            "rope_scaling_unknown",
+            base().set("llama.rope.scaling.type", Value::String("warp".into())),
+            "rope scaling \"warp\" is not supported",
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, w, words)| (name, w.to_bytes(), words))
+        .collect()
+}
+
+#[test]
+#[ignore = "regenerates tests/corpus/model; run after changing model_corpus()"]
+fn write_model_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/model");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut expected = String::from(
+        "# file, a tab, words the error message must contain; written by write_model_corpus\n",
+    );
+    for (name, bytes, words) in model_corpus() {
+        std::fs::write(dir.join(format!("{name}.gguf")), bytes).unwrap();
+        expected.push_str(&format!("{name}.gguf\t{words}\n"));
+    }
+    std::fs::write(dir.join("EXPECTED.txt"), expected).unwrap();
+}
+
+#[test]
+fn model_corpus_is_up_to_date() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/model");
+    for (name, bytes, _) in model_corpus() {
+        let on_disk = std::fs::read(dir.join(format!("{name}.gguf"))).unwrap_or_default();
+        assert!(
+            on_disk == bytes,
+            "tests/corpus/model/{name}.gguf is stale: run `cargo test --test cli write_model_corpus -- --ignored`"
+        );
+    }
 }

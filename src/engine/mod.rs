@@ -45,17 +45,13 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Reads the configuration and tokenizer from `file`, checks every tensor, and uploads the
-    /// weights.
-    pub async fn load(
-        ctx: Arc<GpuContext>,
-        file: &GgufFile,
-        options: &LoadOptions,
-        on_progress: &mut dyn FnMut(LoadProgress),
-    ) -> Result<Self> {
+    /// Reads the configuration and the tokenizer from `file` and checks that they describe a
+    /// model this build can run: every tensor present with its shape and a supported type, head
+    /// counts that divide, special tokens inside a vocabulary that matches the embedding.
+    pub fn check(file: &GgufFile) -> Result<(LlamaConfig, Tokenizer)> {
         let cfg = LlamaConfig::from_metadata(file.metadata(), file)?;
         let tokenizer = Tokenizer::from_gguf(file.metadata())?;
-        if tokenizer.n_vocab() as u32 != cfg.n_vocab {
+        if tokenizer.n_vocab() as u64 != u64::from(cfg.n_vocab) {
             return Err(crate::model::ModelError::Invalid(format!(
                 "the tokenizer has {} tokens but {} has {} rows",
                 tokenizer.n_vocab(),
@@ -64,6 +60,17 @@ impl Model {
             ))
             .into());
         }
+        Ok((cfg, tokenizer))
+    }
+
+    /// Checks `file` (see [`check`](Self::check)) and uploads its weights.
+    pub async fn load(
+        ctx: Arc<GpuContext>,
+        file: &GgufFile,
+        options: &LoadOptions,
+        on_progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let (cfg, tokenizer) = Self::check(file)?;
         let name = file
             .metadata()
             .get_str("general.name")

@@ -33,6 +33,27 @@ impl GgufWriter {
         self
     }
 
+    /// Sets `key`, replacing an earlier value in place (or appending a new entry).
+    pub fn set(mut self, key: &str, value: Value) -> Self {
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.metadata.push((key.to_string(), value)),
+        }
+        self
+    }
+
+    /// Drops the entry `key`, if any.
+    pub fn remove(mut self, key: &str) -> Self {
+        self.metadata.retain(|(k, _)| k != key);
+        self
+    }
+
+    /// Drops the tensor `name`, if any.
+    pub fn remove_tensor(mut self, name: &str) -> Self {
+        self.tensors.retain(|(n, ..)| n != name);
+        self
+    }
+
     /// Adds a tensor; `dims` in GGUF order (contiguous dimension first), `data` already in the
     /// dtype's block layout.
     pub fn tensor(mut self, name: &str, dims: &[u64], dtype: DType, data: Vec<u8>) -> Self {

@@ -181,6 +181,8 @@ pub struct GpuContext {
     max_binding_size: u64,
     errors: Arc<Mutex<ErrorSink>>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    #[cfg(not(target_arch = "wasm32"))]
+    poller: Poller,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -271,6 +273,8 @@ impl GpuContext {
                 message: e.to_string(),
             })?;
 
+        #[cfg(not(target_arch = "wasm32"))]
+        let device_clone = device.clone();
         let errors = Arc::new(Mutex::new(ErrorSink::default()));
         let sink = Arc::clone(&errors);
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -317,6 +321,8 @@ impl GpuContext {
             max_binding_size,
             errors,
             pipelines: Mutex::new(HashMap::new()),
+            #[cfg(not(target_arch = "wasm32"))]
+            poller: Poller::start(device_clone)?,
         })
     }
 
@@ -474,26 +480,126 @@ impl GpuContext {
         Ok(pipeline)
     }
 
-    /// Waits for `buffer` (MAP_READ) to map, without blocking the browser's event loop: on the
-    /// web the map future resolves from the event loop; natively the device must be polled for
-    /// the callback to run.
+    /// Waits for `slice` (of a MAP_READ buffer) to map. The future never blocks its thread: on
+    /// the web the browser resolves it; natively a poller thread drives the device while maps
+    /// are pending, so an async runtime's workers stay free.
     pub async fn map_read(&self, slice: wgpu::BufferSlice<'_>) -> Result<(), GpuError> {
         let (tx, rx) = futures_channel::oneshot::channel();
+        #[cfg(not(target_arch = "wasm32"))]
+        let pending = self.poller.begin();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
         #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: None,
-            })
-            .map_err(|e| GpuError::Map(e.to_string()))?;
+        pending.wake();
         let mapped = rx
             .await
             .map_err(|_| GpuError::Map("map callback dropped".into()))?;
         self.check()?;
         mapped.map_err(|e| GpuError::Map(e.to_string()))
+    }
+}
+
+/// Drives a native device while buffer maps are pending: wgpu runs map callbacks only from
+/// `Device::poll`, and polling here keeps blocking waits out of the futures.
+#[cfg(not(target_arch = "wasm32"))]
+struct Poller {
+    state: Arc<(Mutex<PollerState>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Default)]
+struct PollerState {
+    pending: usize,
+    stop: bool,
+}
+
+/// One pending map; dropping it (when the map resolved or its future was dropped) releases it.
+#[cfg(not(target_arch = "wasm32"))]
+struct PendingMap<'a> {
+    state: &'a (Mutex<PollerState>, std::sync::Condvar),
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl PendingMap<'_> {
+    fn wake(&self) {
+        self.state.1.notify_all();
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Drop for PendingMap<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.0.lock() {
+            s.pending = s.pending.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Poller {
+    fn start(device: wgpu::Device) -> Result<Self, GpuError> {
+        let state: Arc<(Mutex<PollerState>, std::sync::Condvar)> = Arc::default();
+        let shared = Arc::clone(&state);
+        let thread = std::thread::Builder::new()
+            .name("sovereign-gpu-poll".into())
+            .spawn(move || {
+                let (lock, cv) = &*shared;
+                loop {
+                    {
+                        let Ok(mut s) = lock.lock() else { return };
+                        while s.pending == 0 && !s.stop {
+                            s = match cv.wait(s) {
+                                Ok(s) => s,
+                                Err(_) => return,
+                            };
+                        }
+                        if s.stop {
+                            return;
+                        }
+                    }
+                    // Waits for the work submitted so far and runs the callbacks; a lost device
+                    // reports through the device-lost callback and the maps fail.
+                    if device
+                        .poll(wgpu::PollType::Wait {
+                            submission_index: None,
+                            timeout: Some(std::time::Duration::from_millis(100)),
+                        })
+                        .is_err()
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+            })
+            .map_err(|e| GpuError::Internal {
+                what: "starting the device poller thread".into(),
+                message: e.to_string(),
+            })?;
+        Ok(Poller {
+            state,
+            thread: Some(thread),
+        })
+    }
+
+    fn begin(&self) -> PendingMap<'_> {
+        if let Ok(mut s) = self.state.0.lock() {
+            s.pending += 1;
+        }
+        PendingMap { state: &self.state }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Drop for Poller {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.0.lock() {
+            s.stop = true;
+        }
+        self.state.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
