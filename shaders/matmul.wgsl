@@ -13,8 +13,8 @@ struct MatmulParams {
     out_col0: u32,
     x_stride: u32,
     y_stride: u32,
-    y_rows_at_pos: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 override W_DTYPE: u32 = 0u;
@@ -28,7 +28,7 @@ override WG_SIZE: u32 = (TILE_M / 4u) * (TILE_N / 4u);
 @group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
 @group(0) @binding(3) var<storage, read> x: array<f32>;        // (n_tokens, x_stride)
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (rows, y_stride)
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (n_tokens, y_stride)
 
 var<workgroup> x_tile: array<f32, TILE_M * TILE_K>;  // (TILE_M, TILE_K)
 var<workgroup> w_tile: array<f32, TILE_N * TILE_K>;  // (TILE_N, TILE_K)
@@ -99,8 +99,7 @@ fn main(
         if (t >= n_tokens) {
             break;
         }
-        let y_row = select(t, step.pos0 + t, params.y_rows_at_pos == 1u);
-        let y_at = y_row * params.y_stride + params.out_col0 + n0 + tn * 4u;
+        let y_at = t * params.y_stride + params.out_col0 + n0 + tn * 4u;
         for (var j = 0u; j < 4u; j++) {
             if (n0 + tn * 4u + j < params.n_out) {
                 y[y_at + j] = acc[i][j];

@@ -19,9 +19,8 @@ struct MatmulParams {
     // Elements between consecutive rows of x and of y.
     x_stride: u32,
     y_stride: u32,
-    // 1: token t's output row is step.pos0 + t (y is the KV cache), else t.
-    y_rows_at_pos: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 override W_DTYPE: u32 = 0u;
@@ -38,7 +37,7 @@ fn x4(at: u32) -> vec4<f32> {
 @group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // (n_tokens, x_stride / 4)
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (rows, y_stride)
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (n_tokens, y_stride)
 
 var<workgroup> partial: array<f32, WG_SIZE>;
 
@@ -77,7 +76,6 @@ fn main(
         acc = partial[lid];
     }
     if (in_range && lane == 0u) {
-        let y_row = select(t, step.pos0 + t, params.y_rows_at_pos == 1u);
-        y[y_row * params.y_stride + params.out_col0 + row] = acc;
+        y[t * params.y_stride + params.out_col0 + row] = acc;
     }
 }

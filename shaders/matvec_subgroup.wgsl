@@ -14,8 +14,8 @@ struct MatmulParams {
     out_col0: u32,
     x_stride: u32,
     y_stride: u32,
-    y_rows_at_pos: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 override W_DTYPE: u32 = 0u;
@@ -31,7 +31,7 @@ fn x4(at: u32) -> vec4<f32> {
 @group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // (n_tokens, x_stride / 4)
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (rows, y_stride)
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (n_tokens, y_stride)
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -59,7 +59,6 @@ fn main(
     }
     let sum = subgroupAdd(acc);
     if (in_range && lane == 0u) {
-        let y_row = select(t, step.pos0 + t, params.y_rows_at_pos == 1u);
-        y[y_row * params.y_stride + params.out_col0 + row] = sum;
+        y[t * params.y_stride + params.out_col0 + row] = sum;
     }
 }

@@ -59,6 +59,9 @@ struct ModelArgs {
     /// Most tokens per forward step; longer prompts are prefilled in batches of this.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch_size: u32,
+    /// Keep the KV cache in f32 (by default it is f16 where the adapter has shader-f16).
+    #[arg(long)]
+    kv_f32: bool,
 }
 
 #[derive(Args, Clone)]
@@ -230,6 +233,7 @@ fn load(adapter: Option<String>, args: &ModelArgs) -> Result<Model, sovereign::E
     let options = LoadOptions {
         n_ctx: args.ctx_size,
         max_batch: args.batch_size,
+        kv_f16: args.kv_f32.then_some(false),
     };
     let model = pollster::block_on(Model::load(ctx, &file, &options, &mut |p| {
         bar.set_length(p.total);

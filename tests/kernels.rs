@@ -5,7 +5,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Rng, assert_close, gpu, read_f32, read_u32, run, storage, zeros};
+use common::{
+    Rng, assert_close, gpu, read_f16, read_f32, read_u32, run, storage, storage_f16, zeros,
+};
 use sovereign::format::DType;
 use sovereign::gpu::{GpuContext, GpuOptions, WeightTensor};
 use sovereign::kernels::StepBuffer;
@@ -13,6 +15,7 @@ use sovereign::kernels::add::Add;
 use sovereign::kernels::argmax::Argmax;
 use sovereign::kernels::attention::{Attention, AttentionParams};
 use sovereign::kernels::embed::Embed;
+use sovereign::kernels::kv_store::{KvStore, KvStoreParams};
 use sovereign::kernels::matmul::{Matmul, MatmulLayout};
 use sovereign::kernels::rms_norm::RmsNorm;
 use sovereign::kernels::rope::{Rope, RopeParams};
@@ -205,7 +208,7 @@ fn rope_matches_reference_in_both_modes() {
             freq_base: cfg.freq_base,
             freq_scale: cfg.freq_scale,
             row_stride: (n_head * head_dim) as u32,
-            rows_at_pos: 0,
+            _pad: 0,
         };
         let d = op
             .bind(&ctx, s.buffer(), &xb, params, n_tokens as u32)
@@ -221,44 +224,102 @@ fn rope_matches_reference_in_both_modes() {
             1e-5,
         );
     }
+}
 
-    // Rows addressed by position, as when K is rotated in the cache.
-    let (n_ctx, pos0, n_tokens) = (16usize, 9u32, 4usize);
-    let row = n_head * head_dim;
-    let cache = rng.vec(n_ctx * row, 1.0);
-    let cfg = RopeConfig {
-        n_rot: 64,
-        freq_base: 10_000.0,
-        freq_scale: 0.5,
-        neox: false,
-    };
-    let mut want = cache.clone();
-    let range = pos0 as usize * row..(pos0 as usize + n_tokens) * row;
-    let positions: Vec<u32> = (pos0..pos0 + n_tokens as u32).collect();
-    reference::rope(&mut want[range], n_head, head_dim, &positions, cfg);
-    let cb = storage(&ctx, &cache);
-    let s = step(&ctx, 8);
-    let params = RopeParams {
-        n_head: n_head as u32,
-        head_dim: head_dim as u32,
-        n_rot: 64,
-        neox: 0,
-        freq_base: cfg.freq_base,
-        freq_scale: cfg.freq_scale,
-        row_stride: row as u32,
-        rows_at_pos: 1,
-    };
-    let d = op
-        .bind(&ctx, s.buffer(), &cb, params, n_ctx as u32)
-        .unwrap();
-    run(&ctx, &[&d], pos0, &vec![0; n_tokens], &s);
-    assert_close(
-        "rope at positions",
-        &read_f32(&ctx, &cb, cache.len()),
-        &want,
-        2e-5,
-        1e-5,
-    );
+/// K rotated and K, V stored at their positions, in an f32 cache and (where the adapter has
+/// shader-f16) an f16 one; rows outside the step keep their contents.
+#[test]
+fn kv_store_matches_reference() {
+    let ctx = gpu(GpuOptions::default());
+    let mut rng = Rng::new(4);
+    let (n_head_kv, head_dim) = (3usize, 64usize);
+    let row = n_head_kv * head_dim;
+    let mut modes = vec![false];
+    if ctx.features().shader_f16 {
+        modes.push(true);
+    }
+    for f16 in modes {
+        let op = pollster::block_on(KvStore::new(&ctx, f16)).unwrap();
+        for (neox, n_rot, pos0, n_tokens) in [
+            (false, 64, 9u32, 4usize),
+            (true, 48, 0, 7),
+            (false, 32, 3000, 1),
+        ] {
+            let n_ctx = pos0 as usize + n_tokens + 2;
+            let cfg = RopeConfig {
+                n_rot,
+                freq_base: 10_000.0,
+                freq_scale: 0.5,
+                neox,
+            };
+            let k_new = rng.vec(n_tokens * row, 2.0);
+            let v_new = rng.vec(n_tokens * row, 2.0);
+            let mut k_old = rng.vec(n_ctx * row, 1.0);
+            let mut v_old = rng.vec(n_ctx * row, 1.0);
+            if f16 {
+                reference::round_f16(&mut k_old);
+                reference::round_f16(&mut v_old);
+            }
+            let positions: Vec<u32> = (pos0..pos0 + n_tokens as u32).collect();
+            let mut k_rot = k_new.clone();
+            reference::rope(&mut k_rot, n_head_kv, head_dim, &positions, cfg);
+            let (mut k_want, mut v_want) = (k_old.clone(), v_old.clone());
+            let range = pos0 as usize * row..(pos0 as usize + n_tokens) * row;
+            k_want[range.clone()].copy_from_slice(&k_rot);
+            v_want[range].copy_from_slice(&v_new);
+            if f16 {
+                // V is copied, so the cache must hold exactly its f16 rounding.
+                reference::round_f16(&mut v_want);
+            }
+            let (kc, vc) = if f16 {
+                (storage_f16(&ctx, &k_old), storage_f16(&ctx, &v_old))
+            } else {
+                (storage(&ctx, &k_old), storage(&ctx, &v_old))
+            };
+            let params = KvStoreParams {
+                n_head_kv: n_head_kv as u32,
+                head_dim: head_dim as u32,
+                n_rot: n_rot as u32,
+                neox: u32::from(neox),
+                freq_base: cfg.freq_base,
+                freq_scale: cfg.freq_scale,
+                kv_stride: row as u32,
+                _pad: 0,
+            };
+            let s = step(&ctx, 8);
+            let d = op
+                .bind(
+                    &ctx,
+                    s.buffer(),
+                    &storage(&ctx, &k_new),
+                    &storage(&ctx, &v_new),
+                    &kc,
+                    &vc,
+                    params,
+                    n_tokens as u32,
+                    n_ctx as u32,
+                )
+                .unwrap();
+            run(&ctx, &[&d], pos0, &vec![0; n_tokens], &s);
+            let (k_got, v_got) = if f16 {
+                (
+                    read_f16(&ctx, &kc, k_want.len()),
+                    read_f16(&ctx, &vc, v_want.len()),
+                )
+            } else {
+                (
+                    read_f32(&ctx, &kc, k_want.len()),
+                    read_f32(&ctx, &vc, v_want.len()),
+                )
+            };
+            // An f16 cache holds each value to within half an f16 step (2^-11 relative); the
+            // angle at position 3000 carries ~2e-4 rad of f32 rounding.
+            let (atol, rtol) = if f16 { (1e-3, 1e-3) } else { (1e-3, 1e-5) };
+            let label = format!("kv_store f16={f16} neox={neox} n_rot={n_rot} pos0={pos0}");
+            assert_close(&format!("{label} K"), &k_got, &k_want, atol, rtol);
+            assert_close(&format!("{label} V"), &v_got, &v_want, 0.0, 0.0);
+        }
+    }
 }
 
 /// Runs `y = x W^T` with the decode or the prefill kernel and compares with the reference.
@@ -293,7 +354,6 @@ fn check_matmul(
         y_stride: n_out as u32,
         x_rows: n_tokens as u32,
         y_rows: n_tokens as u32,
-        y_rows_at_pos: false,
         y_col0: 0,
         single_row: false,
     };
@@ -362,60 +422,10 @@ fn matmul_splits_weights_over_bindings() {
     }
 }
 
-#[test]
-fn matmul_writes_rows_at_positions() {
-    let mut rng = Rng::new(80);
-    let (n_in, n_out, n_ctx, pos0, n_tokens) = (64usize, 48usize, 20usize, 11u32, 3usize);
-    let (bytes, deq) = weights(&mut rng, DType::Q8_0, n_out, n_in);
-    let x = rng.vec(n_tokens * n_in, 1.0);
-    let cache = rng.vec(n_ctx * n_out, 1.0);
-    let mut want = cache.clone();
-    let rows = reference::matmul(&x, &deq, n_in);
-    want[pos0 as usize * n_out..(pos0 as usize + n_tokens) * n_out].copy_from_slice(&rows);
-    for ((label, ctx), vector) in contexts()
-        .into_iter()
-        .flat_map(|c| [(c.clone(), true), (c, false)])
-    {
-        let w = upload(&ctx, DType::Q8_0, n_in, n_out, &bytes);
-        let cb = storage(&ctx, &cache);
-        let s = step(&ctx, 8);
-        let op = if vector {
-            pollster::block_on(Matmul::vector(&ctx, DType::Q8_0))
-        } else {
-            pollster::block_on(Matmul::tiled(&ctx, DType::Q8_0))
-        }
-        .unwrap();
-        let layout = MatmulLayout {
-            x_stride: n_in as u32,
-            y_stride: n_out as u32,
-            x_rows: n_tokens as u32,
-            y_rows: n_ctx as u32,
-            y_rows_at_pos: true,
-            y_col0: 0,
-            single_row: false,
-        };
-        let d = op
-            .bind(&ctx, s.buffer(), &w, &storage(&ctx, &x), &cb, layout)
-            .unwrap();
-        run(
-            &ctx,
-            &d.iter().collect::<Vec<_>>(),
-            pos0,
-            &vec![0; n_tokens],
-            &s,
-        );
-        assert_close(
-            &format!("{label} rows at pos (vector={vector})"),
-            &read_f32(&ctx, &cb, cache.len()),
-            &want,
-            1e-4,
-            1e-4,
-        );
-    }
-}
-
+#[allow(clippy::too_many_arguments)]
 fn check_attention(
     ctx: &GpuContext,
+    f16: bool,
     n_head: usize,
     n_head_kv: usize,
     head_dim: usize,
@@ -426,8 +436,13 @@ fn check_attention(
     let mut rng = Rng::new(seed);
     let n_ctx = pos0 + n_tokens + 3;
     let q = rng.vec(n_tokens * n_head * head_dim, 1.0);
-    let k = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
-    let v = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
+    let mut k = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
+    let mut v = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
+    if f16 {
+        // The reference sees exactly the values the f16 cache holds.
+        reference::round_f16(&mut k);
+        reference::round_f16(&mut v);
+    }
     let shape = AttentionShape {
         n_head,
         n_head_kv,
@@ -437,7 +452,7 @@ fn check_attention(
     let want = reference::attention(&q, &k, &v, pos0, shape);
     let out = zeros(ctx, n_tokens * n_head * head_dim);
     let s = step(ctx, n_tokens as u32);
-    let op = pollster::block_on(Attention::new(ctx)).unwrap();
+    let op = pollster::block_on(Attention::new(ctx, f16)).unwrap();
     let params = AttentionParams {
         n_head: n_head as u32,
         n_head_kv: n_head_kv as u32,
@@ -448,13 +463,18 @@ fn check_attention(
         _pad0: 0,
         _pad1: 0,
     };
+    let (kb, vb) = if f16 {
+        (storage_f16(ctx, &k), storage_f16(ctx, &v))
+    } else {
+        (storage(ctx, &k), storage(ctx, &v))
+    };
     let d = op
         .bind(
             ctx,
             s.buffer(),
             &storage(ctx, &q),
-            &storage(ctx, &k),
-            &storage(ctx, &v),
+            &kb,
+            &vb,
             &out,
             params,
             n_tokens as u32,
@@ -463,7 +483,9 @@ fn check_attention(
         .unwrap();
     run(ctx, &[&d], pos0 as u32, &vec![0; n_tokens], &s);
     assert_close(
-        &format!("attention {n_head}/{n_head_kv} heads of {head_dim}, {n_tokens} tokens at {pos0}"),
+        &format!(
+            "attention f16={f16} {n_head}/{n_head_kv} heads of {head_dim}, {n_tokens} tokens at {pos0}"
+        ),
         &read_f32(ctx, &out, want.len()),
         &want,
         2e-5,
@@ -474,16 +496,22 @@ fn check_attention(
 #[test]
 fn attention_matches_reference_for_prefill_and_decode() {
     let ctx = gpu(GpuOptions::default());
-    // Prefill from position 0 (causal mask within the step), GQA 3:1 as in SmolLM2.
-    check_attention(&ctx, 9, 3, 64, 0, 70, 90);
-    // Prefill continuing a cache.
-    check_attention(&ctx, 4, 1, 128, 50, 20, 91);
-    // Decode at several context lengths, MHA and MQA.
-    for (i, pos0) in [0usize, 63, 64, 700, 2047].into_iter().enumerate() {
-        check_attention(&ctx, 9, 3, 64, pos0, 1, 92 + i as u64);
+    let mut caches = vec![false];
+    if ctx.features().shader_f16 {
+        caches.push(true);
     }
-    check_attention(&ctx, 8, 8, 32, 130, 1, 99);
-    check_attention(&ctx, 8, 1, 256, 33, 2, 100);
+    for f16 in caches {
+        // Prefill from position 0 (causal mask within the step), GQA 3:1 as in SmolLM2.
+        check_attention(&ctx, f16, 9, 3, 64, 0, 70, 90);
+        // Prefill continuing a cache.
+        check_attention(&ctx, f16, 4, 1, 128, 50, 20, 91);
+        // Decode at several context lengths, MHA and MQA.
+        for (i, pos0) in [0usize, 63, 64, 700, 2047].into_iter().enumerate() {
+            check_attention(&ctx, f16, 9, 3, 64, pos0, 1, 92 + i as u64);
+        }
+        check_attention(&ctx, f16, 8, 8, 32, 130, 1, 99);
+        check_attention(&ctx, f16, 8, 1, 256, 33, 2, 100);
+    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ fn load(ctx: Arc<GpuContext>, file: &GgufFile, max_batch: u32) -> LlamaGpu {
     let options = LoadOptions {
         n_ctx: Some(1024),
         max_batch,
+        ..Default::default()
     };
     pollster::block_on(LlamaGpu::load(ctx, cfg, file, &options, &mut |_| {})).unwrap()
 }
@@ -143,8 +144,10 @@ fn activations_match_the_layer_dump() {
 fn gpu_matches_cpu_reference_forward() {
     let file = GgufFile::open(model_path()).unwrap();
     let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
-    let mut cpu = ReferenceLlama::load(&cfg, &file).unwrap();
     let mut model = load(gpu(GpuOptions::default()), &file, 64);
+    let mut cpu = ReferenceLlama::load(&cfg, &file)
+        .unwrap()
+        .with_kv_f16(model.kv_f16());
     let case = &greedy_cases()[2];
     let prompt: Vec<u32> = case["prompt_tokens"]
         .as_array()
@@ -281,9 +284,11 @@ fn synthetic_models_match_cpu_reference() {
             max_binding_size: max_binding,
             ..Default::default()
         });
+        // Both cache types: f32, and f16 where the adapter has it.
         let options = LoadOptions {
             n_ctx: Some(64),
             max_batch: 32,
+            kv_f16: Some(i % 2 == 1 && ctx.features().shader_f16),
         };
         let mut model = pollster::block_on(LlamaGpu::load(
             ctx,
@@ -293,10 +298,15 @@ fn synthetic_models_match_cpu_reference() {
             &mut |_| {},
         ))
         .unwrap();
-        let mut cpu = ReferenceLlama::load(&cfg, &file).unwrap();
+        let mut cpu = ReferenceLlama::load(&cfg, &file)
+            .unwrap()
+            .with_kv_f16(model.kv_f16());
         let prompt: Vec<u32> = (0..20).map(|t| (t * 37 + 5) % spec.n_vocab).collect();
         let n_vocab = spec.n_vocab as usize;
-        let label = format!("{dtype}/{embd_dtype} tied={tied} binding={max_binding:?}");
+        let label = format!(
+            "{dtype}/{embd_dtype} tied={tied} binding={max_binding:?} kv_f16={}",
+            model.kv_f16()
+        );
 
         // All-logits steps hold as many rows as one binding allows: prefill in such chunks.
         let step = model.max_logit_rows() as usize;

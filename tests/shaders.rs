@@ -16,12 +16,14 @@ fn capabilities(shader: &str) -> Capabilities {
     // that runs on every adapter.
     // unpack2x16float is core WGSL; naga files it under this capability, which every
     // WebGPU-compliant adapter has.
-    let base = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     if shader.contains("subgroup") {
-        base | Capabilities::SUBGROUP
-    } else {
-        base
+        caps |= Capabilities::SUBGROUP;
     }
+    if shader.ends_with("_f16") {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
+    caps
 }
 
 #[test]
@@ -139,6 +141,9 @@ fn params_layouts_match_wgsl() {
     check_layout::<add::AddParams>("add");
     check_layout::<argmax::ArgmaxParams>("argmax");
     check_layout::<attention::AttentionParams>("attention");
+    check_layout::<attention::AttentionParams>("attention_f16");
+    check_layout::<kv_store::KvStoreParams>("kv_store");
+    check_layout::<kv_store::KvStoreParams>("kv_store_f16");
     check_layout::<embed::EmbedParams>("embed");
     check_layout::<matmul::MatmulParams>("matvec");
     check_layout::<matmul::MatmulParams>("matvec_subgroup");

@@ -1,4 +1,5 @@
-//! Causal attention over the KV cache with grouped K/V heads: `shaders/attention.wgsl`.
+//! Causal attention over the KV cache with grouped K/V heads: `shaders/attention.wgsl` (f32
+//! cache) and `shaders/attention_f16.wgsl` (f16 cache, where the adapter has shader-f16).
 
 use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len, shape_error};
 use crate::gpu::GpuContext;
@@ -22,6 +23,7 @@ pub const MAX_HEAD_DIM: u32 = 256;
 
 pub struct Attention {
     kernel: Kernel,
+    f16: bool,
 }
 
 impl Attention {
@@ -29,16 +31,28 @@ impl Attention {
         vec![("WG_SIZE", f64::from(WG_SIZE))]
     }
 
-    pub fn variants() -> Vec<Variant> {
-        vec![Variant {
-            shader: "attention",
-            constants: Self::constants(),
-        }]
+    fn shader(f16: bool) -> &'static str {
+        if f16 { "attention_f16" } else { "attention" }
     }
 
-    pub async fn new(ctx: &GpuContext) -> Result<Self, KernelError> {
+    pub fn variants() -> Vec<Variant> {
+        [false, true]
+            .into_iter()
+            .map(|f16| Variant {
+                shader: Self::shader(f16),
+                constants: Self::constants(),
+            })
+            .collect()
+    }
+
+    /// `f16`: the cache holds f16 (the adapter must have shader-f16).
+    pub async fn new(ctx: &GpuContext, f16: bool) -> Result<Self, KernelError> {
+        if f16 && !ctx.features().shader_f16 {
+            return Err(shape_error("attention", "an f16 cache needs shader-f16"));
+        }
         Ok(Attention {
-            kernel: Kernel::new(ctx, "attention", &Self::constants()).await?,
+            kernel: Kernel::new(ctx, Self::shader(f16), &Self::constants()).await?,
+            f16,
         })
     }
 
@@ -89,18 +103,16 @@ impl Attention {
             out,
             u64::from(max_tokens) * u64::from(params.q_stride),
         )?;
-        check_len(
-            op,
-            "k_cache",
-            k_cache,
-            u64::from(n_ctx) * u64::from(params.kv_stride),
-        )?;
-        check_len(
-            op,
-            "v_cache",
-            v_cache,
-            u64::from(n_ctx) * u64::from(params.kv_stride),
-        )?;
+        let cache_bytes =
+            u64::from(n_ctx) * u64::from(params.kv_stride) * if self.f16 { 2 } else { 4 };
+        for (what, b) in [("k_cache", k_cache), ("v_cache", v_cache)] {
+            if b.size() < cache_bytes {
+                return Err(shape_error(
+                    op,
+                    format!("{what} holds {} bytes, {cache_bytes} needed", b.size()),
+                ));
+            }
+        }
         Ok(self.kernel.dispatch(
             ctx,
             &params,

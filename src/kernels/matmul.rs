@@ -18,8 +18,8 @@ crate::gpu_params! {
         pub out_col0: u32,
         pub x_stride: u32,
         pub y_stride: u32,
-        pub y_rows_at_pos: u32,
-        pub _pad: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
     }
 }
 
@@ -48,11 +48,9 @@ pub struct MatmulLayout {
     /// Elements between rows of x and of y.
     pub x_stride: u32,
     pub y_stride: u32,
-    /// Rows x and y hold (y rows: the cache length when `y_rows_at_pos`).
+    /// Rows x and y hold.
     pub x_rows: u32,
     pub y_rows: u32,
-    /// Token t's output goes to row `pos0 + t` (writing K/V straight into the cache).
-    pub y_rows_at_pos: bool,
     /// Output column of the weight's first row.
     pub y_col0: u32,
     /// Compute only token row 0, whatever the step's token count (the logits of the last
@@ -249,8 +247,8 @@ impl Matmul {
                     out_col0: layout.y_col0 + chunk.first_row,
                     x_stride: layout.x_stride,
                     y_stride: layout.y_stride,
-                    y_rows_at_pos: u32::from(layout.y_rows_at_pos),
-                    _pad: 0,
+                    _pad0: 0,
+                    _pad1: 0,
                 };
                 let (groups, tile) = match self.shape {
                     Shape::Vector { rows_per_wg } => (chunk.n_rows.div_ceil(rows_per_wg), 1),

@@ -7,6 +7,7 @@ pub mod add;
 pub mod argmax;
 pub mod attention;
 pub mod embed;
+pub mod kv_store;
 pub mod matmul;
 pub mod rms_norm;
 pub mod rope;
@@ -337,6 +338,7 @@ pub fn all_variants() -> Vec<Variant> {
     v.extend(rms_norm::RmsNorm::variants());
     v.extend(rope::Rope::variants());
     v.extend(attention::Attention::variants());
+    v.extend(kv_store::KvStore::variants());
     v.extend(silu_mul::SiluMul::variants());
     v.extend(add::Add::variants());
     v.extend(argmax::Argmax::variants());

@@ -12,7 +12,7 @@ crate::gpu_params! {
         pub freq_base: f32,
         pub freq_scale: f32,
         pub row_stride: u32,
-        pub rows_at_pos: u32,
+        pub _pad: u32,
     }
 }
 
@@ -40,8 +40,7 @@ impl Rope {
         })
     }
 
-    /// Rotates `x` in place. `rows` is how many rows `x` holds (the cache length when
-    /// `params.rows_at_pos` is set, else the step's maximum token count).
+    /// Rotates `x` (rows, row_stride) in place: row t at position pos0 + t.
     pub fn bind(
         &self,
         ctx: &GpuContext,

@@ -6,6 +6,27 @@ use super::KernelError;
 /// Every file under `shaders/`, by its path there.
 pub const SHADER_FILES: &[(&str, &str)] = &[
     (
+        "common/attention.wgsl",
+        include_str!("../../shaders/common/attention.wgsl"),
+    ),
+    (
+        "common/kv_store.wgsl",
+        include_str!("../../shaders/common/kv_store.wgsl"),
+    ),
+    (
+        "common/rope.wgsl",
+        include_str!("../../shaders/common/rope.wgsl"),
+    ),
+    (
+        "attention_f16.wgsl",
+        include_str!("../../shaders/attention_f16.wgsl"),
+    ),
+    ("kv_store.wgsl", include_str!("../../shaders/kv_store.wgsl")),
+    (
+        "kv_store_f16.wgsl",
+        include_str!("../../shaders/kv_store_f16.wgsl"),
+    ),
+    (
         "common/step.wgsl",
         include_str!("../../shaders/common/step.wgsl"),
     ),

@@ -12,6 +12,7 @@ use crate::kernels::add::Add;
 use crate::kernels::argmax::Argmax;
 use crate::kernels::attention::{Attention, AttentionParams};
 use crate::kernels::embed::Embed;
+use crate::kernels::kv_store::{KvStore, KvStoreParams};
 use crate::kernels::matmul::{Matmul, MatmulLayout};
 use crate::kernels::rms_norm::RmsNorm;
 use crate::kernels::rope::{Rope, RopeParams};
@@ -28,6 +29,9 @@ pub struct LoadOptions {
     pub n_ctx: Option<u32>,
     /// Most tokens in one forward step (longer prompts are prefilled in chunks of this).
     pub max_batch: u32,
+    /// Keep the KV cache in f16 (half the memory and attention reads); `None`: where the
+    /// adapter has shader-f16.
+    pub kv_f16: Option<bool>,
 }
 
 impl Default for LoadOptions {
@@ -35,6 +39,7 @@ impl Default for LoadOptions {
         LoadOptions {
             n_ctx: None,
             max_batch: 512,
+            kv_f16: None,
         }
     }
 }
@@ -67,6 +72,8 @@ struct TracePoint {
     row_len: u32,
     /// Token t's row is at pos0 + t (a KV cache), else at t.
     rows_at_pos: bool,
+    /// Stored as f16 (an f16 KV cache).
+    f16: bool,
 }
 
 /// Dispatches that produce one named activation.
@@ -85,6 +92,9 @@ struct Activations {
     proj: wgpu::Buffer,
     gate: wgpu::Buffer,
     up: wgpu::Buffer,
+    /// This step's K and V before they go into the cache.
+    k_new: wgpu::Buffer,
+    v_new: wgpu::Buffer,
 }
 
 struct Weights {
@@ -132,6 +142,7 @@ pub struct LlamaGpu {
     readback: ReadbackBuffer,
     weight_bytes: u64,
     kv_bytes: u64,
+    kv_f16: bool,
     // Kept for the trace of the final norm.
     xn: wgpu::Buffer,
 }
@@ -193,7 +204,15 @@ impl LlamaGpu {
     ) -> Result<Self> {
         let n_ctx = options.n_ctx.unwrap_or(cfg.n_ctx_train.min(4096)).max(1);
         let max_batch = options.max_batch.clamp(1, n_ctx);
-        let kv_row_bytes = u64::from(cfg.n_embd_kv()) * 4;
+        let kv_f16 = options.kv_f16.unwrap_or(ctx.features().shader_f16);
+        if kv_f16 && !ctx.features().shader_f16 {
+            return Err(ModelError::BadRequest(format!(
+                "an f16 KV cache needs shader-f16, which {} lacks",
+                ctx.adapter_info().name
+            ))
+            .into());
+        }
+        let kv_row_bytes = u64::from(cfg.n_embd_kv()) * if kv_f16 { 2 } else { 4 };
         let cache_bytes = u64::from(n_ctx) * kv_row_bytes;
         if cache_bytes > ctx.max_binding_size() {
             return Err(ModelError::ContextTooLong {
@@ -266,6 +285,8 @@ impl LlamaGpu {
             proj: act_buffer("proj", cfg.n_embd).await?,
             gate: act_buffer("gate", cfg.n_ff).await?,
             up: act_buffer("up", cfg.n_ff).await?,
+            k_new: act_buffer("k_new", cfg.n_embd_kv()).await?,
+            v_new: act_buffer("v_new", cfg.n_embd_kv()).await?,
         };
         let mut k_cache = Vec::with_capacity(cfg.n_layer as usize);
         let mut v_cache = Vec::with_capacity(cfg.n_layer as usize);
@@ -312,6 +333,7 @@ impl LlamaGpu {
             v_cache: &v_cache,
             n_ctx,
             max_batch,
+            kv_f16,
         };
         let prefill = builder.layers(false).await?;
         let decode = builder.layers(true).await?;
@@ -324,6 +346,7 @@ impl LlamaGpu {
         tracing::info!(
             weights_mib = weight_bytes >> 20,
             kv_mib = kv_bytes >> 20,
+            kv_f16,
             n_ctx,
             max_batch,
             "model on the GPU"
@@ -344,6 +367,7 @@ impl LlamaGpu {
             readback,
             weight_bytes,
             kv_bytes,
+            kv_f16,
             xn: act.xn,
         })
     }
@@ -377,6 +401,11 @@ impl LlamaGpu {
 
     pub fn kv_bytes(&self) -> u64 {
         self.kv_bytes
+    }
+
+    /// Whether the KV cache holds f16 (else f32).
+    pub fn kv_f16(&self) -> bool {
+        self.kv_f16
     }
 
     fn check_step(&self, tokens: &[u32], pos0: u32, output: Output) -> Result<u32> {
@@ -501,6 +530,7 @@ impl LlamaGpu {
             buffer: self.xn.clone(),
             row_len: self.cfg.n_embd,
             rows_at_pos: false,
+            f16: false,
         };
         let tail = [Stage {
             dispatches: Vec::new(),
@@ -523,20 +553,31 @@ impl LlamaGpu {
                 self.ctx.queue().submit([encoder.finish()]);
                 continue;
             };
-            let row_bytes = u64::from(tp.row_len) * 4;
+            let elem = if tp.f16 { 2 } else { 4 };
+            let row_bytes = u64::from(tp.row_len) * elem;
             let offset = if tp.rows_at_pos {
                 u64::from(pos0) * row_bytes
             } else {
                 0
             };
             let bytes = u64::from(n) * row_bytes;
-            let rb = ReadbackBuffer::new(&self.ctx, "trace", bytes).await?;
-            rb.copy_from(&mut encoder, &tp.buffer, offset, bytes)?;
+            // Copies move whole words; an f16 row of odd length ends mid-word.
+            let copy = bytes.next_multiple_of(4);
+            let rb = ReadbackBuffer::new(&self.ctx, "trace", copy).await?;
+            rb.copy_from(&mut encoder, &tp.buffer, offset, copy)?;
             self.ctx.queue().submit([encoder.finish()]);
-            out.push((
-                tp.name.clone(),
-                rb.read_f32(&self.ctx, (bytes / 4) as usize).await?,
-            ));
+            let raw = rb.read(&self.ctx, copy).await?;
+            let values = if tp.f16 {
+                raw.chunks_exact(2)
+                    .take((bytes / 2) as usize)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect()
+            } else {
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            };
+            out.push((tp.name.clone(), values));
         }
         let bytes = u64::from(n) * u64::from(self.cfg.n_vocab) * 4;
         let mut encoder = self
@@ -565,6 +606,7 @@ struct PlanBuilder<'a> {
     weights: &'a Weights,
     k_cache: &'a [wgpu::Buffer],
     v_cache: &'a [wgpu::Buffer],
+    kv_f16: bool,
     n_ctx: u32,
     max_batch: u32,
 }
@@ -586,7 +628,6 @@ impl PlanBuilder<'_> {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         y_width: u32,
-        to_cache: bool,
     ) -> Result<Vec<Dispatch>, KernelError> {
         self.matmul_kernel(vector, w.dtype).await?.bind(
             self.ctx,
@@ -598,26 +639,21 @@ impl PlanBuilder<'_> {
                 x_stride: w.row_len,
                 y_stride: y_width,
                 x_rows: self.max_batch,
-                y_rows: if to_cache { self.n_ctx } else { self.max_batch },
-                y_rows_at_pos: to_cache,
+                y_rows: self.max_batch,
                 y_col0: 0,
                 single_row: false,
             },
         )
     }
 
-    fn trace(
-        &self,
-        name: String,
-        buffer: &wgpu::Buffer,
-        row_len: u32,
-        rows_at_pos: bool,
-    ) -> Option<TracePoint> {
+    /// An f32 activation of the step's rows, to read back in traced runs.
+    fn trace(&self, name: String, buffer: &wgpu::Buffer, row_len: u32) -> Option<TracePoint> {
         Some(TracePoint {
             name,
             buffer: buffer.clone(),
             row_len,
-            rows_at_pos,
+            rows_at_pos: false,
+            f16: false,
         })
     }
 
@@ -627,24 +663,35 @@ impl PlanBuilder<'_> {
         let (ctx, step, mb) = (self.ctx, self.step, self.max_batch);
         let rms = RmsNorm::new(ctx).await?;
         let rope = Rope::new(ctx).await?;
-        let attention = Attention::new(ctx).await?;
+        let attention = Attention::new(ctx, self.kv_f16).await?;
+        let kv_store = KvStore::new(ctx, self.kv_f16).await?;
         let add = Add::new(ctx).await?;
         let silu_mul = SiluMul::new(ctx).await?;
         let embed = Embed::new(ctx, self.weights.token_embd.dtype).await?;
 
         let mut stages = vec![Stage {
             dispatches: embed.bind(ctx, step, &self.weights.token_embd, &a.x, mb)?,
-            trace: self.trace("embd".into(), &a.x, c.n_embd, false),
+            trace: self.trace("embd".into(), &a.x, c.n_embd),
         }];
-        let rope_params = |n_head: u32, row_stride: u32, rows_at_pos: bool| RopeParams {
-            n_head,
+        let q_rope = RopeParams {
+            n_head: c.n_head,
             head_dim: c.head_dim,
             n_rot: c.rope.n_rot as u32,
             neox: u32::from(c.rope.neox),
             freq_base: c.rope.freq_base,
             freq_scale: c.rope.freq_scale,
-            row_stride,
-            rows_at_pos: u32::from(rows_at_pos),
+            row_stride: c.n_embd_q(),
+            _pad: 0,
+        };
+        let kv_params = KvStoreParams {
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+            n_rot: c.rope.n_rot as u32,
+            neox: u32::from(c.rope.neox),
+            freq_base: c.rope.freq_base,
+            freq_scale: c.rope.freq_scale,
+            kv_stride: c.n_embd_kv(),
+            _pad: 0,
         };
         for (i, l) in self.weights.layers.iter().enumerate() {
             let (kc, vc) = (&self.k_cache[i], &self.v_cache[i]);
@@ -660,17 +707,17 @@ impl PlanBuilder<'_> {
                     false,
                     mb,
                 )?],
-                trace: self.trace(format!("blk.{i}.attn_norm"), &a.xn, c.n_embd, false),
+                trace: self.trace(format!("blk.{i}.attn_norm"), &a.xn, c.n_embd),
             });
             let mut qkv = self
-                .matmul(vector, &l.attn_q, &a.xn, &a.q, c.n_embd_q(), false)
+                .matmul(vector, &l.attn_q, &a.xn, &a.q, c.n_embd_q())
                 .await?;
             qkv.extend(
-                self.matmul(vector, &l.attn_k, &a.xn, kc, c.n_embd_kv(), true)
+                self.matmul(vector, &l.attn_k, &a.xn, &a.k_new, c.n_embd_kv())
                     .await?,
             );
             qkv.extend(
-                self.matmul(vector, &l.attn_v, &a.xn, vc, c.n_embd_kv(), true)
+                self.matmul(vector, &l.attn_v, &a.xn, &a.v_new, c.n_embd_kv())
                     .await?,
             );
             stages.push(Stage {
@@ -678,24 +725,20 @@ impl PlanBuilder<'_> {
                 trace: None,
             });
             stages.push(Stage {
-                dispatches: vec![rope.bind(
-                    ctx,
-                    step,
-                    &a.q,
-                    rope_params(c.n_head, c.n_embd_q(), false),
-                    mb,
-                )?],
-                trace: self.trace(format!("blk.{i}.q_rope"), &a.q, c.n_embd_q(), false),
+                dispatches: vec![rope.bind(ctx, step, &a.q, q_rope, mb)?],
+                trace: self.trace(format!("blk.{i}.q_rope"), &a.q, c.n_embd_q()),
             });
             stages.push(Stage {
-                dispatches: vec![rope.bind(
-                    ctx,
-                    step,
-                    kc,
-                    rope_params(c.n_head_kv, c.n_embd_kv(), true),
-                    self.n_ctx,
+                dispatches: vec![kv_store.bind(
+                    ctx, step, &a.k_new, &a.v_new, kc, vc, kv_params, mb, self.n_ctx,
                 )?],
-                trace: self.trace(format!("blk.{i}.k_rope"), kc, c.n_embd_kv(), true),
+                trace: Some(TracePoint {
+                    name: format!("blk.{i}.k_rope"),
+                    buffer: kc.clone(),
+                    row_len: c.n_embd_kv(),
+                    rows_at_pos: true,
+                    f16: self.kv_f16,
+                }),
             });
             let attn_params = AttentionParams {
                 n_head: c.n_head,
@@ -723,21 +766,15 @@ impl PlanBuilder<'_> {
                     format!("blk.{i}.attn_out_before_proj"),
                     &a.attn,
                     c.n_embd_q(),
-                    false,
                 ),
             });
             let mut d = self
-                .matmul(vector, &l.attn_output, &a.attn, &a.proj, c.n_embd, false)
+                .matmul(vector, &l.attn_output, &a.attn, &a.proj, c.n_embd)
                 .await?;
             d.push(add.bind(ctx, step, &a.x, &a.proj, c.n_embd, mb)?);
             stages.push(Stage {
                 dispatches: d,
-                trace: self.trace(
-                    format!("blk.{i}.after_attn_residual"),
-                    &a.x,
-                    c.n_embd,
-                    false,
-                ),
+                trace: self.trace(format!("blk.{i}.after_attn_residual"), &a.x, c.n_embd),
             });
             let mut d = vec![rms.bind(
                 ctx,
@@ -751,22 +788,19 @@ impl PlanBuilder<'_> {
                 mb,
             )?];
             d.extend(
-                self.matmul(vector, &l.ffn_gate, &a.xn, &a.gate, c.n_ff, false)
+                self.matmul(vector, &l.ffn_gate, &a.xn, &a.gate, c.n_ff)
                     .await?,
             );
-            d.extend(
-                self.matmul(vector, &l.ffn_up, &a.xn, &a.up, c.n_ff, false)
-                    .await?,
-            );
+            d.extend(self.matmul(vector, &l.ffn_up, &a.xn, &a.up, c.n_ff).await?);
             d.push(silu_mul.bind(ctx, step, &a.gate, &a.up, c.n_ff, mb)?);
             d.extend(
-                self.matmul(vector, &l.ffn_down, &a.gate, &a.proj, c.n_embd, false)
+                self.matmul(vector, &l.ffn_down, &a.gate, &a.proj, c.n_embd)
                     .await?,
             );
             d.push(add.bind(ctx, step, &a.x, &a.proj, c.n_embd, mb)?);
             stages.push(Stage {
                 dispatches: d,
-                trace: self.trace(format!("blk.{i}.out"), &a.x, c.n_embd, false),
+                trace: self.trace(format!("blk.{i}.out"), &a.x, c.n_embd),
             });
         }
         Ok(stages)
@@ -809,7 +843,6 @@ impl PlanBuilder<'_> {
                 y_stride: c.n_vocab,
                 x_rows: if last_only { 1 } else { logit_rows },
                 y_rows: if last_only { 1 } else { logit_rows },
-                y_rows_at_pos: false,
                 y_col0: 0,
                 single_row: last_only,
             },

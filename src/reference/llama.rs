@@ -1,7 +1,9 @@
 //! The Llama forward pass on the CPU in plain f32, over dequantized weights: what the GPU model is
 //! tested against, position by position.
 
-use super::{AttentionShape, add, attention, dequantize, embed, matmul, rms_norm, rope, silu_mul};
+use super::{
+    AttentionShape, add, attention, dequantize, embed, matmul, rms_norm, rope, round_f16, silu_mul,
+};
 use crate::format::TensorSource;
 use crate::kernels::KernelError;
 use crate::model::LlamaConfig;
@@ -31,6 +33,7 @@ pub struct ReferenceLlama {
     k_cache: Vec<Vec<f32>>,
     v_cache: Vec<Vec<f32>>,
     n_past: usize,
+    kv_f16: bool,
 }
 
 fn load(src: &dyn TensorSource, name: &str) -> Result<Vec<f32>, KernelError> {
@@ -70,7 +73,14 @@ impl ReferenceLlama {
             k_cache: vec![Vec::new(); cfg.n_layer as usize],
             v_cache: vec![Vec::new(); cfg.n_layer as usize],
             n_past: 0,
+            kv_f16: false,
         })
+    }
+
+    /// Stores K and V rounded to f16, as a GPU model with an f16 cache does.
+    pub fn with_kv_f16(mut self, on: bool) -> Self {
+        self.kv_f16 = on;
+        self
     }
 
     /// Positions already in the KV cache.
@@ -111,6 +121,11 @@ impl ReferenceLlama {
             rope(&mut k, shape.n_head_kv, shape.head_dim, &positions, c.rope);
             record(format!("blk.{i}.q_rope"), &q);
             record(format!("blk.{i}.k_rope"), &k);
+            let mut v = v;
+            if self.kv_f16 {
+                round_f16(&mut k);
+                round_f16(&mut v);
+            }
             self.k_cache[i].extend_from_slice(&k);
             self.v_cache[i].extend_from_slice(&v);
             let attn = attention(&q, &self.k_cache[i], &self.v_cache[i], self.n_past, shape);

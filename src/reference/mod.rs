@@ -124,6 +124,13 @@ pub fn attention(
     out
 }
 
+/// Rounds every value to the nearest f16, as an f16 buffer stores it.
+pub fn round_f16(x: &mut [f32]) {
+    for v in x {
+        *v = half::f16::from_f32(*v).to_f32();
+    }
+}
+
 /// `silu(gate) * up`, element-wise.
 pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
     gate.iter()

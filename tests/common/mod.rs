@@ -75,6 +75,15 @@ pub fn storage(ctx: &GpuContext, data: &[f32]) -> wgpu::Buffer {
     pollster::block_on(ctx.storage_buffer_init("test", bytemuck::cast_slice(data))).unwrap()
 }
 
+/// A storage buffer of f16 values (rounded from `data`).
+pub fn storage_f16(ctx: &GpuContext, data: &[f32]) -> wgpu::Buffer {
+    let bytes: Vec<u8> = data
+        .iter()
+        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+        .collect();
+    pollster::block_on(ctx.storage_buffer_init("test", &bytes)).unwrap()
+}
+
 pub fn zeros(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
     storage(ctx, &vec![0.0; n])
 }
@@ -110,6 +119,19 @@ pub fn read_f32(ctx: &GpuContext, buffer: &wgpu::Buffer, n: usize) -> Vec<f32> {
         .unwrap();
     ctx.queue().submit([encoder.finish()]);
     pollster::block_on(rb.read_f32(ctx, n)).unwrap()
+}
+
+pub fn read_f16(ctx: &GpuContext, buffer: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    let bytes = (n * 2).next_multiple_of(4) as u64;
+    let rb = pollster::block_on(sovereign::gpu::ReadbackBuffer::new(ctx, "test", bytes)).unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    rb.copy_from(&mut encoder, buffer, 0, bytes).unwrap();
+    ctx.queue().submit([encoder.finish()]);
+    let raw = pollster::block_on(rb.read(ctx, bytes)).unwrap();
+    raw.chunks_exact(2)
+        .take(n)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
 }
 
 pub fn read_u32(ctx: &GpuContext, buffer: &wgpu::Buffer, n: usize) -> Vec<u32> {

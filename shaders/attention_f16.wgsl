@@ -1,0 +1,7 @@
+enable f16;
+//!include common/step.wgsl
+
+// Attention over an f16 KV cache, where the adapter has shader-f16.
+alias kv_t = f16;
+
+//!include common/attention.wgsl

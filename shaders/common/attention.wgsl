@@ -1,0 +1,113 @@
+// Causal attention over the KV cache with grouped K/V heads, one workgroup per (query head,
+// token). Keys are visited in tiles of WG_SIZE with an online softmax (running maximum and sum),
+// so the score row is never stored whole. Query head h reads K/V head h / (n_head / n_head_kv):
+// the shared heads are read in place, never copied. The including shader declares `alias kv_t`
+// (f32, or f16 where the adapter has shader-f16).
+
+struct AttentionParams {
+    n_head: u32,
+    n_head_kv: u32,
+    head_dim: u32,
+    // Elements between rows of q/out and between rows (positions) of the caches.
+    q_stride: u32,
+    kv_stride: u32,
+    // Softmax scale, usually 1/sqrt(head_dim).
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+override WG_SIZE: u32 = 64u;
+const MAX_HEAD_DIM: u32 = 256u;
+// Finite stand-in for -infinity: WGSL implementations may assume finite math.
+const NEG_BIG: f32 = -3.0e38;
+
+@group(0) @binding(0) var<uniform> params: AttentionParams;
+@group(0) @binding(1) var<storage, read> step: Step;
+@group(0) @binding(2) var<storage, read> q: array<f32>;          // (n_tokens, n_head * head_dim)
+@group(0) @binding(3) var<storage, read> k_cache: array<kv_t>;   // (n_ctx, n_head_kv * head_dim)
+@group(0) @binding(4) var<storage, read> v_cache: array<kv_t>;   // (n_ctx, n_head_kv * head_dim)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (n_tokens, n_head * head_dim)
+
+var<workgroup> q_head: array<f32, MAX_HEAD_DIM>;
+var<workgroup> probs: array<f32, WG_SIZE>;
+var<workgroup> reduce: array<f32, WG_SIZE>;
+
+@compute @workgroup_size(WG_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let head = wid.x;
+    let t = wid.y;
+    if (t >= step.n_tokens || head >= params.n_head) {
+        return;
+    }
+    let hd = params.head_dim;
+    let kv_head = head / (params.n_head / params.n_head_kv);
+    let q_at = t * params.q_stride + head * hd;
+    for (var d = lid; d < hd; d += WG_SIZE) {
+        q_head[d] = q[q_at + d] * params.scale;
+    }
+    workgroupBarrier();
+
+    // This thread owns output dimensions lid, lid + WG_SIZE, ...
+    var acc: array<f32, 4>;
+    var running_max = NEG_BIG;
+    var running_sum = 0.0;
+    let last_key = step.pos0 + t;
+    let kv_off = kv_head * hd;
+
+    for (var j0 = 0u; j0 <= last_key; j0 += WG_SIZE) {
+        let j = j0 + lid;
+        var score = NEG_BIG;
+        if (j <= last_key) {
+            let k_at = j * params.kv_stride + kv_off;
+            var s = 0.0;
+            for (var d = 0u; d < hd; d++) {
+                s += q_head[d] * f32(k_cache[k_at + d]);
+            }
+            score = s;
+        }
+        reduce[lid] = score;
+        workgroupBarrier();
+        for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                reduce[lid] = max(reduce[lid], reduce[lid + s]);
+            }
+            workgroupBarrier();
+        }
+        let new_max = max(running_max, reduce[0]);
+        workgroupBarrier();
+        let p = select(0.0, exp(score - new_max), j <= last_key);
+        probs[lid] = p;
+        reduce[lid] = p;
+        workgroupBarrier();
+        for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                reduce[lid] += reduce[lid + s];
+            }
+            workgroupBarrier();
+        }
+        let correction = exp(running_max - new_max);
+        running_sum = running_sum * correction + reduce[0];
+        running_max = new_max;
+        let n_keys = min(WG_SIZE, last_key + 1u - j0);
+        for (var c = 0u; c < 4u; c++) {
+            let d = lid + c * WG_SIZE;
+            if (d < hd) {
+                var a = acc[c] * correction;
+                for (var jj = 0u; jj < n_keys; jj++) {
+                    a += probs[jj] * f32(v_cache[(j0 + jj) * params.kv_stride + kv_off + d]);
+                }
+                acc[c] = a;
+            }
+        }
+        workgroupBarrier();
+    }
+
+    let out_at = t * params.q_stride + head * hd;
+    for (var c = 0u; c < 4u; c++) {
+        let d = lid + c * WG_SIZE;
+        if (d < hd) {
+            out[out_at + d] = acc[c] / running_sum;
+        }
+    }
+}
