@@ -1,21 +1,11 @@
 //!include common/step.wgsl
+//!include common/matmul.wgsl
 //!include common/weights.wgsl
 
 // y = x W^T for many tokens (prefill), tiled: each workgroup computes a TILE_M x TILE_N block
 // of y (tokens x output features). Per step along K, a TILE_M x TILE_K tile of x and a
 // TILE_N x TILE_K tile of W (dequantized once) go through workgroup memory; each thread keeps a
 // 4 x 4 block of outputs in registers.
-
-struct MatmulParams {
-    n_in: u32,
-    n_out: u32,
-    row_bytes: u32,
-    out_col0: u32,
-    x_stride: u32,
-    y_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
 
 override W_DTYPE: u32 = 0u;
 // Tokens per tile, output features per tile (multiples of 4), and K per step (multiple of 4).

@@ -1,21 +1,11 @@
 //!include common/step.wgsl
+//!include common/matmul.wgsl
 //!include common/weights.wgsl
 
 // y = x W^T for many tokens (prefill) on CPU adapters, where invocations are SIMD lanes and
 // barriers are costly: an invocation owns one weight row and a tile of TOKENS tokens, so each
 // block of the row is dequantized once into registers and used for all of them. The lanes read
 // the same activations and never synchronize.
-
-struct MatmulParams {
-    n_in: u32,
-    n_out: u32,
-    row_bytes: u32,
-    out_col0: u32,
-    x_stride: u32,
-    y_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
 
 override W_DTYPE: u32 = 0u;
 override WG_SIZE: u32 = 64u;

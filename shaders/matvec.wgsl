@@ -1,4 +1,5 @@
 //!include common/step.wgsl
+//!include common/matmul.wgsl
 //!include common/weights.wgsl
 //!include common/weights_dot.wgsl
 
@@ -6,22 +7,6 @@
 // ROW_THREADS threads that take whole 32-element chunks of the row in turn and then reduce in
 // workgroup memory. With ROW_THREADS = 1 (CPU adapters) a thread owns a row: every thread reads
 // the same x, and no barrier is needed.
-
-struct MatmulParams {
-    // Input features: elements per weight row and per x row.
-    n_in: u32,
-    // Weight rows in this buffer (output features it produces).
-    n_out: u32,
-    // Bytes per weight row in W_DTYPE's layout.
-    row_bytes: u32,
-    // Output column of this buffer's first row (weights split by rows over several buffers).
-    out_col0: u32,
-    // Elements between consecutive rows of x and of y.
-    x_stride: u32,
-    y_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
 
 override W_DTYPE: u32 = 0u;
 override WG_SIZE: u32 = 64u;

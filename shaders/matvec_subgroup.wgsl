@@ -1,22 +1,12 @@
 enable subgroups;
 //!include common/step.wgsl
+//!include common/matmul.wgsl
 //!include common/weights.wgsl
 //!include common/weights_dot.wgsl
 
 // y = x W^T for few tokens (decode), one output row per subgroup: the lanes stride along the
 // row and subgroupAdd reduces, with no workgroup memory or barriers. The host dispatches for the
 // adapter's largest subgroup size; workgroups left without rows return at once.
-
-struct MatmulParams {
-    n_in: u32,
-    n_out: u32,
-    row_bytes: u32,
-    out_col0: u32,
-    x_stride: u32,
-    y_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
 
 override W_DTYPE: u32 = 0u;
 // A multiple of the adapter's largest subgroup size.

@@ -19,20 +19,17 @@ pub struct Add {
 }
 
 impl Add {
-    fn constants() -> Vec<(&'static str, f64)> {
-        vec![("WG_SIZE", f64::from(WG_SIZE))]
+    fn variant() -> Variant {
+        Variant::sized("add", WG_SIZE)
     }
 
     pub fn variants() -> Vec<Variant> {
-        vec![Variant {
-            shader: "add",
-            constants: Self::constants(),
-        }]
+        vec![Self::variant()]
     }
 
     pub async fn new(ctx: &GpuContext) -> Result<Self, KernelError> {
         Ok(Add {
-            kernel: Kernel::new(ctx, "add", &Self::constants()).await?,
+            kernel: Kernel::new(ctx, &Self::variant()).await?,
         })
     }
 

@@ -19,20 +19,17 @@ pub struct Argmax {
 }
 
 impl Argmax {
-    fn constants() -> Vec<(&'static str, f64)> {
-        vec![("WG_SIZE", f64::from(WG_SIZE))]
+    fn variant() -> Variant {
+        Variant::sized("argmax", WG_SIZE)
     }
 
     pub fn variants() -> Vec<Variant> {
-        vec![Variant {
-            shader: "argmax",
-            constants: Self::constants(),
-        }]
+        vec![Self::variant()]
     }
 
     pub async fn new(ctx: &GpuContext) -> Result<Self, KernelError> {
         Ok(Argmax {
-            kernel: Kernel::new(ctx, "argmax", &Self::constants()).await?,
+            kernel: Kernel::new(ctx, &Self::variant()).await?,
         })
     }
 

@@ -27,22 +27,12 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn constants() -> Vec<(&'static str, f64)> {
-        vec![("WG_SIZE", f64::from(WG_SIZE))]
-    }
-
-    fn shader(f16: bool) -> &'static str {
-        if f16 { "attention_f16" } else { "attention" }
+    fn variant(f16: bool) -> Variant {
+        Variant::sized(if f16 { "attention_f16" } else { "attention" }, WG_SIZE)
     }
 
     pub fn variants() -> Vec<Variant> {
-        [false, true]
-            .into_iter()
-            .map(|f16| Variant {
-                shader: Self::shader(f16),
-                constants: Self::constants(),
-            })
-            .collect()
+        [false, true].into_iter().map(Self::variant).collect()
     }
 
     /// `f16`: the cache holds f16 (the adapter must have shader-f16).
@@ -51,7 +41,7 @@ impl Attention {
             return Err(shape_error("attention", "an f16 cache needs shader-f16"));
         }
         Ok(Attention {
-            kernel: Kernel::new(ctx, Self::shader(f16), &Self::constants()).await?,
+            kernel: Kernel::new(ctx, &Self::variant(f16)).await?,
             f16,
         })
     }

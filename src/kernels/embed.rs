@@ -23,23 +23,19 @@ pub struct Embed {
 }
 
 impl Embed {
-    fn constants(dtype: DType) -> Vec<(&'static str, f64)> {
-        vec![
-            ("W_DTYPE", f64::from(dtype.ggml_id())),
-            ("WG_SIZE", f64::from(WG_SIZE)),
-        ]
+    fn variant(dtype: DType) -> Variant {
+        let mut v = Variant::sized("embed", WG_SIZE);
+        v.constants.push(("W_DTYPE", f64::from(dtype.ggml_id())));
+        v
     }
 
     pub fn variants(dtype: DType) -> Vec<Variant> {
-        vec![Variant {
-            shader: "embed",
-            constants: Self::constants(dtype),
-        }]
+        vec![Self::variant(dtype)]
     }
 
     pub async fn new(ctx: &GpuContext, dtype: DType) -> Result<Self, KernelError> {
         check_weight_dtype("embed", dtype)?;
-        let kernel = Kernel::new(ctx, "embed", &Self::constants(dtype)).await?;
+        let kernel = Kernel::new(ctx, &Self::variant(dtype)).await?;
         Ok(Embed { kernel, dtype })
     }
 

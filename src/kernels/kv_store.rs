@@ -26,22 +26,12 @@ pub struct KvStore {
 }
 
 impl KvStore {
-    fn shader(f16: bool) -> &'static str {
-        if f16 { "kv_store_f16" } else { "kv_store" }
-    }
-
-    fn constants() -> Vec<(&'static str, f64)> {
-        vec![("WG_SIZE", f64::from(WG_SIZE))]
+    fn variant(f16: bool) -> Variant {
+        Variant::sized(if f16 { "kv_store_f16" } else { "kv_store" }, WG_SIZE)
     }
 
     pub fn variants() -> Vec<Variant> {
-        [false, true]
-            .into_iter()
-            .map(|f16| Variant {
-                shader: Self::shader(f16),
-                constants: Self::constants(),
-            })
-            .collect()
+        [false, true].into_iter().map(Self::variant).collect()
     }
 
     /// `f16`: the cache holds f16 (the adapter must have shader-f16).
@@ -50,7 +40,7 @@ impl KvStore {
             return Err(shape_error("kv_store", "an f16 cache needs shader-f16"));
         }
         Ok(KvStore {
-            kernel: Kernel::new(ctx, Self::shader(f16), &Self::constants()).await?,
+            kernel: Kernel::new(ctx, &Self::variant(f16)).await?,
             f16,
         })
     }

@@ -73,16 +73,15 @@ fn subgroup_wg(features: GpuFeatures) -> u32 {
 }
 
 impl Matmul {
-    fn vector_spec(
-        dtype: DType,
-        features: GpuFeatures,
-    ) -> (&'static str, Vec<(&'static str, f64)>, Shape) {
+    fn vector_spec(dtype: DType, features: GpuFeatures) -> (Variant, Shape) {
         let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
         if features.cpu {
             // One row per invocation: the SIMD lanes share every x load and never synchronize.
             (
-                "matvec",
-                vec![w, ("WG_SIZE", f64::from(MATVEC_WG)), ("ROW_THREADS", 1.0)],
+                Variant {
+                    shader: "matvec",
+                    constants: vec![w, ("WG_SIZE", f64::from(MATVEC_WG)), ("ROW_THREADS", 1.0)],
+                },
                 Shape::Vector {
                     rows_per_wg: MATVEC_WG,
                 },
@@ -91,20 +90,24 @@ impl Matmul {
             let wg = subgroup_wg(features);
             let max_sg = features.subgroup_max_size.max(1);
             (
-                "matvec_subgroup",
-                vec![w, ("WG_SIZE", f64::from(wg))],
+                Variant {
+                    shader: "matvec_subgroup",
+                    constants: vec![w, ("WG_SIZE", f64::from(wg))],
+                },
                 Shape::Vector {
                     rows_per_wg: (wg / max_sg).max(1),
                 },
             )
         } else {
             (
-                "matvec",
-                vec![
-                    w,
-                    ("WG_SIZE", f64::from(MATVEC_WG)),
-                    ("ROW_THREADS", f64::from(MATVEC_ROW_THREADS)),
-                ],
+                Variant {
+                    shader: "matvec",
+                    constants: vec![
+                        w,
+                        ("WG_SIZE", f64::from(MATVEC_WG)),
+                        ("ROW_THREADS", f64::from(MATVEC_ROW_THREADS)),
+                    ],
+                },
                 Shape::Vector {
                     rows_per_wg: MATVEC_WG / MATVEC_ROW_THREADS,
                 },
@@ -112,49 +115,45 @@ impl Matmul {
         }
     }
 
-    fn tiled_spec(
-        dtype: DType,
-        features: GpuFeatures,
-    ) -> (&'static str, Vec<(&'static str, f64)>, Shape) {
+    fn tiled_spec(dtype: DType, features: GpuFeatures) -> (Variant, Shape) {
         let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
         if features.cpu {
             (
-                "matmul_rowwise",
-                vec![w, ("WG_SIZE", f64::from(ROWWISE_WG))],
+                Variant {
+                    shader: "matmul_rowwise",
+                    constants: vec![w, ("WG_SIZE", f64::from(ROWWISE_WG))],
+                },
                 Shape::Rowwise,
             )
         } else {
             (
-                "matmul",
-                vec![
-                    w,
-                    ("TILE_M", f64::from(TILE_M)),
-                    ("TILE_N", f64::from(TILE_N)),
-                    ("TILE_K", f64::from(TILE_K)),
-                ],
+                Variant {
+                    shader: "matmul",
+                    constants: vec![
+                        w,
+                        ("TILE_M", f64::from(TILE_M)),
+                        ("TILE_N", f64::from(TILE_N)),
+                        ("TILE_K", f64::from(TILE_K)),
+                    ],
+                },
                 Shape::Tiled,
             )
         }
     }
 
     pub fn variants(dtype: DType, features: GpuFeatures) -> Vec<Variant> {
-        let (shader, constants, _) = Self::vector_spec(dtype, features);
-        let (tiled, tiled_constants, _) = Self::tiled_spec(dtype, features);
         vec![
-            Variant { shader, constants },
-            Variant {
-                shader: tiled,
-                constants: tiled_constants,
-            },
+            Self::vector_spec(dtype, features).0,
+            Self::tiled_spec(dtype, features).0,
         ]
     }
 
     /// The decode kernel: one or a few tokens, each weight row read once per token.
     pub async fn vector(ctx: &GpuContext, dtype: DType) -> Result<Self, KernelError> {
         check_weight_dtype("matvec", dtype)?;
-        let (shader, constants, shape) = Self::vector_spec(dtype, ctx.features());
+        let (variant, shape) = Self::vector_spec(dtype, ctx.features());
         Ok(Matmul {
-            kernel: Kernel::new(ctx, shader, &constants).await?,
+            kernel: Kernel::new(ctx, &variant).await?,
             dtype,
             shape,
         })
@@ -163,9 +162,9 @@ impl Matmul {
     /// The prefill kernel: tiles of tokens share each dequantized weight tile.
     pub async fn tiled(ctx: &GpuContext, dtype: DType) -> Result<Self, KernelError> {
         check_weight_dtype("matmul", dtype)?;
-        let (shader, constants, shape) = Self::tiled_spec(dtype, ctx.features());
+        let (variant, shape) = Self::tiled_spec(dtype, ctx.features());
         Ok(Matmul {
-            kernel: Kernel::new(ctx, shader, &constants).await?,
+            kernel: Kernel::new(ctx, &variant).await?,
             dtype,
             shape,
         })

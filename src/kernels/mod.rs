@@ -200,17 +200,13 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    pub async fn new(
-        ctx: &GpuContext,
-        shader: &str,
-        constants: &[(&str, f64)],
-    ) -> Result<Self, KernelError> {
-        let source = shader_source(shader)?;
-        let mut name = shader.to_string();
-        for (k, v) in constants {
+    pub async fn new(ctx: &GpuContext, variant: &Variant) -> Result<Self, KernelError> {
+        let source = shader_source(variant.shader)?;
+        let mut name = variant.shader.to_string();
+        for (k, v) in &variant.constants {
             name.push_str(&format!(" {k}={v}"));
         }
-        let pipeline = ctx.pipeline(&name, &source, constants).await?;
+        let pipeline = ctx.pipeline(&name, &source, &variant.constants).await?;
         Ok(Kernel { name, pipeline })
     }
 
@@ -311,11 +307,22 @@ pub(crate) fn check_len(
     Ok(())
 }
 
-/// One shader variant as the pipelines are built: for validating every variant without a GPU.
+/// A shader and the override constants its pipeline is built with. Each op names its variants
+/// once, for building pipelines and for validating every variant without a GPU.
 #[derive(Debug, Clone)]
 pub struct Variant {
     pub shader: &'static str,
     pub constants: Vec<(&'static str, f64)>,
+}
+
+impl Variant {
+    /// A shader whose only knob is its workgroup size.
+    pub fn sized(shader: &'static str, wg_size: u32) -> Self {
+        Variant {
+            shader,
+            constants: vec![("WG_SIZE", f64::from(wg_size))],
+        }
+    }
 }
 
 /// Every variant any adapter could get: the no-feature path and each feature-gated one.

@@ -19,20 +19,17 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn constants() -> Vec<(&'static str, f64)> {
-        vec![("WG_SIZE", f64::from(WG_SIZE))]
+    fn variant() -> Variant {
+        Variant::sized("rms_norm", WG_SIZE)
     }
 
     pub fn variants() -> Vec<Variant> {
-        vec![Variant {
-            shader: "rms_norm",
-            constants: Self::constants(),
-        }]
+        vec![Self::variant()]
     }
 
     pub async fn new(ctx: &GpuContext) -> Result<Self, KernelError> {
         Ok(RmsNorm {
-            kernel: Kernel::new(ctx, "rms_norm", &Self::constants()).await?,
+            kernel: Kernel::new(ctx, &Self::variant()).await?,
         })
     }
 

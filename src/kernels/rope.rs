@@ -23,20 +23,17 @@ pub struct Rope {
 }
 
 impl Rope {
-    fn constants() -> Vec<(&'static str, f64)> {
-        vec![("WG_SIZE", f64::from(WG_SIZE))]
+    fn variant() -> Variant {
+        Variant::sized("rope", WG_SIZE)
     }
 
     pub fn variants() -> Vec<Variant> {
-        vec![Variant {
-            shader: "rope",
-            constants: Self::constants(),
-        }]
+        vec![Self::variant()]
     }
 
     pub async fn new(ctx: &GpuContext) -> Result<Self, KernelError> {
         Ok(Rope {
-            kernel: Kernel::new(ctx, "rope", &Self::constants()).await?,
+            kernel: Kernel::new(ctx, &Self::variant()).await?,
         })
     }
 

@@ -19,20 +19,17 @@ pub struct SiluMul {
 }
 
 impl SiluMul {
-    fn constants() -> Vec<(&'static str, f64)> {
-        vec![("WG_SIZE", f64::from(WG_SIZE))]
+    fn variant() -> Variant {
+        Variant::sized("silu_mul", WG_SIZE)
     }
 
     pub fn variants() -> Vec<Variant> {
-        vec![Variant {
-            shader: "silu_mul",
-            constants: Self::constants(),
-        }]
+        vec![Self::variant()]
     }
 
     pub async fn new(ctx: &GpuContext) -> Result<Self, KernelError> {
         Ok(SiluMul {
-            kernel: Kernel::new(ctx, "silu_mul", &Self::constants()).await?,
+            kernel: Kernel::new(ctx, &Self::variant()).await?,
         })
     }
 

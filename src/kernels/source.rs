@@ -3,61 +3,36 @@
 
 use super::KernelError;
 
-/// Every file under `shaders/`, by its path there.
-pub const SHADER_FILES: &[(&str, &str)] = &[
-    (
-        "common/attention.wgsl",
-        include_str!("../../shaders/common/attention.wgsl"),
-    ),
-    (
-        "common/kv_store.wgsl",
-        include_str!("../../shaders/common/kv_store.wgsl"),
-    ),
-    (
-        "common/rope.wgsl",
-        include_str!("../../shaders/common/rope.wgsl"),
-    ),
-    (
-        "attention_f16.wgsl",
-        include_str!("../../shaders/attention_f16.wgsl"),
-    ),
-    ("kv_store.wgsl", include_str!("../../shaders/kv_store.wgsl")),
-    (
-        "kv_store_f16.wgsl",
-        include_str!("../../shaders/kv_store_f16.wgsl"),
-    ),
-    (
-        "common/step.wgsl",
-        include_str!("../../shaders/common/step.wgsl"),
-    ),
-    (
-        "common/weights.wgsl",
-        include_str!("../../shaders/common/weights.wgsl"),
-    ),
-    (
-        "common/weights_dot.wgsl",
-        include_str!("../../shaders/common/weights_dot.wgsl"),
-    ),
-    ("add.wgsl", include_str!("../../shaders/add.wgsl")),
-    ("argmax.wgsl", include_str!("../../shaders/argmax.wgsl")),
-    (
-        "attention.wgsl",
-        include_str!("../../shaders/attention.wgsl"),
-    ),
-    ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
-    ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
-    (
-        "matmul_rowwise.wgsl",
-        include_str!("../../shaders/matmul_rowwise.wgsl"),
-    ),
-    ("matvec.wgsl", include_str!("../../shaders/matvec.wgsl")),
-    (
-        "matvec_subgroup.wgsl",
-        include_str!("../../shaders/matvec_subgroup.wgsl"),
-    ),
-    ("rms_norm.wgsl", include_str!("../../shaders/rms_norm.wgsl")),
-    ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
-    ("silu_mul.wgsl", include_str!("../../shaders/silu_mul.wgsl")),
+/// `(path, contents)` of each named file under `shaders/`, compiled in.
+macro_rules! shader_files {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../../shaders/", $path)))),*]
+    };
+}
+
+/// Every file under `shaders/`, by its path there (a test checks the list against the folder).
+pub const SHADER_FILES: &[(&str, &str)] = shader_files![
+    "common/attention.wgsl",
+    "common/kv_store.wgsl",
+    "common/matmul.wgsl",
+    "common/rope.wgsl",
+    "common/step.wgsl",
+    "common/weights.wgsl",
+    "common/weights_dot.wgsl",
+    "add.wgsl",
+    "argmax.wgsl",
+    "attention.wgsl",
+    "attention_f16.wgsl",
+    "embed.wgsl",
+    "kv_store.wgsl",
+    "kv_store_f16.wgsl",
+    "matmul.wgsl",
+    "matmul_rowwise.wgsl",
+    "matvec.wgsl",
+    "matvec_subgroup.wgsl",
+    "rms_norm.wgsl",
+    "rope.wgsl",
+    "silu_mul.wgsl",
 ];
 
 const INCLUDE: &str = "//!include ";

@@ -1,0 +1,17 @@
+// Params of every y = x W^T shader (matvec, matvec_subgroup, matmul, matmul_rowwise).
+
+struct MatmulParams {
+    // Input features: elements per weight row and per x row.
+    n_in: u32,
+    // Weight rows in this buffer (output features it produces).
+    n_out: u32,
+    // Bytes per weight row in W_DTYPE's layout.
+    row_bytes: u32,
+    // Output column of this buffer's first row (weights split by rows over several buffers).
+    out_col0: u32,
+    // Elements between consecutive rows of x and of y.
+    x_stride: u32,
+    y_stride: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
