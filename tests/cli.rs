@@ -471,3 +471,25 @@ fn model_corpus_is_up_to_date() {
         );
     }
 }
+
+/// A prompt prefilled in several batches continues exactly as when prefilled in one.
+#[test]
+fn chunked_prefill_matches_one_batch() {
+    let model = model_path();
+    let m = model.to_str().unwrap();
+    let prompt = "The history of the printing press begins in the fifteenth century, when \
+        Johannes Gutenberg combined movable metal type, oil-based ink and a screw press. \
+        Within decades, presses spread across Europe, books became cheaper, and literacy grew. \
+        Scholars could compare identical copies of texts for the first time, and ideas moved \
+        faster than ever before. In this essay we look at";
+    let run = |batch: &str| {
+        let o = sovereign(&[
+            "run", "-m", m, "-n", "8", "--temp", "0", "-b", batch, prompt,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let whole = run("512");
+    assert!(!whole.is_empty());
+    assert_eq!(run("16"), whole);
+}
