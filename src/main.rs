@@ -161,6 +161,13 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    // Vulkan drivers' window-system code complains on stderr when XDG_RUNTIME_DIR is unset (as
+    // in containers and CI), though compute never opens a window. Give it a directory.
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: nothing else runs yet: no thread has started that could read the environment.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
