@@ -93,13 +93,6 @@ impl WeightTensor {
             chunks,
         })
     }
-
-    /// The chunk holding `row`.
-    pub fn chunk_of(&self, row: u32) -> Option<&WeightChunk> {
-        self.chunks
-            .iter()
-            .find(|c| row >= c.first_row && row < c.first_row + c.n_rows)
-    }
 }
 
 /// A host-visible buffer that results are copied into and read from.

@@ -170,10 +170,6 @@ impl Matmul {
         })
     }
 
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
     /// One dispatch per buffer of `w` (n_out, n_in): `y[t, col0 + r] = x[t] . w[r]`.
     pub fn bind(
         &self,
