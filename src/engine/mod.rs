@@ -2,6 +2,9 @@
 //! (CLI, server, apps) talks to.
 
 pub mod sampler;
+pub mod sequence;
+#[cfg(any(feature = "native", target_arch = "wasm32"))]
+pub mod service;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -9,13 +12,14 @@ use std::sync::Arc;
 use web_time::{Duration, Instant};
 
 pub use sampler::{Sampler, SamplingParams};
+pub use sequence::{Advance, Logits, SequenceState, TokenLogprob};
 
 use crate::Result;
 use crate::format::GgufFile;
 use crate::gpu::GpuContext;
 use crate::model::llama::{Forward, LoadProgress};
 use crate::model::{LlamaConfig, LlamaGpu, LoadOptions, Output};
-use crate::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
+use crate::tokenizer::{ChatMessage, Tokenizer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -29,12 +33,16 @@ pub enum EngineError {
         "the prompt has {n_prompt} tokens but the context holds only {n_ctx} (raise it with --ctx-size)"
     )]
     PromptTooLong { n_prompt: usize, n_ctx: u32 },
+    #[error("the queue is full ({max} requests waiting); try again later")]
+    QueueFull { max: usize },
+    #[error("{0}")]
+    Stopped(String),
 }
 
 /// A model on the GPU with its tokenizer.
 pub struct Model {
     llama: LlamaGpu,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     name: String,
 }
 
@@ -79,7 +87,7 @@ impl Model {
         let llama = LlamaGpu::load(ctx, cfg, file, options, on_progress).await?;
         Ok(Model {
             llama,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             name,
         })
     }
@@ -90,6 +98,11 @@ impl Model {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The tokenizer, to share with threads that prepare requests.
+    pub fn shared_tokenizer(&self) -> Arc<Tokenizer> {
+        Arc::clone(&self.tokenizer)
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -195,27 +208,37 @@ impl Session {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Completion> {
-        if prompt.is_empty() {
-            return Err(EngineError::EmptyPrompt.into());
-        }
-        let n_ctx = model.llama.n_ctx();
-        if prompt.len() > n_ctx as usize {
+        self.run(model, prompt, params, None, &mut |step| {
+            if step.text.is_empty() {
+                ControlFlow::Continue(())
+            } else {
+                on_text(&step.text)
+            }
+        })
+        .await
+    }
+
+    /// As [`generate`](Self::generate), reporting every step (token, released text, logprobs
+    /// with `logprobs` alternatives) to `on_step`.
+    pub async fn run(
+        &mut self,
+        model: &mut Model,
+        prompt: &[u32],
+        params: &GenerateParams,
+        logprobs: Option<usize>,
+        on_step: &mut dyn FnMut(&Advance) -> ControlFlow<()>,
+    ) -> Result<Completion> {
+        let n_ctx = model.llama.n_ctx() as usize;
+        if prompt.len() > n_ctx {
             return Err(EngineError::PromptTooLong {
                 n_prompt: prompt.len(),
-                n_ctx,
+                n_ctx: n_ctx as u32,
             }
             .into());
         }
-        let mut sampler = Sampler::new(params.sampling.clone())?;
-        if let Some(empty) = params.stop.iter().find(|s| s.is_empty()) {
-            return Err(EngineError::InvalidParameter {
-                name: "stop".into(),
-                message: format!("{empty:?}: stop strings must not be empty"),
-            }
-            .into());
-        }
+        let mut seq = SequenceState::new(prompt, params.clone(), logprobs)?;
         // On the GPU, greedy decoding reads back one token id instead of the logits.
-        let output = if params.sampling.is_greedy() && !params.sampling.has_penalties() {
+        let output = if seq.argmax_suffices() {
             Output::Argmax
         } else {
             Output::LastLogits
@@ -238,136 +261,39 @@ impl Session {
         let mut result = Forward::Nothing;
         for chunk in prompt[reuse..].chunks(max_batch) {
             let last = pos + chunk.len() == prompt.len();
-            result = model
-                .llama
-                .forward(
-                    chunk,
-                    pos as u32,
-                    if last { output } else { Output::Nothing },
-                )
-                .await?;
+            let out = if last { output } else { Output::Nothing };
+            result = model.llama.forward(chunk, pos as u32, out).await?;
             self.cached.extend_from_slice(chunk);
             pos += chunk.len();
         }
         let prefill_time = start.elapsed();
 
         let start = Instant::now();
-        let mut history = prompt.to_vec();
-        let mut tokens = Vec::new();
-        // Generated text continues the prompt: a SentencePiece leading space is real here.
-        let mut decoder = StreamDecoder::after_prompt();
-        let mut text = String::new();
-        let mut sent = 0;
         let stop = loop {
-            let token = match &result {
-                Forward::Token(t) => *t,
-                Forward::Logits(l) => sampler.sample(l, &history)?,
+            let logits = match &result {
+                Forward::Token(t) => Logits::Argmax(*t),
+                Forward::Logits(l) => Logits::Row(l),
                 Forward::Nothing => return Err(EngineError::NoCandidates.into()),
             };
-            if !params.ignore_eos && model.tokenizer.is_end_of_generation(token) {
-                text.push_str(&decoder.finish());
-                break StopReason::EndOfGeneration;
+            let step = seq.advance(&model.tokenizer, logits, pos < n_ctx)?;
+            if on_step(&step).is_break() {
+                break StopReason::Cancelled;
             }
-            history.push(token);
-            tokens.push(token);
-            text.push_str(&decoder.push(&model.tokenizer, token)?);
-
-            if let Some((at, s)) = find_stop(&text, sent, &params.stop) {
-                text.truncate(at);
-                if at > sent && on_text(&text[sent..]).is_break() {
-                    break StopReason::Cancelled;
-                }
-                sent = text.len();
-                break StopReason::StopString(s.to_string());
-            }
-            let safe = text.len() - partial_stop_suffix(&text[sent..], &params.stop);
-            if safe > sent {
-                let piece = &text[sent..safe];
-                sent = safe;
-                if on_text(piece).is_break() {
-                    break StopReason::Cancelled;
-                }
-            }
-            if params
-                .max_tokens
-                .is_some_and(|m| tokens.len() >= m as usize)
-            {
-                break StopReason::MaxTokens;
-            }
-            if pos >= n_ctx as usize {
-                break StopReason::ContextFull;
-            }
+            let (None, Some(token)) = (step.finished.clone(), step.token) else {
+                break step.finished.unwrap_or(StopReason::EndOfGeneration);
+            };
             result = model.llama.forward(&[token], pos as u32, output).await?;
             self.cached.push(token);
             pos += 1;
         };
-        // Text held back as a possible stop-string prefix is real output once generation ends.
-        if sent < text.len() && !matches!(stop, StopReason::Cancelled | StopReason::StopString(_)) {
-            let _ = on_text(&text[sent..]);
-        }
         Ok(Completion {
-            text,
-            tokens,
+            text: seq.text().to_string(),
+            tokens: seq.generated().to_vec(),
             stop,
             n_prompt: prompt.len(),
             n_reused: reuse,
             prefill_time,
             decode_time: start.elapsed(),
         })
-    }
-}
-
-/// The first stop string that ends in `text[from..]`: its start, and the string. Stop strings
-/// that straddle `from` count (`from` is where unsent text begins).
-fn find_stop<'a>(text: &str, from: usize, stops: &'a [String]) -> Option<(usize, &'a str)> {
-    stops
-        .iter()
-        .filter_map(|s| {
-            let search_from = floor_char_boundary(text, from.saturating_sub(s.len()));
-            text[search_from..]
-                .find(s.as_str())
-                .map(|i| (search_from + i, s.as_str()))
-        })
-        .min_by_key(|(at, _)| *at)
-}
-
-fn floor_char_boundary(text: &str, mut i: usize) -> usize {
-    while i > 0 && !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-/// Length of the longest suffix of `text` that is a proper prefix of some stop string: text that
-/// must wait for the next token before it can be shown.
-fn partial_stop_suffix(text: &str, stops: &[String]) -> usize {
-    let mut longest = 0;
-    for s in stops {
-        for (i, _) in s.char_indices().skip(1) {
-            if i > longest && text.ends_with(&s[..i]) {
-                longest = i;
-            }
-        }
-    }
-    longest
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_strings_are_found_across_pieces() {
-        let stops = vec!["\n\n".to_string(), "User:".to_string()];
-        assert_eq!(find_stop("abc\n\nd", 4, &stops), Some((3, "\n\n")));
-        assert_eq!(find_stop("hello User: x", 0, &stops), Some((6, "User:")));
-        assert_eq!(find_stop("hello", 0, &stops), None);
-        assert_eq!(partial_stop_suffix("hello Us", &stops), 2);
-        assert_eq!(partial_stop_suffix("hello\n", &stops), 1);
-        assert_eq!(partial_stop_suffix("hello", &stops), 0);
-        // Multi-byte characters: suffixes are cut at character boundaries.
-        let stops = vec!["é!".to_string()];
-        assert_eq!(partial_stop_suffix("caf\u{e9}", &stops), 2);
-        assert_eq!(find_stop("caf\u{e9}!", 4, &stops), Some((3, "é!")));
     }
 }

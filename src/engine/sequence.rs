@@ -1,0 +1,258 @@
+//! One sequence's generation state: sampling, the text released so far, stop conditions. The
+//! single-session path and the batching scheduler both drive sequences through this.
+
+use super::sampler::Sampler;
+use super::{EngineError, GenerateParams, StopReason};
+use crate::Result;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// Most alternatives a request may ask logprobs for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// What the model produced for a sequence's last position.
+#[derive(Debug, Clone, Copy)]
+pub enum Logits<'a> {
+    /// The most likely token, chosen on the GPU (greedy decoding needs nothing else).
+    Argmax(u32),
+    /// The whole row of logits.
+    Row(&'a [f32]),
+}
+
+/// A generated token's log-probability and the most likely alternatives at its step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub text: String,
+    pub logprob: f32,
+    /// (id, text, logprob), most likely first.
+    pub top: Vec<(u32, String, f32)>,
+}
+
+/// The outcome of one step for one sequence.
+#[derive(Debug, Clone, Default)]
+pub struct Advance {
+    /// The sampled token, unless the step ended generation without one.
+    pub token: Option<u32>,
+    /// Text now final (may be empty: held back as a possible stop-string prefix).
+    pub text: String,
+    pub logprob: Option<TokenLogprob>,
+    /// Set when generation is over; the sampled token (if any) is not to be run.
+    pub finished: Option<StopReason>,
+}
+
+#[derive(Debug)]
+pub struct SequenceState {
+    params: GenerateParams,
+    /// Top alternatives to report per token (0: logprobs off).
+    logprobs: Option<usize>,
+    sampler: Sampler,
+    /// Prompt and generated tokens: what the penalties see.
+    history: Vec<u32>,
+    n_prompt: usize,
+    decoder: StreamDecoder,
+    text: String,
+    sent: usize,
+}
+
+impl SequenceState {
+    pub fn new(prompt: &[u32], params: GenerateParams, logprobs: Option<usize>) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt.into());
+        }
+        if let Some(empty) = params.stop.iter().find(|s| s.is_empty()) {
+            return Err(EngineError::InvalidParameter {
+                name: "stop".into(),
+                message: format!("{empty:?}: stop strings must not be empty"),
+            }
+            .into());
+        }
+        if logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(EngineError::InvalidParameter {
+                name: "top_logprobs".into(),
+                message: format!("at most {MAX_TOP_LOGPROBS}"),
+            }
+            .into());
+        }
+        Ok(SequenceState {
+            sampler: Sampler::new(params.sampling.clone())?,
+            params,
+            logprobs,
+            history: prompt.to_vec(),
+            n_prompt: prompt.len(),
+            // Generated text continues the prompt: a SentencePiece leading space is real here.
+            decoder: StreamDecoder::after_prompt(),
+            text: String::new(),
+            sent: 0,
+        })
+    }
+
+    /// Whether the GPU's argmax is all this sequence needs (greedy, no penalties, no logprobs).
+    pub fn argmax_suffices(&self) -> bool {
+        let s = &self.params.sampling;
+        s.is_greedy() && !s.has_penalties() && self.logprobs.is_none()
+    }
+
+    /// Generated tokens so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.history[self.n_prompt..]
+    }
+
+    pub fn n_prompt(&self) -> usize {
+        self.n_prompt
+    }
+
+    /// All text generated so far (including any still held back).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Takes the model's output for the last position, samples, and reports what changed.
+    /// `room` is false when the sequence cannot grow by another position.
+    pub fn advance(
+        &mut self,
+        tokenizer: &Tokenizer,
+        logits: Logits<'_>,
+        room: bool,
+    ) -> Result<Advance> {
+        let token = match logits {
+            Logits::Argmax(t) => t,
+            Logits::Row(row) => self.sampler.sample(row, &self.history)?,
+        };
+        let logprob = match (logits, self.logprobs) {
+            (Logits::Row(row), Some(n)) => Some(token_logprob(tokenizer, row, token, n)),
+            _ => None,
+        };
+        let mut out = Advance {
+            logprob,
+            ..Default::default()
+        };
+        if !self.params.ignore_eos && tokenizer.is_end_of_generation(token) {
+            self.text.push_str(&self.decoder.finish());
+            out.text = self.text[self.sent..].to_string();
+            self.sent = self.text.len();
+            out.finished = Some(StopReason::EndOfGeneration);
+            return Ok(out);
+        }
+        self.history.push(token);
+        out.token = Some(token);
+        self.text.push_str(&self.decoder.push(tokenizer, token)?);
+
+        if let Some((at, s)) = find_stop(&self.text, self.sent, &self.params.stop) {
+            self.text.truncate(at);
+            out.text = self.text[self.sent.min(at)..].to_string();
+            self.sent = self.text.len();
+            out.finished = Some(StopReason::StopString(s.to_string()));
+            return Ok(out);
+        }
+        let n_generated = self.history.len() - self.n_prompt;
+        let finished = if self
+            .params
+            .max_tokens
+            .is_some_and(|m| n_generated >= m as usize)
+        {
+            Some(StopReason::MaxTokens)
+        } else if !room {
+            Some(StopReason::ContextFull)
+        } else {
+            None
+        };
+        // Text held back as a possible stop-string prefix is real output once generation ends.
+        let safe = if finished.is_some() {
+            self.text.push_str(&self.decoder.finish());
+            self.text.len()
+        } else {
+            self.text.len() - partial_stop_suffix(&self.text[self.sent..], &self.params.stop)
+        };
+        if safe > self.sent {
+            out.text = self.text[self.sent..safe].to_string();
+            self.sent = safe;
+        }
+        out.finished = finished;
+        Ok(out)
+    }
+}
+
+fn token_logprob(tokenizer: &Tokenizer, row: &[f32], token: u32, n: usize) -> TokenLogprob {
+    let lp = crate::reference::log_softmax(row);
+    let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
+    let mut top: Vec<u32> = Vec::new();
+    if n > 0 {
+        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+        let by_logit =
+            |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+        let k = n.min(idx.len());
+        idx.select_nth_unstable_by(k - 1, by_logit);
+        idx.truncate(k);
+        idx.sort_unstable_by(by_logit);
+        top = idx;
+    }
+    TokenLogprob {
+        id: token,
+        text: text(token),
+        logprob: lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+        top: top
+            .into_iter()
+            .map(|id| (id, text(id), lp[id as usize]))
+            .collect(),
+    }
+}
+
+/// The first stop string in `text` that ends after `from` (where unsent text begins): its start,
+/// and the string. Stop strings that straddle `from` count.
+pub(crate) fn find_stop<'a>(
+    text: &str,
+    from: usize,
+    stops: &'a [String],
+) -> Option<(usize, &'a str)> {
+    stops
+        .iter()
+        .filter_map(|s| {
+            let search_from = floor_char_boundary(text, from.saturating_sub(s.len()));
+            text[search_from..]
+                .find(s.as_str())
+                .map(|i| (search_from + i, s.as_str()))
+        })
+        .min_by_key(|(at, _)| *at)
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    i = i.min(text.len());
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of some stop string: text that
+/// must wait for the next token before it can be shown.
+pub(crate) fn partial_stop_suffix(text: &str, stops: &[String]) -> usize {
+    let mut longest = 0;
+    for s in stops {
+        for (i, _) in s.char_indices().skip(1) {
+            if i > longest && text.ends_with(&s[..i]) {
+                longest = i;
+            }
+        }
+    }
+    longest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_found_across_pieces() {
+        let stops = vec!["\n\n".to_string(), "User:".to_string()];
+        assert_eq!(find_stop("abc\n\nd", 4, &stops), Some((3, "\n\n")));
+        assert_eq!(find_stop("hello User: x", 0, &stops), Some((6, "User:")));
+        assert_eq!(find_stop("hello", 0, &stops), None);
+        assert_eq!(partial_stop_suffix("hello Us", &stops), 2);
+        assert_eq!(partial_stop_suffix("hello\n", &stops), 1);
+        assert_eq!(partial_stop_suffix("hello", &stops), 0);
+        // Multi-byte characters: suffixes are cut at character boundaries.
+        let stops = vec!["é!".to_string()];
+        assert_eq!(partial_stop_suffix("caf\u{e9}", &stops), 2);
+        assert_eq!(find_stop("caf\u{e9}!", 4, &stops), Some((3, "é!")));
+    }
+}
