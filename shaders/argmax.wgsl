@@ -1,10 +1,12 @@
-// Index of the largest value in each row; ties go to the lowest index, as in llama.cpp.
+//!include common/step.wgsl
+
+// Index of the largest value in each of the step's n_out rows; ties go to the lowest index, as in
+// llama.cpp.
 
 struct ArgmaxParams {
     // Values per row.
     n: u32,
-    // Rows to reduce.
-    n_rows: u32,
+    _pad: u32,
     _pad0: u32,
     _pad1: u32,
 }
@@ -12,8 +14,8 @@ struct ArgmaxParams {
 override WG_SIZE: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> params: ArgmaxParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;          // (n_rows, n)
-@group(0) @binding(2) var<storage, read_write> out: array<u32>;  // (n_rows)
+@group(0) @binding(2) var<storage, read> x: array<f32>;          // (n_out, n)
+@group(0) @binding(3) var<storage, read_write> out: array<u32>;  // (n_out)
 
 var<workgroup> best_value: array<f32, WG_SIZE>;
 var<workgroup> best_index: array<u32, WG_SIZE>;
@@ -21,7 +23,7 @@ var<workgroup> best_index: array<u32, WG_SIZE>;
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wid.y;
-    let in_range = row < params.n_rows;
+    let in_range = row < step.n_out;
     var value = -3.0e38;
     var index = 0xffffffffu;
     if (in_range) {

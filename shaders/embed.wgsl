@@ -18,7 +18,6 @@ override W_DTYPE: u32 = 0u;
 override WG_SIZE: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> params: EmbedParams;
-@group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;     // (n_rows, n_embd) in W_DTYPE blocks
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (n_tokens, n_embd)
 
@@ -28,7 +27,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (t >= step.n_tokens) {
         return;
     }
-    let token = step.tokens[t];
+    let token = step_token(t);
     if (token < params.first_row || token >= params.first_row + params.n_rows) {
         return;
     }

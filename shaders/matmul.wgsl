@@ -15,7 +15,6 @@ override TILE_K: u32 = 32u;
 override WG_SIZE: u32 = (TILE_M / 4u) * (TILE_N / 4u);
 
 @group(0) @binding(0) var<uniform> params: MatmulParams;
-@group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
 @group(0) @binding(3) var<storage, read> x: array<f32>;        // (n_tokens, x_stride)
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (n_tokens, y_stride)
@@ -31,7 +30,7 @@ fn main(
 ) {
     let n0 = (wid.x + wid.z * nwg.x) * TILE_N;
     let m0 = wid.y * TILE_M;
-    let n_tokens = step.n_tokens;
+    let n_tokens = matmul_rows();
     // This thread's 4 x 4 block: tokens m0 + tm*4.., features n0 + tn*4..
     let tn = lid % (TILE_N / 4u);
     let tm = lid / (TILE_N / 4u);

@@ -13,7 +13,6 @@ override WG_SIZE: u32 = 64u;
 const TOKENS: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> params: MatmulParams;
-@group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // (n_tokens, x_stride / 4)
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (n_tokens, y_stride)
@@ -26,10 +25,10 @@ fn main(
 ) {
     let row = (wid.x + wid.z * nwg.x) * WG_SIZE + lid;
     let t0 = wid.y * TOKENS;
-    if (row >= params.n_out || t0 >= step.n_tokens) {
+    if (row >= params.n_out || t0 >= matmul_rows()) {
         return;
     }
-    let n_t = min(TOKENS, step.n_tokens - t0);
+    let n_t = min(TOKENS, matmul_rows() - t0);
     let row_at = row * params.row_bytes;
     let n_chunks = params.n_in / 32u;
     var acc: array<f32, TOKENS>;

@@ -19,7 +19,6 @@ fn x4(at: u32) -> vec4<f32> {
 }
 
 @group(0) @binding(0) var<uniform> params: MatmulParams;
-@group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // (n_tokens, x_stride / 4)
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (n_tokens, y_stride)
@@ -35,7 +34,7 @@ fn main(
     let t = wid.y;
     let row = (wid.x + wid.z * nwg.x) * (WG_SIZE / ROW_THREADS) + lid / ROW_THREADS;
     let lane = lid % ROW_THREADS;
-    let in_range = row < params.n_out && t < step.n_tokens;
+    let in_range = row < params.n_out && t < matmul_rows();
     var acc = 0.0;
     if (in_range) {
         let row_at = row * params.row_bytes;

@@ -1,30 +1,30 @@
 //!include common/step.wgsl
 
-// RMSNorm: out = x / sqrt(mean(x^2) + eps) * weight, one workgroup per row.
+// RMSNorm: out = x / sqrt(mean(x^2) + eps) * weight, one workgroup per row. With `gather`, output
+// row i normalizes token row step_out_row(i): the rows whose logits the step needs.
 
 struct RmsNormParams {
     n_embd: u32,
     eps: f32,
-    // 1: normalize only the step's last row into output row 0 (logits for the next token).
-    last_row_only: u32,
+    // 1: output rows are the step's out rows (n_out of them), else all n_tokens rows.
+    gather: u32,
     _pad: u32,
 }
 
 override WG_SIZE: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> params: RmsNormParams;
-@group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> x: array<f32>;          // (n_tokens, n_embd)
 @group(0) @binding(3) var<storage, read> weight: array<f32>;     // (n_embd)
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // (n_tokens or 1, n_embd)
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // (n_tokens or n_out, n_embd)
 
 var<workgroup> partial: array<f32, WG_SIZE>;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wid.y;
-    let n_rows = select(step.n_tokens, 1u, params.last_row_only == 1u);
-    let in_row = select(row, step.n_tokens - 1u, params.last_row_only == 1u);
+    let n_rows = select(step.n_tokens, step.n_out, params.gather == 1u);
+    let in_row = select(row, step_out_row(row), params.gather == 1u);
     let in_range = row < n_rows;
     let x_at = in_row * params.n_embd;
     var sum = 0.0;

@@ -1,7 +1,7 @@
 //!include common/step.wgsl
 //!include common/rope.wgsl
 
-// Rotary position embedding, in place. Normal mode rotates adjacent pairs (x[2i], x[2i+1]);
+// Rotary position embedding, in place; token t is at position step_pos(t). Normal mode rotates adjacent pairs (x[2i], x[2i+1]);
 // NeoX mode rotates (x[i], x[i + n_rot/2]). Dimensions past n_rot are left alone.
 
 struct RopeParams {
@@ -21,7 +21,6 @@ struct RopeParams {
 override WG_SIZE: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> params: RopeParams;
-@group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;  // (n_tokens, row_stride), heads of head_dim
 
 @compute @workgroup_size(WG_SIZE)
@@ -34,7 +33,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     }
     let head = index / half_rot;
     let i = index % half_rot;
-    let pos = step.pos0 + t;
+    let pos = step_pos(t);
     let cs = rope_cos_sin(pos, i, params.n_rot, params.freq_base, params.freq_scale);
     let base = t * params.row_stride + head * params.head_dim;
     let pair = rope_pair(i, params.n_rot, params.neox == 1u);

@@ -13,7 +13,6 @@ struct SiluMulParams {
 override WG_SIZE: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> params: SiluMulParams;
-@group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read_write> gate: array<f32>;  // (n_tokens, n)
 @group(0) @binding(3) var<storage, read> up: array<f32>;          // (n_tokens, n)
 

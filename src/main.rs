@@ -241,6 +241,7 @@ fn load(adapter: Option<String>, args: &ModelArgs) -> Result<Model, sovereign::E
         n_ctx: args.ctx_size,
         max_batch: args.batch_size,
         kv_f16: args.kv_f32.then_some(false),
+        ..Default::default()
     };
     let model = pollster::block_on(Model::load(ctx, &file, &options, &mut |p| {
         bar.set_length(p.total);

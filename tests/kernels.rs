@@ -6,11 +6,11 @@ mod common;
 use std::sync::Arc;
 
 use common::{
-    Rng, assert_close, gpu, read_f16, read_f32, read_u32, run, storage, storage_f16, zeros,
+    Rng, assert_close, gpu, read_f16, read_f32, read_u32, run, run_step, storage, storage_f16,
+    zeros,
 };
 use sovereign::format::DType;
 use sovereign::gpu::{GpuContext, GpuOptions, WeightTensor};
-use sovereign::kernels::StepBuffer;
 use sovereign::kernels::add::Add;
 use sovereign::kernels::argmax::Argmax;
 use sovereign::kernels::attention::{Attention, AttentionParams};
@@ -20,6 +20,7 @@ use sovereign::kernels::matmul::{Matmul, MatmulLayout};
 use sovereign::kernels::rms_norm::RmsNorm;
 use sovereign::kernels::rope::{Rope, RopeParams};
 use sovereign::kernels::silu_mul::SiluMul;
+use sovereign::kernels::{PagedLayout, StepBuffer, StepInput};
 use sovereign::reference::{self, AttentionShape, RopeConfig};
 
 const DTYPES: [DType; 5] = [
@@ -80,8 +81,17 @@ fn upload(
     .unwrap()
 }
 
+/// Page size of the tests' KV pools.
+const PAGE: u32 = 16;
+
+/// A step buffer for `max` tokens; block tables of 4 slots covering 16384 positions.
 fn step(ctx: &GpuContext, max: u32) -> StepBuffer {
-    pollster::block_on(StepBuffer::new(ctx, max)).unwrap()
+    let layout = PagedLayout {
+        page_size: PAGE,
+        pages_per_seq: 16384 / PAGE,
+        max_slots: 4,
+    };
+    pollster::block_on(StepBuffer::new(ctx, max, layout)).unwrap()
 }
 
 #[test]
@@ -152,25 +162,39 @@ fn rms_norm_matches_reference() {
         1e-5,
     );
 
-    let last = zeros(&ctx, n_embd);
+    // Gathered output rows (the rows whose logits a step needs), in any order.
+    let gathered = zeros(&ctx, 8 * n_embd);
     let d = op
         .bind(
             &ctx,
             s.buffer(),
             &xb,
             &wb,
-            &last,
+            &gathered,
             n_embd as u32,
             eps,
             true,
             8,
         )
         .unwrap();
-    run(&ctx, &[&d], 0, &tokens, &s);
+    let positions: Vec<u32> = (0..n_tokens as u32).collect();
+    let slots = vec![0; n_tokens];
+    let pages = [0u32];
+    let out_rows = [4u32, 1];
+    let input = StepInput {
+        tokens: &tokens,
+        positions: &positions,
+        slots: &slots,
+        out_rows: &out_rows,
+        tables: &[(0, &pages)],
+    };
+    run_step(&ctx, &[&d], &input, &s);
+    let mut want_rows = want[4 * n_embd..5 * n_embd].to_vec();
+    want_rows.extend_from_slice(&want[n_embd..2 * n_embd]);
     assert_close(
-        "rms_norm last row",
-        &read_f32(&ctx, &last, n_embd),
-        &want[(n_tokens - 1) * n_embd..],
+        "rms_norm gathered rows",
+        &read_f32(&ctx, &gathered, 2 * n_embd),
+        &want_rows,
         1e-5,
         1e-5,
     );
@@ -355,7 +379,7 @@ fn check_matmul(
         x_rows: n_tokens as u32,
         y_rows: n_tokens as u32,
         y_col0: 0,
-        single_row: false,
+        out_rows: false,
     };
     let d = op.bind(ctx, s.buffer(), &w, &xb, &y, layout).unwrap();
     run(
@@ -564,15 +588,168 @@ fn argmax_matches_reference_and_breaks_ties_low() {
     // Row 2: the maximum in the last slot.
     x[3 * n - 1] = 99.0;
     let out = storage(&ctx, &[0.0; 3]);
+    let s = step(&ctx, 4);
     let d = pollster::block_on(Argmax::new(&ctx))
         .unwrap()
-        .bind(&ctx, &storage(&ctx, &x), &out, n as u32, 3)
+        .bind(&ctx, s.buffer(), &storage(&ctx, &x), &out, n as u32, 3)
         .unwrap();
-    let s = step(&ctx, 1);
-    run(&ctx, &[&d], 0, &[0], &s);
+    // Three output rows: one per token.
+    run(&ctx, &[&d], 0, &[0, 0, 0], &s);
     let got = read_u32(&ctx, &out, 3);
     let want: Vec<u32> = x.chunks(n).map(|r| reference::argmax(r) as u32).collect();
     assert_eq!(got, want);
     assert_eq!(got[1], 7);
     assert_eq!(got[2], n as u32 - 1);
+}
+
+/// Two sequences in slots 1 and 3 whose pages lie scattered through the pool: one step stores
+/// their new K/V (kv_store) and attends over each sequence's own positions (attention), as the
+/// reference does on each sequence's contiguous cache.
+#[test]
+fn paged_kv_store_and_attention_match_reference() {
+    let ctx = gpu(GpuOptions::default());
+    let mut caches = vec![false];
+    if ctx.features().shader_f16 {
+        caches.push(true);
+    }
+    let mut rng = Rng::new(130);
+    let (n_head, n_head_kv, head_dim) = (4usize, 2usize, 32usize);
+    let (q_row, kv_row) = (n_head * head_dim, n_head_kv * head_dim);
+    let n_pages = 12u32;
+    let pool_rows = (n_pages * PAGE) as usize;
+    // (slot, pages, length before the step, new tokens)
+    let seqs: [(u32, Vec<u32>, usize, usize); 2] =
+        [(1, vec![5, 2, 9], 37, 3), (3, vec![0, 7], 21, 2)];
+    for f16 in caches {
+        let mut k_pool = vec![0.0f32; pool_rows * kv_row];
+        let mut v_pool = vec![0.0f32; pool_rows * kv_row];
+        let (mut tokens, mut positions, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut q, mut k_new, mut v_new) = (Vec::new(), Vec::new(), Vec::new());
+        let mut want_out = Vec::new();
+        let mut want_k = k_pool.clone();
+        let mut want_v = v_pool.clone();
+        let row_of = |pages: &[u32], pos: usize| {
+            pages[pos / PAGE as usize] as usize * PAGE as usize + pos % PAGE as usize
+        };
+        for (slot, pages, len, n_new) in &seqs {
+            // Cached positions 0..len, then n_new new ones.
+            let total = len + n_new;
+            let mut k = rng.vec(total * kv_row, 1.0);
+            let mut v = rng.vec(total * kv_row, 1.0);
+            if f16 {
+                reference::round_f16(&mut k);
+                reference::round_f16(&mut v);
+            }
+            for pos in 0..total {
+                let r = row_of(pages, pos);
+                let src = pos * kv_row..(pos + 1) * kv_row;
+                want_k[r * kv_row..(r + 1) * kv_row].copy_from_slice(&k[src.clone()]);
+                want_v[r * kv_row..(r + 1) * kv_row].copy_from_slice(&v[src.clone()]);
+                if pos < *len {
+                    k_pool[r * kv_row..(r + 1) * kv_row].copy_from_slice(&k[src.clone()]);
+                    v_pool[r * kv_row..(r + 1) * kv_row].copy_from_slice(&v[src]);
+                }
+            }
+            let q_seq = rng.vec(n_new * q_row, 1.0);
+            let shape = AttentionShape {
+                n_head,
+                n_head_kv,
+                head_dim,
+                scale: 0.2,
+            };
+            want_out.extend(reference::attention(&q_seq, &k, &v, *len, shape));
+            q.extend(q_seq);
+            k_new.extend_from_slice(&k[len * kv_row..]);
+            v_new.extend_from_slice(&v[len * kv_row..]);
+            for pos in *len..total {
+                tokens.push(0);
+                positions.push(pos as u32);
+                slots.push(*slot);
+            }
+        }
+        let (kc, vc) = if f16 {
+            (storage_f16(&ctx, &k_pool), storage_f16(&ctx, &v_pool))
+        } else {
+            (storage(&ctx, &k_pool), storage(&ctx, &v_pool))
+        };
+        let n = tokens.len();
+        let s = step(&ctx, n as u32);
+        // No rotation: n_rot covers the head but freq_scale 0 makes every angle 0.
+        let store = pollster::block_on(KvStore::new(&ctx, f16)).unwrap();
+        let store = store
+            .bind(
+                &ctx,
+                s.buffer(),
+                &storage(&ctx, &k_new),
+                &storage(&ctx, &v_new),
+                &kc,
+                &vc,
+                KvStoreParams {
+                    n_head_kv: n_head_kv as u32,
+                    head_dim: head_dim as u32,
+                    n_rot: head_dim as u32,
+                    neox: 0,
+                    freq_base: 10_000.0,
+                    freq_scale: 0.0,
+                    kv_stride: kv_row as u32,
+                    _pad: 0,
+                },
+                n as u32,
+                pool_rows as u32,
+            )
+            .unwrap();
+        let out = zeros(&ctx, n * q_row);
+        let attn = pollster::block_on(Attention::new(&ctx, f16)).unwrap();
+        let attn = attn
+            .bind(
+                &ctx,
+                s.buffer(),
+                &storage(&ctx, &q),
+                &kc,
+                &vc,
+                &out,
+                AttentionParams {
+                    n_head: n_head as u32,
+                    n_head_kv: n_head_kv as u32,
+                    head_dim: head_dim as u32,
+                    q_stride: q_row as u32,
+                    kv_stride: kv_row as u32,
+                    scale: 0.2,
+                    _pad0: 0,
+                    _pad1: 0,
+                },
+                n as u32,
+                pool_rows as u32,
+            )
+            .unwrap();
+        let tables: Vec<(u32, &[u32])> = seqs
+            .iter()
+            .map(|(slot, pages, ..)| (*slot, &pages[..]))
+            .collect();
+        let input = StepInput {
+            tokens: &tokens,
+            positions: &positions,
+            slots: &slots,
+            out_rows: &[],
+            tables: &tables,
+        };
+        run_step(&ctx, &[&store, &attn], &input, &s);
+        let read = |b| {
+            if f16 {
+                read_f16(&ctx, b, pool_rows * kv_row)
+            } else {
+                read_f32(&ctx, b, pool_rows * kv_row)
+            }
+        };
+        let tol = if f16 { 1e-3 } else { 0.0 };
+        assert_close(&format!("paged K f16={f16}"), &read(&kc), &want_k, tol, tol);
+        assert_close(&format!("paged V f16={f16}"), &read(&vc), &want_v, tol, tol);
+        assert_close(
+            &format!("paged attention f16={f16}"),
+            &read_f32(&ctx, &out, n * q_row),
+            &want_out,
+            2e-5,
+            1e-4,
+        );
+    }
 }

@@ -289,6 +289,7 @@ fn synthetic_models_match_cpu_reference() {
             n_ctx: Some(64),
             max_batch: 32,
             kv_f16: Some(i % 2 == 1 && ctx.features().shader_f16),
+            ..Default::default()
         };
         let mut model = pollster::block_on(LlamaGpu::load(
             ctx,

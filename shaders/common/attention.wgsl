@@ -1,5 +1,6 @@
-// Causal attention over the KV cache with grouped K/V heads, one workgroup per (query head,
-// token). Keys are visited in tiles of WG_SIZE with an online softmax (running maximum and sum),
+// Causal attention over the paged KV cache with grouped K/V heads, one workgroup per (query head,
+// token). Token t attends positions 0..=step_pos(t) of its own sequence (slot step_slot(t)),
+// read through the slot's block table. Keys are visited in tiles of WG_SIZE with an online softmax (running maximum and sum),
 // so the score row is never stored whole. Query head h reads K/V head h / (n_head / n_head_kv):
 // the shared heads are read in place, never copied. The including shader declares `alias kv_t`
 // (f32, or f16 where the adapter has shader-f16).
@@ -23,15 +24,16 @@ const MAX_HEAD_DIM: u32 = 256u;
 const NEG_BIG: f32 = -3.0e38;
 
 @group(0) @binding(0) var<uniform> params: AttentionParams;
-@group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> q: array<f32>;          // (n_tokens, n_head * head_dim)
-@group(0) @binding(3) var<storage, read> k_cache: array<kv_t>;   // (n_ctx, n_head_kv * head_dim)
-@group(0) @binding(4) var<storage, read> v_cache: array<kv_t>;   // (n_ctx, n_head_kv * head_dim)
+@group(0) @binding(3) var<storage, read> k_cache: array<kv_t>;   // (pool rows, n_head_kv * head_dim)
+@group(0) @binding(4) var<storage, read> v_cache: array<kv_t>;   // (pool rows, n_head_kv * head_dim)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (n_tokens, n_head * head_dim)
 
 var<workgroup> q_head: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG_SIZE>;
 var<workgroup> reduce: array<f32, WG_SIZE>;
+// Pool rows of the keys in the current tile.
+var<workgroup> key_rows: array<u32, WG_SIZE>;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -52,14 +54,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc: array<f32, 4>;
     var running_max = NEG_BIG;
     var running_sum = 0.0;
-    let last_key = step.pos0 + t;
+    let last_key = step_pos(t);
+    let slot = step_slot(t);
     let kv_off = kv_head * hd;
 
     for (var j0 = 0u; j0 <= last_key; j0 += WG_SIZE) {
         let j = j0 + lid;
         var score = NEG_BIG;
         if (j <= last_key) {
-            let k_at = j * params.kv_stride + kv_off;
+            let row = kv_row(slot, j);
+            key_rows[lid] = row;
+            let k_at = row * params.kv_stride + kv_off;
             var s = 0.0;
             for (var d = 0u; d < hd; d++) {
                 s += q_head[d] * f32(k_cache[k_at + d]);
@@ -95,7 +100,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (d < hd) {
                 var a = acc[c] * correction;
                 for (var jj = 0u; jj < n_keys; jj++) {
-                    a += probs[jj] * f32(v_cache[(j0 + jj) * params.kv_stride + kv_off + d]);
+                    a += probs[jj] * f32(v_cache[key_rows[jj] * params.kv_stride + kv_off + d]);
                 }
                 acc[c] = a;
             }

@@ -1,4 +1,5 @@
-// Params of every y = x W^T shader (matvec, matvec_subgroup, matmul, matmul_rowwise).
+// Params of every y = x W^T shader (matvec, matvec_subgroup, matmul, matmul_rowwise). Needs
+// common/step.wgsl and the including shader's `params: MatmulParams` binding.
 
 struct MatmulParams {
     // Input features: elements per weight row and per x row.
@@ -12,6 +13,12 @@ struct MatmulParams {
     // Elements between consecutive rows of x and of y.
     x_stride: u32,
     y_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // 1: the rows of x and y are the step's n_out output rows (the logits), else its n_tokens.
+    out_rows: u32,
+    _pad: u32,
+}
+
+// Rows of x (and y) this step.
+fn matmul_rows() -> u32 {
+    return select(step.n_tokens, step.n_out, params.out_rows == 1u);
 }

@@ -273,7 +273,9 @@ impl Session {
             let logits = match &result {
                 Forward::Token(t) => Logits::Argmax(*t),
                 Forward::Logits(l) => Logits::Row(l),
-                Forward::Nothing => return Err(EngineError::NoCandidates.into()),
+                Forward::Tokens(_) | Forward::Nothing => {
+                    return Err(EngineError::NoCandidates.into());
+                }
             };
             let step = seq.advance(&model.tokenizer, logits, pos < n_ctx)?;
             if on_step(&step).is_break() {

@@ -6,7 +6,7 @@ use crate::gpu::GpuContext;
 crate::gpu_params! {
     pub struct ArgmaxParams {
         pub n: u32,
-        pub n_rows: u32,
+        pub _pad: u32,
         pub _pad0: u32,
         pub _pad1: u32,
     }
@@ -33,27 +33,32 @@ impl Argmax {
         })
     }
 
-    /// `out[r] = argmax(x[r, ..n])` for `n_rows` rows.
+    /// `out[r] = argmax(x[r, ..n])` for the step's n_out rows; `max_rows` is what the buffers
+    /// hold.
     pub fn bind(
         &self,
         ctx: &GpuContext,
+        step: &wgpu::Buffer,
         x: &wgpu::Buffer,
         out: &wgpu::Buffer,
         n: u32,
-        n_rows: u32,
+        max_rows: u32,
     ) -> Result<Dispatch, KernelError> {
-        check_len("argmax", "x", x, u64::from(n) * u64::from(n_rows))?;
-        check_len("argmax", "out", out, u64::from(n_rows))?;
+        check_len("argmax", "x", x, u64::from(n) * u64::from(max_rows))?;
+        check_len("argmax", "out", out, u64::from(max_rows))?;
         let params = ArgmaxParams {
             n,
-            n_rows,
             ..Default::default()
         };
         Ok(self.kernel.dispatch(
             ctx,
             &params,
-            vec![x.as_entire_binding(), out.as_entire_binding()],
-            Grid::Fixed([1, n_rows, 1]),
+            vec![
+                step.as_entire_binding(),
+                x.as_entire_binding(),
+                out.as_entire_binding(),
+            ],
+            Grid::Outputs { x: 1, tile: 1 },
         ))
     }
 }

@@ -46,7 +46,8 @@ impl Attention {
         })
     }
 
-    /// `out[t, head] = softmax(q[t, head] . K[..=pos0+t] * scale) V[..=pos0+t]`.
+    /// `out[t, head] = softmax(q[t, head] . K[..=pos] * scale) V[..=pos]` over the positions of
+    /// token t's own sequence, found through its block table in a pool of `pool_rows` rows.
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
@@ -58,7 +59,7 @@ impl Attention {
         out: &wgpu::Buffer,
         params: AttentionParams,
         max_tokens: u32,
-        n_ctx: u32,
+        pool_rows: u32,
     ) -> Result<Dispatch, KernelError> {
         let op = "attention";
         if params.n_head_kv == 0 || !params.n_head.is_multiple_of(params.n_head_kv) {
@@ -94,7 +95,7 @@ impl Attention {
             u64::from(max_tokens) * u64::from(params.q_stride),
         )?;
         let cache_bytes =
-            u64::from(n_ctx) * u64::from(params.kv_stride) * if self.f16 { 2 } else { 4 };
+            u64::from(pool_rows) * u64::from(params.kv_stride) * if self.f16 { 2 } else { 4 };
         for (what, b) in [("k_cache", k_cache), ("v_cache", v_cache)] {
             if b.size() < cache_bytes {
                 return Err(shape_error(

@@ -51,7 +51,7 @@ impl KvStore {
     }
 
     /// Rotates `k_new` and copies it and `v_new` (max_tokens, kv_stride) into rows pos0.. of the
-    /// caches (n_ctx, kv_stride).
+    /// caches (pool_rows, kv_stride): each token at its slot's page for its position.
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
@@ -63,7 +63,7 @@ impl KvStore {
         v_cache: &wgpu::Buffer,
         params: KvStoreParams,
         max_tokens: u32,
-        n_ctx: u32,
+        pool_rows: u32,
     ) -> Result<Dispatch, KernelError> {
         let op = "kv_store";
         if !params.head_dim.is_multiple_of(2)
@@ -85,7 +85,7 @@ impl KvStore {
         let rows = u64::from(max_tokens) * u64::from(params.kv_stride);
         check_len(op, "k_new", k_new, rows)?;
         check_len(op, "v_new", v_new, rows)?;
-        let cache_bytes = u64::from(n_ctx) * u64::from(params.kv_stride) * self.element_bytes();
+        let cache_bytes = u64::from(pool_rows) * u64::from(params.kv_stride) * self.element_bytes();
         for (what, b) in [("k_cache", k_cache), ("v_cache", v_cache)] {
             if b.size() < cache_bytes {
                 return Err(shape_error(

@@ -18,8 +18,8 @@ crate::gpu_params! {
         pub out_col0: u32,
         pub x_stride: u32,
         pub y_stride: u32,
-        pub _pad0: u32,
-        pub _pad1: u32,
+        pub out_rows: u32,
+        pub _pad: u32,
     }
 }
 
@@ -53,9 +53,8 @@ pub struct MatmulLayout {
     pub y_rows: u32,
     /// Output column of the weight's first row.
     pub y_col0: u32,
-    /// Compute only token row 0, whatever the step's token count (the logits of the last
-    /// token, after a norm that wrote just that row).
-    pub single_row: bool,
+    /// The rows are the step's output rows (n_out, the logits), not its tokens.
+    pub out_rows: bool,
 }
 
 pub struct Matmul {
@@ -76,16 +75,10 @@ impl Matmul {
     fn vector_spec(dtype: DType, features: GpuFeatures) -> (Variant, Shape) {
         let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
         if features.cpu {
-            // One row per invocation: the SIMD lanes share every x load and never synchronize.
-            (
-                Variant {
-                    shader: "matvec",
-                    constants: vec![w, ("WG_SIZE", f64::from(MATVEC_WG)), ("ROW_THREADS", 1.0)],
-                },
-                Shape::Vector {
-                    rows_per_wg: MATVEC_WG,
-                },
-            )
+            // The prefill kernel serves one token as well (one row per lane, no barriers), and
+            // using it for every step makes a row's sum the same whether a sequence runs alone
+            // or batched with others.
+            Self::tiled_spec(dtype, features)
         } else if features.subgroups {
             let wg = subgroup_wg(features);
             let max_sg = features.subgroup_max_size.max(1);
@@ -242,16 +235,16 @@ impl Matmul {
                     out_col0: layout.y_col0 + chunk.first_row,
                     x_stride: layout.x_stride,
                     y_stride: layout.y_stride,
-                    _pad0: 0,
-                    _pad1: 0,
+                    out_rows: u32::from(layout.out_rows),
+                    _pad: 0,
                 };
                 let (groups, tile) = match self.shape {
                     Shape::Vector { rows_per_wg } => (chunk.n_rows.div_ceil(rows_per_wg), 1),
                     Shape::Tiled => (chunk.n_rows.div_ceil(TILE_N), TILE_M),
                     Shape::Rowwise => (chunk.n_rows.div_ceil(ROWWISE_WG), ROWWISE_TOKENS),
                 };
-                let grid = if layout.single_row {
-                    Grid::Once { x: groups }
+                let grid = if layout.out_rows {
+                    Grid::Outputs { x: groups, tile }
                 } else {
                     Grid::Tokens { x: groups, tile }
                 };

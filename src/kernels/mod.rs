@@ -88,38 +88,87 @@ macro_rules! gpu_params {
 }
 
 gpu_params! {
-    /// The fixed head of `Step` in `shaders/common/step.wgsl`; token ids follow it.
+    /// The fixed head of `Step` in `shaders/common/step.wgsl`; the per-token regions and the
+    /// block tables follow it.
     pub struct Step {
         pub n_tokens: u32,
-        pub pos0: u32,
-        pub n_kv: u32,
-        pub _pad: u32,
+        pub n_out: u32,
+        pub max_tokens: u32,
+        pub page_size: u32,
+        pub pages_per_seq: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
     }
 }
 
-/// The per-step storage buffer: [`Step`] then `max_tokens` token ids.
+/// How the KV pool is laid out, as the step's block tables address it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagedLayout {
+    /// Positions per page.
+    pub page_size: u32,
+    /// Block-table entries per sequence slot (the context length in pages).
+    pub pages_per_seq: u32,
+    /// Sequence slots (rows of the block table).
+    pub max_slots: u32,
+}
+
+/// One step's tokens: what [`StepBuffer::write`] puts on the GPU.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInput<'a> {
+    pub tokens: &'a [u32],
+    /// Position of each token in its sequence.
+    pub positions: &'a [u32],
+    /// Sequence slot of each token.
+    pub slots: &'a [u32],
+    /// Token rows whose logits the step computes, in output order.
+    pub out_rows: &'a [u32],
+    /// Block table rows: (slot, its pages in position order).
+    pub tables: &'a [(u32, &'a [u32])],
+}
+
+/// Token count and output-row count of a step: what dispatch sizes follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepShape {
+    pub n_tokens: u32,
+    pub n_out: u32,
+}
+
+/// The per-step storage buffer: [`Step`], the per-token regions, the block tables.
 #[derive(Debug)]
 pub struct StepBuffer {
     buffer: wgpu::Buffer,
     max_tokens: u32,
-    bytes: std::sync::Mutex<Vec<u8>>,
+    layout: PagedLayout,
+    bytes: std::sync::Mutex<Vec<u32>>,
 }
 
 impl StepBuffer {
-    pub async fn new(ctx: &GpuContext, max_tokens: u32) -> Result<Self, KernelError> {
-        let size = (std::mem::size_of::<Step>() + 4 * max_tokens.max(1) as usize) as u64;
+    pub async fn new(
+        ctx: &GpuContext,
+        max_tokens: u32,
+        layout: PagedLayout,
+    ) -> Result<Self, KernelError> {
+        let words = Self::words(max_tokens.max(1), layout);
         let buffer = ctx
             .create_buffer(
                 "step",
-                size,
+                4 * words as u64,
                 wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             )
             .await?;
         Ok(StepBuffer {
             buffer,
-            max_tokens,
-            bytes: std::sync::Mutex::new(Vec::with_capacity(size as usize)),
+            max_tokens: max_tokens.max(1),
+            layout,
+            bytes: std::sync::Mutex::new(Vec::with_capacity(words)),
         })
+    }
+
+    fn words(max_tokens: u32, layout: PagedLayout) -> usize {
+        std::mem::size_of::<Step>() / 4
+            + 4 * max_tokens as usize
+            + (layout.max_slots * layout.pages_per_seq) as usize
     }
 
     pub fn buffer(&self) -> &wgpu::Buffer {
@@ -130,65 +179,126 @@ impl StepBuffer {
         self.max_tokens
     }
 
-    /// Writes this step's positions and tokens: the only host-to-GPU write of a step.
-    pub fn write(&self, ctx: &GpuContext, pos0: u32, tokens: &[u32]) -> Result<(), KernelError> {
-        let n = u32::try_from(tokens.len())
-            .ok()
-            .filter(|&n| n >= 1 && n <= self.max_tokens)
-            .ok_or_else(|| {
-                shape_error(
-                    "step",
-                    format!(
-                        "{} tokens in one step; 1..={} allowed",
-                        tokens.len(),
-                        self.max_tokens
-                    ),
-                )
-            })?;
-        let head = Step {
-            n_tokens: n,
-            pos0,
-            n_kv: pos0 + n,
-            _pad: 0,
-        };
-        let mut bytes = self
+    pub fn layout(&self) -> PagedLayout {
+        self.layout
+    }
+
+    /// Writes a step: the only host-to-GPU write of a step.
+    pub fn write(&self, ctx: &GpuContext, input: &StepInput<'_>) -> Result<StepShape, KernelError> {
+        let err = |m: String| shape_error("step", m);
+        let n = input.tokens.len();
+        if n == 0 || n > self.max_tokens as usize {
+            return Err(err(format!(
+                "{n} tokens in one step; 1..={} allowed",
+                self.max_tokens
+            )));
+        }
+        if input.positions.len() != n || input.slots.len() != n {
+            return Err(err("every token needs a position and a slot".into()));
+        }
+        if input.out_rows.len() > n || input.out_rows.iter().any(|&r| r as usize >= n) {
+            return Err(err("output rows must be rows of the step".into()));
+        }
+        let l = self.layout;
+        let ctx_len = u64::from(l.page_size) * u64::from(l.pages_per_seq);
+        for (&slot, &pos) in input.slots.iter().zip(input.positions) {
+            if slot >= l.max_slots || u64::from(pos) >= ctx_len {
+                return Err(err(format!(
+                    "slot {slot} position {pos} outside {} slots of {ctx_len} positions",
+                    l.max_slots
+                )));
+            }
+        }
+        let max = self.max_tokens as usize;
+        let mut words = self
             .bytes
             .lock()
-            .map_err(|_| shape_error("step", "step buffer lock poisoned"))?;
-        bytes.clear();
-        bytes.extend_from_slice(bytemuck::bytes_of(&head));
-        bytes.extend_from_slice(bytemuck::cast_slice(tokens));
-        ctx.queue().write_buffer(&self.buffer, 0, &bytes);
-        Ok(())
+            .map_err(|_| err("step buffer lock poisoned".into()))?;
+        words.clear();
+        words.resize(Self::words(self.max_tokens, l), 0);
+        let head = Step {
+            n_tokens: n as u32,
+            n_out: input.out_rows.len() as u32,
+            max_tokens: self.max_tokens,
+            page_size: l.page_size,
+            pages_per_seq: l.pages_per_seq,
+            ..Default::default()
+        };
+        let h = std::mem::size_of::<Step>() / 4;
+        let head: [u32; 8] = bytemuck::cast(head);
+        words[..h].copy_from_slice(&head);
+        words[h..h + n].copy_from_slice(input.tokens);
+        words[h + max..h + max + n].copy_from_slice(input.positions);
+        words[h + 2 * max..h + 2 * max + n].copy_from_slice(input.slots);
+        let n_out = input.out_rows.len();
+        words[h + 3 * max..h + 3 * max + n_out].copy_from_slice(input.out_rows);
+        let tables = h + 4 * max;
+        for (slot, pages) in input.tables {
+            if *slot >= l.max_slots || pages.len() > l.pages_per_seq as usize {
+                return Err(err(format!("block table of slot {slot} does not fit")));
+            }
+            let at = tables + (slot * l.pages_per_seq) as usize;
+            words[at..at + pages.len()].copy_from_slice(pages);
+        }
+        // Up to the last table row in use: usually far less than the whole buffer.
+        let used_slots = input.tables.iter().map(|(s, _)| s + 1).max().unwrap_or(0);
+        let end = tables + (used_slots * l.pages_per_seq) as usize;
+        ctx.queue()
+            .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&words[..end]));
+        Ok(StepShape {
+            n_tokens: n as u32,
+            n_out: n_out as u32,
+        })
+    }
+
+    /// A step of one sequence in slot 0 whose pages are 0, 1, 2, ... (the single-sequence
+    /// layout), running `tokens` at positions `pos0..`, with the logits of `out_rows`.
+    pub fn write_single(
+        &self,
+        ctx: &GpuContext,
+        pos0: u32,
+        tokens: &[u32],
+        out_rows: &[u32],
+    ) -> Result<StepShape, KernelError> {
+        let positions: Vec<u32> = (pos0..pos0 + tokens.len() as u32).collect();
+        let slots = vec![0; tokens.len()];
+        let end = pos0 as usize + tokens.len();
+        let pages: Vec<u32> = (0..end.div_ceil(self.layout.page_size as usize) as u32).collect();
+        self.write(
+            ctx,
+            &StepInput {
+                tokens,
+                positions: &positions,
+                slots: &slots,
+                out_rows,
+                tables: &[(0, &pages)],
+            },
+        )
     }
 }
 
-/// How many workgroups a dispatch needs for a step of `n_tokens` tokens.
+/// How many workgroups a dispatch needs for a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grid {
     /// Always the same.
     Fixed([u32; 3]),
     /// `x` workgroups for each tile of `tile` tokens (y).
     Tokens { x: u32, tile: u32 },
-    /// `x` workgroups for one row, whatever the step's token count.
-    Once { x: u32 },
+    /// `x` workgroups for each tile of `tile` output rows (y).
+    Outputs { x: u32, tile: u32 },
 }
 
 impl Grid {
     /// Workgroup counts, with x folded into z where it exceeds the per-dimension limit (shaders
     /// rebuild the x index as `x + z * num_workgroups.x`).
-    pub fn size(&self, n_tokens: u32, max_per_dim: u32) -> [u32; 3] {
-        match *self {
-            Grid::Fixed(g) => g,
-            Grid::Tokens { x, tile } => {
-                let (x, z) = crate::gpu::grid(x, max_per_dim);
-                [x, n_tokens.div_ceil(tile.max(1)).max(1), z]
-            }
-            Grid::Once { x } => {
-                let (x, z) = crate::gpu::grid(x, max_per_dim);
-                [x, 1, z]
-            }
-        }
+    pub fn size(&self, shape: StepShape, max_per_dim: u32) -> [u32; 3] {
+        let (x, rows, tile) = match *self {
+            Grid::Fixed(g) => return g,
+            Grid::Tokens { x, tile } => (x, shape.n_tokens, tile),
+            Grid::Outputs { x, tile } => (x, shape.n_out, tile),
+        };
+        let (x, z) = crate::gpu::grid(x, max_per_dim);
+        [x, rows.div_ceil(tile.max(1)), z]
     }
 }
 
@@ -263,20 +373,23 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, max_per_dim: u32) {
-        let [x, y, z] = self.grid.size(n_tokens, max_per_dim);
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, shape: StepShape, max_per_dim: u32) {
+        let [x, y, z] = self.grid.size(shape, max_per_dim);
+        if x == 0 || y == 0 || z == 0 {
+            return;
+        }
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
     }
 }
 
-/// Records `dispatches` for a step of `n_tokens` tokens into one compute pass.
+/// Records `dispatches` for a step of the given shape into one compute pass.
 pub fn encode_all<'a>(
     ctx: &GpuContext,
     encoder: &mut wgpu::CommandEncoder,
     dispatches: impl IntoIterator<Item = &'a Dispatch>,
-    n_tokens: u32,
+    shape: StepShape,
 ) {
     let max = ctx.limits().max_compute_workgroups_per_dimension;
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -284,7 +397,7 @@ pub fn encode_all<'a>(
         timestamp_writes: None,
     });
     for d in dispatches {
-        d.encode(&mut pass, n_tokens, max);
+        d.encode(&mut pass, shape, max);
     }
 }
 

@@ -7,7 +7,7 @@ crate::gpu_params! {
     pub struct RmsNormParams {
         pub n_embd: u32,
         pub eps: f32,
-        pub last_row_only: u32,
+        pub gather: u32,
         pub _pad: u32,
     }
 }
@@ -33,8 +33,8 @@ impl RmsNorm {
         })
     }
 
-    /// `out = rms_norm(x) * weight` over rows of `n_embd`; with `last_row_only`, only the step's
-    /// last row, written as row 0.
+    /// `out = rms_norm(x) * weight` over rows of `n_embd`; with `gather`, output row i holds the
+    /// step's out row i (the rows whose logits the step computes).
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
@@ -45,22 +45,21 @@ impl RmsNorm {
         out: &wgpu::Buffer,
         n_embd: u32,
         eps: f32,
-        last_row_only: bool,
+        gather: bool,
         max_tokens: u32,
     ) -> Result<Dispatch, KernelError> {
         let rows = u64::from(max_tokens);
         check_len("rms_norm", "x", x, rows * u64::from(n_embd))?;
         check_len("rms_norm", "weight", weight, u64::from(n_embd))?;
-        let out_rows = if last_row_only { 1 } else { rows };
-        check_len("rms_norm", "out", out, out_rows * u64::from(n_embd))?;
+        check_len("rms_norm", "out", out, rows * u64::from(n_embd))?;
         let params = RmsNormParams {
             n_embd,
             eps,
-            last_row_only: u32::from(last_row_only),
+            gather: u32::from(gather),
             _pad: 0,
         };
-        let grid = if last_row_only {
-            Grid::Fixed([1, 1, 1])
+        let grid = if gather {
+            Grid::Outputs { x: 1, tile: 1 }
         } else {
             Grid::Tokens { x: 1, tile: 1 }
         };

@@ -17,7 +17,9 @@ use crate::kernels::matmul::{Matmul, MatmulLayout};
 use crate::kernels::rms_norm::RmsNorm;
 use crate::kernels::rope::{Rope, RopeParams};
 use crate::kernels::silu_mul::SiluMul;
-use crate::kernels::{Dispatch, KernelError, StepBuffer, encode_all};
+use crate::kernels::{
+    Dispatch, KernelError, PagedLayout, StepBuffer, StepInput, StepShape, encode_all,
+};
 
 /// Steps of fewer tokens than this use the matrix-vector kernels (each weight row read once per
 /// token); longer ones the tiled matrix-matrix kernels.
@@ -25,13 +27,20 @@ const VECTOR_MAX_TOKENS: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// KV cache length in tokens; `None`: the training context, capped at 4096.
+    /// Context length of one sequence in tokens; `None`: the training context, capped at 4096.
     pub n_ctx: Option<u32>,
     /// Most tokens in one forward step (longer prompts are prefilled in chunks of this).
     pub max_batch: u32,
     /// Keep the KV cache in f16 (half the memory and attention reads); `None`: where the
     /// adapter has shader-f16.
     pub kv_f16: Option<bool>,
+    /// Sequences the cache can hold at once (rows of the block table).
+    pub n_seq: u32,
+    /// Positions the KV page pool holds across all sequences; `None` (or less than `n_ctx`):
+    /// one full context.
+    pub kv_tokens: Option<u32>,
+    /// Positions per KV page.
+    pub page_size: u32,
 }
 
 impl Default for LoadOptions {
@@ -40,8 +49,30 @@ impl Default for LoadOptions {
             n_ctx: None,
             max_batch: 512,
             kv_f16: None,
+            n_seq: 1,
+            kv_tokens: None,
+            page_size: 16,
         }
     }
+}
+
+/// What a batched step returns for its output rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutput {
+    /// Nothing: the step only fills the KV cache.
+    Nothing,
+    /// The most likely next token of each output row.
+    Argmax,
+    /// The logits of each output row: (n_out, n_vocab).
+    Logits,
+}
+
+/// A page copy before a step: every layer's K and V of page `src` into page `dst` (copy on
+/// write of a shared page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCopy {
+    pub src: u32,
+    pub dst: u32,
 }
 
 /// What a forward step returns.
@@ -60,7 +91,11 @@ pub enum Output {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Forward {
     Nothing,
+    /// Single-sequence greedy: the next token.
     Token(u32),
+    /// Batched greedy: the next token of each output row.
+    Tokens(Vec<u32>),
+    /// Logits of the requested rows, (rows, n_vocab).
     Logits(Vec<f32>),
 }
 
@@ -70,7 +105,7 @@ struct TracePoint {
     name: String,
     buffer: wgpu::Buffer,
     row_len: u32,
-    /// Token t's row is at pos0 + t (a KV cache), else at t.
+    /// Token t's row is at pos0 + t (the KV pool of the single-sequence layout), else at t.
     rows_at_pos: bool,
     /// Stored as f16 (an f16 KV cache).
     f16: bool,
@@ -133,10 +168,17 @@ pub struct LlamaGpu {
     /// Layers for steps of many tokens (tiled matmuls) and of few (matrix-vector).
     prefill: Vec<Stage>,
     decode: Vec<Stage>,
-    /// Final norm of the last row, output projection, argmax.
-    tail_last: Vec<Dispatch>,
-    /// Final norm of every row and output projection.
-    tail_all: Vec<Dispatch>,
+    /// Final norm of the output rows and the output projection, for few and for many rows.
+    tail_vector: Vec<Dispatch>,
+    tail_tiled: Vec<Dispatch>,
+    /// Argmax of each output row.
+    tail_argmax: Dispatch,
+    /// K and V page pools, per layer (for page copies).
+    k_cache: Vec<wgpu::Buffer>,
+    v_cache: Vec<wgpu::Buffer>,
+    page_bytes: u64,
+    n_pages: u32,
+    n_seq: u32,
     logits: wgpu::Buffer,
     next_token: wgpu::Buffer,
     readback: ReadbackBuffer,
@@ -212,13 +254,23 @@ impl LlamaGpu {
             ))
             .into());
         }
+        let page_size = options.page_size.clamp(1, 4096);
+        let n_seq = options.n_seq.max(1);
+        let pages_per_seq = n_ctx.div_ceil(page_size);
+        // The pool always holds one whole context: one sequence can never run out of pages.
+        let n_pages = options
+            .kv_tokens
+            .unwrap_or(0)
+            .max(n_ctx)
+            .div_ceil(page_size)
+            .max(pages_per_seq);
         let kv_row_bytes = u64::from(cfg.n_embd_kv()) * if kv_f16 { 2 } else { 4 };
-        let cache_bytes = u64::from(n_ctx) * kv_row_bytes;
+        let cache_bytes = u64::from(n_pages) * u64::from(page_size) * kv_row_bytes;
         if cache_bytes > ctx.max_binding_size() {
             return Err(ModelError::ContextTooLong {
-                requested: u64::from(n_ctx),
+                requested: u64::from(n_pages) * u64::from(page_size),
                 reason: format!(
-                    "one layer's K cache would take {cache_bytes} bytes, over this adapter's binding limit of {}; at most {} tokens fit",
+                    "one layer's K pool would take {cache_bytes} bytes, over this adapter's binding limit of {}; at most {} tokens fit",
                     ctx.max_binding_size(),
                     ctx.max_binding_size() / kv_row_bytes
                 ),
@@ -290,7 +342,9 @@ impl LlamaGpu {
         };
         let mut k_cache = Vec::with_capacity(cfg.n_layer as usize);
         let mut v_cache = Vec::with_capacity(cfg.n_layer as usize);
-        let cache_usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let cache_usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
         for i in 0..cfg.n_layer {
             k_cache.push(
                 ctx.create_buffer(&format!("blk.{i}.k_cache"), cache_bytes, cache_usage)
@@ -315,13 +369,18 @@ impl LlamaGpu {
         let next_token = ctx
             .create_buffer(
                 "next_token",
-                4,
+                4 * u64::from(logit_rows),
                 wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             )
             .await?;
         let readback =
             ReadbackBuffer::new(&ctx, "readback", u64::from(logit_rows) * vocab_row_bytes).await?;
-        let step = StepBuffer::new(&ctx, max_batch).await?;
+        let layout = PagedLayout {
+            page_size,
+            pages_per_seq,
+            max_slots: n_seq,
+        };
+        let step = StepBuffer::new(&ctx, max_batch, layout).await?;
 
         let builder = PlanBuilder {
             ctx: &ctx,
@@ -331,14 +390,22 @@ impl LlamaGpu {
             weights: &weights,
             k_cache: &k_cache,
             v_cache: &v_cache,
-            n_ctx,
+            pool_rows: n_pages * page_size,
             max_batch,
             kv_f16,
         };
         let prefill = builder.layers(false).await?;
         let decode = builder.layers(true).await?;
-        let tail_last = builder.tail(true, &logits, &next_token).await?;
-        let tail_all = builder.tail(false, &logits, &next_token).await?;
+        let tail_vector = builder.tail(true, &logits).await?;
+        let tail_tiled = builder.tail(false, &logits).await?;
+        let tail_argmax = Argmax::new(&ctx).await?.bind(
+            &ctx,
+            step.buffer(),
+            &logits,
+            &next_token,
+            cfg.n_vocab,
+            logit_rows,
+        )?;
         ctx.check()?;
 
         let weight_bytes = total;
@@ -348,6 +415,8 @@ impl LlamaGpu {
             kv_mib = kv_bytes >> 20,
             kv_f16,
             n_ctx,
+            n_seq,
+            n_pages,
             max_batch,
             "model on the GPU"
         );
@@ -360,8 +429,14 @@ impl LlamaGpu {
             step,
             prefill,
             decode,
-            tail_last,
-            tail_all,
+            tail_vector,
+            tail_tiled,
+            tail_argmax,
+            page_bytes: u64::from(page_size) * kv_row_bytes,
+            n_pages,
+            n_seq,
+            k_cache,
+            v_cache,
             logits,
             next_token,
             readback,
@@ -380,7 +455,7 @@ impl LlamaGpu {
         &self.ctx
     }
 
-    /// KV cache length in tokens.
+    /// Context length of one sequence.
     pub fn n_ctx(&self) -> u32 {
         self.n_ctx
     }
@@ -390,9 +465,24 @@ impl LlamaGpu {
         self.max_batch
     }
 
-    /// Most tokens one [`Output::AllLogits`] step takes.
+    /// Most output rows (logits) one step computes.
     pub fn max_logit_rows(&self) -> u32 {
         self.logit_rows
+    }
+
+    /// Pages in the KV pool.
+    pub fn n_pages(&self) -> u32 {
+        self.n_pages
+    }
+
+    /// Positions per KV page.
+    pub fn page_size(&self) -> u32 {
+        self.step.layout().page_size
+    }
+
+    /// Sequence slots (rows of the block table).
+    pub fn n_seq(&self) -> u32 {
+        self.n_seq
     }
 
     pub fn weight_bytes(&self) -> u64 {
@@ -408,7 +498,138 @@ impl LlamaGpu {
         self.kv_f16
     }
 
-    fn check_step(&self, tokens: &[u32], pos0: u32, output: Output) -> Result<u32> {
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if let Some(&token) = tokens.iter().find(|&&t| t >= self.cfg.n_vocab) {
+            return Err(ModelError::TokenOutOfRange {
+                token,
+                n_vocab: self.cfg.n_vocab,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Runs one step of one or more sequences: `copies` first (copy-on-write of shared pages),
+    /// then every token of `input` at its position in its sequence, then `output` for the
+    /// step's output rows.
+    pub async fn step(
+        &mut self,
+        input: &StepInput<'_>,
+        copies: &[PageCopy],
+        output: StepOutput,
+    ) -> Result<Forward> {
+        self.check_tokens(input.tokens)?;
+        if input.out_rows.len() > self.logit_rows as usize {
+            return Err(ModelError::BadRequest(format!(
+                "{} output rows in one step; at most {}",
+                input.out_rows.len(),
+                self.logit_rows
+            ))
+            .into());
+        }
+        if let Some(c) = copies
+            .iter()
+            .find(|c| c.src >= self.n_pages || c.dst >= self.n_pages)
+        {
+            return Err(ModelError::BadRequest(format!(
+                "page copy {} -> {} outside the pool of {} pages",
+                c.src, c.dst, self.n_pages
+            ))
+            .into());
+        }
+        let shape = self.step.write(&self.ctx, input)?;
+        self.run(shape, copies, output).await
+    }
+
+    async fn run(
+        &mut self,
+        shape: StepShape,
+        copies: &[PageCopy],
+        output: StepOutput,
+    ) -> Result<Forward> {
+        let output = if shape.n_out == 0 {
+            StepOutput::Nothing
+        } else {
+            output
+        };
+        let layers = if shape.n_tokens < VECTOR_MAX_TOKENS {
+            &self.decode
+        } else {
+            &self.prefill
+        };
+        let tail: &[Dispatch] = match output {
+            StepOutput::Nothing => &[],
+            _ if shape.n_out < VECTOR_MAX_TOKENS => &self.tail_vector,
+            _ => &self.tail_tiled,
+        };
+        let argmax: &[Dispatch] = match output {
+            StepOutput::Argmax => std::slice::from_ref(&self.tail_argmax),
+            _ => &[],
+        };
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("forward"),
+                });
+        for c in copies {
+            let (src, dst) = (
+                u64::from(c.src) * self.page_bytes,
+                u64::from(c.dst) * self.page_bytes,
+            );
+            for pool in self.k_cache.iter().chain(&self.v_cache) {
+                encoder.copy_buffer_to_buffer(pool, src, pool, dst, self.page_bytes);
+            }
+        }
+        encode_all(
+            &self.ctx,
+            &mut encoder,
+            layers
+                .iter()
+                .flat_map(|s| &s.dispatches)
+                .chain(tail)
+                .chain(argmax),
+            shape,
+        );
+        let n_out = u64::from(shape.n_out);
+        let vocab = u64::from(self.cfg.n_vocab);
+        match output {
+            StepOutput::Nothing => {}
+            StepOutput::Argmax => {
+                self.readback
+                    .copy_from(&mut encoder, &self.next_token, 0, 4 * n_out)?
+            }
+            StepOutput::Logits => {
+                self.readback
+                    .copy_from(&mut encoder, &self.logits, 0, 4 * n_out * vocab)?
+            }
+        }
+        self.ctx.queue().submit([encoder.finish()]);
+        Ok(match output {
+            StepOutput::Nothing => {
+                self.ctx.check()?;
+                Forward::Nothing
+            }
+            StepOutput::Argmax => {
+                let ids = self.readback.read_u32(&self.ctx, n_out as usize).await?;
+                if ids.iter().any(|&id| id >= self.cfg.n_vocab) {
+                    return Err(
+                        ModelError::Invalid("the logits hold no finite value".into()).into(),
+                    );
+                }
+                Forward::Tokens(ids)
+            }
+            StepOutput::Logits => Forward::Logits(
+                self.readback
+                    .read_f32(&self.ctx, (n_out * vocab) as usize)
+                    .await?,
+            ),
+        })
+    }
+
+    /// The single-sequence layout: slot 0, pages 0, 1, 2, ... Checks a step of `tokens` at
+    /// `pos0..` and returns its output rows.
+    fn single_rows(&self, tokens: &[u32], pos0: u32, output: Output) -> Result<Vec<u32>> {
         let n = tokens.len() as u64;
         let max = if output == Output::AllLogits {
             self.logit_rows
@@ -429,85 +650,29 @@ impl LlamaGpu {
             }
             .into());
         }
-        if let Some(&token) = tokens.iter().find(|&&t| t >= self.cfg.n_vocab) {
-            return Err(ModelError::TokenOutOfRange {
-                token,
-                n_vocab: self.cfg.n_vocab,
-            }
-            .into());
-        }
-        Ok(n as u32)
+        self.check_tokens(tokens)?;
+        let n = n as u32;
+        Ok(match output {
+            Output::Nothing => Vec::new(),
+            Output::Argmax | Output::LastLogits => vec![n - 1],
+            Output::AllLogits => (0..n).collect(),
+        })
     }
 
-    /// Runs `tokens` at positions `pos0..`, storing their K/V in the cache, and returns what
-    /// `output` asks for. Positions past `pos0 + tokens.len()` keep stale K/V that later steps
-    /// overwrite, so rewinding is just passing an earlier `pos0`.
+    /// Runs `tokens` of the single sequence (slot 0) at positions `pos0..`, storing their K/V,
+    /// and returns what `output` asks for. Positions past `pos0 + tokens.len()` keep stale K/V
+    /// that later steps overwrite, so rewinding is just passing an earlier `pos0`.
     pub async fn forward(&mut self, tokens: &[u32], pos0: u32, output: Output) -> Result<Forward> {
-        let n = self.check_step(tokens, pos0, output)?;
-        self.step.write(&self.ctx, pos0, tokens)?;
-        let layers = if n < VECTOR_MAX_TOKENS {
-            &self.decode
-        } else {
-            &self.prefill
+        let out_rows = self.single_rows(tokens, pos0, output)?;
+        let shape = self.step.write_single(&self.ctx, pos0, tokens, &out_rows)?;
+        let step_output = match output {
+            Output::Nothing => StepOutput::Nothing,
+            Output::Argmax => StepOutput::Argmax,
+            Output::LastLogits | Output::AllLogits => StepOutput::Logits,
         };
-        let tail: &[Dispatch] = match output {
-            Output::Nothing => &[],
-            Output::AllLogits => &self.tail_all,
-            Output::Argmax | Output::LastLogits => &self.tail_last,
-        };
-        let mut encoder =
-            self.ctx
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("forward"),
-                });
-        encode_all(
-            &self.ctx,
-            &mut encoder,
-            layers.iter().flat_map(|s| &s.dispatches).chain(tail),
-            n,
-        );
-        let vocab = u64::from(self.cfg.n_vocab);
-        let read_bytes = match output {
-            Output::Nothing => 0,
-            Output::Argmax => {
-                self.readback
-                    .copy_from(&mut encoder, &self.next_token, 0, 4)?;
-                4
-            }
-            Output::LastLogits => {
-                self.readback
-                    .copy_from(&mut encoder, &self.logits, 0, vocab * 4)?;
-                vocab * 4
-            }
-            Output::AllLogits => {
-                let bytes = u64::from(n) * vocab * 4;
-                self.readback
-                    .copy_from(&mut encoder, &self.logits, 0, bytes)?;
-                bytes
-            }
-        };
-        self.ctx.queue().submit([encoder.finish()]);
-        Ok(match output {
-            Output::Nothing => {
-                self.ctx.check()?;
-                Forward::Nothing
-            }
-            Output::Argmax => {
-                let ids = self.readback.read_u32(&self.ctx, 1).await?;
-                let id = ids.first().copied().unwrap_or(u32::MAX);
-                if id >= self.cfg.n_vocab {
-                    return Err(
-                        ModelError::Invalid("the logits hold no finite value".into()).into(),
-                    );
-                }
-                Forward::Token(id)
-            }
-            _ => Forward::Logits(
-                self.readback
-                    .read_f32(&self.ctx, (read_bytes / 4) as usize)
-                    .await?,
-            ),
+        Ok(match self.run(shape, &[], step_output).await? {
+            Forward::Tokens(ids) => Forward::Token(ids.first().copied().unwrap_or(0)),
+            other => other,
         })
     }
 
@@ -518,12 +683,18 @@ impl LlamaGpu {
         tokens: &[u32],
         pos0: u32,
     ) -> Result<Vec<(String, Vec<f32>)>> {
-        let n = self.check_step(tokens, pos0, Output::AllLogits)?;
-        self.step.write(&self.ctx, pos0, tokens)?;
+        let out_rows = self.single_rows(tokens, pos0, Output::AllLogits)?;
+        let shape = self.step.write_single(&self.ctx, pos0, tokens, &out_rows)?;
+        let n = shape.n_tokens;
         let layers = if n < VECTOR_MAX_TOKENS {
             &self.decode
         } else {
             &self.prefill
+        };
+        let tail = if n < VECTOR_MAX_TOKENS {
+            &self.tail_vector
+        } else {
+            &self.tail_tiled
         };
         let final_norm = TracePoint {
             name: "output_norm".into(),
@@ -532,23 +703,17 @@ impl LlamaGpu {
             rows_at_pos: false,
             f16: false,
         };
-        let tail = [Stage {
-            dispatches: Vec::new(),
-            trace: None,
-        }];
         let mut out = Vec::new();
-        let stages = layers.iter().chain(&tail);
-        for (i, stage) in stages.enumerate() {
-            let (dispatches, trace): (&[Dispatch], Option<&TracePoint>) = if i == layers.len() {
-                (&self.tail_all, Some(&final_norm))
-            } else {
-                (&stage.dispatches, stage.trace.as_ref())
-            };
+        let stages = layers
+            .iter()
+            .map(|s| (&s.dispatches[..], s.trace.as_ref()))
+            .chain([(&tail[..], Some(&final_norm))]);
+        for (dispatches, trace) in stages {
             let mut encoder = self
                 .ctx
                 .device()
                 .create_command_encoder(&Default::default());
-            encode_all(&self.ctx, &mut encoder, dispatches, n);
+            encode_all(&self.ctx, &mut encoder, dispatches, shape);
             let Some(tp) = trace else {
                 self.ctx.queue().submit([encoder.finish()]);
                 continue;
@@ -607,7 +772,8 @@ struct PlanBuilder<'a> {
     k_cache: &'a [wgpu::Buffer],
     v_cache: &'a [wgpu::Buffer],
     kv_f16: bool,
-    n_ctx: u32,
+    /// Rows of each layer's K/V page pool.
+    pool_rows: u32,
     max_batch: u32,
 }
 
@@ -641,7 +807,7 @@ impl PlanBuilder<'_> {
                 x_rows: self.max_batch,
                 y_rows: self.max_batch,
                 y_col0: 0,
-                single_row: false,
+                out_rows: false,
             },
         )
     }
@@ -730,7 +896,15 @@ impl PlanBuilder<'_> {
             });
             stages.push(Stage {
                 dispatches: vec![kv_store.bind(
-                    ctx, step, &a.k_new, &a.v_new, kc, vc, kv_params, mb, self.n_ctx,
+                    ctx,
+                    step,
+                    &a.k_new,
+                    &a.v_new,
+                    kc,
+                    vc,
+                    kv_params,
+                    mb,
+                    self.pool_rows,
                 )?],
                 trace: Some(TracePoint {
                     name: format!("blk.{i}.k_rope"),
@@ -760,7 +934,7 @@ impl PlanBuilder<'_> {
                     &a.attn,
                     attn_params,
                     mb,
-                    self.n_ctx,
+                    self.pool_rows,
                 )?],
                 trace: self.trace(
                     format!("blk.{i}.attn_out_before_proj"),
@@ -807,12 +981,9 @@ impl PlanBuilder<'_> {
     }
 
     /// Final norm and output projection: of the last row only (and its argmax), or of all rows.
-    async fn tail(
-        &self,
-        last_only: bool,
-        logits: &wgpu::Buffer,
-        next_token: &wgpu::Buffer,
-    ) -> Result<Vec<Dispatch>> {
+    /// Final norm of the step's output rows and the output projection into `logits`, with the
+    /// matrix-vector kernel (`vector`) or the tiled one.
+    async fn tail(&self, vector: bool, logits: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
         let c = self.cfg;
         let a = self.act;
         let output = self
@@ -829,10 +1000,10 @@ impl PlanBuilder<'_> {
             &a.xn,
             c.n_embd,
             c.norm_eps,
-            last_only,
+            true,
             self.max_batch,
         )?];
-        d.extend(self.matmul_kernel(last_only, output.dtype).await?.bind(
+        d.extend(self.matmul_kernel(vector, output.dtype).await?.bind(
             self.ctx,
             self.step,
             output,
@@ -841,19 +1012,12 @@ impl PlanBuilder<'_> {
             MatmulLayout {
                 x_stride: c.n_embd,
                 y_stride: c.n_vocab,
-                x_rows: if last_only { 1 } else { logit_rows },
-                y_rows: if last_only { 1 } else { logit_rows },
+                x_rows: logit_rows.min(self.max_batch),
+                y_rows: logit_rows,
                 y_col0: 0,
-                single_row: last_only,
+                out_rows: true,
             },
         )?);
-        if last_only {
-            d.push(
-                Argmax::new(self.ctx)
-                    .await?
-                    .bind(self.ctx, logits, next_token, c.n_vocab, 1)?,
-            );
-        }
         Ok(d)
     }
 }

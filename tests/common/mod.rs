@@ -96,14 +96,30 @@ pub fn run(
     tokens: &[u32],
     step: &sovereign::kernels::StepBuffer,
 ) {
-    step.write(ctx, pos0, tokens).unwrap();
+    // One sequence in slot 0 at pages 0, 1, ...; every token row is an output row.
+    let rows: Vec<u32> = (0..tokens.len() as u32).collect();
+    let shape = step.write_single(ctx, pos0, tokens, &rows).unwrap();
+    encode(ctx, dispatches, shape);
+}
+
+/// Writes a step of any shape (several sequences, any block tables) and runs `dispatches`.
+pub fn run_step(
+    ctx: &GpuContext,
+    dispatches: &[&sovereign::kernels::Dispatch],
+    input: &sovereign::kernels::StepInput<'_>,
+    step: &sovereign::kernels::StepBuffer,
+) {
+    let shape = step.write(ctx, input).unwrap();
+    encode(ctx, dispatches, shape);
+}
+
+fn encode(
+    ctx: &GpuContext,
+    dispatches: &[&sovereign::kernels::Dispatch],
+    shape: sovereign::kernels::StepShape,
+) {
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    sovereign::kernels::encode_all(
-        ctx,
-        &mut encoder,
-        dispatches.iter().copied(),
-        tokens.len() as u32,
-    );
+    sovereign::kernels::encode_all(ctx, &mut encoder, dispatches.iter().copied(), shape);
     ctx.queue().submit([encoder.finish()]);
 }
 
