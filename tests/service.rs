@@ -3,16 +3,26 @@
 mod common;
 
 use common::{gpu, greedy_cases, model_path};
-use sovereign::engine::service::{Engine, EngineOptions, Event, Prompt, Request};
+use sovereign::engine::service::{
+    Engine, EngineHandle, EngineOptions, Event, Prompt, Request, RequestStream,
+};
 use sovereign::engine::{GenerateParams, Model, SamplingParams, StopReason};
 use sovereign::format::GgufFile;
 use sovereign::gpu::GpuOptions;
 use sovereign::model::LoadOptions;
 
 fn engine(options: EngineOptions) -> Engine {
+    engine_with(options, 8, None)
+}
+
+/// An engine with `n_seq` sequence slots and a KV pool of `kv_tokens` positions (default: one
+/// full context).
+fn engine_with(options: EngineOptions, n_seq: u32, kv_tokens: Option<u32>) -> Engine {
     let file = GgufFile::open(model_path()).unwrap();
     let load = LoadOptions {
         n_ctx: Some(1024),
+        n_seq,
+        kv_tokens,
         ..Default::default()
     };
     let model = pollster::block_on(Model::load(
@@ -34,7 +44,7 @@ fn greedy(n: u32) -> GenerateParams {
 }
 
 /// Collects a stream: the text, the tokens and the final event.
-fn collect(mut stream: sovereign::engine::service::RequestStream) -> (String, Vec<u32>, Event) {
+fn collect(mut stream: RequestStream) -> (String, Vec<u32>, Event) {
     let mut text = String::new();
     let mut tokens = Vec::new();
     loop {
@@ -50,7 +60,7 @@ fn collect(mut stream: sovereign::engine::service::RequestStream) -> (String, Ve
 }
 
 #[test]
-fn streams_the_reference_text_and_reuses_the_prompt_cache() {
+fn streams_the_reference_text_twice() {
     let engine = engine(EngineOptions::default());
     let h = engine.handle();
     let case = &greedy_cases()[0];
@@ -79,22 +89,26 @@ fn streams_the_reference_text_and_reuses_the_prompt_cache() {
     assert_eq!(usage.completion_tokens, want.len());
     assert_eq!(usage.prompt_tokens, 5);
 
-    // The same prompt again: its K/V are still cached.
+    // The same prompt again: the same output from a fresh sequence.
     let (text2, _, end) = collect(h.submit(request).unwrap());
     assert_eq!(text2, text);
     let Event::Finished { usage, .. } = end else {
         panic!("{end:?}")
     };
-    assert_eq!(usage.cached_tokens, 4);
+    // Five prompt tokens: no full 16-position page to share (and the last token is always run).
+    assert_eq!(usage.cached_tokens, 0);
     let m = h.metrics();
     assert_eq!(m.requests_finished, 2);
-    assert!(m.prefix_cache_hits >= 1);
+    assert_eq!(m.prefix_cache_hits, 0);
     assert_eq!(m.generated_tokens, 2 * want.len() as u64);
 }
 
 #[test]
 fn cancelling_stops_generation_and_bad_requests_fail_at_submit() {
-    let engine = engine(EngineOptions { max_queue: 1 });
+    let engine = engine(EngineOptions {
+        max_queue: 1,
+        ..Default::default()
+    });
     let h = engine.handle();
     let mut stream = h
         .submit(Request {
@@ -159,4 +173,180 @@ fn cancelling_stops_generation_and_bad_requests_fail_at_submit() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+}
+
+fn prompts() -> Vec<String> {
+    [
+        "The capital of France is",
+        "Once upon a time, there was a little robot who",
+        "def fibonacci(n):\n",
+        "The three primary colors are",
+        "In 1969, the first humans",
+        "Water boils at",
+        "My favourite recipe for pancakes starts with",
+        "The quick brown fox",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run_alone(h: &EngineHandle, prompt: &str, n: u32) -> String {
+    let request = Request {
+        prompt: Prompt::Text(prompt.into()),
+        params: greedy(n),
+        logprobs: None,
+    };
+    collect(h.submit(request).unwrap()).0
+}
+
+/// Sequences batched together (and joining while others decode) produce exactly what each
+/// produces alone.
+#[test]
+fn concurrent_requests_match_their_solo_runs() {
+    let engine = engine(EngineOptions::default());
+    let h = engine.handle();
+    let prompts = prompts();
+    let alone: Vec<String> = prompts.iter().map(|p| run_alone(&h, p, 12)).collect();
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            h.submit(Request {
+                prompt: Prompt::Text(p.clone()),
+                params: greedy(12),
+                logprobs: None,
+            })
+            .unwrap()
+        })
+        .collect();
+    let together: Vec<String> = streams.into_iter().map(|s| collect(s).0).collect();
+    assert_eq!(together, alone);
+    let m = h.metrics();
+    assert_eq!(m.running_sequences, 0);
+    assert_eq!(m.kv_pages_used, 0, "finished sequences still hold pages");
+}
+
+/// An engine on a small random model (fast on any adapter) with `n_seq` slots and a KV pool of
+/// `kv_tokens` positions.
+fn synthetic_engine(n_seq: u32, n_ctx: u32, kv_tokens: u32) -> Engine {
+    use sovereign::model::synthetic::{SyntheticSpec, synthetic_llama};
+    let bytes = synthetic_llama(&SyntheticSpec::default())
+        .unwrap()
+        .to_bytes();
+    let file = GgufFile::from_bytes(bytes).unwrap();
+    let load = LoadOptions {
+        n_ctx: Some(n_ctx),
+        n_seq,
+        kv_tokens: Some(kv_tokens),
+        ..Default::default()
+    };
+    let model = pollster::block_on(Model::load(
+        gpu(GpuOptions::default()),
+        &file,
+        &load,
+        &mut |_| {},
+    ))
+    .unwrap();
+    Engine::start(model, EngineOptions::default()).unwrap()
+}
+
+/// Distinct token prompts (no shared first page) of `len` tokens.
+fn token_prompts(n: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..n)
+        .map(|i| {
+            (0..len)
+                .map(|k| 3 + ((i * 7919 + k * 104_729 + k * k * 31) % 509) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+fn run_tokens(h: &EngineHandle, prompt: &[u32], n: u32) -> RequestStream {
+    h.submit(Request {
+        prompt: Prompt::Tokens(prompt.to_vec()),
+        params: GenerateParams {
+            ignore_eos: true,
+            ..greedy(n)
+        },
+        logprobs: None,
+    })
+    .unwrap()
+}
+
+/// A pool too small for every sequence at once: the newest are preempted and recomputed, and
+/// the outputs do not change.
+#[test]
+fn preemption_keeps_outputs_exact() {
+    // 256 positions of pool (16 pages of 16) for 6 sequences of 100 positions (7 pages) each.
+    let engine = synthetic_engine(6, 256, 256);
+    let h = engine.handle();
+    let prompts = token_prompts(6, 60);
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| collect(run_tokens(&h, p, 40)).1)
+        .collect();
+    assert!(alone.iter().all(|t| t.len() == 40));
+    let streams: Vec<_> = prompts.iter().map(|p| run_tokens(&h, p, 40)).collect();
+    let together: Vec<Vec<u32>> = streams.into_iter().map(|s| collect(s).1).collect();
+    let m = h.metrics();
+    assert!(m.requests_preempted > 0, "no preemption happened: {m:?}");
+    assert_eq!(together, alone);
+    assert_eq!(m.kv_pages_used, 0);
+    assert_eq!(m.running_sequences, 0);
+}
+
+/// Many more streams than the real model's tests can afford, each equal to its solo run; a
+/// cancelled stream's pages return to the pool while the others go on.
+#[test]
+fn many_streams_match_their_solo_runs_and_cancel_frees_pages() {
+    let engine = synthetic_engine(32, 256, 32 * 128);
+    let h = engine.handle();
+    let prompts = token_prompts(32, 20);
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| collect(run_tokens(&h, p, 24)).1)
+        .collect();
+    let mut streams: Vec<_> = prompts.iter().map(|p| run_tokens(&h, p, 24)).collect();
+    let victim = run_tokens(&h, &token_prompts(33, 40)[32], 200);
+    let mut victim = Some(victim);
+    let mut together = Vec::new();
+    for s in streams.drain(..) {
+        if let Some(v) = victim.take() {
+            drop(v);
+        }
+        together.push(collect(s).1);
+    }
+    assert_eq!(together, alone);
+    let m = h.metrics();
+    assert_eq!(m.kv_pages_used, 0, "{m:?}");
+    assert!(m.requests_cancelled >= 1, "{m:?}");
+}
+
+/// A long shared prefix is served from cached pages the second time.
+#[test]
+fn a_shared_prefix_hits_the_prefix_cache() {
+    let engine = engine(EngineOptions::default());
+    let h = engine.handle();
+    let prefix = "The following is a list of facts about the solar system. ".repeat(8);
+    let run = |suffix: &str| {
+        let request = Request {
+            prompt: Prompt::Text(format!("{prefix}{suffix}")),
+            params: greedy(2),
+            logprobs: None,
+        };
+        let (_, _, end) = collect(h.submit(request).unwrap());
+        let Event::Finished { usage, .. } = end else {
+            panic!("{end:?}")
+        };
+        usage
+    };
+    let first = run("Mercury is");
+    assert_eq!(first.cached_tokens, 0);
+    let second = run("Venus is");
+    assert!(
+        second.cached_tokens >= first.prompt_tokens - 20,
+        "{second:?} after {first:?}"
+    );
+    assert!(h.metrics().prefix_cache_hits >= 1);
+    assert!(h.metrics().kv_pages_cached > 0);
 }

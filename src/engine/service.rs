@@ -11,9 +11,12 @@ use std::task::{Context, Poll};
 use futures_channel::mpsc;
 use web_time::{Duration, Instant};
 
-use super::sequence::TokenLogprob;
-use super::{EngineError, GenerateParams, Model, Session, StopReason};
+use super::sequence::{Logits, SequenceState, TokenLogprob};
+use super::{EngineError, GenerateParams, Model, StopReason};
 use crate::Result;
+use crate::kernels::StepInput;
+use crate::kv::{KvCache, SeqId};
+use crate::model::llama::{Forward, PageCopy, StepOutput};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 /// What to run.
@@ -102,9 +105,16 @@ pub struct Metrics {
     pub inter_token_count: u64,
     /// Generated tokens per second over the last busy stretch.
     pub decode_tokens_per_second: f64,
+    pub requests_preempted: u64,
     pub kv_pages_total: u64,
+    /// Pages some running sequence holds.
     pub kv_pages_used: u64,
+    /// Pages that only the prefix cache holds (reused on a hit, evicted when needed).
+    pub kv_pages_cached: u64,
+    /// Positions per page.
     pub kv_page_tokens: u64,
+    /// Positions of running sequences held in used pages (the rest of those pages is waste).
+    pub kv_tokens_stored: u64,
 }
 
 /// What the service knows about its model.
@@ -122,11 +132,18 @@ pub struct ModelInfo {
 pub struct EngineOptions {
     /// Requests waiting beyond the running ones; more are refused with `QueueFull`.
     pub max_queue: usize,
+    /// Most prompt tokens one step runs while other sequences are decoding, so a long prompt
+    /// delays their next token by one chunk, not by the whole prompt. With nothing decoding a
+    /// step takes as many as the model's batch allows.
+    pub prefill_chunk: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { max_queue: 64 }
+        EngineOptions {
+            max_queue: 64,
+            prefill_chunk: 256,
+        }
     }
 }
 
@@ -365,129 +382,479 @@ impl Drop for RequestStream {
 }
 
 async fn run_loop(
-    mut model: Model,
+    model: Model,
     mut commands: mpsc::UnboundedReceiver<Command>,
     shared: Arc<Shared>,
 ) {
     let handle = EngineHandle { shared };
-    let mut session = Session::new();
-    let mut queue: VecDeque<Job> = VecDeque::new();
+    let mut scheduler = Scheduler::new(model, handle.shared.options.prefill_chunk);
     loop {
-        let next = match queue.pop_front() {
-            Some(job) => Some(Command::Submit(job)),
-            None => futures_util::StreamExt::next(&mut commands).await,
-        };
-        let job = match next {
-            Some(Command::Submit(job)) => job,
-            Some(Command::Shutdown) | None => return,
-        };
-        handle.update(|m| {
-            m.queue_depth = m.queue_depth.saturating_sub(1);
-            m.running_sequences = 1;
-        });
-        run_job(&handle, &mut model, &mut session, job).await;
-        handle.update(|m| m.running_sequences = 0);
-        // Requests that arrived meanwhile keep their order.
+        if scheduler.is_idle() {
+            match futures_util::StreamExt::next(&mut commands).await {
+                Some(Command::Submit(job)) => scheduler.enqueue(job),
+                Some(Command::Shutdown) | None => return,
+            }
+        }
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
-                Command::Submit(job) => queue.push_back(job),
+                Command::Submit(job) => scheduler.enqueue(job),
                 Command::Shutdown => return,
             }
         }
+        scheduler.iteration(&handle).await;
     }
 }
 
-async fn run_job(handle: &EngineHandle, model: &mut Model, session: &mut Session, job: Job) {
-    let started = Instant::now();
-    let cached = session
-        .cached()
-        .iter()
-        .zip(&job.tokens)
-        .take_while(|(a, b)| a == b)
-        .count()
-        .min(job.tokens.len() - 1);
-    let _ = job.events.unbounded_send(Event::Started {
-        prompt_tokens: job.tokens.len(),
-        cached_tokens: cached,
-    });
-    handle.update(|m| {
-        m.prompt_tokens += job.tokens.len() as u64;
-        m.cached_prompt_tokens += cached as u64;
-        if cached > 0 {
-            m.prefix_cache_hits += 1;
+/// A request waiting for a slot: new, or preempted (its state kept, its K/V to recompute).
+struct Waiting {
+    job: Job,
+    state: Option<SequenceState>,
+    /// Tokens to have in the cache before generating: the prompt, plus what was generated
+    /// before a preemption.
+    tokens: Vec<u32>,
+    progress: Progress,
+}
+
+/// What a request has done so far, kept across preemptions.
+#[derive(Clone, Copy)]
+struct Progress {
+    started: Option<Instant>,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    cached_prompt: usize,
+}
+
+struct Running {
+    id: SeqId,
+    slot: u32,
+    job: Job,
+    state: SequenceState,
+    tokens: Vec<u32>,
+    /// Leading `tokens` whose K/V are in the cache.
+    n_cached: usize,
+    /// A sampled token not yet run (the sequence is decoding).
+    pending: Option<u32>,
+    progress: Progress,
+}
+
+/// One sequence's share of a step.
+struct Entry {
+    index: usize,
+    tokens: Vec<u32>,
+    start: usize,
+    output: bool,
+}
+
+/// Iteration-level scheduling over a paged KV cache: every step runs the next token of each
+/// decoding sequence and a chunk of waiting prompts, new requests join between steps, finished
+/// and cancelled ones leave at once, and when pages run out the newest sequence is preempted
+/// (its pages freed, its K/V recomputed when it resumes).
+struct Scheduler {
+    model: Model,
+    kv: KvCache,
+    n_ctx: usize,
+    max_batch: usize,
+    max_out: usize,
+    prefill_chunk: usize,
+    free_slots: Vec<u32>,
+    waiting: VecDeque<Waiting>,
+    running: Vec<Running>,
+    next_id: SeqId,
+}
+
+impl Scheduler {
+    fn new(model: Model, prefill_chunk: usize) -> Self {
+        let llama = model.llama();
+        let page_size = llama.page_size();
+        let pages_per_seq = llama.n_ctx().div_ceil(page_size);
+        Scheduler {
+            kv: KvCache::new(llama.n_pages(), page_size, pages_per_seq),
+            n_ctx: llama.n_ctx() as usize,
+            max_batch: llama.max_batch() as usize,
+            max_out: llama.max_logit_rows() as usize,
+            prefill_chunk: prefill_chunk.max(1),
+            free_slots: (0..llama.n_seq()).rev().collect(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_id: 0,
+            model,
         }
-    });
-    let mut first_token: Option<Instant> = None;
-    let mut last_token = Instant::now();
-    let mut n_generated = 0u64;
-    let result = session
-        .run(model, &job.tokens, &job.params, job.logprobs, &mut |step| {
-            if job.cancelled.load(Ordering::Relaxed) || job.events.is_closed() {
-                return std::ops::ControlFlow::Break(());
+    }
+
+    fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        let tokens = job.tokens.clone();
+        self.waiting.push_back(Waiting {
+            job,
+            state: None,
+            tokens,
+            progress: Progress {
+                started: None,
+                first_token: None,
+                last_token: None,
+                cached_prompt: 0,
+            },
+        });
+    }
+
+    async fn iteration(&mut self, handle: &EngineHandle) {
+        self.drop_cancelled(handle);
+        self.admit(handle);
+        self.publish(handle);
+        let Some((entries, copies)) = self.plan(handle) else {
+            return;
+        };
+        let result = self.step(handle, &entries, &copies).await;
+        if let Err(e) = result {
+            // The step's sequences cannot be trusted to continue: fail them, keep serving.
+            let message = e.to_string();
+            tracing::error!("step failed: {message}");
+            let mut failed: Vec<usize> = entries.iter().map(|e| e.index).collect();
+            failed.sort_unstable();
+            for &i in failed.iter().rev() {
+                let r = self.running.swap_remove(i);
+                handle.update(|m| m.requests_failed += 1);
+                let _ = r.job.events.unbounded_send(Event::Failed(message.clone()));
+                self.retire(r);
             }
+        }
+        self.publish(handle);
+    }
+
+    fn publish(&self, handle: &EngineHandle) {
+        let s = self.kv.stats();
+        handle.update(|m| {
+            m.queue_depth = self.waiting.len() as u64;
+            m.running_sequences = self.running.len() as u64;
+            m.kv_pages_total = s.pages_total as u64;
+            m.kv_pages_used = s.pages_used as u64;
+            m.kv_pages_cached = s.pages_cached as u64;
+            m.kv_page_tokens = self.kv.page_size() as u64;
+            m.kv_tokens_stored = s.tokens_stored as u64;
+        });
+    }
+
+    /// Frees the slot and pages of a sequence that has left.
+    fn retire(&mut self, r: Running) {
+        let _ = self.kv.release(r.id);
+        self.free_slots.push(r.slot);
+    }
+
+    fn finish(&mut self, handle: &EngineHandle, r: Running, stop: StopReason) {
+        let now = Instant::now();
+        let usage = Usage {
+            prompt_tokens: r.job.tokens.len(),
+            completion_tokens: r.state.generated().len(),
+            cached_tokens: r.progress.cached_prompt,
+        };
+        handle.update(|m| {
+            if stop == StopReason::Cancelled {
+                m.requests_cancelled += 1;
+            } else {
+                m.requests_finished += 1;
+            }
+        });
+        let event = Event::Finished {
+            stop,
+            usage,
+            timings: Timings {
+                queued: r
+                    .progress
+                    .started
+                    .map_or(Duration::ZERO, |s| s - r.job.submitted),
+                time_to_first_token: r.progress.first_token.map(|t| t - r.job.submitted),
+                total: now - r.job.submitted,
+            },
+        };
+        let events = r.job.events.clone();
+        // Pages and gauges first: whoever sees the stream end sees its pages free.
+        self.retire(r);
+        self.publish(handle);
+        let _ = events.unbounded_send(event);
+    }
+
+    fn drop_cancelled(&mut self, handle: &EngineHandle) {
+        let gone = |job: &Job| job.cancelled.load(Ordering::Relaxed) || job.events.is_closed();
+        let mut i = 0;
+        while i < self.running.len() {
+            if gone(&self.running[i].job) {
+                let r = self.running.swap_remove(i);
+                self.finish(handle, r, StopReason::Cancelled);
+            } else {
+                i += 1;
+            }
+        }
+        let before = self.waiting.len();
+        self.waiting.retain(|w| !gone(&w.job));
+        let dropped = (before - self.waiting.len()) as u64;
+        handle.update(|m| m.requests_cancelled += dropped);
+    }
+
+    /// Moves waiting requests into free slots, sharing cached prefix pages.
+    fn admit(&mut self, handle: &EngineHandle) {
+        while !self.waiting.is_empty() {
+            let Some(&slot) = self.free_slots.last() else {
+                return;
+            };
+            let Some(w) = self.waiting.pop_front() else {
+                return;
+            };
+            let state = match w.state {
+                Some(s) => s,
+                None => {
+                    match SequenceState::new(&w.job.tokens, w.job.params.clone(), w.job.logprobs) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            handle.update(|m| m.requests_failed += 1);
+                            let _ = w.job.events.unbounded_send(Event::Failed(e.to_string()));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            let cached = match self.kv.add_sequence(id, &w.tokens) {
+                Ok(n) => n,
+                Err(e) => {
+                    handle.update(|m| m.requests_failed += 1);
+                    let _ = w.job.events.unbounded_send(Event::Failed(e.to_string()));
+                    continue;
+                }
+            };
+            self.free_slots.pop();
+            let mut progress = w.progress;
+            if progress.started.is_none() {
+                progress.started = Some(Instant::now());
+                progress.cached_prompt = cached;
+                let _ = w.job.events.unbounded_send(Event::Started {
+                    prompt_tokens: w.job.tokens.len(),
+                    cached_tokens: cached,
+                });
+                handle.update(|m| {
+                    m.prompt_tokens += w.job.tokens.len() as u64;
+                    m.cached_prompt_tokens += cached as u64;
+                    if cached > 0 {
+                        m.prefix_cache_hits += 1;
+                    }
+                });
+            }
+            self.running.push(Running {
+                id,
+                slot,
+                job: w.job,
+                state,
+                tokens: w.tokens,
+                n_cached: cached,
+                pending: None,
+                progress,
+            });
+        }
+    }
+
+    /// Puts the newest running sequence back at the head of the queue and frees its pages.
+    fn preempt_newest(&mut self) -> bool {
+        let Some((i, _)) = self.running.iter().enumerate().max_by_key(|(_, r)| r.id) else {
+            return false;
+        };
+        let mut r = self.running.swap_remove(i);
+        let _ = self.kv.release(r.id);
+        self.free_slots.push(r.slot);
+        r.tokens.extend(r.pending.take());
+        tracing::debug!(sequence = r.id, "preempted: out of KV pages");
+        self.waiting.push_front(Waiting {
+            job: r.job,
+            state: Some(r.state),
+            tokens: r.tokens,
+            progress: r.progress,
+        });
+        true
+    }
+
+    /// This step's entries and the page copies they need; preempts while pages are short.
+    fn plan(&mut self, handle: &EngineHandle) -> Option<(Vec<Entry>, Vec<PageCopy>)> {
+        'retry: loop {
+            if self.running.is_empty() {
+                return None;
+            }
+            let mut entries = Vec::new();
+            let mut budget = self.max_batch;
+            let mut n_out = 0;
+            // Decoding sequences first: each adds one token and waits on no one.
+            for (index, r) in self.running.iter().enumerate() {
+                if let Some(token) = r.pending
+                    && budget > 0
+                    && n_out < self.max_out
+                {
+                    entries.push(Entry {
+                        index,
+                        tokens: vec![token],
+                        start: r.n_cached,
+                        output: true,
+                    });
+                    budget -= 1;
+                    n_out += 1;
+                }
+            }
+            // Then prompts, in arrival order, in chunks that fill the rest of the batch.
+            if !entries.is_empty() {
+                budget = budget.min(self.prefill_chunk);
+            }
+            for (index, r) in self.running.iter().enumerate() {
+                let remaining = r.tokens.len() - r.n_cached;
+                if r.pending.is_some() || remaining == 0 || budget == 0 {
+                    continue;
+                }
+                let n = remaining.min(budget);
+                let output = n == remaining;
+                if output && n_out >= self.max_out {
+                    continue;
+                }
+                entries.push(Entry {
+                    index,
+                    tokens: r.tokens[r.n_cached..r.n_cached + n].to_vec(),
+                    start: r.n_cached,
+                    output,
+                });
+                budget -= n;
+                n_out += usize::from(output);
+            }
+            let mut copies = Vec::new();
+            for e in &entries {
+                let id = self.running[e.index].id;
+                match self.kv.reserve(id, e.start + e.tokens.len()) {
+                    Ok(c) => copies.extend(c),
+                    Err(crate::kv::KvError::OutOfPages { .. }) => {
+                        if self.preempt_newest() {
+                            handle.update(|m| m.requests_preempted += 1);
+                            continue 'retry;
+                        }
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::error!("KV cache: {e}");
+                        return None;
+                    }
+                }
+            }
+            return Some((entries, copies));
+        }
+    }
+
+    async fn step(
+        &mut self,
+        handle: &EngineHandle,
+        entries: &[Entry],
+        copies: &[PageCopy],
+    ) -> Result<()> {
+        let (mut tokens, mut positions, mut slots, mut out_rows) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for e in entries {
+            let r = &self.running[e.index];
+            for (k, &t) in e.tokens.iter().enumerate() {
+                tokens.push(t);
+                positions.push((e.start + k) as u32);
+                slots.push(r.slot);
+            }
+            if e.output {
+                out_rows.push((tokens.len() - 1) as u32);
+            }
+        }
+        let tables: Vec<(u32, &[u32])> = entries
+            .iter()
+            .map(|e| {
+                let r = &self.running[e.index];
+                (r.slot, self.kv.pages(r.id).unwrap_or(&[]))
+            })
+            .collect();
+        let argmax = entries
+            .iter()
+            .filter(|e| e.output)
+            .all(|e| self.running[e.index].state.argmax_suffices());
+        let output = if argmax {
+            StepOutput::Argmax
+        } else {
+            StepOutput::Logits
+        };
+        let input = StepInput {
+            tokens: &tokens,
+            positions: &positions,
+            slots: &slots,
+            out_rows: &out_rows,
+            tables: &tables,
+        };
+        let start = Instant::now();
+        let forward = self.model.llama_mut().step(&input, copies, output).await?;
+        let seconds = start.elapsed().as_secs_f64();
+
+        for e in entries {
+            let r = &mut self.running[e.index];
+            self.kv
+                .commit(r.id, &e.tokens)
+                .map_err(|e| EngineError::Stopped(e.to_string()))?;
+            r.n_cached += e.tokens.len();
+            if r.pending.take().is_some() {
+                r.tokens.extend_from_slice(&e.tokens);
+            }
+        }
+        let vocab = self.model.config().n_vocab as usize;
+        let mut finished = Vec::new();
+        let mut n_generated = 0u64;
+        let tokenizer = self.model.shared_tokenizer();
+        for (row, e) in entries.iter().filter(|e| e.output).enumerate() {
+            let logits = match &forward {
+                Forward::Tokens(ids) => Logits::Argmax(ids.get(row).copied().unwrap_or(0)),
+                Forward::Logits(l) => {
+                    Logits::Row(l.get(row * vocab..(row + 1) * vocab).unwrap_or(&[]))
+                }
+                _ => return Err(EngineError::NoCandidates.into()),
+            };
+            let r = &mut self.running[e.index];
+            let step = r
+                .state
+                .advance(&tokenizer, logits, r.n_cached < self.n_ctx)?;
             let now = Instant::now();
             if step.token.is_some() {
                 n_generated += 1;
-                match first_token {
-                    None => {
-                        first_token = Some(now);
-                        handle.update(|m| {
-                            m.time_to_first_token_seconds_sum +=
-                                (now - job.submitted).as_secs_f64();
-                            m.time_to_first_token_count += 1;
-                        });
-                    }
-                    Some(_) => handle.update(|m| {
-                        m.inter_token_seconds_sum += (now - last_token).as_secs_f64();
+                match r.progress.last_token {
+                    None => handle.update(|m| {
+                        m.time_to_first_token_seconds_sum += (now - r.job.submitted).as_secs_f64();
+                        m.time_to_first_token_count += 1;
+                    }),
+                    Some(last) => handle.update(|m| {
+                        m.inter_token_seconds_sum += (now - last).as_secs_f64();
                         m.inter_token_count += 1;
                     }),
                 }
-                last_token = now;
+                r.progress.first_token.get_or_insert(now);
+                r.progress.last_token = Some(now);
             }
             if step.token.is_some() || !step.text.is_empty() {
-                let _ = job.events.unbounded_send(Event::Delta {
+                let _ = r.job.events.unbounded_send(Event::Delta {
                     token: step.token,
-                    text: step.text.clone(),
-                    logprob: step.logprob.clone(),
+                    text: step.text,
+                    logprob: step.logprob,
                 });
             }
-            std::ops::ControlFlow::Continue(())
-        })
-        .await;
-    let total = job.submitted.elapsed();
-    match result {
-        Ok(completion) => {
-            let decode_seconds = completion.decode_time.as_secs_f64();
-            handle.update(|m| {
-                m.generated_tokens += n_generated;
-                if decode_seconds > 0.0 {
-                    m.decode_tokens_per_second = n_generated as f64 / decode_seconds;
-                }
-                if completion.stop == StopReason::Cancelled {
-                    m.requests_cancelled += 1;
-                } else {
-                    m.requests_finished += 1;
-                }
-            });
-            let _ = job.events.unbounded_send(Event::Finished {
-                stop: completion.stop,
-                usage: Usage {
-                    prompt_tokens: job.tokens.len(),
-                    completion_tokens: completion.tokens.len(),
-                    cached_tokens: cached,
-                },
-                timings: Timings {
-                    queued: started - job.submitted,
-                    time_to_first_token: first_token.map(|t| t - job.submitted),
-                    total,
-                },
-            });
+            match step.finished {
+                Some(stop) => finished.push((e.index, stop)),
+                None => r.pending = step.token,
+            }
         }
-        Err(e) => {
-            // A failed step leaves the cache in an unknown state: start the next request clean.
-            session.reset();
-            handle.update(|m| m.requests_failed += 1);
-            let _ = job.events.unbounded_send(Event::Failed(e.to_string()));
+        handle.update(|m| {
+            m.generated_tokens += n_generated;
+            if seconds > 0.0 && n_generated > 0 {
+                m.decode_tokens_per_second = n_generated as f64 / seconds;
+            }
+        });
+        finished.sort_unstable_by_key(|(i, _)| *i);
+        for (i, stop) in finished.into_iter().rev() {
+            let r = self.running.swap_remove(i);
+            self.finish(handle, r, stop);
         }
+        Ok(())
     }
 }

@@ -36,8 +36,9 @@ pub struct LoadOptions {
     pub kv_f16: Option<bool>,
     /// Sequences the cache can hold at once (rows of the block table).
     pub n_seq: u32,
-    /// Positions the KV page pool holds across all sequences; `None` (or less than `n_ctx`):
-    /// one full context.
+    /// Positions the KV page pool holds across all sequences (at least one full context);
+    /// `None`: `n_seq` full contexts, or as many positions as one binding of the adapter holds
+    /// if that is less.
     pub kv_tokens: Option<u32>,
     /// Positions per KV page.
     pub page_size: u32,
@@ -257,14 +258,14 @@ impl LlamaGpu {
         let page_size = options.page_size.clamp(1, 4096);
         let n_seq = options.n_seq.max(1);
         let pages_per_seq = n_ctx.div_ceil(page_size);
-        // The pool always holds one whole context: one sequence can never run out of pages.
-        let n_pages = options
-            .kv_tokens
-            .unwrap_or(0)
-            .max(n_ctx)
-            .div_ceil(page_size)
-            .max(pages_per_seq);
         let kv_row_bytes = u64::from(cfg.n_embd_kv()) * if kv_f16 { 2 } else { 4 };
+        let kv_tokens = options.kv_tokens.unwrap_or_else(|| {
+            let fits = ctx.max_binding_size() / kv_row_bytes.max(1);
+            let wanted = u64::from(n_seq) * u64::from(n_ctx);
+            u32::try_from(wanted.min(fits)).unwrap_or(u32::MAX)
+        });
+        // The pool always holds one whole context: one sequence can never run out of pages.
+        let n_pages = kv_tokens.max(n_ctx).div_ceil(page_size).max(pages_per_seq);
         let cache_bytes = u64::from(n_pages) * u64::from(page_size) * kv_row_bytes;
         if cache_bytes > ctx.max_binding_size() {
             return Err(ModelError::ContextTooLong {
