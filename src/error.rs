@@ -21,6 +21,9 @@ pub enum Error {
     Model(#[from] ModelError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[cfg(feature = "server")]
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
     #[cfg(feature = "native")]
     #[error(transparent)]
     Fetch(#[from] crate::fetch::FetchError),

@@ -14,8 +14,11 @@ pub mod fetch;
 pub mod format;
 pub mod gpu;
 pub mod kernels;
+pub mod kv;
 pub mod model;
 pub mod reference;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

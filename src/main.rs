@@ -46,6 +46,10 @@ enum Command {
     Devices,
     /// Measure prefill (pp) and decode (tg) tokens per second, as llama-bench does.
     Bench(BenchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat and text completions, models,
+    /// health, Prometheus metrics).
+    #[cfg(feature = "server")]
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -160,6 +164,52 @@ struct BenchArgs {
     repetitions: u32,
 }
 
+#[cfg(feature = "server")]
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on. Anything but a loopback address exposes the server to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on; 0 picks a free one.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health (default:
+    /// SOVEREIGN_API_KEY, which keeps the key out of the process list).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// The model name clients send; default: the model file's name without `.gguf`.
+    #[arg(long)]
+    alias: Option<String>,
+    /// Let web pages from this origin call the API (repeatable; `*` allows any). Default: none.
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
+    /// Answer requests for this Host besides localhost, 127.0.0.1 and [::1] (repeatable;
+    /// `host` or `host:port`; `*` allows any).
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = sovereign::server::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+    /// Requests that may wait for the engine; more are answered 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Sequences decoded together in one batched step; more requests wait in the queue.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    parallel: u32,
+    /// KV cache budget in token positions, shared by all sequences in pages of 16 (at least
+    /// one context). Default: --parallel full contexts, or what one buffer of the adapter
+    /// holds if less. Sequences take pages as they grow; when pages run out the newest
+    /// sequence waits and is recomputed later.
+    #[arg(long)]
+    kv_tokens: Option<u32>,
+    /// Most prompt tokens a step runs while other sequences are decoding: smaller keeps their
+    /// tokens flowing during a long prompt, larger prefills faster.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    prefill_chunk: u32,
+}
+
 fn main() -> ExitCode {
     // Vulkan drivers' window-system code complains on stderr when XDG_RUNTIME_DIR is unset (as
     // in containers and CI), though compute never opens a window. Give it a directory.
@@ -187,6 +237,8 @@ fn main() -> ExitCode {
         Command::Inspect { model } => inspect(&model),
         Command::Devices => devices(),
         Command::Bench(args) => bench(cli.adapter, args),
+        #[cfg(feature = "server")]
+        Command::Serve(args) => serve(cli.adapter, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -227,6 +279,15 @@ fn gpu(adapter: Option<String>) -> Result<Arc<GpuContext>, sovereign::Error> {
 
 /// Opens, checks and uploads a model, with a progress bar on a terminal.
 fn load(adapter: Option<String>, args: &ModelArgs) -> Result<Model, sovereign::Error> {
+    load_with(adapter, args, LoadOptions::default())
+}
+
+/// Loads with `base`'s settings for what `args` does not say.
+fn load_with(
+    adapter: Option<String>,
+    args: &ModelArgs,
+    base: LoadOptions,
+) -> Result<Model, sovereign::Error> {
     let path = model_path(args)?;
     let file = GgufFile::open(&path)?;
     let ctx = gpu(adapter)?;
@@ -241,7 +302,7 @@ fn load(adapter: Option<String>, args: &ModelArgs) -> Result<Model, sovereign::E
         n_ctx: args.ctx_size,
         max_batch: args.batch_size,
         kv_f16: args.kv_f32.then_some(false),
-        ..Default::default()
+        ..base
     };
     let model = pollster::block_on(Model::load(ctx, &file, &options, &mut |p| {
         bar.set_length(p.total);
@@ -540,4 +601,59 @@ fn human_params(n: u64) -> String {
     } else {
         format!("{}M", n / 1_000_000)
     }
+}
+
+/// Binds first (a busy port fails before the model loads), then loads the model, starts the
+/// engine and serves until Ctrl-C or SIGTERM.
+#[cfg(feature = "server")]
+fn serve(adapter: Option<String>, args: ServeArgs) -> CliResult {
+    use sovereign::engine::service::{Engine, EngineOptions};
+    use sovereign::server::{Server, ServerConfig};
+    let path = model_path(&args.model)?;
+    let model_id = args.alias.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned())
+    });
+    let server = Server::bind(ServerConfig {
+        host: args.host.clone(),
+        port: args.port,
+        model_id: model_id.clone(),
+        api_key: args
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("SOVEREIGN_API_KEY").ok()),
+        cors_origins: args.cors_origins.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
+        max_body_bytes: args.max_body_bytes,
+    })?;
+    let mut model_args = args.model.clone();
+    model_args.model = Some(path);
+    let model = load_with(
+        adapter,
+        &model_args,
+        LoadOptions {
+            n_seq: args.parallel,
+            kv_tokens: args.kv_tokens,
+            ..Default::default()
+        },
+    )?;
+    tracing::info!(
+        sequences = model.llama().n_seq(),
+        kv_pages = model.llama().n_pages(),
+        page_tokens = model.llama().page_size(),
+        "KV cache"
+    );
+    let engine = Engine::start(
+        model,
+        EngineOptions {
+            max_queue: args.max_queue,
+            prefill_chunk: args.prefill_chunk as usize,
+        },
+    )?;
+    let addr = server.local_addr()?;
+    eprintln!("serving {model_id} at http://{addr}/v1 (Ctrl-C stops)");
+    let result = server.run(engine.handle()).map_err(sovereign::Error::from);
+    // Stops the engine once its running request has seen its stream dropped.
+    drop(engine);
+    result
 }

@@ -1,0 +1,601 @@
+//! OpenAI request bodies to engine [`Request`]s. Every field is checked here, with the field's
+//! name in the error, so nothing malformed reaches the engine.
+
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use crate::engine::service::{Prompt, Request};
+use crate::engine::{GenerateParams, SamplingParams};
+use crate::tokenizer::ChatMessage;
+
+/// Most stop strings per request.
+const MAX_STOP: usize = 16;
+/// Most alternatives per token the engine reports.
+const MAX_TOP_LOGPROBS: u64 = 20;
+/// OpenAI's default for `/v1/completions` when `max_tokens` is absent.
+const COMPLETIONS_DEFAULT_MAX_TOKENS: u32 = 16;
+
+/// A checked request and what the response should look like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub model: String,
+    pub request: Request,
+    pub stream: bool,
+    /// `stream_options.include_usage`: a last chunk with the usage.
+    pub include_usage: bool,
+}
+
+/// The fields of one JSON object; `prefix` names it in errors (`messages[2].`).
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    prefix: String,
+}
+
+impl<'a> Fields<'a> {
+    fn of(value: &'a Value, path: &str) -> Result<Self, ApiError> {
+        match value {
+            Value::Object(map) => Ok(Fields {
+                map,
+                prefix: if path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{path}.")
+                },
+            }),
+            _ if path.is_empty() => Err(ApiError::bad_request(
+                "The request body must be a JSON object.",
+            )
+            .with_code("invalid_type")),
+            _ => Err(ApiError::invalid_type(path, "an object")),
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The value, treating an explicit `null` as absent, as OpenAI does.
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn required(&self, key: &str) -> Result<&'a Value, ApiError> {
+        self.get(key)
+            .ok_or_else(|| ApiError::missing(&self.path(key)))
+    }
+
+    fn str(&self, key: &str) -> Result<Option<&'a str>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| ApiError::invalid_type(&self.path(key), "a string"))
+            })
+            .transpose()
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| ApiError::invalid_type(&self.path(key), "a boolean"))
+            })
+            .transpose()
+    }
+
+    fn number(&self, key: &str) -> Result<Option<f64>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| ApiError::invalid_type(&self.path(key), "a number"))
+            })
+            .transpose()
+    }
+
+    /// A number in `lo..=hi` (or `lo < x <= hi` when `open_lo`).
+    fn f32_in(&self, key: &str, lo: f64, hi: f64, open_lo: bool) -> Result<Option<f32>, ApiError> {
+        let Some(v) = self.number(key)? else {
+            return Ok(None);
+        };
+        let ok = if open_lo { v > lo } else { v >= lo } && v <= hi;
+        if !ok {
+            let open = if open_lo { "(" } else { "[" };
+            return Err(ApiError::invalid_value(
+                &self.path(key),
+                format!("{v} is outside {open}{lo}, {hi}]."),
+            ));
+        }
+        Ok(Some(v as f32))
+    }
+
+    fn integer(&self, key: &str) -> Result<Option<i128>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                v.as_i64()
+                    .map(i128::from)
+                    .or_else(|| v.as_u64().map(i128::from))
+                    .ok_or_else(|| ApiError::invalid_type(&self.path(key), "an integer"))
+            })
+            .transpose()
+    }
+
+    /// An integer in `lo..=hi`.
+    fn int_in(&self, key: &str, lo: i128, hi: i128) -> Result<Option<u64>, ApiError> {
+        let Some(v) = self.integer(key)? else {
+            return Ok(None);
+        };
+        if v < lo || v > hi {
+            return Err(ApiError::invalid_value(
+                &self.path(key),
+                format!("{v} is outside [{lo}, {hi}]."),
+            ));
+        }
+        // lo >= 0 at every call site, so this cannot fail.
+        u64::try_from(v)
+            .map(Some)
+            .map_err(|_| ApiError::invalid_value(&self.path(key), "must not be negative."))
+    }
+}
+
+/// Fields of the OpenAI API this server does not implement: refusing them beats silently
+/// answering something else than was asked.
+fn reject_unsupported(f: &Fields) -> Result<(), ApiError> {
+    let set = |key: &str| f.get(key).is_some();
+    for key in ["tools", "functions", "function_call", "audio", "prediction"] {
+        if set(key) {
+            return Err(ApiError::unsupported(
+                key,
+                "this server does not support it.",
+            ));
+        }
+    }
+    if let Some(choice) = f.get("tool_choice")
+        && choice.as_str() != Some("none")
+    {
+        return Err(ApiError::unsupported(
+            "tool_choice",
+            "this server does not support tools.",
+        ));
+    }
+    if let Some(format) = f.get("response_format") {
+        let kind = Fields::of(format, "response_format")?.str("type")?;
+        if kind != Some("text") {
+            return Err(ApiError::unsupported(
+                "response_format",
+                "only {\"type\": \"text\"} is supported.",
+            ));
+        }
+    }
+    if let Some(bias) = f.get("logit_bias") {
+        match bias {
+            Value::Object(m) if m.is_empty() => {}
+            Value::Object(_) => {
+                return Err(ApiError::unsupported(
+                    "logit_bias",
+                    "this server does not support it.",
+                ));
+            }
+            _ => return Err(ApiError::invalid_type("logit_bias", "an object")),
+        }
+    }
+    if let Some(modalities) = f.get("modalities") {
+        let text_only = modalities
+            .as_array()
+            .is_some_and(|m| m.iter().all(|x| x.as_str() == Some("text")));
+        if !text_only {
+            return Err(ApiError::unsupported(
+                "modalities",
+                "only [\"text\"] is supported.",
+            ));
+        }
+    }
+    if let Some(n) = f.int_in("n", 0, i128::from(u64::MAX))?
+        && n != 1
+    {
+        return Err(ApiError::invalid_value(
+            "n",
+            format!("{n}: this server generates exactly one choice per request (n = 1)."),
+        ));
+    }
+    if let Some(best_of) = f.int_in("best_of", 0, i128::from(u64::MAX))?
+        && best_of != 1
+    {
+        return Err(ApiError::invalid_value(
+            "best_of",
+            format!("{best_of}: only 1 is supported."),
+        ));
+    }
+    Ok(())
+}
+
+fn stop_strings(f: &Fields) -> Result<Vec<String>, ApiError> {
+    let stop = match f.get("stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ApiError::invalid_type(&format!("stop[{i}]"), "a string"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid_type(
+                "stop",
+                "a string or an array of strings",
+            ));
+        }
+    };
+    if stop.len() > MAX_STOP {
+        return Err(ApiError::invalid_value(
+            "stop",
+            format!("at most {MAX_STOP} stop sequences."),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid_value(
+            "stop",
+            "stop sequences must not be empty.",
+        ));
+    }
+    Ok(stop)
+}
+
+/// Sampling, stop strings, token limit and streaming: the fields both endpoints share.
+fn common(f: &Fields, default_max_tokens: Option<u32>) -> Result<Parsed, ApiError> {
+    let model = match f.required("model")? {
+        Value::String(s) => s.clone(),
+        _ => return Err(ApiError::invalid_type("model", "a string")),
+    };
+    reject_unsupported(f)?;
+    let stream = f.bool("stream")?.unwrap_or(false);
+    let include_usage = match f.get("stream_options") {
+        None => false,
+        Some(options) => {
+            if !stream {
+                return Err(ApiError::invalid_value(
+                    "stream_options",
+                    "only allowed when 'stream' is true.",
+                ));
+            }
+            Fields::of(options, "stream_options")?
+                .bool("include_usage")?
+                .unwrap_or(false)
+        }
+    };
+    let max_u32 = i128::from(u32::MAX);
+    let max_tokens = match f.int_in("max_completion_tokens", 1, max_u32)? {
+        Some(n) => Some(n),
+        None => f.int_in("max_tokens", 1, max_u32)?,
+    }
+    .map(|n| n as u32)
+    .or(default_max_tokens);
+
+    // Absent fields keep the engine's defaults (llama.cpp's), as llama.cpp's server does:
+    // OpenAI's (temperature 1, no top-k, no min-p) make small models ramble.
+    let d = SamplingParams::default();
+    let sampling = SamplingParams {
+        temperature: f
+            .f32_in("temperature", 0.0, 2.0, false)?
+            .unwrap_or(d.temperature),
+        top_p: f.f32_in("top_p", 0.0, 1.0, true)?.unwrap_or(d.top_p),
+        top_k: f
+            .int_in("top_k", 0, i128::from(u32::MAX))?
+            .map_or(d.top_k, |k| k as usize),
+        min_p: f.f32_in("min_p", 0.0, 1.0, false)?.unwrap_or(d.min_p),
+        repeat_penalty: f
+            .f32_in("repeat_penalty", 0.0, f64::from(f32::MAX), true)?
+            .unwrap_or(d.repeat_penalty),
+        repeat_last_n: f
+            .int_in("repeat_last_n", 0, i128::from(u32::MAX))?
+            .map_or(d.repeat_last_n, |n| n as usize),
+        presence_penalty: f
+            .f32_in("presence_penalty", -2.0, 2.0, false)?
+            .unwrap_or(d.presence_penalty),
+        frequency_penalty: f
+            .f32_in("frequency_penalty", -2.0, 2.0, false)?
+            .unwrap_or(d.frequency_penalty),
+        // Negative seeds are valid OpenAI seeds; any 64 bits name one generator.
+        seed: f.integer("seed")?.map(|s| s as u64),
+    };
+    let params = GenerateParams {
+        max_tokens,
+        sampling,
+        stop: stop_strings(f)?,
+        ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
+    };
+    Ok(Parsed {
+        model,
+        request: Request {
+            prompt: Prompt::Text(String::new()),
+            params,
+            logprobs: None,
+        },
+        stream,
+        include_usage,
+    })
+}
+
+fn message_content(value: &Value, path: &str) -> Result<String, ApiError> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for (i, part) in parts.iter().enumerate() {
+                let p = Fields::of(part, &format!("{path}[{i}]"))?;
+                match p.str("type")? {
+                    Some("text") => match p.required("text")? {
+                        Value::String(s) => text.push_str(s),
+                        _ => return Err(ApiError::invalid_type(&p.path("text"), "a string")),
+                    },
+                    Some(other) => {
+                        return Err(ApiError::unsupported(
+                            &p.path("type"),
+                            format!("content parts of type {other:?} are not supported."),
+                        ));
+                    }
+                    None => return Err(ApiError::missing(&p.path("type"))),
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(ApiError::invalid_type(
+            path,
+            "a string or an array of content parts",
+        )),
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub fn chat(body: &Value) -> Result<Parsed, ApiError> {
+    let f = Fields::of(body, "")?;
+    let mut parsed = common(&f, None)?;
+    let messages = match f.required("messages")? {
+        Value::Array(m) if m.is_empty() => {
+            return Err(ApiError::invalid_value(
+                "messages",
+                "at least one message is required.",
+            ));
+        }
+        Value::Array(m) => m,
+        _ => return Err(ApiError::invalid_type("messages", "an array")),
+    };
+    let mut conversation = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let path = format!("messages[{i}]");
+        let m = Fields::of(m, &path)?;
+        let role = match m.required("role")? {
+            Value::String(r) => r.as_str(),
+            _ => return Err(ApiError::invalid_type(&m.path("role"), "a string")),
+        };
+        // OpenAI's newer name for the system role; chat templates know only `system`.
+        let role = match role {
+            "developer" => "system",
+            "system" | "user" | "assistant" => role,
+            other => {
+                return Err(ApiError::invalid_value(
+                    &m.path("role"),
+                    format!("{other:?} is not one of system, developer, user, assistant."),
+                ));
+            }
+        };
+        if m.get("tool_calls").is_some() || m.get("function_call").is_some() {
+            return Err(ApiError::unsupported(
+                &m.path("tool_calls"),
+                "this server does not support tools.",
+            ));
+        }
+        let content = match m.get("content") {
+            Some(c) => message_content(c, &m.path("content"))?,
+            None if role == "assistant" => String::new(),
+            None => return Err(ApiError::missing(&m.path("content"))),
+        };
+        conversation.push(ChatMessage::new(role, content));
+    }
+    let logprobs = f.bool("logprobs")?.unwrap_or(false);
+    let top = f.int_in("top_logprobs", 0, i128::from(MAX_TOP_LOGPROBS))?;
+    if top.is_some() && !logprobs {
+        return Err(ApiError::invalid_value(
+            "top_logprobs",
+            "'logprobs' must be true when 'top_logprobs' is set.",
+        ));
+    }
+    parsed.request.prompt = Prompt::Chat(conversation);
+    parsed.request.logprobs = logprobs.then(|| top.unwrap_or(0) as usize);
+    Ok(parsed)
+}
+
+fn token_ids(items: &[Value], path: &str) -> Result<Vec<u32>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| ApiError::invalid_type(&format!("{path}[{i}]"), "a token id"))
+        })
+        .collect()
+}
+
+/// `POST /v1/completions`.
+pub fn completion(body: &Value) -> Result<Parsed, ApiError> {
+    let f = Fields::of(body, "")?;
+    let mut parsed = common(&f, Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
+    let one_prompt = || {
+        ApiError::invalid_value(
+            "prompt",
+            "this server takes one prompt per request (a string, or an array of token ids).",
+        )
+    };
+    let prompt = match f.required("prompt")? {
+        Value::String(s) => Prompt::Text(s.clone()),
+        Value::Array(items) => match items.as_slice() {
+            [] => return Err(ApiError::invalid_value("prompt", "the prompt is empty.")),
+            [Value::String(s)] => Prompt::Text(s.clone()),
+            [Value::Array(ids)] => Prompt::Tokens(token_ids(ids, "prompt[0]")?),
+            [Value::Number(_), ..] => Prompt::Tokens(token_ids(items, "prompt")?),
+            [Value::String(_) | Value::Array(_), ..] => return Err(one_prompt()),
+            _ => {
+                return Err(ApiError::invalid_type(
+                    "prompt",
+                    "a string, an array of strings or an array of token ids",
+                ));
+            }
+        },
+        _ => {
+            return Err(ApiError::invalid_type(
+                "prompt",
+                "a string, an array of strings or an array of token ids",
+            ));
+        }
+    };
+    if f.bool("echo")?.unwrap_or(false) {
+        return Err(ApiError::unsupported(
+            "echo",
+            "this server does not echo the prompt.",
+        ));
+    }
+    if f.str("suffix")?.is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::unsupported(
+            "suffix",
+            "this server does not support insertion.",
+        ));
+    }
+    // Unlike chat's boolean, the legacy endpoint's `logprobs` is the number of alternatives.
+    let logprobs = match f.get("logprobs") {
+        Some(Value::Bool(_)) => {
+            return Err(ApiError::invalid_type("logprobs", "an integer"));
+        }
+        _ => f.int_in("logprobs", 0, i128::from(MAX_TOP_LOGPROBS))?,
+    };
+    parsed.request.prompt = prompt;
+    parsed.request.logprobs = logprobs.map(|n| n as usize);
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chat_err(body: Value) -> ApiError {
+        match chat(&body) {
+            Err(e) => e,
+            Ok(p) => panic!("accepted: {p:?}"),
+        }
+    }
+
+    #[test]
+    fn chat_maps_fields() {
+        let p = chat(&json!({
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]}
+            ],
+            "temperature": 0, "top_p": 0.5, "max_completion_tokens": 7, "stop": "x",
+            "seed": -1, "n": 1, "logprobs": true, "top_logprobs": 3,
+            "stream": true, "stream_options": {"include_usage": true}, "user": "ignored"
+        }))
+        .unwrap();
+        assert!(p.stream && p.include_usage);
+        assert_eq!(
+            p.request.prompt,
+            Prompt::Chat(vec![
+                ChatMessage::new("system", "be brief"),
+                ChatMessage::new("user", "hi")
+            ])
+        );
+        let params = &p.request.params;
+        assert_eq!(params.max_tokens, Some(7));
+        assert_eq!(params.sampling.temperature, 0.0);
+        assert_eq!(params.sampling.top_p, 0.5);
+        assert_eq!(params.sampling.seed, Some(u64::MAX));
+        assert_eq!(params.stop, vec!["x".to_string()]);
+        assert_eq!(p.request.logprobs, Some(3));
+    }
+
+    #[test]
+    fn bad_fields_name_their_param() {
+        let base = || json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let with = |k: &str, v: Value| {
+            let mut b = base();
+            b[k] = v;
+            b
+        };
+        let cases = [
+            (
+                with("temperature", json!("hot")),
+                "temperature",
+                "invalid_type",
+            ),
+            (
+                with("temperature", json!(3)),
+                "temperature",
+                "invalid_value",
+            ),
+            (with("top_p", json!(0)), "top_p", "invalid_value"),
+            (with("max_tokens", json!(0)), "max_tokens", "invalid_value"),
+            (with("max_tokens", json!(1.5)), "max_tokens", "invalid_type"),
+            (with("n", json!(2)), "n", "invalid_value"),
+            (with("stop", json!([1])), "stop[0]", "invalid_type"),
+            (with("stop", json!("")), "stop", "invalid_value"),
+            (with("messages", json!("hi")), "messages", "invalid_type"),
+            (with("messages", json!([])), "messages", "invalid_value"),
+            (
+                with("messages", json!([{"content": "x"}])),
+                "messages[0].role",
+                "missing_required_parameter",
+            ),
+            (
+                with("messages", json!([{"role": "robot", "content": "x"}])),
+                "messages[0].role",
+                "invalid_value",
+            ),
+            (
+                with("top_logprobs", json!(2)),
+                "top_logprobs",
+                "invalid_value",
+            ),
+            (with("tools", json!([])), "tools", "unsupported_parameter"),
+            (
+                with("stream_options", json!({"include_usage": true})),
+                "stream_options",
+                "invalid_value",
+            ),
+            (
+                json!({"messages": []}),
+                "model",
+                "missing_required_parameter",
+            ),
+        ];
+        for (body, param, code) in cases {
+            let e = chat_err(body.clone());
+            assert_eq!(e.param.as_deref(), Some(param), "{body}");
+            assert_eq!(e.code, Some(code), "{body}");
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        }
+        assert!(chat(&json!([1, 2])).is_err());
+    }
+
+    #[test]
+    fn completion_prompts_and_logprobs() {
+        let p = completion(&json!({"model": "m", "prompt": [1, 2, 3], "logprobs": 2})).unwrap();
+        assert_eq!(p.request.prompt, Prompt::Tokens(vec![1, 2, 3]));
+        assert_eq!(p.request.logprobs, Some(2));
+        assert_eq!(p.request.params.max_tokens, Some(16));
+        let p = completion(&json!({"model": "m", "prompt": ["one"]})).unwrap();
+        assert_eq!(p.request.prompt, Prompt::Text("one".into()));
+        for bad in [
+            json!({"model": "m", "prompt": ["a", "b"]}),
+            json!({"model": "m", "prompt": 5}),
+            json!({"model": "m", "prompt": [-1]}),
+            json!({"model": "m", "prompt": "x", "logprobs": true}),
+            json!({"model": "m", "prompt": "x", "echo": true}),
+            json!({"model": "m"}),
+        ] {
+            assert!(completion(&bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! OpenAI response bodies and stream chunks, built from engine events.
+
+use serde::Serialize;
+use serde_json::Map;
+
+use crate::engine::StopReason;
+use crate::engine::TokenLogprob;
+use crate::engine::service::Usage;
+
+/// OpenAI's stand-in for a log-probability of minus infinity, which JSON cannot hold.
+const NEG_INF_LOGPROB: f32 = -9999.0;
+
+fn finite(logprob: f32) -> f32 {
+    if logprob.is_finite() {
+        logprob
+    } else {
+        NEG_INF_LOGPROB
+    }
+}
+
+/// `stop` for the model's own end and stop strings, `length` for the token limit or a full
+/// context.
+pub fn finish_reason(stop: &StopReason) -> &'static str {
+    match stop {
+        StopReason::MaxTokens | StopReason::ContextFull => "length",
+        StopReason::EndOfGeneration | StopReason::StopString(_) | StopReason::Cancelled => "stop",
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageBody {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
+}
+
+impl From<Usage> for UsageBody {
+    fn from(u: Usage) -> Self {
+        UsageBody {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: u.cached_tokens,
+            },
+        }
+    }
+}
+
+/// What stream chunks say about usage: nothing unless asked, then `null` on every chunk but the
+/// last (OpenAI's shape for `stream_options.include_usage`).
+fn skip_usage(u: &Option<Option<UsageBody>>) -> bool {
+    u.is_none()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+impl From<&TokenLogprob> for ChatTokenLogprob {
+    fn from(t: &TokenLogprob) -> Self {
+        ChatTokenLogprob {
+            token: t.text.clone(),
+            logprob: finite(t.logprob),
+            bytes: t.text.as_bytes().to_vec(),
+            top_logprobs: t
+                .top
+                .iter()
+                .map(|(_, text, lp)| TopLogprob {
+                    token: text.clone(),
+                    logprob: finite(*lp),
+                    bytes: text.as_bytes().to_vec(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AssistantMessage {
+    pub role: &'static str,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: &'static str,
+    pub choices: Vec<ChatChoice>,
+    pub usage: UsageBody,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: &'static str,
+    pub choices: Vec<ChatChunkChoice>,
+    #[serde(skip_serializing_if = "skip_usage")]
+    pub usage: Option<Option<UsageBody>>,
+}
+
+/// The legacy endpoint's log-probabilities: parallel arrays.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TextLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<Map<String, serde_json::Value>>,
+    pub text_offset: Vec<usize>,
+}
+
+impl TextLogprobs {
+    /// Appends one token whose text starts at byte `offset` of the completion.
+    pub fn push(&mut self, t: &TokenLogprob, offset: usize) {
+        self.tokens.push(t.text.clone());
+        self.token_logprobs.push(finite(t.logprob));
+        let mut top = Map::new();
+        for (_, text, lp) in &t.top {
+            // Two ids can share a text; the first (most likely) one names it.
+            top.entry(text.clone())
+                .or_insert_with(|| serde_json::Value::from(finite(*lp)));
+        }
+        self.top_logprobs.push(top);
+        self.text_offset.push(offset);
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TextChoice {
+    pub text: String,
+    pub index: u32,
+    pub logprobs: Option<TextLogprobs>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// Both the whole `/v1/completions` answer and each of its stream chunks.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: &'static str,
+    pub choices: Vec<TextChoice>,
+    #[serde(skip_serializing_if = "skip_usage")]
+    pub usage: Option<Option<UsageBody>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+    /// Not in OpenAI's schema; clients ignore it, people reading it learn the limits.
+    pub meta: ModelMeta,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelMeta {
+    pub name: String,
+    pub arch: String,
+    pub n_ctx: u32,
+    pub n_vocab: u32,
+    pub adapter: String,
+    pub backend: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<ModelCard>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_and_chunks_have_openai_shape() {
+        let usage = UsageBody::from(Usage {
+            prompt_tokens: 5,
+            completion_tokens: 3,
+            cached_tokens: 2,
+        });
+        let v = serde_json::to_value(&usage).unwrap();
+        assert_eq!(v["total_tokens"], 8);
+        assert_eq!(v["prompt_tokens_details"]["cached_tokens"], 2);
+        let chunk = |usage| ChatChunk {
+            id: "x".into(),
+            object: "chat.completion.chunk",
+            created: 0,
+            model: "m".into(),
+            system_fingerprint: "f",
+            choices: vec![],
+            usage,
+        };
+        let v = serde_json::to_value(chunk(None)).unwrap();
+        assert!(v.get("usage").is_none());
+        let v = serde_json::to_value(chunk(Some(None))).unwrap();
+        assert!(v["usage"].is_null() && v.get("usage").is_some());
+        let t = TokenLogprob {
+            id: 1,
+            text: "a".into(),
+            logprob: f32::NEG_INFINITY,
+            top: vec![(1, "a".into(), -0.5)],
+        };
+        let v = serde_json::to_value(ChatTokenLogprob::from(&t)).unwrap();
+        assert_eq!(v["logprob"], -9999.0);
+        assert_eq!(v["top_logprobs"][0]["bytes"], serde_json::json!([97]));
+    }
+}
