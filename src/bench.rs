@@ -130,3 +130,127 @@ pub async fn run(
     }
     Ok(results)
 }
+
+/// Aggregate decode throughput of several sequences decoding together through the engine's
+/// scheduler, and the KV memory their pages hold but do not use.
+#[derive(Debug, Clone)]
+pub struct StreamsResult {
+    pub n_streams: usize,
+    /// Tokens received across all streams while every stream was decoding.
+    pub window_tokens: usize,
+    pub window_seconds: f64,
+    /// Positions of the pages the running sequences held, and of those holding K/V, summed over
+    /// the samples taken in the window (one per step).
+    pub kv_allocated: u64,
+    pub kv_stored: u64,
+    pub kv_samples: usize,
+}
+
+impl StreamsResult {
+    pub fn tokens_per_second(&self) -> f64 {
+        self.window_tokens as f64 / self.window_seconds
+    }
+
+    /// Allocated positions holding nothing, as a fraction of those allocated.
+    pub fn kv_waste(&self) -> f64 {
+        if self.kv_allocated == 0 {
+            return 0.0;
+        }
+        (self.kv_allocated - self.kv_stored.min(self.kv_allocated)) as f64
+            / self.kv_allocated as f64
+    }
+}
+
+/// Submits `n_streams` requests of `n_prompt` distinct random tokens, each generating `n_gen`
+/// (end-of-generation ignored), and measures the window in which all of them are decoding: from
+/// the last stream's first token to the first stream's last. Prefill of late streams overlaps
+/// the early ones' decoding (chunked prefill), so `n_gen` must outlast it.
+pub async fn streams(
+    engine: &crate::engine::service::EngineHandle,
+    n_streams: usize,
+    n_prompt: u32,
+    n_gen: u32,
+    seed: u64,
+) -> Result<StreamsResult> {
+    use crate::engine::service::{Event, Prompt, Request};
+    use crate::engine::{GenerateParams, SamplingParams};
+    let n_vocab = engine.model_info().n_vocab;
+    let mut source = TokenSource(seed);
+    let mut requests = Vec::with_capacity(n_streams);
+    for _ in 0..n_streams {
+        let tokens: Vec<u32> = (0..n_prompt).map(|_| source.next(n_vocab)).collect();
+        requests.push(engine.submit(Request {
+            prompt: Prompt::Tokens(tokens),
+            params: GenerateParams {
+                max_tokens: Some(n_gen),
+                sampling: SamplingParams::greedy(),
+                ignore_eos: true,
+                ..Default::default()
+            },
+            logprobs: None,
+        })?);
+    }
+    let page_tokens = engine.metrics().kv_page_tokens.max(1);
+    // Each stream's token arrival times; stream 0 also samples the KV gauges at each of its
+    // tokens (the engine publishes them after every step).
+    let collectors = requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| async move {
+            let mut times = Vec::with_capacity(n_gen as usize);
+            let mut samples = Vec::new();
+            loop {
+                match s.next().await {
+                    Some(Event::Delta { token: Some(_), .. }) => {
+                        let now = Instant::now();
+                        times.push(now);
+                        if i == 0 {
+                            let m = engine.metrics();
+                            samples.push((now, m.kv_pages_used * page_tokens, m.kv_tokens_stored));
+                        }
+                    }
+                    Some(Event::Finished { .. }) | None => return Ok((times, samples)),
+                    Some(Event::Failed(message)) => {
+                        return Err(crate::engine::EngineError::Stopped(message));
+                    }
+                    Some(_) => {}
+                }
+            }
+        });
+    let collected = futures_util::future::join_all(collectors).await;
+    let mut times = Vec::with_capacity(n_streams);
+    let mut samples = Vec::new();
+    for c in collected {
+        let (t, s) = c?;
+        times.push(t);
+        samples.extend(s);
+    }
+    let start = times.iter().filter_map(|t| t.first()).max().copied();
+    let end = times.iter().filter_map(|t| t.last()).min().copied();
+    let (Some(start), Some(end)) = (start, end) else {
+        return Err(crate::model::ModelError::BadRequest("no tokens were generated".into()).into());
+    };
+    if end <= start {
+        return Err(crate::model::ModelError::BadRequest(format!(
+            "the first stream finished before the last one started: raise -n above {n_gen}"
+        ))
+        .into());
+    }
+    let window_tokens = times
+        .iter()
+        .flatten()
+        .filter(|&&t| t > start && t <= end)
+        .count();
+    let in_window: Vec<_> = samples
+        .iter()
+        .filter(|(t, _, _)| *t >= start && *t <= end)
+        .collect();
+    Ok(StreamsResult {
+        n_streams,
+        window_tokens,
+        window_seconds: (end - start).as_secs_f64(),
+        kv_allocated: in_window.iter().map(|s| s.1).sum(),
+        kv_stored: in_window.iter().map(|s| s.2).sum(),
+        kv_samples: in_window.len(),
+    })
+}

@@ -162,6 +162,11 @@ struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     repetitions: u32,
+    /// Instead of pp/tg: aggregate decode throughput of this many concurrent streams through
+    /// the scheduler (comma-separated, e.g. 1,4,16,64), each with -p prompt tokens and -n
+    /// generated tokens, and the KV memory their pages leave unused.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=256))]
+    streams: Vec<u32>,
 }
 
 #[cfg(feature = "server")]
@@ -557,6 +562,9 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
         }
         .into());
     }
+    if !args.streams.is_empty() {
+        return bench_streams(adapter, args);
+    }
     let mut margs = args.model.clone();
     let needed = args.n_prompt.max(args.n_gen);
     if margs.ctx_size.is_none() {
@@ -585,6 +593,75 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
             r.test,
             r.mean(),
             r.stddev()
+        );
+    }
+    Ok(())
+}
+
+/// `bench --streams`: one engine with a slot for the most streams, each count run in turn.
+fn bench_streams(adapter: Option<String>, args: BenchArgs) -> CliResult {
+    use sovereign::engine::service::{Engine, EngineOptions};
+    let most = args.streams.iter().copied().max().unwrap_or(1);
+    if args.n_gen == 0 {
+        return Err(sovereign::engine::EngineError::InvalidParameter {
+            name: "n-gen".into(),
+            message: "the streams benchmark needs tokens to generate".into(),
+        }
+        .into());
+    }
+    let mut margs = args.model.clone();
+    let per_stream = args.n_prompt + args.n_gen + 1;
+    margs.ctx_size = Some(margs.ctx_size.unwrap_or(per_stream.max(256)));
+    let model = load_with(
+        adapter,
+        &margs,
+        LoadOptions {
+            n_seq: most,
+            kv_tokens: Some(most * per_stream.next_multiple_of(16) + 16 * most),
+            ..Default::default()
+        },
+    )?;
+    let info = model.llama().context().adapter_info().clone();
+    let pool = model.llama().n_pages() * model.llama().page_size();
+    let engine = Engine::start(
+        model,
+        EngineOptions {
+            max_queue: most as usize,
+            ..Default::default()
+        },
+    )?;
+    let h = engine.handle();
+    // Warm-up, unmeasured.
+    pollster::block_on(sovereign::bench::streams(&h, 1, 8, 4, 1))?;
+    eprintln!(
+        "{} ({:?}), KV pool of {pool} positions, prompts of {} tokens, {} generated per stream",
+        info.name, info.backend, args.n_prompt, args.n_gen
+    );
+    println!(
+        "| streams | decode t/s (all streams) | t/s per stream | vs 1 stream | KV allocated | KV used | KV waste |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut single = None;
+    for (i, &n) in args.streams.iter().enumerate() {
+        let r = pollster::block_on(sovereign::bench::streams(
+            &h,
+            n as usize,
+            args.n_prompt,
+            args.n_gen,
+            1000 + i as u64,
+        ))?;
+        let tps = r.tokens_per_second();
+        if n == 1 {
+            single = Some(tps);
+        }
+        let ratio = single.map_or_else(|| "-".to_string(), |one| format!("{:.2}x", tps / one));
+        let samples = r.kv_samples.max(1) as f64;
+        println!(
+            "| {n} | {tps:.2} | {:.2} | {ratio} | {:.0} | {:.0} | {:.2}% |",
+            tps / f64::from(n),
+            r.kv_allocated as f64 / samples,
+            r.kv_stored as f64 / samples,
+            100.0 * r.kv_waste()
         );
     }
     Ok(())

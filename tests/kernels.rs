@@ -418,7 +418,17 @@ fn matvec_matches_reference_for_every_dtype_and_path() {
 
 #[test]
 fn matmul_matches_reference_for_every_dtype() {
-    for (label, ctx) in contexts() {
+    let mut contexts = contexts();
+    // CPU adapters have two row-per-lane kernels: with subgroups (shared activation loads) and
+    // without.
+    let cpu_plain = gpu(GpuOptions {
+        disable_subgroups: true,
+        ..Default::default()
+    });
+    if cpu_plain.features().cpu {
+        contexts.push(("cpu-plain", cpu_plain));
+    }
+    for (label, ctx) in contexts {
         for (i, dtype) in DTYPES.into_iter().enumerate() {
             // Token and output counts that are not multiples of the tiles.
             check_matmul(&ctx, label, false, dtype, 37, 576, 130, 30 + i as u64);

@@ -2,7 +2,8 @@
 //! `matvec.wgsl` (decode, reduction in workgroup memory, or one row per invocation on CPU
 //! adapters), `matvec_subgroup.wgsl` (decode, reduction with subgroupAdd, where the adapter has
 //! subgroups), `matmul.wgsl` (prefill, tiled through workgroup memory) and `matmul_rowwise.wgsl`
-//! (prefill on CPU adapters: one row and a tile of tokens per invocation).
+//! (every step on CPU adapters: one row and a tile of tokens per invocation), with
+//! `matmul_rowwise_subgroup.wgsl` its variant that shares activation loads across lanes.
 
 use super::{
     Dispatch, Grid, Kernel, KernelError, Variant, check_len, check_weight_dtype, shape_error,
@@ -111,9 +112,15 @@ impl Matmul {
     fn tiled_spec(dtype: DType, features: GpuFeatures) -> (Variant, Shape) {
         let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
         if features.cpu {
+            // Broadcasting the shared activations needs eight lanes to spread a block over.
+            let shader = if features.subgroups && features.subgroup_min_size >= 8 {
+                "matmul_rowwise_subgroup"
+            } else {
+                "matmul_rowwise"
+            };
             (
                 Variant {
-                    shader: "matmul_rowwise",
+                    shader,
                     constants: vec![w, ("WG_SIZE", f64::from(ROWWISE_WG))],
                 },
                 Shape::Rowwise,

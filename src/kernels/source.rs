@@ -28,6 +28,7 @@ pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "kv_store_f16.wgsl",
     "matmul.wgsl",
     "matmul_rowwise.wgsl",
+    "matmul_rowwise_subgroup.wgsl",
     "matvec.wgsl",
     "matvec_subgroup.wgsl",
     "rms_norm.wgsl",
