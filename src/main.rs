@@ -167,6 +167,9 @@ struct BenchArgs {
     /// generated tokens, and the KV memory their pages leave unused.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=256))]
     streams: Vec<u32>,
+    /// Positions per KV page for --streams.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    kv_page_size: u32,
 }
 
 #[cfg(feature = "server")]
@@ -209,6 +212,10 @@ struct ServeArgs {
     /// sequence waits and is recomputed later.
     #[arg(long)]
     kv_tokens: Option<u32>,
+    /// Positions per KV page: smaller pages waste less of each sequence's last page and share
+    /// prefixes at a finer grain; larger ones make smaller block tables.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    kv_page_size: u32,
     /// Most prompt tokens a step runs while other sequences are decoding: smaller keeps their
     /// tokens flowing during a long prompt, larger prefills faster.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
@@ -617,7 +624,10 @@ fn bench_streams(adapter: Option<String>, args: BenchArgs) -> CliResult {
         &margs,
         LoadOptions {
             n_seq: most,
-            kv_tokens: Some(most * per_stream.next_multiple_of(16) + 16 * most),
+            kv_tokens: Some(
+                most * (per_stream.next_multiple_of(args.kv_page_size) + args.kv_page_size),
+            ),
+            page_size: args.kv_page_size,
             ..Default::default()
         },
     )?;
@@ -634,8 +644,8 @@ fn bench_streams(adapter: Option<String>, args: BenchArgs) -> CliResult {
     // Warm-up, unmeasured.
     pollster::block_on(sovereign::bench::streams(&h, 1, 8, 4, 1))?;
     eprintln!(
-        "{} ({:?}), KV pool of {pool} positions, prompts of {} tokens, {} generated per stream",
-        info.name, info.backend, args.n_prompt, args.n_gen
+        "{} ({:?}), KV pool of {pool} positions in pages of {}, prompts of {} tokens, {} generated per stream",
+        info.name, info.backend, args.kv_page_size, args.n_prompt, args.n_gen
     );
     println!(
         "| streams | decode t/s (all streams) | t/s per stream | vs 1 stream | KV allocated | KV used | KV waste |"
@@ -711,6 +721,7 @@ fn serve(adapter: Option<String>, args: ServeArgs) -> CliResult {
         LoadOptions {
             n_seq: args.parallel,
             kv_tokens: args.kv_tokens,
+            page_size: args.kv_page_size,
             ..Default::default()
         },
     )?;

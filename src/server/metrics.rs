@@ -220,10 +220,30 @@ pub fn render(
         m.kv_pages_used as f64,
     );
     o.one(
+        "sovereign_kv_pages_cached",
+        "gauge",
+        "KV cache pages only the prefix cache holds (reused on a hit, reclaimed when needed).",
+        m.kv_pages_cached as f64,
+    );
+    o.one(
         "sovereign_kv_pages_free",
         "gauge",
-        "KV cache pages free.",
-        m.kv_pages_total.saturating_sub(m.kv_pages_used) as f64,
+        "KV cache pages holding nothing.",
+        m.kv_pages_total
+            .saturating_sub(m.kv_pages_used)
+            .saturating_sub(m.kv_pages_cached) as f64,
+    );
+    o.one(
+        "sovereign_kv_tokens_stored",
+        "gauge",
+        "Positions of running sequences held in used pages (the rest of those pages is unused).",
+        m.kv_tokens_stored as f64,
+    );
+    o.one(
+        "sovereign_requests_preempted_total",
+        "counter",
+        "Times a running sequence was paused for lack of KV pages (recomputed when it resumes).",
+        m.requests_preempted as f64,
     );
     o.one(
         "sovereign_kv_page_tokens",
@@ -255,11 +275,13 @@ mod tests {
         let m = Metrics {
             kv_pages_total: 10,
             kv_pages_used: 3,
+            kv_pages_cached: 2,
             ..Default::default()
         };
         let text = render(&m, &http, &info, "m", "0.1.0");
         assert!(text.contains("sovereign_http_responses_total{code=\"400\"} 2\n"));
-        assert!(text.contains("sovereign_kv_pages_free 7\n"));
+        assert!(text.contains("sovereign_kv_pages_free 5\n"));
+        assert!(text.contains("sovereign_kv_pages_cached 2\n"));
         assert!(text.contains("name=\"a \\\"b\\\"\""));
         assert!(text.contains("adapter=\"x\\\\y\""));
         let mut seen = std::collections::HashSet::new();
