@@ -448,8 +448,18 @@ pub fn all_variants() -> Vec<Variant> {
         subgroup_max_size: 128,
     };
     let mut v = Vec::new();
-    let cpu = GpuFeatures { cpu: true, ..all };
-    for features in [GpuFeatures::default(), all, cpu] {
+    // CPU adapters: with subgroups wide enough to share activation loads, and without.
+    let cpu = GpuFeatures {
+        cpu: true,
+        subgroup_min_size: 8,
+        subgroup_max_size: 8,
+        ..all
+    };
+    let cpu_plain = GpuFeatures {
+        cpu: true,
+        ..GpuFeatures::default()
+    };
+    for features in [GpuFeatures::default(), all, cpu, cpu_plain] {
         for dtype in WEIGHT_DTYPES {
             v.extend(embed::Embed::variants(dtype));
             v.extend(matmul::Matmul::variants(dtype, features));
