@@ -97,6 +97,16 @@ struct SamplingArgs {
 }
 
 impl SamplingArgs {
+    /// The generation settings of `run` and `chat`; `n_predict` < 0 generates until the end.
+    fn generate(&self, n_predict: i64) -> GenerateParams {
+        GenerateParams {
+            max_tokens: u32::try_from(n_predict).ok(),
+            sampling: self.params(),
+            stop: self.stop.clone(),
+            ignore_eos: false,
+        }
+    }
+
     fn params(&self) -> SamplingParams {
         SamplingParams {
             temperature: self.temperature,
@@ -324,10 +334,6 @@ fn load_with(
     model
 }
 
-fn max_tokens(n: i64) -> Option<u32> {
-    u32::try_from(n).ok()
-}
-
 fn run(adapter: Option<String>, args: RunArgs) -> CliResult {
     let mut model = load(adapter, &args.model)?;
     let prompt = if args.chat {
@@ -340,12 +346,7 @@ fn run(adapter: Option<String>, args: RunArgs) -> CliResult {
     } else {
         model.encode(&args.prompt)?
     };
-    let params = GenerateParams {
-        max_tokens: max_tokens(args.n_predict),
-        sampling: args.sampling.params(),
-        stop: args.sampling.stop.clone(),
-        ignore_eos: false,
-    };
+    let params = args.sampling.generate(args.n_predict);
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
     let completion =
@@ -427,12 +428,7 @@ fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
         }
         messages.push(ChatMessage::new("user", line));
         let prompt = model.encode_chat(&messages)?;
-        let params = GenerateParams {
-            max_tokens: max_tokens(args.n_predict),
-            sampling: args.sampling.params(),
-            stop: args.sampling.stop.clone(),
-            ignore_eos: false,
-        };
+        let params = args.sampling.generate(args.n_predict);
         let mut stdout = std::io::stdout().lock();
         let completion =
             pollster::block_on(session.generate(&mut model, &prompt, &params, &mut |text| {

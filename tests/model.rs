@@ -351,3 +351,57 @@ fn synthetic_models_match_cpu_reference() {
         }
     }
 }
+
+/// Copy-on-write on the GPU: a second sequence shares the first's full page and gets a copy of
+/// its partial one; its next token's logits equal the first's. Without the copy they differ,
+/// so the comparison can fail.
+#[test]
+fn page_copies_give_a_sequence_the_same_kv() {
+    use sovereign::kernels::StepInput;
+    use sovereign::model::llama::{PageCopy, StepOutput};
+    use sovereign::model::synthetic::{SyntheticSpec, synthetic_llama};
+    let spec = SyntheticSpec::default();
+    let file = GgufFile::from_bytes(synthetic_llama(&spec).unwrap().to_bytes()).unwrap();
+    let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
+    let options = LoadOptions {
+        n_ctx: Some(64),
+        n_seq: 2,
+        page_size: 16,
+        ..Default::default()
+    };
+    let mut model = pollster::block_on(LlamaGpu::load(
+        gpu(GpuOptions::default()),
+        cfg,
+        &file,
+        &options,
+        &mut |_| {},
+    ))
+    .unwrap();
+    let prompt: Vec<u32> = (0..20).map(|t| (t * 37 + 5) % spec.n_vocab).collect();
+    let positions: Vec<u32> = (0..20).collect();
+    let mut step = |tokens: &[u32], positions: &[u32], slot: u32, pages: &[u32], copies| {
+        let slots = vec![slot; tokens.len()];
+        let input = StepInput {
+            tokens,
+            positions,
+            slots: &slots,
+            out_rows: &[tokens.len() as u32 - 1],
+            tables: &[(slot, pages)],
+        };
+        match pollster::block_on(model.step(&input, copies, StepOutput::Logits)).unwrap() {
+            Forward::Logits(l) => l,
+            other => panic!("expected logits, got {other:?}"),
+        }
+    };
+    // Slot 0: positions 0..20 in pages 0 (full) and 1 (4 positions).
+    step(&prompt, &positions, 0, &[0, 1], &[]);
+    let next = [7u32];
+    let first = step(&next, &[20], 0, &[0, 1], &[]);
+    // Slot 1 shares page 0 and takes a copy of page 1 in page 2 (position 20 is rewritten by
+    // the step itself).
+    let copied = step(&next, &[20], 1, &[0, 2], &[PageCopy { src: 1, dst: 2 }]);
+    assert_eq!(first, copied, "a copied page must hold the same K/V");
+    // Page 3 was never written: the same step without the copy reads something else.
+    let uncopied = step(&next, &[20], 1, &[0, 3], &[]);
+    assert_ne!(first, uncopied);
+}

@@ -18,17 +18,20 @@ fn engine(options: EngineOptions) -> Engine {
 /// An engine with `n_seq` sequence slots and a KV pool of `kv_tokens` positions (default: one
 /// full context).
 fn engine_with(options: EngineOptions, n_seq: u32, kv_tokens: Option<u32>) -> Engine {
-    let file = GgufFile::open(model_path()).unwrap();
     let load = LoadOptions {
         n_ctx: Some(1024),
         n_seq,
         kv_tokens,
         ..Default::default()
     };
+    start(&GgufFile::open(model_path()).unwrap(), &load, options)
+}
+
+fn start(file: &GgufFile, load: &LoadOptions, options: EngineOptions) -> Engine {
     let model = pollster::block_on(Model::load(
         gpu(GpuOptions::default()),
-        &file,
-        &load,
+        file,
+        load,
         &mut |_| {},
     ))
     .unwrap();
@@ -240,14 +243,7 @@ fn synthetic_engine(n_seq: u32, n_ctx: u32, kv_tokens: u32) -> Engine {
         kv_tokens: Some(kv_tokens),
         ..Default::default()
     };
-    let model = pollster::block_on(Model::load(
-        gpu(GpuOptions::default()),
-        &file,
-        &load,
-        &mut |_| {},
-    ))
-    .unwrap();
-    Engine::start(model, EngineOptions::default()).unwrap()
+    start(&file, &load, EngineOptions::default())
 }
 
 /// Distinct token prompts (no shared first page) of `len` tokens.

@@ -118,7 +118,7 @@ pub struct Metrics {
 }
 
 /// What the service knows about its model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelInfo {
     pub name: String,
     pub arch: String,

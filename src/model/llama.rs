@@ -177,6 +177,9 @@ pub struct LlamaGpu {
     /// K and V page pools, per layer (for page copies).
     k_cache: Vec<wgpu::Buffer>,
     v_cache: Vec<wgpu::Buffer>,
+    /// One page: a copy within a pool goes through it, since a buffer cannot be both the
+    /// source and the destination of one copy.
+    page_scratch: wgpu::Buffer,
     page_bytes: u64,
     n_pages: u32,
     n_seq: u32,
@@ -356,6 +359,14 @@ impl LlamaGpu {
                     .await?,
             );
         }
+        let page_bytes = u64::from(page_size) * kv_row_bytes;
+        let page_scratch = ctx
+            .create_buffer(
+                "kv_page_scratch",
+                page_bytes,
+                wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            )
+            .await?;
 
         let vocab_row_bytes = u64::from(cfg.n_vocab) * 4;
         let logit_rows =
@@ -433,7 +444,8 @@ impl LlamaGpu {
             tail_vector,
             tail_tiled,
             tail_argmax,
-            page_bytes: u64::from(page_size) * kv_row_bytes,
+            page_scratch,
+            page_bytes,
             n_pages,
             n_seq,
             k_cache,
@@ -579,7 +591,8 @@ impl LlamaGpu {
                 u64::from(c.dst) * self.page_bytes,
             );
             for pool in self.k_cache.iter().chain(&self.v_cache) {
-                encoder.copy_buffer_to_buffer(pool, src, pool, dst, self.page_bytes);
+                encoder.copy_buffer_to_buffer(pool, src, &self.page_scratch, 0, self.page_bytes);
+                encoder.copy_buffer_to_buffer(&self.page_scratch, 0, pool, dst, self.page_bytes);
             }
         }
         encode_all(

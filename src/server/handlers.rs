@@ -447,20 +447,12 @@ fn stream(
 }
 
 fn model_card(state: &AppState) -> ModelCard {
-    let info = state.engine.model_info();
     ModelCard {
         id: state.config.model_id.clone(),
         object: "model",
         created: state.started,
         owned_by: "sovereign",
-        meta: ModelMeta {
-            name: info.name.clone(),
-            arch: info.arch.clone(),
-            n_ctx: info.n_ctx,
-            n_vocab: info.n_vocab,
-            adapter: info.adapter.clone(),
-            backend: info.backend.clone(),
-        },
+        meta: state.engine.model_info().clone(),
     }
 }
 

@@ -5,7 +5,7 @@ use serde_json::Map;
 
 use crate::engine::StopReason;
 use crate::engine::TokenLogprob;
-use crate::engine::service::Usage;
+use crate::engine::service::{ModelInfo, Usage};
 
 /// OpenAI's stand-in for a log-probability of minus infinity, which JSON cannot hold.
 const NEG_INF_LOGPROB: f32 = -9999.0;
@@ -204,17 +204,7 @@ pub struct ModelCard {
     pub created: u64,
     pub owned_by: &'static str,
     /// Not in OpenAI's schema; clients ignore it, people reading it learn the limits.
-    pub meta: ModelMeta,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelMeta {
-    pub name: String,
-    pub arch: String,
-    pub n_ctx: u32,
-    pub n_vocab: u32,
-    pub adapter: String,
-    pub backend: String,
+    pub meta: ModelInfo,
 }
 
 #[derive(Debug, Clone, Serialize)]
