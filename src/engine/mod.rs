@@ -125,14 +125,7 @@ impl Model {
 
     /// A conversation through the model's chat template, ending where the assistant speaks.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self.tokenizer.apply_chat_template(messages, true)?;
-        // Templates that write the BOS token themselves must not get a second one.
-        let bos_written = self
-            .tokenizer
-            .bos()
-            .and_then(|b| self.tokenizer.token_text(b))
-            .is_some_and(|b| !b.is_empty() && text.starts_with(b));
-        Ok(self.tokenizer.encode(&text, !bos_written)?)
+        Ok(self.tokenizer.encode_chat(messages)?)
     }
 }
 

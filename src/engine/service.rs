@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -148,21 +148,24 @@ impl Default for EngineOptions {
 }
 
 struct Job {
-    tokens: Vec<u32>,
-    params: GenerateParams,
-    logprobs: Option<usize>,
+    /// Prompt tokens, for the usage counts.
+    n_prompt: usize,
     events: mpsc::UnboundedSender<Event>,
     cancelled: Arc<AtomicBool>,
     submitted: Instant,
 }
 
 enum Command {
-    Submit(Job),
+    /// A checked request: its job and its sequence state, prompt included.
+    Submit(Job, Box<SequenceState>, Vec<u32>),
     Shutdown,
 }
 
 struct Shared {
     commands: mpsc::UnboundedSender<Command>,
+    /// Requests submitted and not yet started: the bounded queue. Counted here, not in the
+    /// metrics, so the check and the increment are one atomic step.
+    queued: AtomicUsize,
     tokenizer: Arc<Tokenizer>,
     info: ModelInfo,
     options: EngineOptions,
@@ -206,6 +209,7 @@ impl Engine {
         };
         let shared = Arc::new(Shared {
             commands: tx,
+            queued: AtomicUsize::new(0),
             tokenizer: model.shared_tokenizer(),
             info,
             options,
@@ -282,14 +286,7 @@ impl EngineHandle {
         let t = &self.shared.tokenizer;
         Ok(match prompt {
             Prompt::Text(text) => t.encode(text, true)?,
-            Prompt::Chat(messages) => {
-                let text = t.apply_chat_template(messages, true)?;
-                let bos_written = t
-                    .bos()
-                    .and_then(|b| t.token_text(b))
-                    .is_some_and(|b| !b.is_empty() && text.starts_with(b));
-                t.encode(&text, !bos_written)?
-            }
+            Prompt::Chat(messages) => t.encode_chat(messages)?,
             Prompt::Tokens(ids) => {
                 if let Some(&bad) = ids.iter().find(|&&id| id >= self.shared.info.n_vocab) {
                     return Err(crate::model::ModelError::TokenOutOfRange {
@@ -318,34 +315,39 @@ impl EngineHandle {
             }
             .into());
         }
-        // Sampling settings and stop strings are checked here so a bad one fails the call.
-        super::SequenceState::new(&tokens, request.params.clone(), request.logprobs)?;
-        let queued = self.metrics().queue_depth as usize;
-        if queued >= self.shared.options.max_queue {
+        // Sampling settings and stop strings are checked here so a bad one fails the call; the
+        // state travels with the job.
+        let state = SequenceState::new(&tokens, request.params, request.logprobs)?;
+        let max = self.shared.options.max_queue;
+        let admitted = self
+            .shared
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < max).then_some(q + 1)
+            });
+        if admitted.is_err() {
             self.update(|m| m.requests_rejected += 1);
-            return Err(EngineError::QueueFull {
-                max: self.shared.options.max_queue,
-            }
-            .into());
+            return Err(EngineError::QueueFull { max }.into());
         }
         let (events, rx) = mpsc::unbounded();
         let cancelled = Arc::new(AtomicBool::new(false));
         let job = Job {
-            tokens,
-            params: request.params,
-            logprobs: request.logprobs,
+            n_prompt: tokens.len(),
             events,
             cancelled: Arc::clone(&cancelled),
             submitted: Instant::now(),
         };
         self.update(|m| {
             m.requests_submitted += 1;
-            m.queue_depth += 1;
+            m.queue_depth = self.shared.queued.load(Ordering::Acquire) as u64;
         });
         self.shared
             .commands
-            .unbounded_send(Command::Submit(job))
-            .map_err(|_| EngineError::Stopped("the engine has stopped".into()))?;
+            .unbounded_send(Command::Submit(job, Box::new(state), tokens))
+            .map_err(|_| {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                EngineError::Stopped("the engine has stopped".into())
+            })?;
         Ok(RequestStream { rx, cancelled })
     }
 }
@@ -391,13 +393,13 @@ async fn run_loop(
     loop {
         if scheduler.is_idle() {
             match futures_util::StreamExt::next(&mut commands).await {
-                Some(Command::Submit(job)) => scheduler.enqueue(job),
+                Some(Command::Submit(job, state, tokens)) => scheduler.enqueue(job, *state, tokens),
                 Some(Command::Shutdown) | None => return,
             }
         }
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
-                Command::Submit(job) => scheduler.enqueue(job),
+                Command::Submit(job, state, tokens) => scheduler.enqueue(job, *state, tokens),
                 Command::Shutdown => return,
             }
         }
@@ -408,7 +410,7 @@ async fn run_loop(
 /// A request waiting for a slot: new, or preempted (its state kept, its K/V to recompute).
 struct Waiting {
     job: Job,
-    state: Option<SequenceState>,
+    state: SequenceState,
     /// Tokens to have in the cache before generating: the prompt, plus what was generated
     /// before a preemption.
     tokens: Vec<u32>,
@@ -422,6 +424,18 @@ struct Progress {
     first_token: Option<Instant>,
     last_token: Option<Instant>,
     cached_prompt: usize,
+}
+
+impl Progress {
+    fn timings(&self, job: &Job) -> Timings {
+        let total = job.submitted.elapsed();
+        Timings {
+            // Not started yet: all of it was queueing.
+            queued: self.started.map_or(total, |s| s - job.submitted),
+            time_to_first_token: self.first_token.map(|t| t - job.submitted),
+            total,
+        }
+    }
 }
 
 struct Running {
@@ -485,11 +499,10 @@ impl Scheduler {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    fn enqueue(&mut self, job: Job) {
-        let tokens = job.tokens.clone();
+    fn enqueue(&mut self, job: Job, state: SequenceState, tokens: Vec<u32>) {
         self.waiting.push_back(Waiting {
             job,
-            state: None,
+            state,
             tokens,
             progress: Progress {
                 started: None,
@@ -527,7 +540,7 @@ impl Scheduler {
     fn publish(&self, handle: &EngineHandle) {
         let s = self.kv.stats();
         handle.update(|m| {
-            m.queue_depth = self.waiting.len() as u64;
+            m.queue_depth = handle.shared.queued.load(Ordering::Acquire) as u64;
             m.running_sequences = self.running.len() as u64;
             m.kv_pages_total = s.pages_total as u64;
             m.kv_pages_used = s.pages_used as u64;
@@ -544,9 +557,8 @@ impl Scheduler {
     }
 
     fn finish(&mut self, handle: &EngineHandle, r: Running, stop: StopReason) {
-        let now = Instant::now();
         let usage = Usage {
-            prompt_tokens: r.job.tokens.len(),
+            prompt_tokens: r.job.n_prompt,
             completion_tokens: r.state.generated().len(),
             cached_tokens: r.progress.cached_prompt,
         };
@@ -560,14 +572,7 @@ impl Scheduler {
         let event = Event::Finished {
             stop,
             usage,
-            timings: Timings {
-                queued: r
-                    .progress
-                    .started
-                    .map_or(Duration::ZERO, |s| s - r.job.submitted),
-                time_to_first_token: r.progress.first_token.map(|t| t - r.job.submitted),
-                total: now - r.job.submitted,
-            },
+            timings: r.progress.timings(&r.job),
         };
         let events = r.job.events.clone();
         // Pages and gauges first: whoever sees the stream end sees its pages free.
@@ -587,10 +592,30 @@ impl Scheduler {
                 i += 1;
             }
         }
-        let before = self.waiting.len();
-        self.waiting.retain(|w| !gone(&w.job));
-        let dropped = (before - self.waiting.len()) as u64;
-        handle.update(|m| m.requests_cancelled += dropped);
+        let mut dropped = 0;
+        self.waiting.retain(|w| {
+            if !gone(&w.job) {
+                return true;
+            }
+            if w.progress.started.is_none() {
+                handle.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            dropped += 1;
+            // Waiting (new, or preempted) requests end the way running ones do.
+            let _ = w.job.events.unbounded_send(Event::Finished {
+                stop: StopReason::Cancelled,
+                usage: Usage {
+                    prompt_tokens: w.job.n_prompt,
+                    completion_tokens: w.state.generated().len(),
+                    cached_tokens: w.progress.cached_prompt,
+                },
+                timings: w.progress.timings(&w.job),
+            });
+            false
+        });
+        if dropped > 0 {
+            handle.update(|m| m.requests_cancelled += dropped);
+        }
     }
 
     /// Moves waiting requests into free slots, sharing cached prefix pages.
@@ -602,19 +627,10 @@ impl Scheduler {
             let Some(w) = self.waiting.pop_front() else {
                 return;
             };
-            let state = match w.state {
-                Some(s) => s,
-                None => {
-                    match SequenceState::new(&w.job.tokens, w.job.params.clone(), w.job.logprobs) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            handle.update(|m| m.requests_failed += 1);
-                            let _ = w.job.events.unbounded_send(Event::Failed(e.to_string()));
-                            continue;
-                        }
-                    }
-                }
-            };
+            if w.progress.started.is_none() {
+                handle.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            let state = w.state;
             let id = self.next_id;
             self.next_id += 1;
             let cached = match self.kv.add_sequence(id, &w.tokens) {
@@ -631,11 +647,11 @@ impl Scheduler {
                 progress.started = Some(Instant::now());
                 progress.cached_prompt = cached;
                 let _ = w.job.events.unbounded_send(Event::Started {
-                    prompt_tokens: w.job.tokens.len(),
+                    prompt_tokens: w.job.n_prompt,
                     cached_tokens: cached,
                 });
                 handle.update(|m| {
-                    m.prompt_tokens += w.job.tokens.len() as u64;
+                    m.prompt_tokens += w.job.n_prompt as u64;
                     m.cached_prompt_tokens += cached as u64;
                     if cached > 0 {
                         m.prefix_cache_hits += 1;
@@ -667,7 +683,7 @@ impl Scheduler {
         tracing::debug!(sequence = r.id, "preempted: out of KV pages");
         self.waiting.push_front(Waiting {
             job: r.job,
-            state: Some(r.state),
+            state: r.state,
             tokens: r.tokens,
             progress: r.progress,
         });

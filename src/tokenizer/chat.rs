@@ -42,6 +42,17 @@ impl ChatMessage {
 }
 
 impl Tokenizer {
+    /// Token ids of a conversation through the chat template, ending where the assistant
+    /// speaks. A template that writes the BOS token itself does not get a second one.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, TokenizerError> {
+        let text = self.apply_chat_template(messages, true)?;
+        let bos_written = self
+            .bos()
+            .and_then(|b| self.token_text(b))
+            .is_some_and(|b| !b.is_empty() && text.starts_with(b));
+        self.encode(&text, !bos_written)
+    }
+
     /// The prompt for `messages` in the model's chat format: the file's template, or ChatML when
     /// it has none. With `add_generation_prompt` the prompt ends where the assistant's reply
     /// begins. Special tokens appear as text (`<|im_start|>`), which `encode` parses back.
