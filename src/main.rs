@@ -321,9 +321,9 @@ fn load_with(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let options = LoadOptions {
-        n_ctx: args.ctx_size,
+        n_ctx: args.ctx_size.or(base.n_ctx),
         max_batch: args.batch_size,
-        kv_f16: args.kv_f32.then_some(false),
+        kv_f16: args.kv_f32.then_some(false).or(base.kv_f16),
         ..base
     };
     let model = pollster::block_on(Model::load(ctx, &file, &options, &mut |p| {

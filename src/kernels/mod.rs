@@ -280,8 +280,6 @@ impl StepBuffer {
 /// How many workgroups a dispatch needs for a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grid {
-    /// Always the same.
-    Fixed([u32; 3]),
     /// `x` workgroups for each tile of `tile` tokens (y).
     Tokens { x: u32, tile: u32 },
     /// `x` workgroups for each tile of `tile` output rows (y).
@@ -293,7 +291,6 @@ impl Grid {
     /// rebuild the x index as `x + z * num_workgroups.x`).
     pub fn size(&self, shape: StepShape, max_per_dim: u32) -> [u32; 3] {
         let (x, rows, tile) = match *self {
-            Grid::Fixed(g) => return g,
             Grid::Tokens { x, tile } => (x, shape.n_tokens, tile),
             Grid::Outputs { x, tile } => (x, shape.n_out, tile),
         };

@@ -311,9 +311,8 @@ impl Streamer {
     }
 
     fn delta(&mut self, text: String, logprob: Option<TokenLogprob>, out: &mut Vec<sse::Event>) {
-        let logprob = logprob.filter(|_| self.meta.logprobs);
-        // A token whose text is held back (it may start a stop string) has nothing to say
-        // unless its log-probability was asked for.
+        // A token whose text is held back (it may start a stop string) has nothing to say unless
+        // its log-probability was asked for (the engine reports them only then).
         if text.is_empty() && logprob.is_none() {
             return;
         }
