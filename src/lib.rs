@@ -16,6 +16,8 @@ pub mod gpu;
 pub mod kernels;
 pub mod kv;
 pub mod model;
+#[cfg(any(feature = "native", target_arch = "wasm32"))]
+pub mod openai;
 pub mod reference;
 #[cfg(feature = "server")]
 pub mod server;

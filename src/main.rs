@@ -50,6 +50,27 @@ enum Command {
     /// health, Prometheus metrics).
     #[cfg(feature = "server")]
     Serve(ServeArgs),
+    /// Serve the in-browser demo (built by scripts/build-web) and a model for it to load; the
+    /// engine runs in the browser on WebGPU.
+    #[cfg(feature = "server")]
+    Web(WebArgs),
+}
+
+#[cfg(feature = "server")]
+#[derive(Args)]
+struct WebArgs {
+    /// GGUF model the page loads; default: SmolLM2-135M-Instruct Q4_1, fetched on first use.
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// The built page.
+    #[arg(long, default_value = "web/dist")]
+    dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on; 0 picks a free one.
+    #[arg(long, default_value_t = 8090)]
+    port: u16,
 }
 
 #[derive(Args, Clone)]
@@ -261,6 +282,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(cli.adapter, args),
         #[cfg(feature = "server")]
         Command::Serve(args) => serve(cli.adapter, args),
+        #[cfg(feature = "server")]
+        Command::Web(args) => web(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -684,6 +707,25 @@ fn human_params(n: u64) -> String {
     } else {
         format!("{}M", n / 1_000_000)
     }
+}
+
+/// Serves the browser demo and its model until Ctrl-C.
+#[cfg(feature = "server")]
+fn web(args: WebArgs) -> CliResult {
+    use sovereign::server::web::{WebConfig, WebServer};
+    let model = match args.model {
+        Some(p) => p,
+        None => sovereign::fetch::ensure_default_model()?,
+    };
+    let server = WebServer::bind(WebConfig {
+        host: args.host,
+        port: args.port,
+        dir: args.dir,
+        model: Some(model),
+    })?;
+    let addr = server.local_addr()?;
+    eprintln!("serving the browser demo at http://{addr}/ (Ctrl-C stops)");
+    server.run().map_err(sovereign::Error::from)
 }
 
 /// Binds first (a busy port fails before the model loads), then loads the model, starts the

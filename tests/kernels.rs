@@ -763,3 +763,15 @@ fn paged_kv_store_and_attention_match_reference() {
         );
     }
 }
+
+/// The in-process pass the browser runs (`sovereign::kernels::selftest`) passes here too, in
+/// every kernel shape this adapter has.
+#[test]
+fn selftest_passes_on_every_kernel_shape() {
+    for (label, ctx) in contexts() {
+        let checks = pollster::block_on(sovereign::kernels::selftest::run_all(&ctx)).unwrap();
+        assert!(checks.len() >= 25, "{label}: only {} checks", checks.len());
+        let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
+        assert!(failed.is_empty(), "{label}: {failed:#?}");
+    }
+}

@@ -364,9 +364,24 @@ impl RequestStream {
         self.cancelled.store(true, Ordering::Relaxed);
     }
 
+    /// A handle that cancels this request from elsewhere while the stream is being read.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(Arc::clone(&self.cancelled))
+    }
+
     /// The next event, or `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Event> {
         futures_util::StreamExt::next(&mut self.rx).await
+    }
+}
+
+/// Cancels one request, as [`RequestStream::cancel`] does.
+#[derive(Debug, Clone)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

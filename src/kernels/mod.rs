@@ -11,6 +11,7 @@ pub mod kv_store;
 pub mod matmul;
 pub mod rms_norm;
 pub mod rope;
+pub mod selftest;
 pub mod silu_mul;
 pub mod source;
 

@@ -14,12 +14,12 @@ use futures_util::StreamExt;
 
 use super::error::ApiError;
 use super::guard::JsonBody;
-use super::request::{self, Parsed};
-use super::response::*;
 use super::{AppState, metrics};
 use crate::engine::StopReason;
 use crate::engine::TokenLogprob;
 use crate::engine::service::{Event, RequestStream, Timings, Usage};
+use crate::openai::request::{self, Parsed};
+use crate::openai::response::*;
 
 const FINGERPRINT: &str = concat!("sovereign-", env!("CARGO_PKG_VERSION"));
 

@@ -14,8 +14,7 @@ mod error;
 mod guard;
 mod handlers;
 mod metrics;
-mod request;
-mod response;
+pub mod web;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};

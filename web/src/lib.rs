@@ -1,7 +1,12 @@
-//! Sovereign in the browser. The JS API and the demo page come with the web build's own work;
-//! today this crate proves that the engine library compiles for `wasm32-unknown-unknown`.
+//! Sovereign in the browser: the engine compiled to WebAssembly, its kernels on WebGPU. The
+//! wasm-bindgen surface (`bindings`) runs inside a Web Worker that `js/sovereign.js` starts and
+//! talks to; `chat` turns OpenAI requests into engine requests and engine events into stream
+//! chunks.
 
-pub use sovereign;
+pub mod chat;
+
+#[cfg(target_arch = "wasm32")]
+mod bindings;
 
 /// The engine version this build carries.
 pub fn version() -> &'static str {

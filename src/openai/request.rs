@@ -574,7 +574,7 @@ mod tests {
             let e = chat_err(body.clone());
             assert_eq!(e.param.as_deref(), Some(param), "{body}");
             assert_eq!(e.code, Some(code), "{body}");
-            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+            assert_eq!(e.status, 400);
         }
         assert!(chat(&json!([1, 2])).is_err());
     }

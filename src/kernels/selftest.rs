@@ -1,0 +1,529 @@
+//! Every kernel on the adapter at hand against its CPU reference, on random inputs with fixed
+//! seeds, as one async call. The native test suite checks kernels in far more shapes
+//! (`tests/kernels.rs`); this pass exists for adapters those tests cannot reach, such as a
+//! browser's WebGPU, where it runs from the page (`WebEngine.kernelChecks`).
+
+use serde::Serialize;
+
+use super::add::Add;
+use super::argmax::Argmax;
+use super::attention::{Attention, AttentionParams};
+use super::embed::Embed;
+use super::kv_store::{KvStore, KvStoreParams};
+use super::matmul::{Matmul, MatmulLayout};
+use super::rms_norm::RmsNorm;
+use super::rope::{Rope, RopeParams};
+use super::silu_mul::SiluMul;
+use super::{Dispatch, PagedLayout, StepBuffer, WEIGHT_DTYPES, encode_all};
+use crate::Result;
+use crate::format::DType;
+use crate::gpu::{GpuContext, ReadbackBuffer, WeightTensor};
+use crate::reference::{self, AttentionShape, RopeConfig};
+
+/// One comparison: the largest error seen against what the kernel may differ by.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    pub name: String,
+    /// Largest `|got - want| - rtol * |want|` over the output (0 or less is exact enough).
+    pub max_error: f32,
+    /// The absolute tolerance that excess is held to.
+    pub tolerance: f32,
+    pub passed: bool,
+}
+
+/// A xorshift generator: the same inputs on every platform.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                ((self.0 >> 32) as u32 as f32 / 2_147_483_648.0 - 1.0) * scale
+            })
+            .collect()
+    }
+}
+
+fn compare(name: String, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Check {
+    let mut worst = if got.len() == want.len() {
+        0.0f32
+    } else {
+        f32::INFINITY
+    };
+    for (g, w) in got.iter().zip(want) {
+        let excess = (g - w).abs() - rtol * w.abs();
+        // NaN compares false everywhere: count it as the worst error there is.
+        worst = if excess.is_nan() {
+            f32::INFINITY
+        } else {
+            worst.max(excess)
+        };
+    }
+    Check {
+        name,
+        max_error: worst,
+        tolerance: atol,
+        passed: worst <= atol,
+    }
+}
+
+struct Bench<'a> {
+    ctx: &'a GpuContext,
+}
+
+impl Bench<'_> {
+    async fn buffer(&self, data: &[f32]) -> Result<wgpu::Buffer> {
+        Ok(self
+            .ctx
+            .storage_buffer_init("selftest", bytemuck::cast_slice(data))
+            .await?)
+    }
+
+    async fn buffer_f16(&self, data: &[f32]) -> Result<wgpu::Buffer> {
+        let mut halves: Vec<u16> = data
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect();
+        if halves.len() % 2 == 1 {
+            halves.push(0);
+        }
+        Ok(self
+            .ctx
+            .storage_buffer_init("selftest", bytemuck::cast_slice(&halves))
+            .await?)
+    }
+
+    async fn step(&self, max: u32) -> Result<StepBuffer> {
+        let layout = PagedLayout {
+            page_size: 16,
+            pages_per_seq: 4096 / 16,
+            max_slots: 1,
+        };
+        Ok(StepBuffer::new(self.ctx, max, layout).await?)
+    }
+
+    /// One sequence at `pos0..`, every row an output row; submits and returns at once.
+    fn run(&self, dispatches: &[&Dispatch], step: &StepBuffer, pos0: u32, n: usize) -> Result<()> {
+        let tokens = vec![0u32; n];
+        let rows: Vec<u32> = (0..n as u32).collect();
+        let shape = step.write_single(self.ctx, pos0, &tokens, &rows)?;
+        let mut encoder = self
+            .ctx
+            .device()
+            .create_command_encoder(&Default::default());
+        encode_all(self.ctx, &mut encoder, dispatches.iter().copied(), shape);
+        self.ctx.queue().submit([encoder.finish()]);
+        Ok(())
+    }
+
+    async fn read_bytes(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let rb = ReadbackBuffer::new(self.ctx, "selftest", bytes).await?;
+        let mut encoder = self
+            .ctx
+            .device()
+            .create_command_encoder(&Default::default());
+        rb.copy_from(&mut encoder, buffer, 0, bytes)?;
+        self.ctx.queue().submit([encoder.finish()]);
+        Ok(rb.read(self.ctx, bytes).await?)
+    }
+
+    async fn read(&self, buffer: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+        let raw = self.read_bytes(buffer, (n * 4) as u64).await?;
+        Ok(bytemuck::pod_collect_to_vec(&raw))
+    }
+
+    async fn read_f16(&self, buffer: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+        let raw = self
+            .read_bytes(buffer, (n * 2).next_multiple_of(4) as u64)
+            .await?;
+        Ok(raw
+            .chunks_exact(2)
+            .take(n)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect())
+    }
+
+    async fn weights(
+        &self,
+        rng: &mut Rng,
+        dtype: DType,
+        n_rows: usize,
+        row_len: usize,
+    ) -> Result<(WeightTensor, Vec<f32>)> {
+        let values = rng.vec(n_rows * row_len, 1.0);
+        let bytes = reference::quantize(dtype, &values)?;
+        let deq = reference::dequantize(dtype, &bytes, values.len())?;
+        let w = WeightTensor::upload(
+            self.ctx,
+            "selftest",
+            dtype,
+            row_len as u32,
+            n_rows as u32,
+            &bytes,
+        )
+        .await?;
+        Ok((w, deq))
+    }
+}
+
+/// Runs every check; an error means a kernel could not run at all (a failed comparison is a
+/// [`Check`] with `passed: false`).
+pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
+    let b = Bench { ctx };
+    let mut checks = Vec::new();
+    let mut rng = Rng::new(7);
+    let f16_modes: &[bool] = if ctx.features().shader_f16 {
+        &[false, true]
+    } else {
+        &[false]
+    };
+
+    // Embedding lookup, every weight type.
+    for dtype in WEIGHT_DTYPES {
+        let (n_vocab, n_embd) = (300, 96);
+        let tokens = [0u32, 299, 17, 150];
+        let (table, deq) = b.weights(&mut rng, dtype, n_vocab, n_embd).await?;
+        let out = b.buffer(&vec![0.0; 8 * n_embd]).await?;
+        let step = b.step(8).await?;
+        let op = Embed::new(ctx, dtype).await?;
+        let d = op.bind(ctx, step.buffer(), &table, &out, 8)?;
+        let shape = step.write_single(ctx, 0, &tokens, &[0, 1, 2, 3])?;
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        encode_all(ctx, &mut encoder, d.iter(), shape);
+        ctx.queue().submit([encoder.finish()]);
+        let got = b.read(&out, tokens.len() * n_embd).await?;
+        let want = reference::embed(&deq, n_embd, &tokens);
+        checks.push(compare(format!("embed {dtype}"), &got, &want, 0.0, 0.0));
+    }
+
+    // RMS norm.
+    {
+        let (n, n_embd, eps) = (5usize, 576usize, 1e-5f32);
+        let x = rng.vec(n * n_embd, 3.0);
+        let w = rng.vec(n_embd, 1.0);
+        let want = reference::rms_norm(&x, &w, eps);
+        // The buffers hold the step's most tokens (8); the rows past `n` are not computed.
+        let mut padded = x.clone();
+        padded.resize(8 * n_embd, 0.0);
+        let (xb, wb) = (b.buffer(&padded).await?, b.buffer(&w).await?);
+        let out = b.buffer(&vec![0.0; 8 * n_embd]).await?;
+        let step = b.step(8).await?;
+        let op = RmsNorm::new(ctx).await?;
+        let d = op.bind(
+            ctx,
+            step.buffer(),
+            &xb,
+            &wb,
+            &out,
+            n_embd as u32,
+            eps,
+            false,
+            8,
+        )?;
+        b.run(&[&d], &step, 0, n)?;
+        let got = b.read(&out, n * n_embd).await?;
+        checks.push(compare("rms_norm".into(), &got, &want, 1e-5, 1e-5));
+    }
+
+    // RoPE, both layouts.
+    for (neox, n_rot, pos0, n) in [(false, 64, 0u32, 5usize), (true, 48, 300, 3)] {
+        let (n_head, head_dim) = (3usize, 64usize);
+        let cfg = RopeConfig {
+            n_rot,
+            freq_base: 100_000.0,
+            freq_scale: 1.0,
+            neox,
+        };
+        let x = rng.vec(n * n_head * head_dim, 2.0);
+        let mut want = x.clone();
+        let positions: Vec<u32> = (pos0..pos0 + n as u32).collect();
+        reference::rope(&mut want, n_head, head_dim, &positions, cfg);
+        let xb = b.buffer(&x).await?;
+        let step = b.step(8).await?;
+        let params = RopeParams {
+            n_head: n_head as u32,
+            head_dim: head_dim as u32,
+            n_rot: n_rot as u32,
+            neox: u32::from(neox),
+            freq_base: cfg.freq_base,
+            freq_scale: cfg.freq_scale,
+            row_stride: (n_head * head_dim) as u32,
+            _pad: 0,
+        };
+        let d = Rope::new(ctx)
+            .await?
+            .bind(ctx, step.buffer(), &xb, params, n as u32)?;
+        b.run(&[&d], &step, pos0, n)?;
+        let got = b.read(&xb, x.len()).await?;
+        checks.push(compare(
+            format!("rope neox={neox} n_rot={n_rot}"),
+            &got,
+            &want,
+            2e-4,
+            1e-5,
+        ));
+    }
+
+    // K rotated and K/V stored at their positions, f32 and (where available) f16 caches.
+    for &f16 in f16_modes {
+        let (n_head_kv, head_dim, pos0, n) = (3usize, 64usize, 9u32, 4usize);
+        let row = n_head_kv * head_dim;
+        let n_ctx = pos0 as usize + n + 2;
+        let cfg = RopeConfig {
+            n_rot: 64,
+            freq_base: 10_000.0,
+            freq_scale: 1.0,
+            neox: false,
+        };
+        let k_new = rng.vec(n * row, 2.0);
+        let v_new = rng.vec(n * row, 2.0);
+        let mut k_want = vec![0.0; n_ctx * row];
+        let mut v_want = k_want.clone();
+        let mut k_rot = k_new.clone();
+        let positions: Vec<u32> = (pos0..pos0 + n as u32).collect();
+        reference::rope(&mut k_rot, n_head_kv, head_dim, &positions, cfg);
+        let range = pos0 as usize * row..(pos0 as usize + n) * row;
+        k_want[range.clone()].copy_from_slice(&k_rot);
+        v_want[range].copy_from_slice(&v_new);
+        let zeros = vec![0.0; n_ctx * row];
+        let (kc, vc) = if f16 {
+            reference::round_f16(&mut v_want);
+            (b.buffer_f16(&zeros).await?, b.buffer_f16(&zeros).await?)
+        } else {
+            (b.buffer(&zeros).await?, b.buffer(&zeros).await?)
+        };
+        let params = KvStoreParams {
+            n_head_kv: n_head_kv as u32,
+            head_dim: head_dim as u32,
+            n_rot: cfg.n_rot as u32,
+            neox: 0,
+            freq_base: cfg.freq_base,
+            freq_scale: cfg.freq_scale,
+            kv_stride: row as u32,
+            _pad: 0,
+        };
+        let step = b.step(8).await?;
+        let (kb, vb) = (b.buffer(&k_new).await?, b.buffer(&v_new).await?);
+        let d = KvStore::new(ctx, f16).await?.bind(
+            ctx,
+            step.buffer(),
+            &kb,
+            &vb,
+            &kc,
+            &vc,
+            params,
+            n as u32,
+            n_ctx as u32,
+        )?;
+        b.run(&[&d], &step, pos0, n)?;
+        let (k_got, v_got) = if f16 {
+            (
+                b.read_f16(&kc, k_want.len()).await?,
+                b.read_f16(&vc, v_want.len()).await?,
+            )
+        } else {
+            (
+                b.read(&kc, k_want.len()).await?,
+                b.read(&vc, v_want.len()).await?,
+            )
+        };
+        let rtol = if f16 { 1e-3 } else { 1e-5 };
+        checks.push(compare(
+            format!("kv_store f16={f16} K"),
+            &k_got,
+            &k_want,
+            1e-3,
+            rtol,
+        ));
+        checks.push(compare(
+            format!("kv_store f16={f16} V"),
+            &v_got,
+            &v_want,
+            0.0,
+            0.0,
+        ));
+    }
+
+    // Matrix products: the decode (vector) and prefill (tiled) kernels, every weight type.
+    for dtype in WEIGHT_DTYPES {
+        for (vector, n, n_in, n_out) in [(true, 1usize, 576usize, 200usize), (false, 37, 576, 130)]
+        {
+            let (w, deq) = b.weights(&mut rng, dtype, n_out, n_in).await?;
+            let x = rng.vec(n * n_in, 1.0);
+            let want = reference::matmul(&x, &deq, n_in);
+            let max = n.max(8);
+            let xb = b.buffer(&x).await?;
+            let y = b.buffer(&vec![0.0; max * n_out]).await?;
+            let step = b.step(max as u32).await?;
+            let op = if vector {
+                Matmul::vector(ctx, dtype).await?
+            } else {
+                Matmul::tiled(ctx, dtype).await?
+            };
+            let layout = MatmulLayout {
+                x_stride: n_in as u32,
+                y_stride: n_out as u32,
+                x_rows: n as u32,
+                y_rows: n as u32,
+                y_col0: 0,
+                out_rows: false,
+            };
+            let d = op.bind(ctx, step.buffer(), &w, &xb, &y, layout)?;
+            b.run(&d.iter().collect::<Vec<_>>(), &step, 0, n)?;
+            let got = b.read(&y, n * n_out).await?;
+            checks.push(compare(
+                format!(
+                    "matmul {} {dtype} {n}x{n_in}x{n_out}",
+                    if vector { "decode" } else { "prefill" }
+                ),
+                &got,
+                &want,
+                2e-5 * (n_in as f32).sqrt(),
+                1e-4,
+            ));
+        }
+    }
+
+    // Attention over a contiguous cache: prefill with the causal mask, and decode at several
+    // context lengths, with GQA.
+    for &f16 in f16_modes {
+        for (pos0, n) in [(0usize, 40usize), (63, 1), (700, 1)] {
+            let (n_head, n_head_kv, head_dim) = (9usize, 3usize, 64usize);
+            let n_ctx = pos0 + n + 3;
+            let q = rng.vec(n * n_head * head_dim, 1.0);
+            let mut k = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
+            let mut v = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
+            if f16 {
+                reference::round_f16(&mut k);
+                reference::round_f16(&mut v);
+            }
+            let shape = AttentionShape {
+                n_head,
+                n_head_kv,
+                head_dim,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+            };
+            let want = reference::attention(&q, &k, &v, pos0, shape);
+            let out = b.buffer(&vec![0.0; want.len()]).await?;
+            let step = b.step(n as u32).await?;
+            let (kb, vb) = if f16 {
+                (b.buffer_f16(&k).await?, b.buffer_f16(&v).await?)
+            } else {
+                (b.buffer(&k).await?, b.buffer(&v).await?)
+            };
+            let params = AttentionParams {
+                n_head: n_head as u32,
+                n_head_kv: n_head_kv as u32,
+                head_dim: head_dim as u32,
+                q_stride: (n_head * head_dim) as u32,
+                kv_stride: (n_head_kv * head_dim) as u32,
+                scale: shape.scale,
+                _pad0: 0,
+                _pad1: 0,
+            };
+            let qb = b.buffer(&q).await?;
+            let d = Attention::new(ctx, f16).await?.bind(
+                ctx,
+                step.buffer(),
+                &qb,
+                &kb,
+                &vb,
+                &out,
+                params,
+                n as u32,
+                n_ctx as u32,
+            )?;
+            b.run(&[&d], &step, pos0 as u32, n)?;
+            let got = b.read(&out, want.len()).await?;
+            checks.push(compare(
+                format!("attention f16={f16} {n} tokens at {pos0}"),
+                &got,
+                &want,
+                2e-5,
+                1e-4,
+            ));
+        }
+    }
+
+    // SiLU(gate) * up, and the residual add.
+    {
+        let (n, width) = (3usize, 1536usize);
+        let gate = rng.vec(n * width, 6.0);
+        let up = rng.vec(n * width, 2.0);
+        let (gb, ub) = (b.buffer(&gate).await?, b.buffer(&up).await?);
+        let step = b.step(4).await?;
+        let d = SiluMul::new(ctx)
+            .await?
+            .bind(ctx, step.buffer(), &gb, &ub, width as u32, 3)?;
+        b.run(&[&d], &step, 0, n)?;
+        let got = b.read(&gb, gate.len()).await?;
+        let want = reference::silu_mul(&gate, &up);
+        checks.push(compare("silu_mul".into(), &got, &want, 1e-6, 1e-5));
+
+        let x = rng.vec(n * width, 1.0);
+        let xb = b.buffer(&x).await?;
+        let d = Add::new(ctx)
+            .await?
+            .bind(ctx, step.buffer(), &xb, &ub, width as u32, 3)?;
+        b.run(&[&d], &step, 0, n)?;
+        let got = b.read(&xb, x.len()).await?;
+        checks.push(compare(
+            "add".into(),
+            &got,
+            &reference::add(&x, &up),
+            0.0,
+            0.0,
+        ));
+    }
+
+    // Argmax over a vocabulary-sized row, ties going to the lower index.
+    {
+        let width = 49152usize;
+        let mut x = rng.vec(2 * width, 10.0);
+        x[width + 40000] = 50.0;
+        x[width + 7] = 50.0;
+        let out = b.buffer(&[0.0; 2]).await?;
+        let step = b.step(4).await?;
+        let xb = b.buffer(&x).await?;
+        let d = Argmax::new(ctx)
+            .await?
+            .bind(ctx, step.buffer(), &xb, &out, width as u32, 2)?;
+        b.run(&[&d], &step, 0, 2)?;
+        let raw = b.read_bytes(&out, 8).await?;
+        let got: Vec<u32> = bytemuck::pod_collect_to_vec(&raw);
+        let want: Vec<u32> = x
+            .chunks(width)
+            .map(|r| reference::argmax(r) as u32)
+            .collect();
+        let wrong = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        checks.push(Check {
+            name: format!("argmax (got {got:?}, want {want:?})"),
+            max_error: wrong as f32,
+            tolerance: 0.0,
+            passed: wrong == 0 && got.len() == want.len(),
+        });
+    }
+    Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compare;
+
+    #[test]
+    fn compare_flags_errors_nan_and_short_outputs() {
+        assert!(compare("same".into(), &[1.0, 2.0], &[1.0, 2.0], 0.0, 0.0).passed);
+        assert!(compare("close".into(), &[1.0, 2.001], &[1.0, 2.0], 1e-3, 1e-6).passed);
+        let off = compare("off".into(), &[1.0, 2.1], &[1.0, 2.0], 1e-3, 1e-6);
+        assert!(!off.passed && (off.max_error - 0.1).abs() < 1e-3);
+        assert!(!compare("nan".into(), &[f32::NAN], &[1.0], 1.0, 0.0).passed);
+        assert!(!compare("short".into(), &[1.0], &[1.0, 2.0], 1.0, 0.0).passed);
+    }
+}
