@@ -55,6 +55,10 @@ pub struct GpuOptions {
     /// Use the kernel shapes meant for GPUs even on a CPU adapter, so that tests on lavapipe
     /// cover every variant.
     pub gpu_kernels_on_cpu: bool,
+    /// Whether the adapter runs shaders on the CPU, when the caller knows better than the
+    /// adapter says: a browser reports no device type (only fallback adapters count as CPU),
+    /// but the page can read SwiftShader's name from the adapter's info. `None`: as reported.
+    pub cpu_adapter: Option<bool>,
 }
 
 impl GpuOptions {
@@ -69,6 +73,7 @@ impl GpuOptions {
             disable_f16: flag("SOVEREIGN_NO_F16"),
             disable_subgroups: flag("SOVEREIGN_NO_SUBGROUPS"),
             gpu_kernels_on_cpu: flag("SOVEREIGN_GPU_KERNELS"),
+            cpu_adapter: None,
         }
     }
 }
@@ -292,7 +297,10 @@ impl GpuContext {
         });
 
         let features = GpuFeatures {
-            cpu: info.device_type == wgpu::DeviceType::Cpu && !options.gpu_kernels_on_cpu,
+            cpu: options
+                .cpu_adapter
+                .unwrap_or(info.device_type == wgpu::DeviceType::Cpu)
+                && !options.gpu_kernels_on_cpu,
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
             subgroup_min_size: info.subgroup_min_size,

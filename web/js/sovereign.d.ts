@@ -2,6 +2,11 @@
 
 export interface AdapterInfo {
   name: string;
+  vendor: string;
+  architecture: string;
+  description: string;
+  /** A software adapter: the kernels take their CPU shapes. */
+  cpu: boolean;
   backend: string;
   driver: string;
   shader_f16: boolean;

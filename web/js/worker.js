@@ -89,8 +89,21 @@ async function download(url, useCache, onProgress) {
 const handlers = {
   async init() {
     await init();
-    engine = await createEngine();
-    return engine.adapter();
+    // WebGPU hides the device type; software adapters (SwiftShader, the fallback adapter) name
+    // themselves in the adapter info, and the kernels have shapes made for CPUs.
+    const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
+    if (!adapter) throw new Error('WebGPU is present but offers no adapter (is hardware acceleration off?)');
+    const info = adapter.info ?? {};
+    const software = /swiftshader|llvmpipe|lavapipe|warp|software/i;
+    const cpu = Boolean(info.isFallbackAdapter) ||
+      software.test(`${info.vendor ?? ''} ${info.architecture ?? ''} ${info.description ?? ''} ${info.device ?? ''}`);
+    engine = await createEngine(cpu);
+    return {
+      ...engine.adapter(),
+      vendor: info.vendor ?? '',
+      architecture: info.architecture ?? '',
+      description: info.description ?? '',
+    };
   },
 
   async load({ id, source, options }) {

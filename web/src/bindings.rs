@@ -59,12 +59,15 @@ pub struct WebEngine {
     state: Rc<RefCell<State>>,
 }
 
-/// Opens the browser's WebGPU adapter.
+/// Opens the browser's WebGPU adapter. `cpu_adapter`: the page found that the adapter is a
+/// software one (SwiftShader), which WebGPU does not say; the kernels then take their CPU shapes.
 #[wasm_bindgen(js_name = createEngine)]
-pub async fn create_engine() -> Result<WebEngine, JsValue> {
-    let ctx = GpuContext::new(&GpuOptions::default())
-        .await
-        .map_err(error)?;
+pub async fn create_engine(cpu_adapter: Option<bool>) -> Result<WebEngine, JsValue> {
+    let options = GpuOptions {
+        cpu_adapter,
+        ..Default::default()
+    };
+    let ctx = GpuContext::new(&options).await.map_err(error)?;
     Ok(WebEngine {
         state: Rc::new(RefCell::new(State {
             // The library shares the context as an `Arc` on every target; on the web it never
@@ -101,6 +104,7 @@ impl WebEngine {
             "name": info.name,
             "backend": format!("{:?}", info.backend),
             "driver": info.driver,
+            "cpu": features.cpu,
             "shader_f16": features.shader_f16,
             "subgroups": features.subgroups,
             "max_storage_buffer_binding_size": limits.max_storage_buffer_binding_size,

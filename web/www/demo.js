@@ -156,7 +156,8 @@ async function main() {
   }
   window.sovereign = engine;
   const a = engine.adapter;
-  $('adapter').textContent = `${a.name || 'WebGPU adapter'}${a.shader_f16 ? ' · f16' : ''}${a.subgroups ? ' · subgroups' : ''}`;
+  const name = a.name || [a.vendor, a.architecture].filter(Boolean).join(' ') || 'WebGPU adapter';
+  $('adapter').textContent = `${name}${a.cpu ? ' (CPU)' : ''}${a.shader_f16 ? ' · f16' : ''}${a.subgroups ? ' · subgroups' : ''}`;
   const url = await defaultModel();
   $('model-url').value = url;
   if (url) await load(url);

@@ -1,0 +1,87 @@
+"""Decode speed in the browser against native on the same machine, in one run.
+
+    scripts/build-web && cargo build --release && python3 benches/browser.py [--streams 1] [-p 64] [-n 48]
+
+Both sides measure the same thing the same way: `streams` concurrent greedy streams of `p` random
+prompt tokens through the engine's scheduler, tokens/s over the window in which all of them
+decode (`sovereign bench --streams` natively, `engine.bench()` in the page, both calling
+`sovereign::bench::streams`). The browser is headless Chromium with WebGPU (tests/browser/demo.py).
+"""
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "sovereign")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def native(streams, p, n, model):
+    cmd = [BIN, "bench", "--streams", str(streams), "-p", str(p), "-n", str(n)]
+    if model:
+        cmd += ["-m", model]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    print(out, file=sys.stderr)
+    # The row of the table for this stream count: | streams | ... | tokens/s | ...
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == str(streams):
+            numbers = [float(x) for c in cells[1:] for x in re.findall(r"^[0-9.]+$", c)]
+            if numbers:
+                return numbers[0], out
+    raise SystemExit(f"cannot read the native result from:\n{out}")
+
+
+def browser(streams, p, n, model):
+    port = free_port()
+    cmd = [BIN, "web", "--port", str(port), "--dir", os.path.join(ROOT, "web", "dist")]
+    if model:
+        cmd += ["-m", model]
+    server = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        out = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "tests", "browser", "demo.py"),
+             "--url", f"http://127.0.0.1:{port}/", "--prompt", "Hello", "--tokens", "1",
+             "--bench", f"{streams},{p},{n}", "--skip-kernels"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    finally:
+        server.kill()
+    report = json.loads(out)
+    return report["bench"]["tokens_per_second"], report["ready"]["adapter"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--streams", type=int, default=1)
+    ap.add_argument("-p", type=int, default=64)
+    ap.add_argument("-n", type=int, default=48)
+    ap.add_argument("-m", "--model")
+    args = ap.parse_args()
+    web_tps, adapter = browser(args.streams, args.p, args.n, args.model)
+    native_tps, _ = native(args.streams, args.p, args.n, args.model)
+    name = adapter.get("name") or " ".join(filter(None, [adapter.get("vendor"), adapter.get("architecture")]))
+    print(f"| streams | native t/s | browser t/s ({name}) | browser / native |")
+    print("|---|---|---|---|")
+    print(f"| {args.streams} | {native_tps:.2f} | {web_tps:.2f} | {web_tps / native_tps:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
