@@ -36,10 +36,11 @@ fn main(
         let w = weights_block(row_at, b);
         for (var t = 0u; t < n_t; t++) {
             let xb = ((t0 + t) * params.x_stride + b * 32u) >> 2u;
-            var s = 0.0;
-            for (var j = 0u; j < 8u; j++) {
-                s += dot(w[j], x[xb + j]);
-            }
+            // Constant indices: compilers that do not unroll (SwiftShader's) keep a dynamically
+            // indexed private array in memory and address it lane by lane.
+            let s = dot(w[0], x[xb]) + dot(w[1], x[xb + 1u]) + dot(w[2], x[xb + 2u])
+                + dot(w[3], x[xb + 3u]) + dot(w[4], x[xb + 4u]) + dot(w[5], x[xb + 5u])
+                + dot(w[6], x[xb + 6u]) + dot(w[7], x[xb + 7u]);
             acc[t] += s;
         }
     }

@@ -90,54 +90,76 @@ fn weights_block(row_at: u32, b: u32) -> array<vec4<f32>, 8> {
     var out: array<vec4<f32>, 8>;
     switch W_DTYPE {
         case DTYPE_Q4_0: {
-            // 18 bytes starting at byte 0 or 2 of a word: the six words covering them are loaded
-            // once and the nibbles cut out of registers.
+            // 18 bytes starting at byte 0 or 2 of a word: the five words covering them are loaded
+            // once and the nibbles cut out of registers. Every index is a constant: compilers
+            // that do not unroll (SwiftShader's) keep a dynamically indexed private array in
+            // memory and address it lane by lane.
             let block_at = row_at + b * 18u;
-            let w0 = block_at >> 2u;
+            let i = block_at >> 2u;
             let shift = (block_at & 3u) * 8u;
-            var w: array<u32, 6>;
-            for (var i = 0u; i < 6u; i++) {
-                w[i] = weights[w0 + i];
-            }
+            let w = array<u32, 5>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
+                weights[i + 4u]);
             let d = unpack2x16float(w[0] >> shift).x;
-            // Quant byte 0 sits 2 bytes after the scale.
-            let q_shift = (shift + 16u) & 31u;
-            let q_word = (shift + 16u) >> 5u;
-            for (var j = 0u; j < 4u; j++) {
-                let q = funnel(w[q_word + j], w[q_word + j + 1u], q_shift);
-                out[j] = d * (bytes_u8(q & 0x0f0f0f0fu) - vec4<f32>(8.0));
-                out[j + 4u] = d * (bytes_u8((q >> 4u) & 0x0f0f0f0fu) - vec4<f32>(8.0));
-            }
+            // Quant byte 0 sits 2 bytes after the scale: mid-word 0, or at the start of word 1.
+            let odd = shift != 0u;
+            let q = vec4<u32>(
+                select((w[0] >> 16u) | (w[1] << 16u), w[1], odd),
+                select((w[1] >> 16u) | (w[2] << 16u), w[2], odd),
+                select((w[2] >> 16u) | (w[3] << 16u), w[3], odd),
+                select((w[3] >> 16u) | (w[4] << 16u), w[4], odd),
+            );
+            out[0] = d * (bytes_u8(q.x & 0x0f0f0f0fu) - vec4<f32>(8.0));
+            out[1] = d * (bytes_u8(q.y & 0x0f0f0f0fu) - vec4<f32>(8.0));
+            out[2] = d * (bytes_u8(q.z & 0x0f0f0f0fu) - vec4<f32>(8.0));
+            out[3] = d * (bytes_u8(q.w & 0x0f0f0f0fu) - vec4<f32>(8.0));
+            out[4] = d * (bytes_u8((q.x >> 4u) & 0x0f0f0f0fu) - vec4<f32>(8.0));
+            out[5] = d * (bytes_u8((q.y >> 4u) & 0x0f0f0f0fu) - vec4<f32>(8.0));
+            out[6] = d * (bytes_u8((q.z >> 4u) & 0x0f0f0f0fu) - vec4<f32>(8.0));
+            out[7] = d * (bytes_u8((q.w >> 4u) & 0x0f0f0f0fu) - vec4<f32>(8.0));
         }
         case DTYPE_Q4_1: {
             let block_at = row_at + b * 20u;
             let dm = unpack2x16float(weights_u32_aligned(block_at));
-            for (var j = 0u; j < 4u; j++) {
-                let q = weights_u32_aligned(block_at + 4u + 4u * j);
-                out[j] = dm.x * bytes_u8(q & 0x0f0f0f0fu) + vec4<f32>(dm.y);
-                out[j + 4u] = dm.x * bytes_u8((q >> 4u) & 0x0f0f0f0fu) + vec4<f32>(dm.y);
-            }
+            let w0 = (block_at >> 2u) + 1u;
+            let q = vec4<u32>(weights[w0], weights[w0 + 1u], weights[w0 + 2u], weights[w0 + 3u]);
+            // Written out with constant indices (see matmul_rowwise.wgsl).
+            out[0] = dm.x * bytes_u8(q.x & 0x0f0f0f0fu) + vec4<f32>(dm.y);
+            out[1] = dm.x * bytes_u8(q.y & 0x0f0f0f0fu) + vec4<f32>(dm.y);
+            out[2] = dm.x * bytes_u8(q.z & 0x0f0f0f0fu) + vec4<f32>(dm.y);
+            out[3] = dm.x * bytes_u8(q.w & 0x0f0f0f0fu) + vec4<f32>(dm.y);
+            out[4] = dm.x * bytes_u8((q.x >> 4u) & 0x0f0f0f0fu) + vec4<f32>(dm.y);
+            out[5] = dm.x * bytes_u8((q.y >> 4u) & 0x0f0f0f0fu) + vec4<f32>(dm.y);
+            out[6] = dm.x * bytes_u8((q.z >> 4u) & 0x0f0f0f0fu) + vec4<f32>(dm.y);
+            out[7] = dm.x * bytes_u8((q.w >> 4u) & 0x0f0f0f0fu) + vec4<f32>(dm.y);
         }
         case DTYPE_Q8_0: {
-            // 34 bytes starting at byte 0 or 2 of a word: ten words cover them.
+            // 34 bytes starting at byte 0 or 2 of a word: nine words cover them.
             let block_at = row_at + b * 34u;
-            let w0 = block_at >> 2u;
+            let i = block_at >> 2u;
             let shift = (block_at & 3u) * 8u;
-            var w: array<u32, 10>;
-            for (var i = 0u; i < 10u; i++) {
-                w[i] = weights[w0 + i];
-            }
+            let w = array<u32, 9>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
+                weights[i + 4u], weights[i + 5u], weights[i + 6u], weights[i + 7u], weights[i + 8u]);
             let d = unpack2x16float(w[0] >> shift).x;
-            let q_shift = (shift + 16u) & 31u;
-            let q_word = (shift + 16u) >> 5u;
-            for (var j = 0u; j < 8u; j++) {
-                out[j] = d * bytes_i8(funnel(w[q_word + j], w[q_word + j + 1u], q_shift));
-            }
+            let odd = shift != 0u;
+            out[0] = d * bytes_i8(select((w[0] >> 16u) | (w[1] << 16u), w[1], odd));
+            out[1] = d * bytes_i8(select((w[1] >> 16u) | (w[2] << 16u), w[2], odd));
+            out[2] = d * bytes_i8(select((w[2] >> 16u) | (w[3] << 16u), w[3], odd));
+            out[3] = d * bytes_i8(select((w[3] >> 16u) | (w[4] << 16u), w[4], odd));
+            out[4] = d * bytes_i8(select((w[4] >> 16u) | (w[5] << 16u), w[5], odd));
+            out[5] = d * bytes_i8(select((w[5] >> 16u) | (w[6] << 16u), w[6], odd));
+            out[6] = d * bytes_i8(select((w[6] >> 16u) | (w[7] << 16u), w[7], odd));
+            out[7] = d * bytes_i8(select((w[7] >> 16u) | (w[8] << 16u), w[8], odd));
         }
         default: {
-            for (var j = 0u; j < 8u; j++) {
-                out[j] = weights4(row_at, b * 32u + 4u * j);
-            }
+            let k = b * 32u;
+            out[0] = weights4(row_at, k);
+            out[1] = weights4(row_at, k + 4u);
+            out[2] = weights4(row_at, k + 8u);
+            out[3] = weights4(row_at, k + 12u);
+            out[4] = weights4(row_at, k + 16u);
+            out[5] = weights4(row_at, k + 20u);
+            out[6] = weights4(row_at, k + 24u);
+            out[7] = weights4(row_at, k + 28u);
         }
     }
     return out;
