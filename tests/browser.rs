@@ -1,8 +1,9 @@
 //! The engine in a real browser: headless Chromium (WebGPU on SwiftShader) opens the demo page
 //! that `sovereign web` serves on 127.0.0.1, loads the test model from the same server, and
 //! generates greedy tokens that must equal the native engine's; it runs the kernel checks on the
-//! browser's adapter, refuses a bad request with OpenAI's error fields, and streams and stops a
-//! chat reply through the page's own controls.
+//! browser's adapter, refuses a bad request and a file that is not a model with OpenAI's error
+//! fields (the loaded model keeps serving), and streams and stops a chat reply through the
+//! page's own controls.
 //!
 //! Needs the built page (`scripts/build-web`), Debian's `chromium` and `chromium-driver`, and the
 //! `selenium` Python package (`scripts/setup --test` installs them). Without any of them the test
@@ -141,6 +142,16 @@ fn demo_page_in_chromium_matches_the_native_engine() {
     assert_eq!(ready["adapter"]["backend"], "BrowserWebGpu");
     assert_eq!(ready["model"]["arch"], "llama");
     assert_eq!(ready["model"]["n_vocab"], 49152);
+
+    // A file that is not a model is refused with a 400 naming the problem; the model loaded
+    // before still serves (the greedy run below).
+    let bad = &report["bad_model"];
+    assert_eq!(bad["status"], 400, "{bad}");
+    assert_eq!(bad["code"], "invalid_model");
+    assert!(
+        bad["__error"].as_str().unwrap().contains("not a GGUF file"),
+        "{bad}"
+    );
 
     // Greedy tokens equal the native engine's.
     let greedy = &report["greedy"];

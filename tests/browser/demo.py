@@ -86,6 +86,13 @@ def main():
         )
         out["load_seconds"] = time.time() - started
 
+        # A file that is not a model is refused, and the loaded model keeps serving.
+        out["bad_model"] = run_async(
+            driver,
+            "await window.sovereign.load(new Blob([new TextEncoder().encode('this is not a model')]));"
+            "return { accepted: true };",
+        )
+
         # Greedy tokens through the JS API, as an embedding page would ask for them.
         out["greedy"] = run_async(
             driver,

@@ -47,6 +47,14 @@ fn error(message: impl std::fmt::Display) -> JsValue {
     api_error(&ApiError::internal(message.to_string()))
 }
 
+fn invalid_model(e: impl std::fmt::Display) -> JsValue {
+    api_error(
+        &ApiError::bad_request(format!("This file cannot be loaded as a model: {e}"))
+            .with_param("source")
+            .with_code("invalid_model"),
+    )
+}
+
 struct State {
     ctx: Arc<GpuContext>,
     engine: Option<Engine>,
@@ -128,6 +136,10 @@ impl WebEngine {
                     .unwrap_or(Value::Null)
             };
             let load = load_options(&options).map_err(|e| api_error(&e))?;
+            // A file that is not a runnable model is refused while the loaded one keeps serving.
+            let file = GgufFile::from_bytes(file_bytes(&bytes)?).map_err(invalid_model)?;
+            drop(bytes);
+            Model::check(&file).map_err(invalid_model)?;
             // The old model's memory goes back before the new one is uploaded.
             let ctx = {
                 let mut s = state.borrow_mut();
@@ -135,8 +147,6 @@ impl WebEngine {
                 s.running.clear();
                 Arc::clone(&s.ctx)
             };
-            let file = GgufFile::from_bytes(file_bytes(&bytes)?).map_err(error)?;
-            drop(bytes);
             let mut report = |p: sovereign::model::llama::LoadProgress| {
                 let _ = on_progress.call2(
                     &JsValue::NULL,
