@@ -3,7 +3,7 @@
 //! generates greedy tokens that must equal the native engine's; it runs the kernel checks on the
 //! browser's adapter, refuses a bad request and a file that is not a model with OpenAI's error
 //! fields (the loaded model keeps serving), and streams and stops a chat reply through the
-//! page's own controls.
+//! page's own controls. A second Chromium without the WebGPU flag gets the page's notice.
 //!
 //! Needs the built page (`scripts/build-web`), Debian's `chromium` and `chromium-driver`, and the
 //! `selenium` Python package (`scripts/setup --test` installs them). Without any of them the test
@@ -175,6 +175,11 @@ fn demo_page_in_chromium_matches_the_native_engine() {
     assert_eq!(report["stats"]["requests_cancelled"], 1);
     assert_eq!(report["stats"]["running_sequences"], 0);
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+
+    // A browser without a WebGPU adapter gets the page's notice, not a broken page.
+    let without = &report["without_webgpu"];
+    assert_eq!(without["notice"], true, "{without}");
+    assert_eq!(without["adapter"], "no WebGPU");
 
     // Every kernel check passed on the browser's adapter.
     let kernels = &report["kernels"];

@@ -33,11 +33,12 @@ CHROME_FLAGS = [
 ]
 
 
-def browser():
+def browser(webgpu=True):
     options = Options()
     options.binary_location = "/usr/bin/chromium"
     for flag in CHROME_FLAGS:
-        options.add_argument(flag)
+        if webgpu or flag != "--enable-unsafe-webgpu":
+            options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     return driver
@@ -144,6 +145,21 @@ def main():
             e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")
         ]
         driver.quit()
+    if not args.skip_kernels:
+        # Without the WebGPU flag this Chromium has no adapter: the page must say so.
+        driver = browser(webgpu=False)
+        try:
+            driver.get(args.url)
+            out["without_webgpu"] = run_async(
+                driver,
+                "await window.sovereignReady;"
+                "return { notice: !document.getElementById('no-webgpu').hidden,"
+                " detail: document.getElementById('no-webgpu-detail').textContent,"
+                " adapter: document.getElementById('adapter').textContent };",
+                120,
+            )
+        finally:
+            driver.quit()
     json.dump(out, sys.stdout)
     print()
 

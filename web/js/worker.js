@@ -92,7 +92,17 @@ const handlers = {
     // WebGPU hides the device type; software adapters (SwiftShader, the fallback adapter) name
     // themselves in the adapter info, and the kernels have shapes made for CPUs.
     const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
-    if (!adapter) throw new Error('WebGPU is present but offers no adapter (is hardware acceleration off?)');
+    if (!adapter) {
+      throw {
+        status: 501,
+        error: {
+          message: 'This browser has WebGPU but offers no GPU adapter to it (hardware acceleration may be off, or the GPU is blocked).',
+          type: 'server_error',
+          code: 'webgpu_unavailable',
+          param: null,
+        },
+      };
+    }
     const info = adapter.info ?? {};
     const software = /swiftshader|llvmpipe|lavapipe|warp|software/i;
     const cpu = Boolean(info.isFallbackAdapter) ||

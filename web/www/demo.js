@@ -141,17 +141,25 @@ async function main() {
     $('messages').replaceChildren();
   });
 
-  if (!hasWebGPU()) {
+  const noWebGPU = (detail) => {
     $('no-webgpu').hidden = false;
+    if (detail) $('no-webgpu-detail').textContent = detail;
     $('adapter').textContent = 'no WebGPU';
     $('model-bar').hidden = true;
+  };
+  if (!hasWebGPU()) {
+    noWebGPU();
     return;
   }
   try {
     engine = await Sovereign.create();
   } catch (error) {
-    $('adapter').textContent = 'no adapter';
-    showError(error);
+    if (error.code === 'webgpu_unavailable') {
+      noWebGPU(error.message);
+    } else {
+      $('adapter').textContent = 'no adapter';
+      showError(error);
+    }
     return;
   }
   window.sovereign = engine;
