@@ -16,11 +16,10 @@ use sovereign::kernels::argmax::Argmax;
 use sovereign::kernels::attention::{Attention, AttentionParams};
 use sovereign::kernels::embed::Embed;
 use sovereign::kernels::kv_store::{KvStore, KvStoreParams};
-use sovereign::kernels::matmul::{Matmul, MatmulLayout};
 use sovereign::kernels::rms_norm::RmsNorm;
 use sovereign::kernels::rope::{Rope, RopeParams};
 use sovereign::kernels::silu_mul::SiluMul;
-use sovereign::kernels::{PagedLayout, StepBuffer, StepInput};
+use sovereign::kernels::{PagedLayout, StepBuffer, StepInput, selftest};
 use sovereign::reference::{self, AttentionShape, RopeConfig};
 
 const DTYPES: [DType; 5] = [
@@ -346,7 +345,8 @@ fn kv_store_matches_reference() {
     }
 }
 
-/// Runs `y = x W^T` with the decode or the prefill kernel and compares with the reference.
+/// Runs `y = x W^T` with the decode or the prefill kernel and compares with the reference
+/// (`sovereign::kernels::selftest::matmul`, the check the browser runs too).
 #[allow(clippy::too_many_arguments)]
 fn check_matmul(
     ctx: &GpuContext,
@@ -358,50 +358,11 @@ fn check_matmul(
     n_out: usize,
     seed: u64,
 ) {
-    let mut rng = Rng::new(seed);
-    let (bytes, deq) = weights(&mut rng, dtype, n_out, n_in);
-    let x = rng.vec(n_tokens * n_in, 1.0);
-    let want = reference::matmul(&x, &deq, n_in);
-    let w = upload(ctx, dtype, n_in, n_out, &bytes);
-    let max = n_tokens.max(8);
-    let xb = storage(ctx, &x);
-    let y = zeros(ctx, max * n_out);
-    let s = step(ctx, max as u32);
-    let op = if vector {
-        pollster::block_on(Matmul::vector(ctx, dtype))
-    } else {
-        pollster::block_on(Matmul::tiled(ctx, dtype))
-    }
+    let check = pollster::block_on(selftest::matmul(
+        ctx, vector, dtype, n_tokens, n_in, n_out, seed,
+    ))
     .unwrap();
-    let layout = MatmulLayout {
-        x_stride: n_in as u32,
-        y_stride: n_out as u32,
-        x_rows: n_tokens as u32,
-        y_rows: n_tokens as u32,
-        y_col0: 0,
-        out_rows: false,
-    };
-    let d = op.bind(ctx, s.buffer(), &w, &xb, &y, layout).unwrap();
-    run(
-        ctx,
-        &d.iter().collect::<Vec<_>>(),
-        0,
-        &vec![0; n_tokens],
-        &s,
-    );
-    let got = read_f32(ctx, &y, n_tokens * n_out);
-    let atol = 2e-5 * (n_in as f32).sqrt();
-    assert_close(
-        &format!(
-            "{label} {} {dtype} ({n_tokens}x{n_in} . {n_out}x{n_in}, {} buffers)",
-            if vector { "decode" } else { "prefill" },
-            w.chunks.len()
-        ),
-        &got,
-        &want,
-        atol,
-        1e-4,
-    );
+    assert!(check.passed, "{label}: {check:?}");
 }
 
 #[test]
@@ -456,6 +417,7 @@ fn matmul_splits_weights_over_bindings() {
     }
 }
 
+/// Attention against the reference (`sovereign::kernels::selftest::attention`).
 #[allow(clippy::too_many_arguments)]
 fn check_attention(
     ctx: &GpuContext,
@@ -467,64 +429,11 @@ fn check_attention(
     n_tokens: usize,
     seed: u64,
 ) {
-    let mut rng = Rng::new(seed);
-    let n_ctx = pos0 + n_tokens + 3;
-    let q = rng.vec(n_tokens * n_head * head_dim, 1.0);
-    let mut k = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
-    let mut v = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
-    if f16 {
-        // The reference sees exactly the values the f16 cache holds.
-        reference::round_f16(&mut k);
-        reference::round_f16(&mut v);
-    }
-    let shape = AttentionShape {
-        n_head,
-        n_head_kv,
-        head_dim,
-        scale: 1.0 / (head_dim as f32).sqrt(),
-    };
-    let want = reference::attention(&q, &k, &v, pos0, shape);
-    let out = zeros(ctx, n_tokens * n_head * head_dim);
-    let s = step(ctx, n_tokens as u32);
-    let op = pollster::block_on(Attention::new(ctx, f16)).unwrap();
-    let params = AttentionParams {
-        n_head: n_head as u32,
-        n_head_kv: n_head_kv as u32,
-        head_dim: head_dim as u32,
-        q_stride: (n_head * head_dim) as u32,
-        kv_stride: (n_head_kv * head_dim) as u32,
-        scale: shape.scale,
-        _pad0: 0,
-        _pad1: 0,
-    };
-    let (kb, vb) = if f16 {
-        (storage_f16(ctx, &k), storage_f16(ctx, &v))
-    } else {
-        (storage(ctx, &k), storage(ctx, &v))
-    };
-    let d = op
-        .bind(
-            ctx,
-            s.buffer(),
-            &storage(ctx, &q),
-            &kb,
-            &vb,
-            &out,
-            params,
-            n_tokens as u32,
-            n_ctx as u32,
-        )
-        .unwrap();
-    run(ctx, &[&d], pos0 as u32, &vec![0; n_tokens], &s);
-    assert_close(
-        &format!(
-            "attention f16={f16} {n_head}/{n_head_kv} heads of {head_dim}, {n_tokens} tokens at {pos0}"
-        ),
-        &read_f32(ctx, &out, want.len()),
-        &want,
-        2e-5,
-        1e-4,
-    );
+    let check = pollster::block_on(selftest::attention(
+        ctx, f16, n_head, n_head_kv, head_dim, pos0, n_tokens, seed,
+    ))
+    .unwrap();
+    assert!(check.passed, "{check:?}");
 }
 
 #[test]

@@ -354,103 +354,20 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
     }
 
     // Matrix products: the decode (vector) and prefill (tiled) kernels, every weight type.
-    for dtype in WEIGHT_DTYPES {
-        for (vector, n, n_in, n_out) in [(true, 1usize, 576usize, 200usize), (false, 37, 576, 130)]
-        {
-            let (w, deq) = b.weights(&mut rng, dtype, n_out, n_in).await?;
-            let x = rng.vec(n * n_in, 1.0);
-            let want = reference::matmul(&x, &deq, n_in);
-            let max = n.max(8);
-            let xb = b.buffer(&x).await?;
-            let y = b.buffer(&vec![0.0; max * n_out]).await?;
-            let step = b.step(max as u32).await?;
-            let op = if vector {
-                Matmul::vector(ctx, dtype).await?
-            } else {
-                Matmul::tiled(ctx, dtype).await?
-            };
-            let layout = MatmulLayout {
-                x_stride: n_in as u32,
-                y_stride: n_out as u32,
-                x_rows: n as u32,
-                y_rows: n as u32,
-                y_col0: 0,
-                out_rows: false,
-            };
-            let d = op.bind(ctx, step.buffer(), &w, &xb, &y, layout)?;
-            b.run(&d.iter().collect::<Vec<_>>(), &step, 0, n)?;
-            let got = b.read(&y, n * n_out).await?;
-            checks.push(compare(
-                format!(
-                    "matmul {} {dtype} {n}x{n_in}x{n_out}",
-                    if vector { "decode" } else { "prefill" }
-                ),
-                &got,
-                &want,
-                2e-5 * (n_in as f32).sqrt(),
-                1e-4,
-            ));
-        }
+    for (i, dtype) in WEIGHT_DTYPES.into_iter().enumerate() {
+        let seed = 100 + 2 * i as u64;
+        checks.push(matmul(ctx, true, dtype, 1, 576, 200, seed).await?);
+        checks.push(matmul(ctx, false, dtype, 37, 576, 130, seed + 1).await?);
     }
 
     // Attention over a contiguous cache: prefill with the causal mask, and decode at several
     // context lengths, with GQA.
     for &f16 in f16_modes {
-        for (pos0, n) in [(0usize, 40usize), (63, 1), (700, 1)] {
-            let (n_head, n_head_kv, head_dim) = (9usize, 3usize, 64usize);
-            let n_ctx = pos0 + n + 3;
-            let q = rng.vec(n * n_head * head_dim, 1.0);
-            let mut k = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
-            let mut v = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
-            if f16 {
-                reference::round_f16(&mut k);
-                reference::round_f16(&mut v);
-            }
-            let shape = AttentionShape {
-                n_head,
-                n_head_kv,
-                head_dim,
-                scale: 1.0 / (head_dim as f32).sqrt(),
-            };
-            let want = reference::attention(&q, &k, &v, pos0, shape);
-            let out = b.buffer(&vec![0.0; want.len()]).await?;
-            let step = b.step(n as u32).await?;
-            let (kb, vb) = if f16 {
-                (b.buffer_f16(&k).await?, b.buffer_f16(&v).await?)
-            } else {
-                (b.buffer(&k).await?, b.buffer(&v).await?)
-            };
-            let params = AttentionParams {
-                n_head: n_head as u32,
-                n_head_kv: n_head_kv as u32,
-                head_dim: head_dim as u32,
-                q_stride: (n_head * head_dim) as u32,
-                kv_stride: (n_head_kv * head_dim) as u32,
-                scale: shape.scale,
-                _pad0: 0,
-                _pad1: 0,
-            };
-            let qb = b.buffer(&q).await?;
-            let d = Attention::new(ctx, f16).await?.bind(
-                ctx,
-                step.buffer(),
-                &qb,
-                &kb,
-                &vb,
-                &out,
-                params,
-                n as u32,
-                n_ctx as u32,
-            )?;
-            b.run(&[&d], &step, pos0 as u32, n)?;
-            let got = b.read(&out, want.len()).await?;
-            checks.push(compare(
-                format!("attention f16={f16} {n} tokens at {pos0}"),
-                &got,
-                &want,
-                2e-5,
-                1e-4,
-            ));
+        for (i, (pos0, n)) in [(0usize, 40usize), (63, 1), (700, 1)]
+            .into_iter()
+            .enumerate()
+        {
+            checks.push(attention(ctx, f16, 9, 3, 64, pos0, n, 200 + i as u64).await?);
         }
     }
 
@@ -513,6 +430,129 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
         });
     }
     Ok(checks)
+}
+
+/// `y = x W^T` for `n` tokens with the decode (`vector`) or the prefill kernel, on random
+/// weights of `dtype` from `seed`, against the reference on the dequantized weights.
+#[allow(clippy::too_many_arguments)]
+pub async fn matmul(
+    ctx: &GpuContext,
+    vector: bool,
+    dtype: DType,
+    n: usize,
+    n_in: usize,
+    n_out: usize,
+    seed: u64,
+) -> Result<Check> {
+    let b = Bench { ctx };
+    let mut rng = Rng::new(seed);
+    let (w, deq) = b.weights(&mut rng, dtype, n_out, n_in).await?;
+    let x = rng.vec(n * n_in, 1.0);
+    let want = reference::matmul(&x, &deq, n_in);
+    let max = n.max(8);
+    let xb = b.buffer(&x).await?;
+    let y = b.buffer(&vec![0.0; max * n_out]).await?;
+    let step = b.step(max as u32).await?;
+    let op = if vector {
+        Matmul::vector(ctx, dtype).await?
+    } else {
+        Matmul::tiled(ctx, dtype).await?
+    };
+    let layout = MatmulLayout {
+        x_stride: n_in as u32,
+        y_stride: n_out as u32,
+        x_rows: n as u32,
+        y_rows: n as u32,
+        y_col0: 0,
+        out_rows: false,
+    };
+    let d = op.bind(ctx, step.buffer(), &w, &xb, &y, layout)?;
+    b.run(&d.iter().collect::<Vec<_>>(), &step, 0, n)?;
+    let got = b.read(&y, n * n_out).await?;
+    Ok(compare(
+        format!(
+            "matmul {} {dtype} {n}x{n_in}x{n_out} ({} buffers)",
+            if vector { "decode" } else { "prefill" },
+            w.chunks.len()
+        ),
+        &got,
+        &want,
+        2e-5 * (n_in as f32).sqrt(),
+        1e-4,
+    ))
+}
+
+/// Attention of `n` tokens at positions `pos0..` over a contiguous cache of random K/V (f16
+/// where `f16`), GQA when `n_head_kv < n_head`, against the reference.
+#[allow(clippy::too_many_arguments)]
+pub async fn attention(
+    ctx: &GpuContext,
+    f16: bool,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    pos0: usize,
+    n: usize,
+    seed: u64,
+) -> Result<Check> {
+    let b = Bench { ctx };
+    let mut rng = Rng::new(seed);
+    let n_ctx = pos0 + n + 3;
+    let q = rng.vec(n * n_head * head_dim, 1.0);
+    let mut k = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
+    let mut v = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
+    if f16 {
+        // The reference sees exactly the values the f16 cache holds.
+        reference::round_f16(&mut k);
+        reference::round_f16(&mut v);
+    }
+    let shape = AttentionShape {
+        n_head,
+        n_head_kv,
+        head_dim,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    };
+    let want = reference::attention(&q, &k, &v, pos0, shape);
+    let out = b.buffer(&vec![0.0; want.len()]).await?;
+    let step = b.step(n as u32).await?;
+    let (kb, vb) = if f16 {
+        (b.buffer_f16(&k).await?, b.buffer_f16(&v).await?)
+    } else {
+        (b.buffer(&k).await?, b.buffer(&v).await?)
+    };
+    let params = AttentionParams {
+        n_head: n_head as u32,
+        n_head_kv: n_head_kv as u32,
+        head_dim: head_dim as u32,
+        q_stride: (n_head * head_dim) as u32,
+        kv_stride: (n_head_kv * head_dim) as u32,
+        scale: shape.scale,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let qb = b.buffer(&q).await?;
+    let d = Attention::new(ctx, f16).await?.bind(
+        ctx,
+        step.buffer(),
+        &qb,
+        &kb,
+        &vb,
+        &out,
+        params,
+        n as u32,
+        n_ctx as u32,
+    )?;
+    b.run(&[&d], &step, pos0 as u32, n)?;
+    let got = b.read(&out, want.len()).await?;
+    Ok(compare(
+        format!(
+            "attention f16={f16} {n_head}/{n_head_kv} heads of {head_dim}, {n} tokens at {pos0}"
+        ),
+        &got,
+        &want,
+        2e-5,
+        1e-4,
+    ))
 }
 
 #[cfg(test)]
