@@ -25,6 +25,33 @@ pub struct Parsed {
     pub include_usage: bool,
 }
 
+/// The two generation endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`: messages through the model's chat template.
+    Chat,
+    /// `/v1/completions`: a raw prompt.
+    Completions,
+}
+
+impl Endpoint {
+    /// The request field the prompt came from, named in errors about it.
+    pub fn prompt_param(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "messages",
+            Endpoint::Completions => "prompt",
+        }
+    }
+}
+
+/// Checks a body for `endpoint`.
+pub fn parse(endpoint: Endpoint, body: &Value) -> Result<Parsed, ApiError> {
+    match endpoint {
+        Endpoint::Chat => chat(body),
+        Endpoint::Completions => completion(body),
+    }
+}
+
 /// The fields of one JSON object; `prefix` names it in errors (`messages[2].`).
 struct Fields<'a> {
     map: &'a Map<String, Value>,

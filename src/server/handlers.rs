@@ -18,7 +18,7 @@ use super::{AppState, metrics};
 use crate::engine::StopReason;
 use crate::engine::TokenLogprob;
 use crate::engine::service::{Event, RequestStream, Timings, Usage};
-use crate::openai::request::{self, Parsed};
+use crate::openai::request::{self, Endpoint, Parsed};
 use crate::openai::response::*;
 
 const FINGERPRINT: &str = concat!("sovereign-", env!("CARGO_PKG_VERSION"));
@@ -41,22 +41,6 @@ fn response_id(prefix: &str) -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("{prefix}-{:x}{nanos:08x}{n:06x}", unix_now())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
-    Chat,
-    Completions,
-}
-
-impl Endpoint {
-    /// The request field the prompt came from, named in errors about it.
-    fn prompt_param(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "messages",
-            Endpoint::Completions => "prompt",
-        }
-    }
 }
 
 /// What every response and chunk of one request repeats.

@@ -8,29 +8,13 @@ use sovereign::engine::StopReason;
 use sovereign::engine::service::{Canceller, EngineHandle, Event, RequestStream, Timings, Usage};
 use sovereign::openai::ApiError;
 use sovereign::openai::request;
+pub use sovereign::openai::request::Endpoint;
 use sovereign::openai::response::{
     ChatChunk, ChatChunkChoice, ChatLogprobs, ChatTokenLogprob, Delta, TextChoice, TextCompletion,
     TextLogprobs, UsageBody, finish_reason,
 };
 
 const FINGERPRINT: &str = concat!("sovereign-web-", env!("CARGO_PKG_VERSION"));
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `chat.completions.create`: messages through the model's chat template.
-    Chat,
-    /// `completions.create`: a raw prompt.
-    Completions,
-}
-
-impl Endpoint {
-    fn prompt_param(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "messages",
-            Endpoint::Completions => "prompt",
-        }
-    }
-}
 
 /// One request in flight.
 pub struct Generation {
@@ -68,10 +52,7 @@ pub fn submit(
         map.entry("model")
             .or_insert_with(|| Value::String(loaded.clone()));
     }
-    let parsed = match endpoint {
-        Endpoint::Chat => request::chat(&value)?,
-        Endpoint::Completions => request::completion(&value)?,
-    };
+    let parsed = request::parse(endpoint, &value)?;
     if parsed.model != loaded {
         return Err(ApiError::model_not_found(&parsed.model));
     }
@@ -191,16 +172,17 @@ impl Generation {
                             None,
                         ));
                     }
+                    let len = text.len();
                     let mut chunk = match self.endpoint {
                         Endpoint::Chat => self.chunk(
                             Some(Delta {
                                 role: None,
-                                content: Some(text.clone()),
+                                content: Some(text),
                             }),
                             None,
                             None,
                         ),
-                        Endpoint::Completions => self.chunk(None, Some(text.clone()), None),
+                        Endpoint::Completions => self.chunk(None, Some(text), None),
                     };
                     if let Some(lp) = &logprob {
                         let value = match self.endpoint {
@@ -215,7 +197,7 @@ impl Generation {
                         };
                         chunk["choices"][0]["logprobs"] = value.unwrap_or(Value::Null);
                     }
-                    self.offset += text.len();
+                    self.offset += len;
                     chunk["sovereign"] =
                         json!({ "token_ids": token.into_iter().collect::<Vec<_>>() });
                     out.push(chunk);
