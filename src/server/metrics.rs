@@ -271,6 +271,7 @@ mod tests {
             n_vocab: 9,
             adapter: "x\\y".into(),
             backend: "Vulkan".into(),
+            gpu_bytes: 0,
         };
         let m = Metrics {
             kv_pages_total: 10,
