@@ -735,10 +735,16 @@ impl ChatApp {
             ui.separator();
             let model_label = match (&self.engine, &self.loading) {
                 (_, Some(l)) => format!("Loading {}…", l.what),
-                (Some((h, _)), None) => h.model_info().name.clone(),
+                (Some((_, path)), None) => path
+                    .file_stem()
+                    .map_or_else(|| file_name(path), |n| n.to_string_lossy().into_owned()),
                 (None, None) => "No model".into(),
             };
-            ui.menu_button(format!("Model: {model_label}"), |ui| {
+            let model_name = self
+                .engine
+                .as_ref()
+                .map(|(h, _)| h.model_info().name.clone());
+            let menu = ui.menu_button(format!("Model: {model_label}"), |ui| {
                 if ui.button("Open model file… (Ctrl+O)").clicked() {
                     actions.push(Action::PickModel);
                 }
@@ -762,6 +768,9 @@ impl ChatApp {
                     }
                 }
             });
+            if let Some(name) = model_name {
+                menu.response.on_hover_text(name);
+            }
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 let settings_label = if self.show_settings {
                     "Hide settings"
@@ -843,9 +852,10 @@ impl ChatApp {
             .auto_shrink([false, false])
             .show(ui, |ui| {
                 for (i, c) in self.conversations.iter().enumerate() {
-                    let streaming = self.reply.as_ref().is_some_and(|r| r.conversation == c.id);
+                    let streaming = i != self.current
+                        && self.reply.as_ref().is_some_and(|r| r.conversation == c.id);
                     let title = if streaming {
-                        format!("{} …", c.title)
+                        format!("{} (replying)", c.title)
                     } else {
                         c.title.clone()
                     };
@@ -1179,7 +1189,7 @@ fn message_view(
                     }
                 }
             }
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 if streaming {
                     ui.spinner();
                 }
