@@ -809,7 +809,7 @@ impl ChatApp {
         if let Some(l) = &self.loading {
             ui.horizontal(|ui| {
                 ui.spinner();
-                ui.label(format!("{} ({})", l.stage.label(), l.what));
+                ui.label(l.stage.describe(&l.what));
                 let bar = if l.total > 0 {
                     egui::ProgressBar::new(l.done as f32 / l.total as f32).text(format!(
                         "{} / {}",
@@ -959,7 +959,12 @@ impl ChatApp {
         let id = egui::Id::unique("composer");
         let focused = ui.memory(|m| m.has_focus(id));
         // Enter sends; Shift+Enter is left to the text field, which adds a line.
-        if focused && ui.input_mut(|i| i.consume_key(Modifiers::NONE, Key::Enter)) {
+        // `consume_key` ignores an extra Shift, so Shift+Enter is ruled out first.
+        if focused
+            && ui.input_mut(|i| {
+                !i.modifiers.shift && !i.modifiers.alt && i.consume_key(Modifiers::NONE, Key::Enter)
+            })
+        {
             actions.push(Action::Send);
         }
         ui.horizontal(|ui| {

@@ -49,8 +49,9 @@ fn parse_args() -> Result<(Option<PathBuf>, Option<PathBuf>), String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sovereign=info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,wgpu_hal::gles=off,sovereign=info")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

