@@ -288,16 +288,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                let text = s.to_string();
-                if !message.contains(&text) {
-                    message.push_str(": ");
-                    message.push_str(&text);
-                }
-                source = s.source();
-            }
+            let message = sovereign::error::describe(&e);
             let _ = std::io::stdout().flush();
             eprintln!("error: {}", message.replace('\n', " "));
             ExitCode::FAILURE

@@ -277,7 +277,9 @@ impl ChatApp {
         if let Some(text) = self.pending_copy.take() {
             ctx.copy_text(text);
         }
-        if self.settings != self.saved_settings {
+        // Not in the middle of a slider drag: one save when it ends, not one per frame.
+        let dragging = ctx.input(|i| i.pointer.any_down());
+        if self.settings != self.saved_settings && !dragging {
             match self.store.save_settings(&self.settings) {
                 Ok(()) => self.saved_settings = self.settings.clone(),
                 Err(e) => {
@@ -1100,14 +1102,22 @@ impl ChatApp {
         if c.messages.is_empty() {
             return;
         }
+        // While this conversation streams, the engine's own counts are exact and free;
+        // tokenizing the whole conversation again for every token is not.
+        let streaming = self
+            .reply
+            .as_ref()
+            .filter(|r| r.conversation == c.id && r.prompt_tokens > 0)
+            .map(|r| r.prompt_tokens + r.tokens);
         let key = (
             c.id.clone(),
             c.messages.len(),
             c.messages.iter().map(|m| m.content.len()).sum::<usize>(),
             self.settings.system_prompt.len(),
         );
-        let used = match &self.context_tokens {
-            Some((k, n)) if *k == key => *n,
+        let used = match (&self.context_tokens, streaming) {
+            (_, Some(n)) => n,
+            (Some((k, n)), None) if *k == key => *n,
             _ => {
                 let messages = chat_messages(&self.settings, c);
                 let n = handle

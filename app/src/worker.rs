@@ -8,6 +8,7 @@ use std::sync::mpsc;
 
 use sovereign::engine::Model;
 use sovereign::engine::service::{Canceller, Engine, EngineHandle, EngineOptions, Event, Request};
+use sovereign::error::describe;
 use sovereign::format::GgufFile;
 use sovereign::gpu::{AdapterSummary, GpuContext, GpuOptions};
 use sovereign::model::LoadOptions;
@@ -148,21 +149,6 @@ fn run(commands: mpsc::Receiver<Command>, events: mpsc::Sender<WorkerEvent>, rep
             }
         }
     }
-}
-
-/// An error and the chain of its causes on one line.
-pub fn describe(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    message
 }
 
 fn load(
