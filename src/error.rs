@@ -27,6 +27,13 @@ pub enum Error {
     #[cfg(feature = "native")]
     #[error(transparent)]
     Fetch(#[from] crate::fetch::FetchError),
+    /// A file the caller asked for could not be read or written.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

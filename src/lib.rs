@@ -18,6 +18,7 @@ pub mod kv;
 pub mod model;
 #[cfg(any(feature = "native", target_arch = "wasm32"))]
 pub mod openai;
+pub mod perplexity;
 pub mod reference;
 #[cfg(feature = "server")]
 pub mod server;

@@ -46,6 +46,12 @@ enum Command {
     Devices,
     /// Measure prefill (pp) and decode (tg) tokens per second, as llama-bench does.
     Bench(BenchArgs),
+    /// Perplexity over a text file, chunked as llama-perplexity chunks it (-c tokens per chunk,
+    /// the second half of each scored), so the figures compare.
+    Perplexity(PerplexityArgs),
+    /// Write a Llama-shaped GGUF with random weights, to measure speed at real model sizes
+    /// without downloading one (its text is noise).
+    Synth(SynthArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (chat and text completions, models,
     /// health, Prometheus metrics).
     #[cfg(feature = "server")]
@@ -198,9 +204,66 @@ struct BenchArgs {
     /// generated tokens, and the KV memory their pages leave unused.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=256))]
     streams: Vec<u32>,
+    /// Output: md (a table, as llama-bench prints it) or json (an array with one object per
+    /// test, llama-bench's field names, every repetition listed).
+    #[arg(short = 'o', long = "output", value_enum, default_value = "md")]
+    output: BenchOutput,
     /// Positions per KV page for --streams.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     kv_page_size: u32,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The text (UTF-8), e.g. wikitext-2's wiki.test.raw.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Score only the first N chunks.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    chunks: Option<u32>,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum BenchOutput {
+    Md,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SynthShape {
+    /// Llama-3.2-1B (16 layers of 2048, tied embedding).
+    #[value(name = "llama-3.2-1b")]
+    Llama32_1B,
+    /// Llama-3-8B (32 layers of 4096).
+    #[value(name = "llama-3-8b")]
+    Llama3_8B,
+    /// A small model (2 layers of 128) for trying the pipeline.
+    Tiny,
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// The model's shape.
+    #[arg(long, value_enum, default_value = "llama-3.2-1b")]
+    shape: SynthShape,
+    /// Type of every weight matrix, the embedding included: Q4_0, Q4_K or Q8_0 (also Q4_1,
+    /// Q5_K, Q6_K, F16, F32).
+    #[arg(short = 't', long = "type", default_value = "Q4_0")]
+    dtype: String,
+    /// Fewer (or more) layers than the shape has.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=512))]
+    layers: Option<u32>,
+    /// Seed of the random weights: the same seed writes the same file.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output GGUF file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 #[cfg(feature = "server")]
@@ -280,6 +343,8 @@ fn main() -> ExitCode {
         Command::Inspect { model } => inspect(&model),
         Command::Devices => devices(),
         Command::Bench(args) => bench(cli.adapter, args),
+        Command::Synth(args) => synth(args),
+        Command::Perplexity(args) => perplexity(cli.adapter, args),
         #[cfg(feature = "server")]
         Command::Serve(args) => serve(cli.adapter, args),
         #[cfg(feature = "server")]
@@ -599,6 +664,57 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
     let size = model.llama().weight_bytes() as f64 / (1024.0 * 1024.0);
     let params = params_of(&margs)?;
     let label = format!("{} {}", cfg.arch, human_params(params));
+    if args.output == BenchOutput::Json {
+        let path = model_path(&margs)?;
+        let tests: Vec<serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                let samples_ns: Vec<f64> = r
+                    .tokens_per_second
+                    .iter()
+                    .map(|tps| (f64::from(r.n_tokens) / tps * 1e9).round())
+                    .collect();
+                let mean_ns = samples_ns.iter().sum::<f64>() / samples_ns.len().max(1) as f64;
+                let sd_ns = if samples_ns.len() < 2 {
+                    0.0
+                } else {
+                    (samples_ns
+                        .iter()
+                        .map(|v| (v - mean_ns).powi(2))
+                        .sum::<f64>()
+                        / (samples_ns.len() - 1) as f64)
+                        .sqrt()
+                };
+                let (n_prompt, n_gen) = if r.test.starts_with("pp") {
+                    (r.n_tokens, 0)
+                } else {
+                    (0, r.n_tokens)
+                };
+                serde_json::json!({
+                    "build_version": env!("CARGO_PKG_VERSION"),
+                    "model_filename": path.display().to_string(),
+                    "model_type": label,
+                    "model_size": model.llama().weight_bytes(),
+                    "model_n_params": params,
+                    "backends": format!("wgpu/{:?}", info.backend),
+                    "gpu_info": info.name,
+                    "n_ctx": model.llama().n_ctx(),
+                    "n_prompt": n_prompt,
+                    "n_gen": n_gen,
+                    "test": r.test,
+                    "repetitions": r.tokens_per_second.len(),
+                    "avg_ns": mean_ns.round(),
+                    "stddev_ns": sd_ns.round(),
+                    "avg_ts": r.mean(),
+                    "stddev_ts": r.stddev(),
+                    "samples_ns": samples_ns,
+                    "samples_ts": r.tokens_per_second,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(tests));
+        return Ok(());
+    }
     println!("| model | size | params | backend | adapter | test | t/s |");
     println!("| --- | ---: | ---: | --- | --- | ---: | ---: |");
     for r in results {
@@ -612,6 +728,139 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
             r.stddev()
         );
     }
+    Ok(())
+}
+
+fn perplexity(adapter: Option<String>, args: PerplexityArgs) -> CliResult {
+    use sovereign::perplexity::{PerplexityOptions, perplexity};
+    let text = std::fs::read_to_string(&args.file).map_err(|source| sovereign::Error::Io {
+        what: format!("reading {}", args.file.display()),
+        source,
+    })?;
+    let mut margs = args.model.clone();
+    // As in llama-perplexity, -c is the chunk length; 512 unless given.
+    let n_ctx = *margs.ctx_size.get_or_insert(512);
+    let mut model = load(adapter, &margs)?;
+    let tokenizer = model.tokenizer();
+    let tokens = tokenizer.encode(&text, true)?;
+    let bos = tokenizer.add_bos().then(|| tokenizer.bos()).flatten();
+    eprintln!(
+        "{} tokens; {} chunks of {n_ctx}{}",
+        tokens.len(),
+        tokens.len() / n_ctx as usize,
+        args.chunks
+            .map_or(String::new(), |c| format!(", scoring {c}"))
+    );
+    let options = PerplexityOptions {
+        n_ctx,
+        max_chunks: args.chunks,
+        bos,
+    };
+    let mut out = std::io::stdout();
+    let result = pollster::block_on(perplexity(model.llama_mut(), &tokens, options, &mut |e| {
+        if e.chunk == 1 {
+            eprintln!(
+                "{:.2} s per chunk, about {:.1} min in all",
+                e.seconds,
+                e.seconds * e.n_chunks as f64 / 60.0
+            );
+        }
+        let _ = write!(out, "[{}]{:.4},", e.chunk, e.ppl);
+        let _ = out.flush();
+    }))?;
+    println!();
+    println!(
+        "Final estimate: PPL = {:.4} +/- {:.5} ({} chunks, {} tokens scored)",
+        result.ppl, result.ppl_stderr, result.n_chunks, result.n_scored
+    );
+    Ok(())
+}
+
+fn synth(args: SynthArgs) -> CliResult {
+    use sovereign::model::synthetic::{SyntheticSpec, synthetic_llama};
+    let invalid = |name: &str, message: String| sovereign::engine::EngineError::InvalidParameter {
+        name: name.into(),
+        message,
+    };
+    let dtype = sovereign::format::DType::from_name(&args.dtype)
+        .filter(|d| sovereign::kernels::WEIGHT_DTYPES.contains(d))
+        .ok_or_else(|| {
+            invalid(
+                "type",
+                format!(
+                    "{:?} is not a weight type the engine runs (one of: {})",
+                    args.dtype,
+                    sovereign::kernels::WEIGHT_DTYPES
+                        .map(|d| d.name())
+                        .join(", ")
+                ),
+            )
+        })?;
+    let mut spec = match args.shape {
+        SynthShape::Llama32_1B => SyntheticSpec::llama_3_2_1b(dtype),
+        SynthShape::Llama3_8B => SyntheticSpec::llama_3_8b(dtype),
+        SynthShape::Tiny => SyntheticSpec {
+            dtype,
+            embd_dtype: dtype,
+            n_embd: 256,
+            n_ff: 512,
+            ..Default::default()
+        },
+    };
+    if let Some(n) = args.layers {
+        spec.n_layer = n;
+    }
+    spec.seed = args.seed;
+    let block = dtype.block_len() as u32;
+    if !spec.n_embd.is_multiple_of(block) || !spec.n_ff.is_multiple_of(block) {
+        return Err(invalid(
+            "type",
+            format!(
+                "{dtype} rows are multiples of {block}; this shape's are {} and {}",
+                spec.n_embd, spec.n_ff
+            ),
+        )
+        .into());
+    }
+    if args.output.exists() && !args.force {
+        return Err(invalid(
+            "output",
+            format!(
+                "{} exists; pass --force to replace it",
+                args.output.display()
+            ),
+        )
+        .into());
+    }
+    eprintln!(
+        "writing {:.2} B parameters as {dtype} ({} layers) to {}",
+        spec.n_params() as f64 / 1e9,
+        spec.n_layer,
+        args.output.display()
+    );
+    let writer = synthetic_llama(&spec)?;
+    // Written beside the target and renamed into place: an interrupted run leaves no
+    // half-written model under the output name.
+    let dir = match args.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let io = |source: std::io::Error| sovereign::Error::Io {
+        what: format!("writing {}", args.output.display()),
+        source,
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".synth-")
+        .tempfile_in(&dir)
+        .map_err(io)?;
+    {
+        let mut sink = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        writer.write_to(&mut sink).map_err(io)?;
+        sink.flush().map_err(io)?;
+    }
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(&args.output).map_err(|e| io(e.error))?;
+    eprintln!("wrote {}", args.output.display());
     Ok(())
 }
 

@@ -22,13 +22,17 @@ use sovereign::kernels::silu_mul::SiluMul;
 use sovereign::kernels::{PagedLayout, StepBuffer, StepInput, selftest};
 use sovereign::reference::{self, AttentionShape, RopeConfig};
 
-const DTYPES: [DType; 5] = [
+const DTYPES: [DType; 7] = [
     DType::F32,
     DType::F16,
     DType::Q4_0,
     DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
     DType::Q8_0,
 ];
+/// Super-blocks of 256: rows are multiples of 256 long.
+const K_DTYPES: [DType; 3] = [DType::Q4_K, DType::Q5_K, DType::Q6_K];
 
 /// Every kernel shape the adapter can run: the plain path (no subgroups, no f16, GPU shapes), the
 /// adapter's features with GPU shapes, and the adapter as it is (on lavapipe: the CPU shapes).
@@ -96,14 +100,16 @@ fn step(ctx: &GpuContext, max: u32) -> StepBuffer {
 #[test]
 fn embed_matches_reference_for_every_dtype() {
     let mut rng = Rng::new(1);
-    let (n_vocab, n_embd) = (300, 96);
+    let n_vocab = 300;
     let tokens = [0u32, 299, 17, 150, 17, 64];
     // A binding cap forces the table over several buffers: rows past the first chunk must work.
     let ctx = gpu(GpuOptions {
         max_binding_size: Some(4096),
         ..Default::default()
     });
-    for dtype in DTYPES {
+    for dtype in DTYPES.into_iter().chain(K_DTYPES) {
+        // K-quant rows are whole super-blocks; two of them for Q6_K rows at both alignments.
+        let n_embd = if K_DTYPES.contains(&dtype) { 512 } else { 96 };
         let (bytes, deq) = weights(&mut rng, dtype, n_vocab, n_embd);
         let table = upload(&ctx, dtype, n_embd, n_vocab, &bytes);
         assert!(table.chunks.len() > 1, "{dtype}: table not split");
@@ -371,8 +377,14 @@ fn matvec_matches_reference_for_every_dtype_and_path() {
         for (i, dtype) in DTYPES.into_iter().enumerate() {
             check_matmul(&ctx, label, true, dtype, 1, 576, 200, 10 + i as u64);
             check_matmul(&ctx, label, true, dtype, 3, 1536, 77, 20 + i as u64);
-            // Five blocks per row: Q4_0/Q8_0 rows start at every alignment.
+            // Five blocks per row: Q4_0/Q5_0/Q8_0 rows start at every even alignment.
             check_matmul(&ctx, label, true, dtype, 2, 160, 33, 25 + i as u64);
+        }
+        for (i, dtype) in K_DTYPES.into_iter().enumerate() {
+            check_matmul(&ctx, label, true, dtype, 1, 512, 200, 80 + i as u64);
+            check_matmul(&ctx, label, true, dtype, 3, 1536, 77, 83 + i as u64);
+            // Three super-blocks per row: Q6_K rows (630 bytes) start at both even alignments.
+            check_matmul(&ctx, label, true, dtype, 2, 768, 33, 86 + i as u64);
         }
     }
 }
@@ -395,6 +407,10 @@ fn matmul_matches_reference_for_every_dtype() {
             check_matmul(&ctx, label, false, dtype, 37, 576, 130, 30 + i as u64);
             check_matmul(&ctx, label, false, dtype, 8, 160, 64, 40 + i as u64);
         }
+        for (i, dtype) in K_DTYPES.into_iter().enumerate() {
+            check_matmul(&ctx, label, false, dtype, 37, 768, 130, 90 + i as u64);
+            check_matmul(&ctx, label, false, dtype, 8, 256, 64, 93 + i as u64);
+        }
         // A K that is not a multiple of the K tile (f32 rows need only be multiples of 4).
         check_matmul(&ctx, label, false, DType::F32, 33, 52, 70, 50);
         check_matmul(&ctx, label, true, DType::F32, 2, 52, 70, 51);
@@ -413,6 +429,10 @@ fn matmul_splits_weights_over_bindings() {
         for (i, dtype) in DTYPES.into_iter().enumerate() {
             check_matmul(&ctx, "split", true, dtype, 1, 576, 200, 60 + i as u64);
             check_matmul(&ctx, "split", false, dtype, 40, 576, 200, 70 + i as u64);
+        }
+        for (i, dtype) in K_DTYPES.into_iter().enumerate() {
+            check_matmul(&ctx, "split", true, dtype, 1, 768, 200, 96 + i as u64);
+            check_matmul(&ctx, "split", false, dtype, 40, 768, 200, 99 + i as u64);
         }
     }
 }

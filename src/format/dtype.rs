@@ -177,6 +177,13 @@ impl DType {
         (n_elements / self.block_len()).checked_mul(self.block_bytes())
     }
 
+    /// The type named `name` (`Q4_K`, `q4_k`, ...), as `name()` spells it in any case.
+    pub fn from_name(name: &str) -> Option<DType> {
+        (0..64)
+            .filter_map(DType::from_ggml)
+            .find(|d| d.name().eq_ignore_ascii_case(name))
+    }
+
     pub fn name(self) -> &'static str {
         use DType::*;
         match self {
@@ -236,6 +243,9 @@ mod tests {
             }
         }
         assert_eq!(known, 32);
+        assert_eq!(DType::from_name("q4_k"), Some(DType::Q4_K));
+        assert_eq!(DType::from_name("BF16"), Some(DType::BF16));
+        assert_eq!(DType::from_name("q4"), None);
     }
 
     #[test]

@@ -63,6 +63,15 @@ impl GgufWriter {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail.
+        let _ = self.write_to(&mut out);
+        out
+    }
+
+    /// Streams the file to `sink` (header, then each tensor), so a model of several GiB never
+    /// needs a second copy in memory.
+    pub fn write_to(&self, sink: &mut impl std::io::Write) -> std::io::Result<()> {
         // The reader accepts nothing outside this range, so neither does the writer.
         let align = self.alignment.clamp(1, MAX_ALIGNMENT);
         let align = usize::try_from(align).unwrap_or(1);
@@ -98,12 +107,14 @@ impl GgufWriter {
             out.extend_from_slice(&(*off as u64).to_le_bytes());
         }
         out.resize(out.len().next_multiple_of(align), 0);
-        let data_start = out.len();
+        sink.write_all(&out)?;
+        let mut written = 0usize;
         for ((_, _, _, data), off) in self.tensors.iter().zip(&offsets) {
-            out.resize(data_start + off, 0);
-            out.extend_from_slice(data);
+            sink.write_all(&vec![0u8; off - written])?;
+            sink.write_all(data)?;
+            written = off + data.len();
         }
-        out
+        Ok(())
     }
 }
 

@@ -31,7 +31,7 @@ pub enum KernelError {
     #[error("{op}: {message}")]
     Shape { op: &'static str, message: String },
     #[error(
-        "{op}: weights of type {dtype} are not supported (supported: F32, F16, Q4_0, Q4_1, Q8_0)"
+        "{op}: weights of type {dtype} are not supported (supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"
     )]
     UnsupportedDType { op: &'static str, dtype: DType },
     #[error(transparent)]
@@ -46,12 +46,17 @@ pub(crate) fn shape_error(op: &'static str, message: impl Into<String>) -> Kerne
 }
 
 /// Weight types the matmul and embedding shaders dequantize.
-pub const WEIGHT_DTYPES: [DType; 5] = [
+pub const WEIGHT_DTYPES: [DType; 10] = [
     DType::F32,
     DType::F16,
     DType::Q4_0,
     DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
     DType::Q8_0,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
 ];
 
 pub(crate) fn check_weight_dtype(op: &'static str, dtype: DType) -> Result<(), KernelError> {

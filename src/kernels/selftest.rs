@@ -173,6 +173,11 @@ impl Bench<'_> {
     }
 }
 
+/// `n` rounded up to whole blocks of `dtype` (K-quant rows are multiples of 256).
+pub fn whole_blocks(dtype: DType, n: usize) -> usize {
+    n.next_multiple_of(dtype.block_len() as usize)
+}
+
 /// Runs every check; an error means a kernel could not run at all (a failed comparison is a
 /// [`Check`] with `passed: false`).
 pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
@@ -187,7 +192,7 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
 
     // Embedding lookup, every weight type.
     for dtype in WEIGHT_DTYPES {
-        let (n_vocab, n_embd) = (300, 96);
+        let (n_vocab, n_embd) = (300, whole_blocks(dtype, 96));
         let tokens = [0u32, 299, 17, 150];
         let (table, deq) = b.weights(&mut rng, dtype, n_vocab, n_embd).await?;
         let out = b.buffer(&vec![0.0; 8 * n_embd]).await?;
@@ -356,8 +361,9 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
     // Matrix products: the decode (vector) and prefill (tiled) kernels, every weight type.
     for (i, dtype) in WEIGHT_DTYPES.into_iter().enumerate() {
         let seed = 100 + 2 * i as u64;
-        checks.push(matmul(ctx, true, dtype, 1, 576, 200, seed).await?);
-        checks.push(matmul(ctx, false, dtype, 37, 576, 130, seed + 1).await?);
+        let n_in = whole_blocks(dtype, 576);
+        checks.push(matmul(ctx, true, dtype, 1, n_in, 200, seed).await?);
+        checks.push(matmul(ctx, false, dtype, 37, n_in, 130, seed + 1).await?);
     }
 
     // Attention over a contiguous cache: prefill with the causal mask, and decode at several

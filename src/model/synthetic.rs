@@ -44,6 +44,57 @@ impl Default for SyntheticSpec {
     }
 }
 
+impl SyntheticSpec {
+    /// Llama-3.2-1B: 16 layers of 2048, GQA 32/8, FFN 8192, a 128256-token vocabulary, the
+    /// embedding tied to the output.
+    pub fn llama_3_2_1b(dtype: DType) -> Self {
+        SyntheticSpec {
+            n_vocab: 128_256,
+            n_embd: 2048,
+            n_layer: 16,
+            n_head: 32,
+            n_head_kv: 8,
+            n_ff: 8192,
+            n_ctx_train: 131_072,
+            dtype,
+            embd_dtype: dtype,
+            tied: true,
+            seed: 1,
+        }
+    }
+
+    /// Llama-3-8B: 32 layers of 4096, GQA 32/8, FFN 14336, a 128256-token vocabulary and a
+    /// separate output matrix.
+    pub fn llama_3_8b(dtype: DType) -> Self {
+        SyntheticSpec {
+            n_vocab: 128_256,
+            n_embd: 4096,
+            n_layer: 32,
+            n_head: 32,
+            n_head_kv: 8,
+            n_ff: 14_336,
+            n_ctx_train: 8192,
+            dtype,
+            embd_dtype: dtype,
+            tied: false,
+            seed: 1,
+        }
+    }
+
+    /// Parameters (elements of every tensor).
+    pub fn n_params(&self) -> u64 {
+        let (e, ff, v) = (
+            u64::from(self.n_embd),
+            u64::from(self.n_ff),
+            u64::from(self.n_vocab),
+        );
+        let kv = u64::from(self.n_head_kv) * e / u64::from(self.n_head.max(1));
+        let per_layer = 2 * e + 2 * e * e + 2 * e * kv + 3 * e * ff;
+        let embd = if self.tied { v * e } else { 2 * v * e };
+        embd + e + u64::from(self.n_layer) * per_layer
+    }
+}
+
 /// splitmix64: small, seedable, the same on every platform.
 struct Random(u64);
 

@@ -1,6 +1,7 @@
 //! CPU references: plain f32 loops that every kernel, and the whole model, are tested against.
 //! Written for clarity, not speed; shapes follow the shaders' comments.
 
+pub mod kquant;
 pub mod llama;
 pub mod quant;
 

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Sovereign against llama.cpp on the same model and the same Vulkan driver, in one run.
+
+Prints pp and tg tokens/s for both and their ratio (Sovereign / llama.cpp), as a Markdown table
+for benches/RESULTS.md. llama.cpp runs through the `llama-cpp-python` package built with its
+Vulkan backend (benches/setup-llama-cpp builds it); each test runs as llama-bench runs it: one
+unmeasured warm-up, then --repetitions measured runs of random tokens from an empty cache.
+
+    benches/compare-llama-cpp.py -m MODEL.gguf [-p 512] [-n 128] [-r 3] [--sovereign PATH]
+
+llama.cpp ignores CPU Vulkan devices such as lavapipe unless GGML_VK_VISIBLE_DEVICES names them;
+this script sets it to 0 when it is unset.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+
+def llama_cpp_bench(model, n_prompt, n_gen, reps):
+    os.environ.setdefault("GGML_VK_VISIBLE_DEVICES", "0")
+    try:
+        import llama_cpp
+    except ImportError:
+        sys.exit("llama_cpp is not importable: run benches/setup-llama-cpp first")
+    n_ctx = max(n_prompt, n_gen) + 16
+    llm = llama_cpp.Llama(
+        model_path=model,
+        n_gpu_layers=-1,
+        n_ctx=n_ctx,
+        n_batch=max(n_prompt, 1),
+        n_ubatch=max(n_prompt, 1),
+        logits_all=False,
+        verbose=False,
+    )
+    n_vocab = llm.n_vocab()
+    rng = random.Random(1234)
+
+    def pp():
+        tokens = [rng.randrange(n_vocab) for _ in range(n_prompt)]
+        # eval() drops the cache past n_tokens, so a reset starts from an empty cache.
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(tokens)
+        return n_prompt / (time.perf_counter() - start)
+
+    def tg():
+        llm.reset()
+        start = time.perf_counter()
+        for _ in range(n_gen):
+            llm.eval([rng.randrange(n_vocab)])
+        return n_gen / (time.perf_counter() - start)
+
+    results = {}
+    for name, n, test in (("pp", n_prompt, pp), ("tg", n_gen, tg)):
+        if n == 0:
+            continue
+        test()
+        samples = [test() for _ in range(reps)]
+        results[f"{name}{n}"] = samples
+    return results, llama_cpp.__version__
+
+
+def sovereign_bench(binary, model, n_prompt, n_gen, reps, adapter):
+    cmd = [binary, "bench", "-m", model, "-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-o", "json"]
+    if adapter:
+        cmd += ["--adapter", adapter]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    tests = json.loads(out)
+    gpu = tests[0]["gpu_info"] if tests else "?"
+    return {t["test"]: t["samples_ts"] for t in tests}, gpu
+
+
+def fmt(samples):
+    mean = statistics.fmean(samples)
+    sd = statistics.stdev(samples) if len(samples) > 1 else 0.0
+    return mean, f"{mean:.2f} ± {sd:.2f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-m", "--model", required=True)
+    ap.add_argument("-p", "--n-prompt", type=int, default=512)
+    ap.add_argument("-n", "--n-gen", type=int, default=128)
+    ap.add_argument("-r", "--repetitions", type=int, default=3)
+    ap.add_argument("--sovereign", default="target/release/sovereign", help="the sovereign binary")
+    ap.add_argument("--adapter", help="passed to sovereign --adapter")
+    args = ap.parse_args()
+    if not os.path.exists(args.sovereign):
+        sys.exit(f"{args.sovereign} not found: cargo build --release first")
+
+    ours, gpu = sovereign_bench(args.sovereign, args.model, args.n_prompt, args.n_gen, args.repetitions, args.adapter)
+    theirs, version = llama_cpp_bench(args.model, args.n_prompt, args.n_gen, args.repetitions)
+
+    print(f"- Date: {datetime.date.today()}; adapter: {gpu}; llama-cpp-python {version} (Vulkan)")
+    print(f"- Model: {os.path.basename(args.model)}; {args.repetitions} repetitions after a warm-up")
+    print(f"- Command: benches/compare-llama-cpp.py -m {os.path.basename(args.model)} -p {args.n_prompt} -n {args.n_gen} -r {args.repetitions}")
+    print()
+    print("| test | Sovereign t/s | llama.cpp Vulkan t/s | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    for test in ours:
+        if test not in theirs:
+            continue
+        a, a_text = fmt(ours[test])
+        b, b_text = fmt(theirs[test])
+        print(f"| {test} | {a_text} | {b_text} | {a / b:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
