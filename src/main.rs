@@ -849,10 +849,15 @@ fn synth(args: SynthArgs) -> CliResult {
         what: format!("writing {}", args.output.display()),
         source,
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".synth-")
-        .tempfile_in(&dir)
-        .map_err(io)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".synth-");
+    // Temporary files are private (0600); a model file is as readable as any other output.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let mut tmp = builder.tempfile_in(&dir).map_err(io)?;
     {
         let mut sink = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         writer.write_to(&mut sink).map_err(io)?;
