@@ -96,6 +96,9 @@ def main():
         sys.exit(f"{args.sovereign} not found: cargo build --release first")
 
     ours, gpu = sovereign_bench(args.sovereign, args.model, args.n_prompt, args.n_gen, args.repetitions, args.adapter)
+    # Shown at once: the llama.cpp half of a run on a slow adapter takes minutes.
+    for test, samples in ours.items():
+        print(f"sovereign {test}: {fmt(samples)[1]} t/s", file=sys.stderr, flush=True)
     theirs, version = llama_cpp_bench(args.model, args.n_prompt, args.n_gen, args.repetitions)
 
     print(f"- Date: {datetime.date.today()}; adapter: {gpu}; llama-cpp-python {version} (Vulkan)")
