@@ -151,53 +151,51 @@ fn fit_scale_min(x: &[f32], levels: f32) -> (f32, f32, [u8; 8], [u8; 8]) {
     (d, dmin, ls, lm)
 }
 
-/// Quants of one sub-block for the fitted scale and minimum.
-fn sub_quants(sub: &[f32], scale: f32, min: f32, max_q: u8) -> impl Iterator<Item = u8> + '_ {
-    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    sub.iter()
-        .map(move |v| ((v + min) * inv).round().clamp(0.0, f32::from(max_q)) as u8)
+/// Writes the 16-byte header of a Q4_K/Q5_K super-block (d, dmin, packed scales and mins) and
+/// returns its 256 quants (0..=`max_q`) in element order.
+fn fit_k4_block(block: &[f32], max_q: u8, out: &mut Vec<u8>) -> Vec<u8> {
+    let (d, dmin, ls, lm) = fit_scale_min(block, f32::from(max_q));
+    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    out.extend_from_slice(&f16::from_f32(dmin).to_le_bytes());
+    out.extend_from_slice(&pack_scale_min_k4(&ls, &lm));
+    block
+        .chunks_exact(32)
+        .enumerate()
+        .flat_map(|(s, sub)| {
+            let scale = d * f32::from(ls[s]);
+            let min = dmin * f32::from(lm[s]);
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            sub.iter()
+                .map(move |v| ((v + min) * inv).round().clamp(0.0, f32::from(max_q)) as u8)
+        })
+        .collect()
+}
+
+/// The low nibbles of 256 quants: each 64 share 32 bytes, the first 32 low, the next 32 high.
+fn push_nibbles(q: &[u8], out: &mut Vec<u8>) {
+    for j in 0..4 {
+        for l in 0..32 {
+            out.push((q[64 * j + l] & 0x0f) | ((q[64 * j + 32 + l] & 0x0f) << 4));
+        }
+    }
 }
 
 pub fn quantize_q4_k(x: &[f32], out: &mut Vec<u8>) {
     for block in x.chunks_exact(QK_K) {
-        let (d, dmin, ls, lm) = fit_scale_min(block, 15.0);
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend_from_slice(&f16::from_f32(dmin).to_le_bytes());
-        out.extend_from_slice(&pack_scale_min_k4(&ls, &lm));
-        let q: Vec<u8> = block
-            .chunks_exact(32)
-            .enumerate()
-            .flat_map(|(s, sub)| sub_quants(sub, d * f32::from(ls[s]), dmin * f32::from(lm[s]), 15))
-            .collect();
-        for j in 0..4 {
-            for l in 0..32 {
-                out.push(q[64 * j + l] | (q[64 * j + 32 + l] << 4));
-            }
-        }
+        let q = fit_k4_block(block, 15, out);
+        push_nibbles(&q, out);
     }
 }
 
 pub fn quantize_q5_k(x: &[f32], out: &mut Vec<u8>) {
     for block in x.chunks_exact(QK_K) {
-        let (d, dmin, ls, lm) = fit_scale_min(block, 31.0);
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend_from_slice(&f16::from_f32(dmin).to_le_bytes());
-        out.extend_from_slice(&pack_scale_min_k4(&ls, &lm));
-        let q: Vec<u8> = block
-            .chunks_exact(32)
-            .enumerate()
-            .flat_map(|(s, sub)| sub_quants(sub, d * f32::from(ls[s]), dmin * f32::from(lm[s]), 31))
-            .collect();
+        let q = fit_k4_block(block, 31, out);
         let mut qh = [0u8; 32];
         for (i, v) in q.iter().enumerate() {
             qh[i % 32] |= (v >> 4) << (i / 32);
         }
         out.extend_from_slice(&qh);
-        for j in 0..4 {
-            for l in 0..32 {
-                out.push((q[64 * j + l] & 0x0f) | ((q[64 * j + 32 + l] & 0x0f) << 4));
-            }
-        }
+        push_nibbles(&q, out);
     }
 }
 
