@@ -4,3 +4,4 @@
 alias kv_t = f32;
 
 //!include common/attention.wgsl
+//!include common/kv_plain.wgsl

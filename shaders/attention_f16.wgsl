@@ -5,3 +5,4 @@ enable f16;
 alias kv_t = f16;
 
 //!include common/attention.wgsl
+//!include common/kv_plain.wgsl

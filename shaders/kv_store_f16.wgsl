@@ -6,4 +6,5 @@ enable f16;
 // attention.
 alias kv_t = f16;
 
+//!include common/kv_store_io.wgsl
 //!include common/kv_store.wgsl

@@ -90,9 +90,11 @@ struct ModelArgs {
     /// Most tokens per forward step; longer prompts are prefilled in batches of this.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch_size: u32,
-    /// Keep the KV cache in f32 (by default it is f16 where the adapter has shader-f16).
-    #[arg(long)]
-    kv_f32: bool,
+    /// How the KV cache holds K and V: f32, f16 (needs shader-f16) or q8_0 (about half of f16's
+    /// memory, so nearly twice the context); default: f16 where the adapter has shader-f16, else
+    /// f32.
+    #[arg(long = "cache-type", visible_alias = "kv-type", value_name = "TYPE")]
+    cache_type: Option<sovereign::kernels::KvType>,
 }
 
 #[derive(Args, Clone)]
@@ -304,8 +306,12 @@ struct ServeArgs {
     /// one context). Default: --parallel full contexts, or what one buffer of the adapter
     /// holds if less. Sequences take pages as they grow; when pages run out the newest
     /// sequence waits and is recomputed later.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kv_memory")]
     kv_tokens: Option<u32>,
+    /// KV cache budget in MiB (K and V of every layer), instead of --kv-tokens: the positions it
+    /// holds depend on --cache-type (q8_0 holds nearly twice as many as f16).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    kv_memory: Option<u64>,
     /// Positions per KV page: smaller pages waste less of each sequence's last page and share
     /// prefixes at a finer grain; larger ones make smaller block tables.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -402,7 +408,7 @@ fn load_with(
     let options = LoadOptions {
         n_ctx: args.ctx_size.or(base.n_ctx),
         max_batch: args.batch_size,
-        kv_f16: args.kv_f32.then_some(false).or(base.kv_f16),
+        kv_type: args.cache_type.or(base.kv_type),
         ..base
     };
     let model = pollster::block_on(Model::load(ctx, &file, &options, &mut |p| {
@@ -1004,6 +1010,7 @@ fn serve(adapter: Option<String>, args: ServeArgs) -> CliResult {
         LoadOptions {
             n_seq: args.parallel,
             kv_tokens: args.kv_tokens,
+            kv_memory: args.kv_memory.map(|mib| mib << 20),
             page_size: args.kv_page_size,
             ..Default::default()
         },
@@ -1012,6 +1019,8 @@ fn serve(adapter: Option<String>, args: ServeArgs) -> CliResult {
         sequences = model.llama().n_seq(),
         kv_pages = model.llama().n_pages(),
         page_tokens = model.llama().page_size(),
+        kv_type = model.llama().kv_type().name(),
+        kv_mib = model.llama().kv_bytes() >> 20,
         "KV cache"
     );
     let engine = Engine::start(

@@ -187,6 +187,15 @@ fn demo_page_in_chromium_matches_the_native_engine() {
         .as_array()
         .unwrap_or_else(|| panic!("kernel checks did not run: {kernels}"));
     assert!(checks.len() >= 25, "only {} checks", checks.len());
+    // The 8-bit KV cache, which browsers without shader-f16 have too.
+    for name in ["kv_store q8_0 K", "attention q8_0"] {
+        assert!(
+            checks
+                .iter()
+                .any(|c| c["name"].as_str().is_some_and(|n| n.starts_with(name))),
+            "no {name} check in the browser"
+        );
+    }
     let failed: Vec<&Value> = checks.iter().filter(|c| c["passed"] != true).collect();
     assert!(
         failed.is_empty(),

@@ -47,29 +47,36 @@ fn assert_fails_after_output(o: &Output, words: &str) {
     assert!(!err.contains("panicked"), "panic: {err}");
 }
 
-/// `sovereign run -m MODEL -n <n_stable> --temp 0 PROMPT` prints exactly `text_stable`.
+/// `sovereign run -m MODEL -n <n_stable> --temp 0 PROMPT` prints exactly `text_stable`, with the
+/// default KV cache and with the 8-bit one.
 #[test]
 fn greedy_runs_print_the_reference_text() {
     let model = model_path();
-    for case in greedy_cases() {
-        let prompt = case["prompt"].as_str().unwrap();
-        let n = case["n_stable"].as_u64().unwrap().to_string();
-        let o = sovereign(&[
-            "run",
-            "-m",
-            model.to_str().unwrap(),
-            "-n",
-            &n,
-            "--temp",
-            "0",
-            prompt,
-        ]);
-        assert!(o.status.success(), "{prompt:?}: {}", stderr(&o));
-        assert_eq!(
-            stdout(&o),
-            case["text_stable"].as_str().unwrap(),
-            "{prompt:?}"
-        );
+    for cache in [None, Some("q8_0")] {
+        for case in greedy_cases() {
+            let prompt = case["prompt"].as_str().unwrap();
+            let n = case["n_stable"].as_u64().unwrap().to_string();
+            let mut args = vec![
+                "run",
+                "-m",
+                model.to_str().unwrap(),
+                "-n",
+                &n,
+                "--temp",
+                "0",
+            ];
+            if let Some(cache) = cache {
+                args.extend(["--cache-type", cache]);
+            }
+            args.push(prompt);
+            let o = sovereign(&args);
+            assert!(o.status.success(), "{prompt:?}: {}", stderr(&o));
+            assert_eq!(
+                stdout(&o),
+                case["text_stable"].as_str().unwrap(),
+                "{prompt:?} with cache {cache:?}"
+            );
+        }
     }
 }
 
@@ -435,6 +442,10 @@ fn bad_input_gives_one_line_errors() {
     assert_fails(
         &sovereign(&["run", "--adapter", "no-such-adapter", "-m", m, "hi"]),
         "no adapter matches",
+    );
+    assert_fails(
+        &sovereign(&["run", "-m", m, "--cache-type", "q4_0", "hi"]),
+        "expected f32, f16 or q8_0",
     );
     // Not a GGUF file at all.
     let text = std::env::temp_dir().join("sovereign-not-a-model.txt");

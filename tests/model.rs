@@ -8,6 +8,7 @@ use std::sync::Arc;
 use common::{gpu, greedy_cases, model_path, reference_path};
 use sovereign::format::GgufFile;
 use sovereign::gpu::{GpuContext, GpuOptions};
+use sovereign::kernels::KvType;
 use sovereign::model::llama::Forward;
 use sovereign::model::{LlamaConfig, LlamaGpu, LoadOptions, Output};
 use sovereign::reference::llama::ReferenceLlama;
@@ -147,7 +148,7 @@ fn gpu_matches_cpu_reference_forward() {
     let mut model = load(gpu(GpuOptions::default()), &file, 64);
     let mut cpu = ReferenceLlama::load(&cfg, &file)
         .unwrap()
-        .with_kv_f16(model.kv_f16());
+        .with_kv_type(model.kv_type());
     let case = &greedy_cases()[2];
     let prompt: Vec<u32> = case["prompt_tokens"]
         .as_array()
@@ -302,7 +303,11 @@ fn synthetic_models_match_cpu_reference() {
         let options = LoadOptions {
             n_ctx: Some(64),
             max_batch: 32,
-            kv_f16: Some(i % 2 == 1 && ctx.features().shader_f16),
+            kv_type: Some(if i % 2 == 1 && ctx.features().shader_f16 {
+                KvType::F16
+            } else {
+                KvType::F32
+            }),
             ..Default::default()
         };
         let mut model = pollster::block_on(LlamaGpu::load(
@@ -315,12 +320,12 @@ fn synthetic_models_match_cpu_reference() {
         .unwrap();
         let mut cpu = ReferenceLlama::load(&cfg, &file)
             .unwrap()
-            .with_kv_f16(model.kv_f16());
+            .with_kv_type(model.kv_type());
         let prompt: Vec<u32> = (0..20).map(|t| (t * 37 + 5) % spec.n_vocab).collect();
         let n_vocab = spec.n_vocab as usize;
         let label = format!(
-            "{dtype}/{embd_dtype} tied={tied} binding={max_binding:?} kv_f16={}",
-            model.kv_f16()
+            "{dtype}/{embd_dtype} tied={tied} binding={max_binding:?} kv={}",
+            model.kv_type()
         );
 
         // All-logits steps hold as many rows as one binding allows: prefill in such chunks.
@@ -368,7 +373,7 @@ fn synthetic_models_match_cpu_reference() {
 
 /// Copy-on-write on the GPU: a second sequence shares the first's full page and gets a copy of
 /// its partial one; its next token's logits equal the first's. Without the copy they differ,
-/// so the comparison can fail.
+/// so the comparison can fail. In an f32 cache and in a Q8_0 one (whose rows carry their scales).
 #[test]
 fn page_copies_give_a_sequence_the_same_kv() {
     use sovereign::kernels::StepInput;
@@ -377,47 +382,50 @@ fn page_copies_give_a_sequence_the_same_kv() {
     let spec = SyntheticSpec::default();
     let file = GgufFile::from_bytes(synthetic_llama(&spec).unwrap().to_bytes()).unwrap();
     let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
-    let options = LoadOptions {
-        n_ctx: Some(64),
-        n_seq: 2,
-        page_size: 16,
-        ..Default::default()
-    };
-    let mut model = pollster::block_on(LlamaGpu::load(
-        gpu(GpuOptions::default()),
-        cfg,
-        &file,
-        &options,
-        &mut |_| {},
-    ))
-    .unwrap();
-    let prompt: Vec<u32> = (0..20).map(|t| (t * 37 + 5) % spec.n_vocab).collect();
-    let positions: Vec<u32> = (0..20).collect();
-    let mut step = |tokens: &[u32], positions: &[u32], slot: u32, pages: &[u32], copies| {
-        let slots = vec![slot; tokens.len()];
-        let input = StepInput {
-            tokens,
-            positions,
-            slots: &slots,
-            out_rows: &[tokens.len() as u32 - 1],
-            tables: &[(slot, pages)],
+    for kv_type in [KvType::F32, KvType::Q8_0] {
+        let options = LoadOptions {
+            n_ctx: Some(64),
+            n_seq: 2,
+            page_size: 16,
+            kv_type: Some(kv_type),
+            ..Default::default()
         };
-        match pollster::block_on(model.step(&input, copies, StepOutput::Logits)).unwrap() {
-            Forward::Logits(l) => l,
-            other => panic!("expected logits, got {other:?}"),
-        }
-    };
-    // Slot 0: positions 0..20 in pages 0 (full) and 1 (4 positions).
-    step(&prompt, &positions, 0, &[0, 1], &[]);
-    let next = [7u32];
-    let first = step(&next, &[20], 0, &[0, 1], &[]);
-    // Slot 1 shares page 0 and takes a copy of page 1 in page 2 (position 20 is rewritten by
-    // the step itself).
-    let copied = step(&next, &[20], 1, &[0, 2], &[PageCopy { src: 1, dst: 2 }]);
-    assert_eq!(first, copied, "a copied page must hold the same K/V");
-    // Page 3 was never written: the same step without the copy reads something else.
-    let uncopied = step(&next, &[20], 1, &[0, 3], &[]);
-    assert_ne!(first, uncopied);
+        let mut model = pollster::block_on(LlamaGpu::load(
+            gpu(GpuOptions::default()),
+            cfg.clone(),
+            &file,
+            &options,
+            &mut |_| {},
+        ))
+        .unwrap();
+        let prompt: Vec<u32> = (0..20).map(|t| (t * 37 + 5) % spec.n_vocab).collect();
+        let positions: Vec<u32> = (0..20).collect();
+        let mut step = |tokens: &[u32], positions: &[u32], slot: u32, pages: &[u32], copies| {
+            let slots = vec![slot; tokens.len()];
+            let input = StepInput {
+                tokens,
+                positions,
+                slots: &slots,
+                out_rows: &[tokens.len() as u32 - 1],
+                tables: &[(slot, pages)],
+            };
+            match pollster::block_on(model.step(&input, copies, StepOutput::Logits)).unwrap() {
+                Forward::Logits(l) => l,
+                other => panic!("expected logits, got {other:?}"),
+            }
+        };
+        // Slot 0: positions 0..20 in pages 0 (full) and 1 (4 positions).
+        step(&prompt, &positions, 0, &[0, 1], &[]);
+        let next = [7u32];
+        let first = step(&next, &[20], 0, &[0, 1], &[]);
+        // Slot 1 shares page 0 and takes a copy of page 1 in page 2 (position 20 is rewritten by
+        // the step itself).
+        let copied = step(&next, &[20], 1, &[0, 2], &[PageCopy { src: 1, dst: 2 }]);
+        assert_eq!(first, copied, "a copied page must hold the same K/V");
+        // Page 3 was never written: the same step without the copy reads something else.
+        let uncopied = step(&next, &[20], 1, &[0, 3], &[]);
+        assert_ne!(first, uncopied);
+    }
 }
 
 /// Perplexity over a text through the engine's kernels (the plain GPU-shaped ones and the
@@ -479,6 +487,158 @@ fn perplexity_through_the_kernels_matches_the_cpu_reference() {
             got.ppl,
             want.ppl,
             change * 100.0
+        );
+    }
+}
+
+/// The Q8_0 KV cache: in the same memory budget it holds nearly twice the positions of an f16
+/// cache (34 bytes per 32 values against 64); the GPU stores exactly the reference's rounding of
+/// K and V; and perplexity stays within 0.5% of an f32 cache's.
+#[test]
+fn q8_0_kv_cache_doubles_the_context_and_keeps_perplexity() {
+    use sovereign::perplexity::{PerplexityOptions, Scorer, perplexity};
+    use sovereign::tokenizer::Tokenizer;
+    let file = GgufFile::open(model_path()).unwrap();
+    let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
+    let ctx = gpu(GpuOptions::default());
+
+    let budget = 16u64 << 20;
+    let positions = |kv_type: KvType| {
+        let options = LoadOptions {
+            n_ctx: Some(128),
+            max_batch: 64,
+            kv_type: Some(kv_type),
+            kv_memory: Some(budget),
+            ..Default::default()
+        };
+        let model = pollster::block_on(LlamaGpu::load(
+            ctx.clone(),
+            cfg.clone(),
+            &file,
+            &options,
+            &mut |_| {},
+        ))
+        .unwrap();
+        assert!(
+            model.kv_bytes() <= budget,
+            "{kv_type}: {}",
+            model.kv_bytes()
+        );
+        (model.n_pages() * model.page_size()) as f64
+    };
+    let (f32_positions, q8_positions) = (positions(KvType::F32), positions(KvType::Q8_0));
+    // SmolLM2: 30 layers of 3 K/V heads of 64; a position takes 46080 bytes in f32, 12240 in
+    // Q8_0 (pages of 16 round each down).
+    assert_eq!(f32_positions, 16.0 * ((budget / 46080) / 16) as f64);
+    assert!(
+        q8_positions / (2.0 * f32_positions) > 1.85,
+        "{q8_positions} Q8_0 positions against {f32_positions} in f32"
+    );
+    if ctx.features().shader_f16 {
+        let f16_positions = positions(KvType::F16);
+        assert!(
+            q8_positions / f16_positions > 1.85,
+            "{f16_positions} in f16"
+        );
+    }
+    // A budget under one context is refused, with the reason.
+    let err = pollster::block_on(LlamaGpu::load(
+        ctx.clone(),
+        cfg.clone(),
+        &file,
+        &LoadOptions {
+            n_ctx: Some(1024),
+            kv_type: Some(KvType::Q8_0),
+            kv_memory: Some(1 << 20),
+            ..Default::default()
+        },
+        &mut |_| {},
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("holds 80 positions"), "{err}");
+
+    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lighthouse.txt"),
+    )
+    .unwrap();
+    let tokens = tokenizer.encode(&text, true).unwrap();
+    let options = PerplexityOptions {
+        n_ctx: 128,
+        max_chunks: Some(2),
+        bos: tokenizer.add_bos().then(|| tokenizer.bos()).flatten(),
+    };
+    let n_vocab = cfg.n_vocab as usize;
+    let reference_ppl = |kv_type: KvType| {
+        let mut scorer = Scorer::new(options, tokens.len(), 128).unwrap();
+        for c in 0..scorer.n_chunks() {
+            let mut cpu = ReferenceLlama::load(&cfg, &file)
+                .unwrap()
+                .with_kv_type(kv_type);
+            let logits = cpu.forward(&scorer.chunk_input(&tokens, c), None);
+            scorer.add(&tokens, c, 0, &logits, n_vocab);
+        }
+        scorer.finish().ppl
+    };
+    let (exact, rounded) = (reference_ppl(KvType::F32), reference_ppl(KvType::Q8_0));
+    let kv_change = (rounded / exact - 1.0).abs();
+    assert!(
+        kv_change < 5e-3,
+        "Q8_0 K/V move the reference PPL from {exact} to {rounded}"
+    );
+    // Rounding K and V does change the scores: the comparison above is not of equal numbers.
+    assert_ne!(exact, rounded);
+
+    let mut model = pollster::block_on(LlamaGpu::load(
+        ctx,
+        cfg.clone(),
+        &file,
+        &LoadOptions {
+            n_ctx: Some(1024),
+            max_batch: 64,
+            kv_type: Some(KvType::Q8_0),
+            ..Default::default()
+        },
+        &mut |_| {},
+    ))
+    .unwrap();
+    // Layer 0's cache against the reference's rounding of its K: the same bytes (its inputs
+    // agree to f32 rounding, so a value may at most cross a rounding boundary).
+    let prompt = &tokens[..40];
+    let traced = pollster::block_on(model.forward_traced(prompt, 0)).unwrap();
+    let mut cpu_trace = Vec::new();
+    ReferenceLlama::load(&cfg, &file)
+        .unwrap()
+        .with_kv_type(KvType::Q8_0)
+        .forward(prompt, Some(&mut cpu_trace));
+    let find = |trace: &[(String, Vec<f32>)], name: &str| {
+        trace.iter().find(|(n, _)| n == name).unwrap().1.clone()
+    };
+    let gpu_k = find(&traced, "blk.0.k_rope");
+    let mut cpu_k = find(&cpu_trace, "blk.0.k_rope");
+    sovereign::reference::round_kv(&mut cpu_k, KvType::Q8_0);
+    assert_eq!(gpu_k.len(), cpu_k.len());
+    let off = gpu_k.iter().zip(&cpu_k).filter(|(a, b)| a != b).count();
+    assert!(
+        off * 1000 <= cpu_k.len(),
+        "{off} of {} K values",
+        cpu_k.len()
+    );
+
+    // Past layer 0 such boundary crossings add up (each moves a value by a step of its block),
+    // so the GPU's perplexity is held to the same bound against both references.
+    let got = pollster::block_on(perplexity(&mut model, &tokens, options, &mut |_| {}))
+        .unwrap()
+        .ppl;
+    eprintln!(
+        "PPL, 2 chunks of 128: f32 K/V {exact:.4}, Q8_0 K/V {rounded:.4} (reference), {got:.4} (GPU)"
+    );
+    for (what, base) in [("f32", exact), ("Q8_0", rounded)] {
+        let change = (got / base - 1.0).abs();
+        assert!(
+            change < 5e-3,
+            "Q8_0 cache PPL {got} against the {what} reference's {base}"
         );
     }
 }

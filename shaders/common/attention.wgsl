@@ -3,7 +3,8 @@
 // read through the slot's block table. Keys are visited in tiles of WG_SIZE with an online softmax (running maximum and sum),
 // so the score row is never stored whole. Query head h reads K/V head h / (n_head / n_head_kv):
 // the shared heads are read in place, never copied. The including shader declares `alias kv_t`
-// (f32, or f16 where the adapter has shader-f16).
+// (the cache's element: f32, f16, or u32 words of packed Q8_0) and reads the cache through
+// `k_dot_q(row, kv_off)` (q_head . K[row, kv_off..kv_off + head_dim]) and `v_at(row, col)`.
 
 struct AttentionParams {
     n_head: u32,
@@ -64,12 +65,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (j <= last_key) {
             let row = kv_row(slot, j);
             key_rows[lid] = row;
-            let k_at = row * params.kv_stride + kv_off;
-            var s = 0.0;
-            for (var d = 0u; d < hd; d++) {
-                s += q_head[d] * f32(k_cache[k_at + d]);
-            }
-            score = s;
+            score = k_dot_q(row, kv_off);
         }
         reduce[lid] = score;
         workgroupBarrier();
@@ -100,7 +96,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (d < hd) {
                 var a = acc[c] * correction;
                 for (var jj = 0u; jj < n_keys; jj++) {
-                    a += probs[jj] * f32(v_cache[key_rows[jj] * params.kv_stride + kv_off + d]);
+                    a += probs[jj] * v_at(key_rows[jj], kv_off + d);
                 }
                 acc[c] = a;
             }

@@ -1,26 +1,4 @@
-// Stores a step's K and V rows in the paged cache, each at its sequence's page for its position,
-// rotating K (RoPE) on the way.
-// The including shader declares `alias kv_t` (f32, or f16 where the adapter has shader-f16).
-
-struct KvStoreParams {
-    n_head_kv: u32,
-    head_dim: u32,
-    n_rot: u32,
-    neox: u32,
-    freq_base: f32,
-    freq_scale: f32,
-    // Elements per K/V row: n_head_kv * head_dim.
-    kv_stride: u32,
-    _pad: u32,
-}
-
-override WG_SIZE: u32 = 64u;
-
-@group(0) @binding(0) var<uniform> params: KvStoreParams;
-@group(0) @binding(2) var<storage, read> k_new: array<f32>;            // (n_tokens, kv_stride)
-@group(0) @binding(3) var<storage, read> v_new: array<f32>;            // (n_tokens, kv_stride)
-@group(0) @binding(4) var<storage, read_write> k_cache: array<kv_t>;   // (pool rows, kv_stride)
-@group(0) @binding(5) var<storage, read_write> v_cache: array<kv_t>;   // (pool rows, kv_stride)
+// Stores K and V into a cache of one `kv_t` (f32 or f16) per element.
 
 // One invocation per pair of elements of a head: a rotated pair below n_rot, two consecutive
 // unrotated elements above it.

@@ -1,6 +1,8 @@
 //! Causal attention over the KV cache with grouped K/V heads: `shaders/attention.wgsl` (f32
-//! cache) and `shaders/attention_f16.wgsl` (f16 cache, where the adapter has shader-f16).
+//! cache), `shaders/attention_f16.wgsl` (f16 cache, where the adapter has shader-f16) and
+//! `shaders/attention_q8.wgsl` (Q8_0 cache).
 
+use super::kv_store::{KvType, check_kv_shape, check_kv_type};
 use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len, shape_error};
 use crate::gpu::GpuContext;
 
@@ -23,26 +25,29 @@ pub const MAX_HEAD_DIM: u32 = 256;
 
 pub struct Attention {
     kernel: Kernel,
-    f16: bool,
+    kv_type: KvType,
 }
 
 impl Attention {
-    fn variant(f16: bool) -> Variant {
-        Variant::sized(if f16 { "attention_f16" } else { "attention" }, WG_SIZE)
+    fn variant(kv_type: KvType) -> Variant {
+        let shader = match kv_type {
+            KvType::F32 => "attention",
+            KvType::F16 => "attention_f16",
+            KvType::Q8_0 => "attention_q8",
+        };
+        Variant::sized(shader, WG_SIZE)
     }
 
     pub fn variants() -> Vec<Variant> {
-        [false, true].into_iter().map(Self::variant).collect()
+        KvType::ALL.into_iter().map(Self::variant).collect()
     }
 
-    /// `f16`: the cache holds f16 (the adapter must have shader-f16).
-    pub async fn new(ctx: &GpuContext, f16: bool) -> Result<Self, KernelError> {
-        if f16 && !ctx.features().shader_f16 {
-            return Err(shape_error("attention", "an f16 cache needs shader-f16"));
-        }
+    /// Attention over a cache of `kv_type` (F16 needs shader-f16).
+    pub async fn new(ctx: &GpuContext, kv_type: KvType) -> Result<Self, KernelError> {
+        check_kv_type("attention", ctx, kv_type)?;
         Ok(Attention {
-            kernel: Kernel::new(ctx, &Self::variant(f16)).await?,
-            f16,
+            kernel: Kernel::new(ctx, &Self::variant(kv_type)).await?,
+            kv_type,
         })
     }
 
@@ -82,6 +87,13 @@ impl Attention {
         {
             return Err(shape_error(op, "heads do not fit in the row strides"));
         }
+        check_kv_shape(op, self.kv_type, params.n_head_kv, params.head_dim)?;
+        if self.kv_type == KvType::Q8_0 && !params.kv_stride.is_multiple_of(32) {
+            return Err(shape_error(
+                op,
+                "a q8_0 cache row must be whole blocks of 32",
+            ));
+        }
         check_len(
             op,
             "q",
@@ -94,8 +106,7 @@ impl Attention {
             out,
             u64::from(max_tokens) * u64::from(params.q_stride),
         )?;
-        let cache_bytes =
-            u64::from(pool_rows) * u64::from(params.kv_stride) * if self.f16 { 2 } else { 4 };
+        let cache_bytes = u64::from(pool_rows) * self.kv_type.row_bytes(params.kv_stride);
         for (what, b) in [("k_cache", k_cache), ("v_cache", v_cache)] {
             if b.size() < cache_bytes {
                 return Err(shape_error(

@@ -1,9 +1,106 @@
 //! K and V of a step into the cache at their positions, K rotated on the way:
-//! `shaders/kv_store.wgsl` (f32 cache) and `shaders/kv_store_f16.wgsl` (f16 cache, where the
-//! adapter has shader-f16).
+//! `shaders/kv_store.wgsl` (f32 cache), `shaders/kv_store_f16.wgsl` (f16 cache, where the
+//! adapter has shader-f16) and `shaders/kv_store_q8.wgsl` (Q8_0 cache, on every adapter).
+
+use std::fmt;
+use std::str::FromStr;
 
 use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len, shape_error};
 use crate::gpu::GpuContext;
+
+/// How the KV cache holds its elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvType {
+    F32,
+    /// Half the memory and attention reads of f32; needs shader-f16.
+    F16,
+    /// Signed bytes with one f16 scale per block of 32 (as GGUF's Q8_0): 34 bytes per 32
+    /// elements, so about 1.9 times the context of an f16 cache in the same memory. Rows must be
+    /// whole blocks, and so must each head.
+    Q8_0,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 3] = [KvType::F32, KvType::F16, KvType::Q8_0];
+
+    /// The name used on the command line and in stats (llama.cpp's `--cache-type` names).
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+        }
+    }
+
+    pub fn needs_shader_f16(self) -> bool {
+        self == KvType::F16
+    }
+
+    /// Bytes of one cache row (one position of one layer's K or V) of `kv_stride` elements.
+    pub fn row_bytes(self, kv_stride: u32) -> u64 {
+        match self {
+            KvType::F32 => 4 * u64::from(kv_stride),
+            KvType::F16 => 2 * u64::from(kv_stride),
+            KvType::Q8_0 => 4 * u64::from(q8_row_words(kv_stride)),
+        }
+    }
+
+    /// Why rows of `n_head_kv` heads of `head_dim` cannot be held in this type, if they cannot.
+    pub fn unfit(self, n_head_kv: u32, head_dim: u32) -> Option<String> {
+        (self == KvType::Q8_0 && (head_dim == 0 || !head_dim.is_multiple_of(32))).then(|| {
+            format!(
+                "a q8_0 KV cache needs heads of a multiple of 32 elements; this model's {n_head_kv} K/V heads have {head_dim}"
+            )
+        })
+    }
+}
+
+impl fmt::Display for KvType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for KvType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        KvType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown KV cache type {s:?} (expected f32, f16 or q8_0)"))
+    }
+}
+
+/// u32 words of one Q8_0 cache row (`shaders/common/kv_q8.wgsl`): the packed bytes, then the
+/// f16 scales two to a word.
+pub fn q8_row_words(kv_stride: u32) -> u32 {
+    kv_stride / 4 + (kv_stride / 32).div_ceil(2)
+}
+
+/// Checks that `ctx` can run a cache of `kv_type`.
+pub(crate) fn check_kv_type(
+    op: &'static str,
+    ctx: &GpuContext,
+    kv_type: KvType,
+) -> Result<(), KernelError> {
+    if kv_type.needs_shader_f16() && !ctx.features().shader_f16 {
+        return Err(shape_error(op, "an f16 cache needs shader-f16"));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_kv_shape(
+    op: &'static str,
+    kv_type: KvType,
+    n_head_kv: u32,
+    head_dim: u32,
+) -> Result<(), KernelError> {
+    match kv_type.unfit(n_head_kv, head_dim) {
+        Some(why) => Err(shape_error(op, why)),
+        None => Ok(()),
+    }
+}
 
 crate::gpu_params! {
     pub struct KvStoreParams {
@@ -22,32 +119,30 @@ const WG_SIZE: u32 = 64;
 
 pub struct KvStore {
     kernel: Kernel,
-    f16: bool,
+    kv_type: KvType,
 }
 
 impl KvStore {
-    fn variant(f16: bool) -> Variant {
-        Variant::sized(if f16 { "kv_store_f16" } else { "kv_store" }, WG_SIZE)
+    fn variant(kv_type: KvType) -> Variant {
+        let shader = match kv_type {
+            KvType::F32 => "kv_store",
+            KvType::F16 => "kv_store_f16",
+            KvType::Q8_0 => "kv_store_q8",
+        };
+        Variant::sized(shader, WG_SIZE)
     }
 
     pub fn variants() -> Vec<Variant> {
-        [false, true].into_iter().map(Self::variant).collect()
+        KvType::ALL.into_iter().map(Self::variant).collect()
     }
 
-    /// `f16`: the cache holds f16 (the adapter must have shader-f16).
-    pub async fn new(ctx: &GpuContext, f16: bool) -> Result<Self, KernelError> {
-        if f16 && !ctx.features().shader_f16 {
-            return Err(shape_error("kv_store", "an f16 cache needs shader-f16"));
-        }
+    /// A store into a cache of `kv_type` (F16 needs shader-f16).
+    pub async fn new(ctx: &GpuContext, kv_type: KvType) -> Result<Self, KernelError> {
+        check_kv_type("kv_store", ctx, kv_type)?;
         Ok(KvStore {
-            kernel: Kernel::new(ctx, &Self::variant(f16)).await?,
-            f16,
+            kernel: Kernel::new(ctx, &Self::variant(kv_type)).await?,
+            kv_type,
         })
-    }
-
-    /// Bytes per cache element.
-    pub fn element_bytes(&self) -> u64 {
-        if self.f16 { 2 } else { 4 }
     }
 
     /// Rotates `k_new` and copies it and `v_new` (max_tokens, kv_stride) into rows pos0.. of the
@@ -82,10 +177,11 @@ impl KvStore {
         if params.kv_stride != params.n_head_kv * params.head_dim {
             return Err(shape_error(op, "kv_stride must be n_head_kv * head_dim"));
         }
+        check_kv_shape(op, self.kv_type, params.n_head_kv, params.head_dim)?;
         let rows = u64::from(max_tokens) * u64::from(params.kv_stride);
         check_len(op, "k_new", k_new, rows)?;
         check_len(op, "v_new", v_new, rows)?;
-        let cache_bytes = u64::from(pool_rows) * u64::from(params.kv_stride) * self.element_bytes();
+        let cache_bytes = u64::from(pool_rows) * self.kv_type.row_bytes(params.kv_stride);
         for (what, b) in [("k_cache", k_cache), ("v_cache", v_cache)] {
             if b.size() < cache_bytes {
                 return Err(shape_error(
@@ -94,7 +190,12 @@ impl KvStore {
                 ));
             }
         }
-        let pairs = params.n_head_kv * params.head_dim / 2;
+        // Invocations: pairs of elements, or pairs of Q8_0 blocks.
+        let invocations = if self.kv_type == KvType::Q8_0 {
+            (params.kv_stride / 32).div_ceil(2)
+        } else {
+            params.kv_stride / 2
+        };
         Ok(self.kernel.dispatch(
             ctx,
             &params,
@@ -106,7 +207,7 @@ impl KvStore {
                 v_cache.as_entire_binding(),
             ],
             Grid::Tokens {
-                x: pairs.div_ceil(WG_SIZE),
+                x: invocations.div_ceil(WG_SIZE),
                 tile: 1,
             },
         ))

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::format::DType;
 use crate::gpu::{GpuContext, GpuError, GpuFeatures};
 
+pub use kv_store::KvType;
 pub use source::shader_source;
 
 #[derive(Debug, thiserror::Error)]

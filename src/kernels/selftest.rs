@@ -9,7 +9,7 @@ use super::add::Add;
 use super::argmax::Argmax;
 use super::attention::{Attention, AttentionParams};
 use super::embed::Embed;
-use super::kv_store::{KvStore, KvStoreParams};
+use super::kv_store::{KvStore, KvStoreParams, KvType, q8_row_words};
 use super::matmul::{Matmul, MatmulLayout};
 use super::rms_norm::RmsNorm;
 use super::rope::{Rope, RopeParams};
@@ -100,6 +100,46 @@ impl Bench<'_> {
             .await?)
     }
 
+    /// A KV cache of `kv_type` holding `data` (rows of `kv_stride`), rounded as that type holds it.
+    async fn kv_buffer(
+        &self,
+        kv_type: KvType,
+        data: &[f32],
+        kv_stride: usize,
+    ) -> Result<wgpu::Buffer> {
+        match kv_type {
+            KvType::F32 => self.buffer(data).await,
+            KvType::F16 => self.buffer_f16(data).await,
+            KvType::Q8_0 => {
+                let words = reference::kv_q8_encode(data, kv_stride as u32);
+                Ok(self
+                    .ctx
+                    .storage_buffer_init("selftest", bytemuck::cast_slice(&words))
+                    .await?)
+            }
+        }
+    }
+
+    /// The values of `rows` rows of a KV cache of `kv_type`.
+    async fn read_kv(
+        &self,
+        kv_type: KvType,
+        buffer: &wgpu::Buffer,
+        rows: usize,
+        kv_stride: usize,
+    ) -> Result<Vec<f32>> {
+        match kv_type {
+            KvType::F32 => self.read(buffer, rows * kv_stride).await,
+            KvType::F16 => self.read_f16(buffer, rows * kv_stride).await,
+            KvType::Q8_0 => {
+                let words = q8_row_words(kv_stride as u32) as usize;
+                let raw = self.read_bytes(buffer, (rows * words * 4) as u64).await?;
+                let raw: Vec<u32> = bytemuck::pod_collect_to_vec(&raw);
+                Ok(reference::kv_q8_decode(&raw, kv_stride as u32))
+            }
+        }
+    }
+
     async fn step(&self, max: u32) -> Result<StepBuffer> {
         let layout = PagedLayout {
             page_size: 16,
@@ -184,11 +224,10 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
     let b = Bench { ctx };
     let mut checks = Vec::new();
     let mut rng = Rng::new(7);
-    let f16_modes: &[bool] = if ctx.features().shader_f16 {
-        &[false, true]
-    } else {
-        &[false]
-    };
+    let kv_types: Vec<KvType> = KvType::ALL
+        .into_iter()
+        .filter(|t| !t.needs_shader_f16() || ctx.features().shader_f16)
+        .collect();
 
     // Embedding lookup, every weight type.
     for dtype in WEIGHT_DTYPES {
@@ -278,8 +317,8 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
         ));
     }
 
-    // K rotated and K/V stored at their positions, f32 and (where available) f16 caches.
-    for &f16 in f16_modes {
+    // K rotated and K/V stored at their positions, in every cache type the adapter has.
+    for &kv_type in &kv_types {
         let (n_head_kv, head_dim, pos0, n) = (3usize, 64usize, 9u32, 4usize);
         let row = n_head_kv * head_dim;
         let n_ctx = pos0 as usize + n + 2;
@@ -299,13 +338,11 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
         let range = pos0 as usize * row..(pos0 as usize + n) * row;
         k_want[range.clone()].copy_from_slice(&k_rot);
         v_want[range].copy_from_slice(&v_new);
+        reference::round_kv(&mut k_want, kv_type);
+        reference::round_kv(&mut v_want, kv_type);
         let zeros = vec![0.0; n_ctx * row];
-        let (kc, vc) = if f16 {
-            reference::round_f16(&mut v_want);
-            (b.buffer_f16(&zeros).await?, b.buffer_f16(&zeros).await?)
-        } else {
-            (b.buffer(&zeros).await?, b.buffer(&zeros).await?)
-        };
+        let kc = b.kv_buffer(kv_type, &zeros, row).await?;
+        let vc = b.kv_buffer(kv_type, &zeros, row).await?;
         let params = KvStoreParams {
             n_head_kv: n_head_kv as u32,
             head_dim: head_dim as u32,
@@ -318,7 +355,7 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
         };
         let step = b.step(8).await?;
         let (kb, vb) = (b.buffer(&k_new).await?, b.buffer(&v_new).await?);
-        let d = KvStore::new(ctx, f16).await?.bind(
+        let d = KvStore::new(ctx, kv_type).await?.bind(
             ctx,
             step.buffer(),
             &kb,
@@ -330,30 +367,28 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
             n_ctx as u32,
         )?;
         b.run(&[&d], &step, pos0, n)?;
-        let (k_got, v_got) = if f16 {
-            (
-                b.read_f16(&kc, k_want.len()).await?,
-                b.read_f16(&vc, v_want.len()).await?,
-            )
-        } else {
-            (
-                b.read(&kc, k_want.len()).await?,
-                b.read(&vc, v_want.len()).await?,
-            )
+        let k_got = b.read_kv(kv_type, &kc, n_ctx, row).await?;
+        let v_got = b.read_kv(kv_type, &vc, n_ctx, row).await?;
+        // K: the rotation's rounding, plus (f16) half an f16 step, or (Q8_0) a value that lands
+        // on the other side of a rounding boundary: one step of its block, at most 2.9 / 127.
+        // V is copied: the reference's rounding exactly, bar such a boundary in Q8_0.
+        let (k_atol, k_rtol, v_atol) = match kv_type {
+            KvType::F32 => (1e-3, 1e-5, 0.0),
+            KvType::F16 => (1e-3, 1e-3, 0.0),
+            KvType::Q8_0 => (2.9 / 127.0, 0.0, 2.9 / 127.0),
         };
-        let rtol = if f16 { 1e-3 } else { 1e-5 };
         checks.push(compare(
-            format!("kv_store f16={f16} K"),
+            format!("kv_store {kv_type} K"),
             &k_got,
             &k_want,
-            1e-3,
-            rtol,
+            k_atol,
+            k_rtol,
         ));
         checks.push(compare(
-            format!("kv_store f16={f16} V"),
+            format!("kv_store {kv_type} V"),
             &v_got,
             &v_want,
-            0.0,
+            v_atol,
             0.0,
         ));
     }
@@ -368,12 +403,12 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
 
     // Attention over a contiguous cache: prefill with the causal mask, and decode at several
     // context lengths, with GQA.
-    for &f16 in f16_modes {
+    for &kv_type in &kv_types {
         for (i, (pos0, n)) in [(0usize, 40usize), (63, 1), (700, 1)]
             .into_iter()
             .enumerate()
         {
-            checks.push(attention(ctx, f16, 9, 3, 64, pos0, n, 200 + i as u64).await?);
+            checks.push(attention(ctx, kv_type, 9, 3, 64, pos0, n, 200 + i as u64).await?);
         }
     }
 
@@ -488,12 +523,12 @@ pub async fn matmul(
     ))
 }
 
-/// Attention of `n` tokens at positions `pos0..` over a contiguous cache of random K/V (f16
-/// where `f16`), GQA when `n_head_kv < n_head`, against the reference.
+/// Attention of `n` tokens at positions `pos0..` over a contiguous cache of random K/V held as
+/// `kv_type`, GQA when `n_head_kv < n_head`, against the reference.
 #[allow(clippy::too_many_arguments)]
 pub async fn attention(
     ctx: &GpuContext,
-    f16: bool,
+    kv_type: KvType,
     n_head: usize,
     n_head_kv: usize,
     head_dim: usize,
@@ -507,11 +542,9 @@ pub async fn attention(
     let q = rng.vec(n * n_head * head_dim, 1.0);
     let mut k = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
     let mut v = rng.vec(n_ctx * n_head_kv * head_dim, 1.0);
-    if f16 {
-        // The reference sees exactly the values the f16 cache holds.
-        reference::round_f16(&mut k);
-        reference::round_f16(&mut v);
-    }
+    // The reference sees exactly the values the cache holds.
+    reference::round_kv(&mut k, kv_type);
+    reference::round_kv(&mut v, kv_type);
     let shape = AttentionShape {
         n_head,
         n_head_kv,
@@ -521,11 +554,9 @@ pub async fn attention(
     let want = reference::attention(&q, &k, &v, pos0, shape);
     let out = b.buffer(&vec![0.0; want.len()]).await?;
     let step = b.step(n as u32).await?;
-    let (kb, vb) = if f16 {
-        (b.buffer_f16(&k).await?, b.buffer_f16(&v).await?)
-    } else {
-        (b.buffer(&k).await?, b.buffer(&v).await?)
-    };
+    let kv_stride = n_head_kv * head_dim;
+    let kb = b.kv_buffer(kv_type, &k, kv_stride).await?;
+    let vb = b.kv_buffer(kv_type, &v, kv_stride).await?;
     let params = AttentionParams {
         n_head: n_head as u32,
         n_head_kv: n_head_kv as u32,
@@ -537,7 +568,7 @@ pub async fn attention(
         _pad1: 0,
     };
     let qb = b.buffer(&q).await?;
-    let d = Attention::new(ctx, f16).await?.bind(
+    let d = Attention::new(ctx, kv_type).await?.bind(
         ctx,
         step.buffer(),
         &qb,
@@ -552,7 +583,7 @@ pub async fn attention(
     let got = b.read(&out, want.len()).await?;
     Ok(compare(
         format!(
-            "attention f16={f16} {n_head}/{n_head_kv} heads of {head_dim}, {n} tokens at {pos0}"
+            "attention {kv_type} {n_head}/{n_head_kv} heads of {head_dim}, {n} tokens at {pos0}"
         ),
         &got,
         &want,

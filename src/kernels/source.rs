@@ -13,7 +13,10 @@ macro_rules! shader_files {
 /// Every file under `shaders/`, by its path there (a test checks the list against the folder).
 pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "common/attention.wgsl",
+    "common/kv_plain.wgsl",
+    "common/kv_q8.wgsl",
     "common/kv_store.wgsl",
+    "common/kv_store_io.wgsl",
     "common/matmul.wgsl",
     "common/rope.wgsl",
     "common/step.wgsl",
@@ -23,9 +26,11 @@ pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "argmax.wgsl",
     "attention.wgsl",
     "attention_f16.wgsl",
+    "attention_q8.wgsl",
     "embed.wgsl",
     "kv_store.wgsl",
     "kv_store_f16.wgsl",
+    "kv_store_q8.wgsl",
     "matmul.wgsl",
     "matmul_rowwise.wgsl",
     "matmul_rowwise_subgroup.wgsl",

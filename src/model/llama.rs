@@ -18,7 +18,7 @@ use crate::kernels::rms_norm::RmsNorm;
 use crate::kernels::rope::{Rope, RopeParams};
 use crate::kernels::silu_mul::SiluMul;
 use crate::kernels::{
-    Dispatch, KernelError, PagedLayout, StepBuffer, StepInput, StepShape, encode_all,
+    Dispatch, KernelError, KvType, PagedLayout, StepBuffer, StepInput, StepShape, encode_all,
 };
 
 /// Steps of fewer tokens than this use the matrix-vector kernels (each weight row read once per
@@ -31,15 +31,18 @@ pub struct LoadOptions {
     pub n_ctx: Option<u32>,
     /// Most tokens in one forward step (longer prompts are prefilled in chunks of this).
     pub max_batch: u32,
-    /// Keep the KV cache in f16 (half the memory and attention reads); `None`: where the
-    /// adapter has shader-f16.
-    pub kv_f16: Option<bool>,
+    /// How the KV cache holds its elements; `None`: f16 where the adapter has shader-f16, else
+    /// f32.
+    pub kv_type: Option<KvType>,
     /// Sequences the cache can hold at once (rows of the block table).
     pub n_seq: u32,
     /// Positions the KV page pool holds across all sequences (at least one full context);
-    /// `None`: `n_seq` full contexts, or as many positions as one binding of the adapter holds
-    /// if that is less.
+    /// `None`: as many as `kv_memory` holds, else `n_seq` full contexts, or as many positions as
+    /// one binding of the adapter holds if that is less.
     pub kv_tokens: Option<u32>,
+    /// Bytes the KV page pool may take, K and V of every layer together (used when `kv_tokens`
+    /// is `None`): the cache type sets how many positions that is.
+    pub kv_memory: Option<u64>,
     /// Positions per KV page.
     pub page_size: u32,
 }
@@ -49,9 +52,10 @@ impl Default for LoadOptions {
         LoadOptions {
             n_ctx: None,
             max_batch: 512,
-            kv_f16: None,
+            kv_type: None,
             n_seq: 1,
             kv_tokens: None,
+            kv_memory: None,
             page_size: 16,
         }
     }
@@ -108,8 +112,8 @@ struct TracePoint {
     row_len: u32,
     /// Token t's row is at pos0 + t (the KV pool of the single-sequence layout), else at t.
     rows_at_pos: bool,
-    /// Stored as f16 (an f16 KV cache).
-    f16: bool,
+    /// How the buffer holds the values (F32 but for the rows of a KV cache).
+    kv_type: KvType,
 }
 
 /// Dispatches that produce one named activation.
@@ -188,7 +192,7 @@ pub struct LlamaGpu {
     readback: ReadbackBuffer,
     weight_bytes: u64,
     kv_bytes: u64,
-    kv_f16: bool,
+    kv_type: KvType,
     // Kept for the trace of the final norm.
     xn: wgpu::Buffer,
 }
@@ -250,23 +254,54 @@ impl LlamaGpu {
     ) -> Result<Self> {
         let n_ctx = options.n_ctx.unwrap_or(cfg.n_ctx_train.min(4096)).max(1);
         let max_batch = options.max_batch.clamp(1, n_ctx);
-        let kv_f16 = options.kv_f16.unwrap_or(ctx.features().shader_f16);
-        if kv_f16 && !ctx.features().shader_f16 {
+        let kv_type = options.kv_type.unwrap_or(if ctx.features().shader_f16 {
+            KvType::F16
+        } else {
+            KvType::F32
+        });
+        if kv_type.needs_shader_f16() && !ctx.features().shader_f16 {
             return Err(ModelError::BadRequest(format!(
                 "an f16 KV cache needs shader-f16, which {} lacks",
                 ctx.adapter_info().name
             ))
             .into());
         }
+        if let Some(why) = kv_type.unfit(cfg.n_head_kv, cfg.head_dim) {
+            return Err(ModelError::BadRequest(why).into());
+        }
         let page_size = options.page_size.clamp(1, 4096);
         let n_seq = options.n_seq.max(1);
         let pages_per_seq = n_ctx.div_ceil(page_size);
-        let kv_row_bytes = u64::from(cfg.n_embd_kv()) * if kv_f16 { 2 } else { 4 };
-        let kv_tokens = options.kv_tokens.unwrap_or_else(|| {
-            let fits = ctx.max_binding_size() / kv_row_bytes.max(1);
-            let wanted = u64::from(n_seq) * u64::from(n_ctx);
-            u32::try_from(wanted.min(fits)).unwrap_or(u32::MAX)
-        });
+        let kv_row_bytes = kv_type.row_bytes(cfg.n_embd_kv());
+        // Bytes of one position across the layers' K and V pools.
+        let position_bytes = 2 * u64::from(cfg.n_layer) * kv_row_bytes;
+        let kv_tokens = match (options.kv_tokens, options.kv_memory) {
+            (Some(tokens), _) => tokens,
+            (None, Some(bytes)) => {
+                // A budget is a ceiling: past what one binding holds, the pool stops there.
+                // Whole pages only, so that the pool stays within the budget.
+                let fits = (bytes / position_bytes.max(1))
+                    .min(ctx.max_binding_size() / kv_row_bytes.max(1))
+                    / u64::from(page_size)
+                    * u64::from(page_size);
+                if fits < u64::from(n_ctx) {
+                    return Err(ModelError::ContextTooLong {
+                        requested: u64::from(n_ctx),
+                        reason: format!(
+                            "a KV memory budget of {} MiB holds {fits} positions of a {kv_type} cache ({position_bytes} bytes each), less than one context",
+                            bytes >> 20
+                        ),
+                    }
+                    .into());
+                }
+                u32::try_from(fits).unwrap_or(u32::MAX)
+            }
+            (None, None) => {
+                let fits = ctx.max_binding_size() / kv_row_bytes.max(1);
+                let wanted = u64::from(n_seq) * u64::from(n_ctx);
+                u32::try_from(wanted.min(fits)).unwrap_or(u32::MAX)
+            }
+        };
         // The pool always holds one whole context: one sequence can never run out of pages.
         let n_pages = kv_tokens.max(n_ctx).div_ceil(page_size).max(pages_per_seq);
         let cache_bytes = u64::from(n_pages) * u64::from(page_size) * kv_row_bytes;
@@ -404,7 +439,7 @@ impl LlamaGpu {
             v_cache: &v_cache,
             pool_rows: n_pages * page_size,
             max_batch,
-            kv_f16,
+            kv_type,
         };
         let prefill = builder.layers(false).await?;
         let decode = builder.layers(true).await?;
@@ -425,7 +460,7 @@ impl LlamaGpu {
         tracing::info!(
             weights_mib = weight_bytes >> 20,
             kv_mib = kv_bytes >> 20,
-            kv_f16,
+            kv_type = kv_type.name(),
             n_ctx,
             n_seq,
             n_pages,
@@ -455,7 +490,7 @@ impl LlamaGpu {
             readback,
             weight_bytes,
             kv_bytes,
-            kv_f16,
+            kv_type,
             xn: act.xn,
         })
     }
@@ -506,9 +541,9 @@ impl LlamaGpu {
         self.kv_bytes
     }
 
-    /// Whether the KV cache holds f16 (else f32).
-    pub fn kv_f16(&self) -> bool {
-        self.kv_f16
+    /// How the KV cache holds its elements.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
@@ -715,7 +750,7 @@ impl LlamaGpu {
             buffer: self.xn.clone(),
             row_len: self.cfg.n_embd,
             rows_at_pos: false,
-            f16: false,
+            kv_type: KvType::F32,
         };
         let mut out = Vec::new();
         let stages = layers
@@ -732,8 +767,7 @@ impl LlamaGpu {
                 self.ctx.queue().submit([encoder.finish()]);
                 continue;
             };
-            let elem = if tp.f16 { 2 } else { 4 };
-            let row_bytes = u64::from(tp.row_len) * elem;
+            let row_bytes = tp.kv_type.row_bytes(tp.row_len);
             let offset = if tp.rows_at_pos {
                 u64::from(pos0) * row_bytes
             } else {
@@ -746,15 +780,23 @@ impl LlamaGpu {
             rb.copy_from(&mut encoder, &tp.buffer, offset, copy)?;
             self.ctx.queue().submit([encoder.finish()]);
             let raw = rb.read(&self.ctx, copy).await?;
-            let values = if tp.f16 {
-                raw.chunks_exact(2)
+            let values = match tp.kv_type {
+                KvType::F16 => raw
+                    .chunks_exact(2)
                     .take((bytes / 2) as usize)
                     .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect()
-            } else {
-                raw.chunks_exact(4)
+                    .collect(),
+                KvType::F32 => raw
+                    .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
+                    .collect(),
+                KvType::Q8_0 => {
+                    let words: Vec<u32> = raw
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    crate::reference::kv_q8_decode(&words, tp.row_len)
+                }
             };
             out.push((tp.name.clone(), values));
         }
@@ -785,7 +827,7 @@ struct PlanBuilder<'a> {
     weights: &'a Weights,
     k_cache: &'a [wgpu::Buffer],
     v_cache: &'a [wgpu::Buffer],
-    kv_f16: bool,
+    kv_type: KvType,
     /// Rows of each layer's K/V page pool.
     pool_rows: u32,
     max_batch: u32,
@@ -833,7 +875,7 @@ impl PlanBuilder<'_> {
             buffer: buffer.clone(),
             row_len,
             rows_at_pos: false,
-            f16: false,
+            kv_type: KvType::F32,
         })
     }
 
@@ -843,8 +885,8 @@ impl PlanBuilder<'_> {
         let (ctx, step, mb) = (self.ctx, self.step, self.max_batch);
         let rms = RmsNorm::new(ctx).await?;
         let rope = Rope::new(ctx).await?;
-        let attention = Attention::new(ctx, self.kv_f16).await?;
-        let kv_store = KvStore::new(ctx, self.kv_f16).await?;
+        let attention = Attention::new(ctx, self.kv_type).await?;
+        let kv_store = KvStore::new(ctx, self.kv_type).await?;
         let add = Add::new(ctx).await?;
         let silu_mul = SiluMul::new(ctx).await?;
         let embed = Embed::new(ctx, self.weights.token_embd.dtype).await?;
@@ -925,7 +967,7 @@ impl PlanBuilder<'_> {
                     buffer: kc.clone(),
                     row_len: c.n_embd_kv(),
                     rows_at_pos: true,
-                    f16: self.kv_f16,
+                    kv_type: self.kv_type,
                 }),
             });
             let attn_params = AttentionParams {

@@ -2,10 +2,10 @@
 //! tested against, position by position.
 
 use super::{
-    AttentionShape, add, attention, dequantize, embed, matmul, rms_norm, rope, round_f16, silu_mul,
+    AttentionShape, add, attention, dequantize, embed, matmul, rms_norm, rope, round_kv, silu_mul,
 };
 use crate::format::TensorSource;
-use crate::kernels::KernelError;
+use crate::kernels::{KernelError, KvType};
 use crate::model::LlamaConfig;
 use crate::model::arch::{self, block_tensor};
 
@@ -33,7 +33,7 @@ pub struct ReferenceLlama {
     k_cache: Vec<Vec<f32>>,
     v_cache: Vec<Vec<f32>>,
     n_past: usize,
-    kv_f16: bool,
+    kv_type: KvType,
 }
 
 fn load(src: &dyn TensorSource, name: &str) -> Result<Vec<f32>, KernelError> {
@@ -73,13 +73,13 @@ impl ReferenceLlama {
             k_cache: vec![Vec::new(); cfg.n_layer as usize],
             v_cache: vec![Vec::new(); cfg.n_layer as usize],
             n_past: 0,
-            kv_f16: false,
+            kv_type: KvType::F32,
         })
     }
 
-    /// Stores K and V rounded to f16, as a GPU model with an f16 cache does.
-    pub fn with_kv_f16(mut self, on: bool) -> Self {
-        self.kv_f16 = on;
+    /// Stores K and V rounded as a GPU model with a cache of `kv_type` does.
+    pub fn with_kv_type(mut self, kv_type: KvType) -> Self {
+        self.kv_type = kv_type;
         self
     }
 
@@ -122,10 +122,8 @@ impl ReferenceLlama {
             record(format!("blk.{i}.q_rope"), &q);
             record(format!("blk.{i}.k_rope"), &k);
             let mut v = v;
-            if self.kv_f16 {
-                round_f16(&mut k);
-                round_f16(&mut v);
-            }
+            round_kv(&mut k, self.kv_type);
+            round_kv(&mut v, self.kv_type);
             self.k_cache[i].extend_from_slice(&k);
             self.v_cache[i].extend_from_slice(&v);
             let attn = attention(&q, &self.k_cache[i], &self.v_cache[i], self.n_past, shape);

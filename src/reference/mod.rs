@@ -7,6 +7,9 @@ pub mod quant;
 
 pub use quant::{dequantize, quantize};
 
+use crate::kernels::KvType;
+use crate::kernels::kv_store::q8_row_words;
+
 /// `table[token]` rows: (n_tokens, n_embd).
 pub fn embed(table: &[f32], n_embd: usize, tokens: &[u32]) -> Vec<f32> {
     let mut out = Vec::with_capacity(tokens.len() * n_embd);
@@ -130,6 +133,79 @@ pub fn round_f16(x: &mut [f32]) {
     for v in x {
         *v = half::f16::from_f32(*v).to_f32();
     }
+}
+
+/// A cache row of `kv_stride` elements rounded as a KV cache of `kv_type` holds it (Q8_0: each
+/// block of 32 through ggml's quantizer and back).
+pub fn round_kv(x: &mut [f32], kv_type: KvType) {
+    match kv_type {
+        KvType::F32 => {}
+        KvType::F16 => round_f16(x),
+        KvType::Q8_0 => {
+            for block in x.chunks_exact_mut(32) {
+                let q = quantize_q8_0_block(block);
+                let d = half::f16::from_le_bytes([q[0], q[1]]).to_f32();
+                for (v, &b) in block.iter_mut().zip(&q[2..]) {
+                    *v = f32::from(b as i8) * d;
+                }
+            }
+        }
+    }
+}
+
+fn quantize_q8_0_block(block: &[f32]) -> [u8; 34] {
+    let mut out = [0u8; 34];
+    // quantize only fails for a partial block, and every caller passes whole ones.
+    if let Ok(q) = quantize(crate::format::DType::Q8_0, block) {
+        out.copy_from_slice(&q);
+    }
+    out
+}
+
+/// Rows of `kv_stride` elements (whole blocks of 32) in the Q8_0 KV cache layout of
+/// `shaders/common/kv_q8.wgsl`: each row's packed bytes, then its f16 scales two to a word.
+pub fn kv_q8_encode(x: &[f32], kv_stride: u32) -> Vec<u32> {
+    let kv_stride = kv_stride as usize;
+    let mut words = Vec::new();
+    for row in x.chunks_exact(kv_stride) {
+        let blocks: Vec<[u8; 34]> = row.chunks_exact(32).map(quantize_q8_0_block).collect();
+        for b in &blocks {
+            words.extend(
+                b[2..]
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+        }
+        for pair in blocks.chunks(2) {
+            let lo = u32::from(u16::from_le_bytes([pair[0][0], pair[0][1]]));
+            let hi = pair
+                .get(1)
+                .map_or(0, |b| u32::from(u16::from_le_bytes([b[0], b[1]])));
+            words.push(lo | (hi << 16));
+        }
+    }
+    words
+}
+
+/// The values of Q8_0 cache rows (the inverse of [`kv_q8_encode`], up to its rounding).
+pub fn kv_q8_decode(words: &[u32], kv_stride: u32) -> Vec<f32> {
+    let row_words = q8_row_words(kv_stride) as usize;
+    let quant_words = kv_stride as usize / 4;
+    let mut out = Vec::with_capacity(words.len() / row_words.max(1) * kv_stride as usize);
+    for row in words.chunks_exact(row_words) {
+        for (i, w) in row[..quant_words].iter().enumerate() {
+            let block = i / 8;
+            let scale_word = row[quant_words + block / 2];
+            let bits = if block % 2 == 0 {
+                scale_word & 0xffff
+            } else {
+                scale_word >> 16
+            };
+            let d = half::f16::from_bits(bits as u16).to_f32();
+            out.extend(w.to_le_bytes().iter().map(|&b| f32::from(b as i8) * d));
+        }
+    }
+    out
 }
 
 /// `silu(gate) * up`, element-wise.

@@ -84,6 +84,53 @@ pub fn storage_f16(ctx: &GpuContext, data: &[f32]) -> wgpu::Buffer {
     pollster::block_on(ctx.storage_buffer_init("test", &bytes)).unwrap()
 }
 
+/// A KV cache of `kv_type` holding `data` (rows of `kv_stride`), rounded as that type holds it.
+pub fn kv_storage(
+    ctx: &GpuContext,
+    kv_type: sovereign::kernels::KvType,
+    data: &[f32],
+    kv_stride: usize,
+) -> wgpu::Buffer {
+    use sovereign::kernels::KvType;
+    match kv_type {
+        KvType::F32 => storage(ctx, data),
+        KvType::F16 => storage_f16(ctx, data),
+        KvType::Q8_0 => {
+            let words = sovereign::reference::kv_q8_encode(data, kv_stride as u32);
+            pollster::block_on(ctx.storage_buffer_init("test", bytemuck::cast_slice(&words)))
+                .unwrap()
+        }
+    }
+}
+
+/// The values of `rows` rows of a KV cache of `kv_type`.
+pub fn read_kv(
+    ctx: &GpuContext,
+    kv_type: sovereign::kernels::KvType,
+    buffer: &wgpu::Buffer,
+    rows: usize,
+    kv_stride: usize,
+) -> Vec<f32> {
+    use sovereign::kernels::KvType;
+    match kv_type {
+        KvType::F32 => read_f32(ctx, buffer, rows * kv_stride),
+        KvType::F16 => read_f16(ctx, buffer, rows * kv_stride),
+        KvType::Q8_0 => {
+            let words = sovereign::kernels::kv_store::q8_row_words(kv_stride as u32) as usize;
+            let raw = read_u32(ctx, buffer, rows * words);
+            sovereign::reference::kv_q8_decode(&raw, kv_stride as u32)
+        }
+    }
+}
+
+/// The cache types `ctx` can run.
+pub fn kv_types(ctx: &GpuContext) -> Vec<sovereign::kernels::KvType> {
+    sovereign::kernels::KvType::ALL
+        .into_iter()
+        .filter(|t| !t.needs_shader_f16() || ctx.features().shader_f16)
+        .collect()
+}
+
 pub fn zeros(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
     storage(ctx, &vec![0.0; n])
 }

@@ -23,7 +23,8 @@ export interface ModelInfo {
   sequences: number;
   weight_bytes: number;
   kv_bytes: number;
-  kv_f16: boolean;
+  /** How the KV cache holds K and V: "f32", "f16" or "q8_0". */
+  kv_type: string;
   adapter: string;
   /** Read from browser storage instead of downloaded. */
   cached: boolean;

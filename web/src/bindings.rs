@@ -166,7 +166,7 @@ impl WebEngine {
                 "sequences": llama.n_seq(),
                 "weight_bytes": llama.weight_bytes(),
                 "kv_bytes": llama.kv_bytes(),
-                "kv_f16": llama.kv_f16(),
+                "kv_type": llama.kv_type().name(),
                 "adapter": ctx.adapter_info().name,
             });
             let engine = Engine::start(model, EngineOptions::default()).map_err(error)?;
