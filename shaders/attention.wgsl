@@ -5,3 +5,4 @@ alias kv_t = f32;
 
 //!include common/attention.wgsl
 //!include common/kv_plain.wgsl
+//!include common/attention_dot.wgsl

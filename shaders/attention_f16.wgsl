@@ -6,3 +6,4 @@ alias kv_t = f16;
 
 //!include common/attention.wgsl
 //!include common/kv_plain.wgsl
+//!include common/attention_dot.wgsl

@@ -23,10 +23,3 @@ fn k_dot_q(row: u32, kv_off: u32) -> f32 {
     }
     return s;
 }
-
-fn v_at(row: u32, col: u32) -> f32 {
-    let base = row * q8_row_words(params.kv_stride);
-    let block = col / 32u;
-    let scale = unpack2x16float(v_cache[base + params.kv_stride / 4u + block / 2u])[block % 2u];
-    return q8_byte(v_cache[base + col / 4u], col % 4u) * scale;
-}

@@ -187,8 +187,9 @@ fn demo_page_in_chromium_matches_the_native_engine() {
         .as_array()
         .unwrap_or_else(|| panic!("kernel checks did not run: {kernels}"));
     assert!(checks.len() >= 25, "only {} checks", checks.len());
-    // The 8-bit KV cache, which browsers without shader-f16 have too.
-    for name in ["kv_store q8_0 K", "attention q8_0"] {
+    // The 8-bit KV cache, which browsers without shader-f16 have too, and the tiled prefill
+    // attention.
+    for name in ["kv_store q8_0 K", "attention q8_0", "attention f32 tiled"] {
         assert!(
             checks
                 .iter()

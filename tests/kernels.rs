@@ -435,6 +435,7 @@ fn matmul_splits_weights_over_bindings() {
 fn check_attention(
     ctx: &GpuContext,
     kv_type: KvType,
+    tiled: bool,
     n_head: usize,
     n_head_kv: usize,
     head_dim: usize,
@@ -443,7 +444,7 @@ fn check_attention(
     seed: u64,
 ) {
     let check = pollster::block_on(selftest::attention(
-        ctx, kv_type, n_head, n_head_kv, head_dim, pos0, n_tokens, seed,
+        ctx, kv_type, tiled, n_head, n_head_kv, head_dim, pos0, n_tokens, seed,
     ))
     .unwrap();
     assert!(check.passed, "{check:?}");
@@ -452,17 +453,31 @@ fn check_attention(
 #[test]
 fn attention_matches_reference_for_prefill_and_decode() {
     let ctx = gpu(GpuOptions::default());
-    for f16 in kv_types(&ctx) {
-        // Prefill from position 0 (causal mask within the step), GQA 3:1 as in SmolLM2.
-        check_attention(&ctx, f16, 9, 3, 64, 0, 70, 90);
-        // Prefill continuing a cache.
-        check_attention(&ctx, f16, 4, 1, 128, 50, 20, 91);
-        // Decode at several context lengths, MHA and MQA.
-        for (i, pos0) in [0usize, 63, 64, 700, 2047].into_iter().enumerate() {
-            check_attention(&ctx, f16, 9, 3, 64, pos0, 1, 92 + i as u64);
+    for kv_type in kv_types(&ctx) {
+        for tiled in [false, true] {
+            let check = |n_head, n_head_kv, head_dim, pos0, n_tokens, seed| {
+                check_attention(
+                    &ctx, kv_type, tiled, n_head, n_head_kv, head_dim, pos0, n_tokens, seed,
+                )
+            };
+            // Prefill from position 0 (causal mask within the step), GQA 3:1 as in SmolLM2:
+            // several blocks of 21 tokens, the last one partial.
+            check(9, 3, 64, 0, 70, 90);
+            // Prefill continuing a cache.
+            check(4, 1, 128, 50, 20, 91);
+            // Decode at several context lengths, MHA and MQA.
+            for (i, pos0) in [0usize, 63, 64, 700, 2047].into_iter().enumerate() {
+                check(9, 3, 64, pos0, 1, 92 + i as u64);
+            }
+            check(8, 8, 32, 130, 1, 99);
+            // Heads of 256 (6 keys per tile in the tiled kernel), MQA with 8 query heads.
+            check(8, 1, 256, 33, 2, 100);
+            // A long prompt over a long cache, GQA 4:1 as in Llama 3.
+            check(8, 2, 128, 300, 40, 101);
+            // Near a 4096-token context: the tiled kernel's longest invocations (on lavapipe
+            // they must stay under llvmpipe's loop limit).
+            check(9, 3, 64, 4000, 3, 102);
         }
-        check_attention(&ctx, f16, 8, 8, 32, 130, 1, 99);
-        check_attention(&ctx, f16, 8, 1, 256, 33, 2, 100);
     }
 }
 
@@ -617,54 +632,61 @@ fn paged_kv_store_and_attention_match_reference() {
                 pool_rows as u32,
             )
             .unwrap();
-        let out = zeros(&ctx, n * q_row);
-        let attn = pollster::block_on(Attention::new(&ctx, kv_type)).unwrap();
-        let attn = attn
-            .bind(
-                &ctx,
-                s.buffer(),
-                &storage(&ctx, &q),
-                &kc,
-                &vc,
-                &out,
-                AttentionParams {
-                    n_head: n_head as u32,
-                    n_head_kv: n_head_kv as u32,
-                    head_dim: head_dim as u32,
-                    q_stride: q_row as u32,
-                    kv_stride: kv_row as u32,
-                    scale: 0.2,
-                    _pad0: 0,
-                    _pad1: 0,
-                },
-                n as u32,
-                pool_rows as u32,
-            )
+        for tiled in [false, true] {
+            let out = zeros(&ctx, n * q_row);
+            let attn = if tiled {
+                pollster::block_on(Attention::tiled(&ctx, kv_type))
+            } else {
+                pollster::block_on(Attention::new(&ctx, kv_type))
+            }
             .unwrap();
-        let tables: Vec<(u32, &[u32])> = seqs
-            .iter()
-            .map(|(slot, pages, ..)| (*slot, &pages[..]))
-            .collect();
-        let input = StepInput {
-            tokens: &tokens,
-            positions: &positions,
-            slots: &slots,
-            out_rows: &[],
-            tables: &tables,
-        };
-        run_step(&ctx, &[&store, &attn], &input, &s);
-        let read = |b| read_kv(&ctx, kv_type, b, pool_rows, kv_row);
-        // The new K/V are already rounded as the cache holds them, so storing them again
-        // keeps them exactly (Q8_0: a block's rounded values requantize to themselves).
-        assert_close(&format!("paged K {kv_type}"), &read(&kc), &want_k, 0.0, 0.0);
-        assert_close(&format!("paged V {kv_type}"), &read(&vc), &want_v, 0.0, 0.0);
-        assert_close(
-            &format!("paged attention {kv_type}"),
-            &read_f32(&ctx, &out, n * q_row),
-            &want_out,
-            2e-5,
-            1e-4,
-        );
+            let attn = attn
+                .bind(
+                    &ctx,
+                    s.buffer(),
+                    &storage(&ctx, &q),
+                    &kc,
+                    &vc,
+                    &out,
+                    AttentionParams {
+                        n_head: n_head as u32,
+                        n_head_kv: n_head_kv as u32,
+                        head_dim: head_dim as u32,
+                        q_stride: q_row as u32,
+                        kv_stride: kv_row as u32,
+                        scale: 0.2,
+                        _pad0: 0,
+                        _pad1: 0,
+                    },
+                    n as u32,
+                    pool_rows as u32,
+                )
+                .unwrap();
+            let tables: Vec<(u32, &[u32])> = seqs
+                .iter()
+                .map(|(slot, pages, ..)| (*slot, &pages[..]))
+                .collect();
+            let input = StepInput {
+                tokens: &tokens,
+                positions: &positions,
+                slots: &slots,
+                out_rows: &[],
+                tables: &tables,
+            };
+            run_step(&ctx, &[&store, &attn], &input, &s);
+            let read = |b| read_kv(&ctx, kv_type, b, pool_rows, kv_row);
+            // The new K/V are already rounded as the cache holds them, so storing them again
+            // keeps them exactly (Q8_0: a block's rounded values requantize to themselves).
+            assert_close(&format!("paged K {kv_type}"), &read(&kc), &want_k, 0.0, 0.0);
+            assert_close(&format!("paged V {kv_type}"), &read(&vc), &want_v, 0.0, 0.0);
+            assert_close(
+                &format!("paged attention {kv_type} tiled={tiled}"),
+                &read_f32(&ctx, &out, n * q_row),
+                &want_out,
+                2e-5,
+                1e-4,
+            );
+        }
     }
 }
 

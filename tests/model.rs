@@ -428,35 +428,53 @@ fn page_copies_give_a_sequence_the_same_kv() {
     }
 }
 
-/// Perplexity over a text through the engine's kernels (the plain GPU-shaped ones and the
-/// adapter's own) against the CPU reference model scored the same way: the kernels move it by
-/// less than 0.1%.
-#[test]
-fn perplexity_through_the_kernels_matches_the_cpu_reference() {
-    use sovereign::perplexity::{PerplexityOptions, Scorer, perplexity};
+/// The tokens of tests/data/lighthouse.txt and the perplexity settings the tests score them with:
+/// 2 chunks of 128.
+fn lighthouse_chunks(file: &GgufFile) -> (Vec<u32>, sovereign::perplexity::PerplexityOptions) {
     use sovereign::tokenizer::Tokenizer;
-    let file = GgufFile::open(model_path()).unwrap();
-    let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
     let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
     let text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lighthouse.txt"),
     )
     .unwrap();
     let tokens = tokenizer.encode(&text, true).unwrap();
-    let options = PerplexityOptions {
+    let options = sovereign::perplexity::PerplexityOptions {
         n_ctx: 128,
         max_chunks: Some(2),
         bos: tokenizer.add_bos().then(|| tokenizer.bos()).flatten(),
     };
-    let n_vocab = cfg.n_vocab as usize;
+    (tokens, options)
+}
 
-    let mut scorer = Scorer::new(options, tokens.len(), 128).unwrap();
+/// Perplexity of the CPU reference model, K and V rounded as a cache of `kv_type` holds them.
+fn reference_perplexity(
+    cfg: &LlamaConfig,
+    file: &GgufFile,
+    tokens: &[u32],
+    options: sovereign::perplexity::PerplexityOptions,
+    kv_type: KvType,
+) -> sovereign::perplexity::Perplexity {
+    let mut scorer = sovereign::perplexity::Scorer::new(options, tokens.len(), 128).unwrap();
     for c in 0..scorer.n_chunks() {
-        let mut cpu = ReferenceLlama::load(&cfg, &file).unwrap();
-        let logits = cpu.forward(&scorer.chunk_input(&tokens, c), None);
-        scorer.add(&tokens, c, 0, &logits, n_vocab);
+        let mut cpu = ReferenceLlama::load(cfg, file)
+            .unwrap()
+            .with_kv_type(kv_type);
+        let logits = cpu.forward(&scorer.chunk_input(tokens, c), None);
+        scorer.add(tokens, c, 0, &logits, cfg.n_vocab as usize);
     }
-    let want = scorer.finish();
+    scorer.finish()
+}
+
+/// Perplexity over a text through the engine's kernels (the plain GPU-shaped ones and the
+/// adapter's own) against the CPU reference model scored the same way: the kernels move it by
+/// less than 0.1%.
+#[test]
+fn perplexity_through_the_kernels_matches_the_cpu_reference() {
+    use sovereign::perplexity::perplexity;
+    let file = GgufFile::open(model_path()).unwrap();
+    let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
+    let (tokens, options) = lighthouse_chunks(&file);
+    let want = reference_perplexity(&cfg, &file, &tokens, options, KvType::F32);
     assert_eq!((want.n_chunks, want.n_scored), (2, 2 * 63));
     // A real text on a trained model: far from uniform (49152) and from certainty.
     assert!(
@@ -496,8 +514,7 @@ fn perplexity_through_the_kernels_matches_the_cpu_reference() {
 /// K and V; and perplexity stays within 0.5% of an f32 cache's.
 #[test]
 fn q8_0_kv_cache_doubles_the_context_and_keeps_perplexity() {
-    use sovereign::perplexity::{PerplexityOptions, Scorer, perplexity};
-    use sovereign::tokenizer::Tokenizer;
+    use sovereign::perplexity::perplexity;
     let file = GgufFile::open(model_path()).unwrap();
     let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
     let ctx = gpu(GpuOptions::default());
@@ -558,29 +575,9 @@ fn q8_0_kv_cache_doubles_the_context_and_keeps_perplexity() {
     .to_string();
     assert!(err.contains("holds 80 positions"), "{err}");
 
-    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lighthouse.txt"),
-    )
-    .unwrap();
-    let tokens = tokenizer.encode(&text, true).unwrap();
-    let options = PerplexityOptions {
-        n_ctx: 128,
-        max_chunks: Some(2),
-        bos: tokenizer.add_bos().then(|| tokenizer.bos()).flatten(),
-    };
-    let n_vocab = cfg.n_vocab as usize;
-    let reference_ppl = |kv_type: KvType| {
-        let mut scorer = Scorer::new(options, tokens.len(), 128).unwrap();
-        for c in 0..scorer.n_chunks() {
-            let mut cpu = ReferenceLlama::load(&cfg, &file)
-                .unwrap()
-                .with_kv_type(kv_type);
-            let logits = cpu.forward(&scorer.chunk_input(&tokens, c), None);
-            scorer.add(&tokens, c, 0, &logits, n_vocab);
-        }
-        scorer.finish().ppl
-    };
+    let (tokens, options) = lighthouse_chunks(&file);
+    let reference_ppl =
+        |kv_type: KvType| reference_perplexity(&cfg, &file, &tokens, options, kv_type).ppl;
     let (exact, rounded) = (reference_ppl(KvType::F32), reference_ppl(KvType::Q8_0));
     let kv_change = (rounded / exact - 1.0).abs();
     assert!(

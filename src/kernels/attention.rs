@@ -1,6 +1,8 @@
 //! Causal attention over the KV cache with grouped K/V heads: `shaders/attention.wgsl` (f32
 //! cache), `shaders/attention_f16.wgsl` (f16 cache, where the adapter has shader-f16) and
-//! `shaders/attention_q8.wgsl` (Q8_0 cache).
+//! `shaders/attention_q8.wgsl` (Q8_0 cache), one workgroup per query head and token, for decode;
+//! and `shaders/attention_tiled*.wgsl` for prefill, one workgroup per K/V head and block of
+//! tokens, which reads each K/V row once per block.
 
 use super::kv_store::{KvType, check_kv_shape, check_kv_type};
 use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len, shape_error};
@@ -20,34 +22,71 @@ crate::gpu_params! {
 }
 
 const WG_SIZE: u32 = 64;
+/// Values of K (and of V) one tile of the tiled kernel holds (`TILE_VALUES` in the shader).
+const TILED_TILE_VALUES: u32 = 1536;
+/// Loop iterations after which Mesa's llvmpipe ends an invocation's loops (its
+/// `LP_MAX_TGSI_LOOP_ITERATIONS`), with room to spare.
+pub const LLVMPIPE_LOOP_LIMIT: u64 = 60_000;
 /// The shader keeps four output dimensions per thread and the query head in workgroup memory.
 pub const MAX_HEAD_DIM: u32 = 256;
 
 pub struct Attention {
     kernel: Kernel,
     kv_type: KvType,
+    tiled: bool,
 }
 
 impl Attention {
-    fn variant(kv_type: KvType) -> Variant {
-        let shader = match kv_type {
-            KvType::F32 => "attention",
-            KvType::F16 => "attention_f16",
-            KvType::Q8_0 => "attention_q8",
+    fn variant(kv_type: KvType, tiled: bool) -> Variant {
+        let shader = match (kv_type, tiled) {
+            (KvType::F32, false) => "attention",
+            (KvType::F16, false) => "attention_f16",
+            (KvType::Q8_0, false) => "attention_q8",
+            (KvType::F32, true) => "attention_tiled",
+            (KvType::F16, true) => "attention_tiled_f16",
+            (KvType::Q8_0, true) => "attention_tiled_q8",
         };
         Variant::sized(shader, WG_SIZE)
     }
 
     pub fn variants() -> Vec<Variant> {
-        KvType::ALL.into_iter().map(Self::variant).collect()
+        KvType::ALL
+            .into_iter()
+            .flat_map(|t| [Self::variant(t, false), Self::variant(t, true)])
+            .collect()
     }
 
-    /// Attention over a cache of `kv_type` (F16 needs shader-f16).
+    /// Attention over a cache of `kv_type` (F16 needs shader-f16), for decode: one workgroup
+    /// per query head and token.
     pub async fn new(ctx: &GpuContext, kv_type: KvType) -> Result<Self, KernelError> {
+        Self::build(ctx, kv_type, false).await
+    }
+
+    /// The prefill kernel: one workgroup per K/V head and block of tokens, sharing each K/V
+    /// tile among the block's queries and the head's group.
+    pub async fn tiled(ctx: &GpuContext, kv_type: KvType) -> Result<Self, KernelError> {
+        Self::build(ctx, kv_type, true).await
+    }
+
+    /// Loop iterations the tiled kernel's longest invocation runs for a query at position
+    /// `n_ctx - 1` (an upper bound): per key, the unrolled loops over head_dim for its score and
+    /// its value, and one step of each loop over the tile's keys; per tile, the rescaling and
+    /// the tile load. Mesa's llvmpipe (lavapipe) stops an invocation's loops after 65535
+    /// iterations in all, so there the tiled kernel is used only below [`LLVMPIPE_LOOP_LIMIT`].
+    pub fn tiled_loop_iterations(head_dim: u32, n_ctx: u32) -> u64 {
+        let chunks = u64::from(head_dim.div_ceil(32));
+        let tile_keys = u64::from((TILED_TILE_VALUES / head_dim.max(1)).clamp(1, 32));
+        let tiles = u64::from(n_ctx).div_ceil(tile_keys);
+        let load = (tile_keys * u64::from(head_dim / 4)).div_ceil(u64::from(WG_SIZE));
+        u64::from(n_ctx) * (2 * chunks + 2) + tiles * (8 * chunks + load + 4) + u64::from(head_dim)
+    }
+
+    async fn build(ctx: &GpuContext, kv_type: KvType, tiled: bool) -> Result<Self, KernelError> {
         check_kv_type("attention", ctx, kv_type)?;
         Ok(Attention {
-            kernel: Kernel::new(ctx, &Self::variant(kv_type)).await?,
+            kernel: Kernel::new(ctx, &Self::variant(kv_type, tiled)).await?,
             kv_type,
+            tiled,
         })
     }
 
@@ -115,6 +154,34 @@ impl Attention {
                 ));
             }
         }
+        if self.tiled && !params.head_dim.is_multiple_of(32) {
+            return Err(shape_error(
+                op,
+                format!(
+                    "the tiled kernel needs head_dim a multiple of 32, not {}",
+                    params.head_dim
+                ),
+            ));
+        }
+        let grid = if self.tiled {
+            // One invocation per (token, query head of the group).
+            let group = params.n_head / params.n_head_kv;
+            if group > WG_SIZE {
+                return Err(shape_error(
+                    op,
+                    format!("{group} query heads per K/V head, over {WG_SIZE}"),
+                ));
+            }
+            Grid::Tokens {
+                x: params.n_head_kv,
+                tile: WG_SIZE / group,
+            }
+        } else {
+            Grid::Tokens {
+                x: params.n_head,
+                tile: 1,
+            }
+        };
         Ok(self.kernel.dispatch(
             ctx,
             &params,
@@ -125,10 +192,7 @@ impl Attention {
                 v_cache.as_entire_binding(),
                 out.as_entire_binding(),
             ],
-            Grid::Tokens {
-                x: params.n_head,
-                tile: 1,
-            },
+            grid,
         ))
     }
 }

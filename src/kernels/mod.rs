@@ -139,6 +139,18 @@ pub struct StepInput<'a> {
 pub struct StepShape {
     pub n_tokens: u32,
     pub n_out: u32,
+    /// Runs of consecutive tokens of one sequence: 1 for a prompt, n_tokens for a batched
+    /// decode step.
+    pub n_runs: u32,
+}
+
+impl StepShape {
+    /// Whether the step's tokens come in runs long enough for the prefill attention kernel,
+    /// which shares each K/V tile among a run's tokens (a batched decode step, one token per
+    /// sequence, goes to the per-token kernel instead).
+    pub fn long_runs(&self) -> bool {
+        self.n_tokens >= 8 * self.n_runs.max(1)
+    }
 }
 
 /// The per-step storage buffer: [`Step`], the per-token regions, the block tables.
@@ -252,9 +264,11 @@ impl StepBuffer {
         let end = tables + (used_slots * l.pages_per_seq) as usize;
         ctx.queue()
             .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&words[..end]));
+        let n_runs = 1 + input.slots.windows(2).filter(|w| w[0] != w[1]).count();
         Ok(StepShape {
             n_tokens: n as u32,
             n_out: n_out as u32,
+            n_runs: n_runs as u32,
         })
     }
 
@@ -364,6 +378,7 @@ impl Kernel {
             pipeline: Arc::clone(&self.pipeline),
             bind_group,
             grid,
+            when: None,
         }
     }
 }
@@ -374,10 +389,21 @@ pub struct Dispatch {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     grid: Grid,
+    /// Steps this dispatch runs in (all if `None`): one of two kernels for the same output.
+    when: Option<fn(&StepShape) -> bool>,
 }
 
 impl Dispatch {
+    /// This dispatch, recorded only in steps for which `when` holds.
+    pub fn only_when(mut self, when: fn(&StepShape) -> bool) -> Self {
+        self.when = Some(when);
+        self
+    }
+
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, shape: StepShape, max_per_dim: u32) {
+        if self.when.is_some_and(|when| !when(&shape)) {
+            return;
+        }
         let [x, y, z] = self.grid.size(shape, max_per_dim);
         if x == 0 || y == 0 || z == 0 {
             return;

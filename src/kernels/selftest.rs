@@ -408,7 +408,8 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
             .into_iter()
             .enumerate()
         {
-            checks.push(attention(ctx, kv_type, 9, 3, 64, pos0, n, 200 + i as u64).await?);
+            checks.push(attention(ctx, kv_type, false, 9, 3, 64, pos0, n, 200 + i as u64).await?);
+            checks.push(attention(ctx, kv_type, true, 9, 3, 64, pos0, n, 210 + i as u64).await?);
         }
     }
 
@@ -524,11 +525,13 @@ pub async fn matmul(
 }
 
 /// Attention of `n` tokens at positions `pos0..` over a contiguous cache of random K/V held as
-/// `kv_type`, GQA when `n_head_kv < n_head`, against the reference.
+/// `kv_type`, GQA when `n_head_kv < n_head`, by the decode kernel or the tiled prefill one,
+/// against the reference.
 #[allow(clippy::too_many_arguments)]
 pub async fn attention(
     ctx: &GpuContext,
     kv_type: KvType,
+    tiled: bool,
     n_head: usize,
     n_head_kv: usize,
     head_dim: usize,
@@ -568,7 +571,12 @@ pub async fn attention(
         _pad1: 0,
     };
     let qb = b.buffer(&q).await?;
-    let d = Attention::new(ctx, kv_type).await?.bind(
+    let kernel = if tiled {
+        Attention::tiled(ctx, kv_type).await?
+    } else {
+        Attention::new(ctx, kv_type).await?
+    };
+    let d = kernel.bind(
         ctx,
         step.buffer(),
         &qb,
@@ -583,7 +591,8 @@ pub async fn attention(
     let got = b.read(&out, want.len()).await?;
     Ok(compare(
         format!(
-            "attention {kv_type} {n_head}/{n_head_kv} heads of {head_dim}, {n} tokens at {pos0}"
+            "attention {kv_type}{} {n_head}/{n_head_kv} heads of {head_dim}, {n} tokens at {pos0}",
+            if tiled { " tiled" } else { "" }
         ),
         &got,
         &want,

@@ -13,6 +13,8 @@ macro_rules! shader_files {
 /// Every file under `shaders/`, by its path there (a test checks the list against the folder).
 pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "common/attention.wgsl",
+    "common/attention_dot.wgsl",
+    "common/attention_tiled.wgsl",
     "common/kv_plain.wgsl",
     "common/kv_q8.wgsl",
     "common/kv_store.wgsl",
@@ -27,6 +29,9 @@ pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "attention.wgsl",
     "attention_f16.wgsl",
     "attention_q8.wgsl",
+    "attention_tiled.wgsl",
+    "attention_tiled_f16.wgsl",
+    "attention_tiled_q8.wgsl",
     "embed.wgsl",
     "kv_store.wgsl",
     "kv_store_f16.wgsl",

@@ -10,7 +10,7 @@ use crate::format::{DType, TensorSource};
 use crate::gpu::{GpuContext, ReadbackBuffer, WeightTensor};
 use crate::kernels::add::Add;
 use crate::kernels::argmax::Argmax;
-use crate::kernels::attention::{Attention, AttentionParams};
+use crate::kernels::attention::{Attention, AttentionParams, LLVMPIPE_LOOP_LIMIT};
 use crate::kernels::embed::Embed;
 use crate::kernels::kv_store::{KvStore, KvStoreParams};
 use crate::kernels::matmul::{Matmul, MatmulLayout};
@@ -440,6 +440,7 @@ impl LlamaGpu {
             pool_rows: n_pages * page_size,
             max_batch,
             kv_type,
+            n_ctx,
         };
         let prefill = builder.layers(false).await?;
         let decode = builder.layers(true).await?;
@@ -828,6 +829,8 @@ struct PlanBuilder<'a> {
     k_cache: &'a [wgpu::Buffer],
     v_cache: &'a [wgpu::Buffer],
     kv_type: KvType,
+    /// Positions of one sequence.
+    n_ctx: u32,
     /// Rows of each layer's K/V page pool.
     pool_rows: u32,
     max_batch: u32,
@@ -886,6 +889,17 @@ impl PlanBuilder<'_> {
         let rms = RmsNorm::new(ctx).await?;
         let rope = Rope::new(ctx).await?;
         let attention = Attention::new(ctx, self.kv_type).await?;
+        // The tiled prefill kernel, where it runs: heads of whole 32s, and on a CPU adapter
+        // (lavapipe) only while its invocations stay under llvmpipe's loop limit.
+        let on_cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
+        let tiled_fits = c.head_dim.is_multiple_of(32)
+            && (!on_cpu
+                || Attention::tiled_loop_iterations(c.head_dim, self.n_ctx) <= LLVMPIPE_LOOP_LIMIT);
+        let attention_tiled = if vector || !tiled_fits {
+            None
+        } else {
+            Some(Attention::tiled(ctx, self.kv_type).await?)
+        };
         let kv_store = KvStore::new(ctx, self.kv_type).await?;
         let add = Add::new(ctx).await?;
         let silu_mul = SiluMul::new(ctx).await?;
@@ -980,8 +994,8 @@ impl PlanBuilder<'_> {
                 _pad0: 0,
                 _pad1: 0,
             };
-            stages.push(Stage {
-                dispatches: vec![attention.bind(
+            let bind = |kernel: &Attention| {
+                kernel.bind(
                     ctx,
                     step,
                     &a.q,
@@ -991,7 +1005,19 @@ impl PlanBuilder<'_> {
                     attn_params,
                     mb,
                     self.pool_rows,
-                )?],
+                )
+            };
+            let mut dispatches = Vec::new();
+            if let Some(tiled) = &attention_tiled {
+                // Prompts go to the tiled kernel; batched decode steps (a token per sequence)
+                // to the per-token one.
+                dispatches.push(bind(tiled)?.only_when(StepShape::long_runs));
+                dispatches.push(bind(&attention)?.only_when(|s| !s.long_runs()));
+            } else {
+                dispatches.push(bind(&attention)?);
+            }
+            stages.push(Stage {
+                dispatches,
                 trace: self.trace(
                     format!("blk.{i}.attn_out_before_proj"),
                     &a.attn,
