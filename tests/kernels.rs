@@ -477,6 +477,7 @@ fn attention_matches_reference_for_prefill_and_decode() {
             // Near a 4096-token context: the tiled kernel's longest invocations (on lavapipe
             // they must stay under llvmpipe's loop limit).
             check(9, 3, 64, 4000, 3, 102);
+            check(8, 2, 128, 4000, 2, 103);
         }
     }
 }
