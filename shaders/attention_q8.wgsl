@@ -5,6 +5,7 @@
 // every adapter.
 alias kv_t = u32;
 
+//!include common/attention_io.wgsl
 //!include common/attention.wgsl
 
 fn k_dot_q(row: u32, kv_off: u32) -> f32 {

@@ -1,34 +1,10 @@
 // Causal attention over the paged KV cache with grouped K/V heads, one workgroup per (query head,
 // token). Token t attends positions 0..=step_pos(t) of its own sequence (slot step_slot(t)),
-// read through the slot's block table. Keys are visited in tiles of WG_SIZE with an online softmax (running maximum and sum),
-// so the score row is never stored whole. Query head h reads K/V head h / (n_head / n_head_kv):
-// the shared heads are read in place, never copied. The including shader declares `alias kv_t`
-// (the cache's element: f32, f16, or u32 words of packed Q8_0) and reads the cache through
-// `k_dot_q(row, kv_off)` (q_head . K[row, kv_off..kv_off + head_dim]) and `v_at(row, col)`.
-
-struct AttentionParams {
-    n_head: u32,
-    n_head_kv: u32,
-    head_dim: u32,
-    // Elements between rows of q/out and between rows (positions) of the caches.
-    q_stride: u32,
-    kv_stride: u32,
-    // Softmax scale, usually 1/sqrt(head_dim).
-    scale: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-override WG_SIZE: u32 = 64u;
-const MAX_HEAD_DIM: u32 = 256u;
-// Finite stand-in for -infinity: WGSL implementations may assume finite math.
-const NEG_BIG: f32 = -3.0e38;
-
-@group(0) @binding(0) var<uniform> params: AttentionParams;
-@group(0) @binding(2) var<storage, read> q: array<f32>;          // (n_tokens, n_head * head_dim)
-@group(0) @binding(3) var<storage, read> k_cache: array<kv_t>;   // (pool rows, n_head_kv * head_dim)
-@group(0) @binding(4) var<storage, read> v_cache: array<kv_t>;   // (pool rows, n_head_kv * head_dim)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (n_tokens, n_head * head_dim)
+// read through the slot's block table. Keys are visited in tiles of WG_SIZE with an online
+// softmax (running maximum and sum), so the score row is never stored whole. Query head h reads K/V head h / (n_head / n_head_kv):
+// the shared heads are read in place, never copied. Needs common/attention_io.wgsl; the
+// including shader reads the cache through `k_dot_q(row, kv_off)`
+// (q_head . K[row, kv_off..kv_off + head_dim]) and `v_at(row, col)`.
 
 var<workgroup> q_head: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG_SIZE>;

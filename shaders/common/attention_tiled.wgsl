@@ -6,33 +6,14 @@
 // (online softmax), so no score matrix is stored and no reduction crosses invocations. A block
 // whose tokens belong to several sequences (a batched step) is processed sequence by sequence.
 // Loops over head_dim are unrolled by 32: lavapipe (Mesa's llvmpipe) ends an invocation's loops
-// after 65535 iterations in all, which the host keeps this kernel under (`Attention::tiled_fits`).
-// The including shader declares `alias kv_t` and `k_at(row, col)` / `v_at(row, col)`.
+// after 65535 iterations in all, which the host keeps this kernel under
+// (`Attention::tiled_loop_iterations`). Needs common/attention_io.wgsl; the including shader
+// reads the cache through `k_at(row, col)` and `v_at(row, col)`.
 
-struct AttentionParams {
-    n_head: u32,
-    n_head_kv: u32,
-    head_dim: u32,
-    q_stride: u32,
-    kv_stride: u32,
-    scale: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-override WG_SIZE: u32 = 64u;
-const MAX_HEAD_DIM: u32 = 256u;
 // K and V tile capacity in values each: 12 KiB of workgroup memory for both, under WebGPU's
 // 16 KiB floor; keys per tile = TILE_VALUES / head_dim, at most MAX_TILE_KEYS.
 const TILE_VALUES: u32 = 1536u;
 const MAX_TILE_KEYS: u32 = 32u;
-const NEG_BIG: f32 = -3.0e38;
-
-@group(0) @binding(0) var<uniform> params: AttentionParams;
-@group(0) @binding(2) var<storage, read> q: array<f32>;          // (n_tokens, n_head * head_dim)
-@group(0) @binding(3) var<storage, read> k_cache: array<kv_t>;   // (pool rows, K row)
-@group(0) @binding(4) var<storage, read> v_cache: array<kv_t>;   // (pool rows, V row)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (n_tokens, n_head * head_dim)
 
 // Keys (values) of the tile, head_dim / 4 vec4s each.
 var<workgroup> k_tile: array<vec4<f32>, TILE_VALUES / 4u>;

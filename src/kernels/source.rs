@@ -14,6 +14,7 @@ macro_rules! shader_files {
 pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "common/attention.wgsl",
     "common/attention_dot.wgsl",
+    "common/attention_io.wgsl",
     "common/attention_tiled.wgsl",
     "common/kv_plain.wgsl",
     "common/kv_q8.wgsl",
