@@ -7,7 +7,7 @@
 // whose tokens belong to several sequences (a batched step) is processed sequence by sequence.
 // Loops over head_dim are unrolled by 32: lavapipe (Mesa's llvmpipe) ends an invocation's loops
 // after 65535 iterations in all, which the host keeps this kernel under
-// (`Attention::tiled_loop_iterations`). Needs common/attention_io.wgsl; the including shader
+// (`Attention::tiled_runs`). Needs common/attention_io.wgsl; the including shader
 // reads the cache through `k_at(row, col)` and `v_at(row, col)`.
 
 // K and V tile capacity in values each: 12 KiB of workgroup memory for both, under WebGPU's
@@ -35,7 +35,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let head = kv_head * group + lid % group;
     let mine = lid < block_tokens * group && t < t_end;
     var my_pos = 0u;
-    var my_slot = 0u;
     // head_dim is a multiple of 32 (checked on the host): the loops over it go 8 vec4s at a time.
     let hd4 = hd / 4u;
     var q_row: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
@@ -44,7 +43,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var running_sum = 0.0;
     if (mine) {
         my_pos = step_pos(t);
-        my_slot = step_slot(t);
         let q_at = t * params.q_stride + head * hd;
         for (var d = 0u; d < hd4; d++) {
             let at = q_at + 4u * d;

@@ -26,7 +26,7 @@ const WG_SIZE: u32 = 64;
 const TILED_TILE_VALUES: u32 = 1536;
 /// Loop iterations after which Mesa's llvmpipe ends an invocation's loops (its
 /// `LP_MAX_TGSI_LOOP_ITERATIONS`), with room to spare.
-pub const LLVMPIPE_LOOP_LIMIT: u64 = 60_000;
+const LLVMPIPE_LOOP_LIMIT: u64 = 60_000;
 /// The shader keeps four output dimensions per thread and the query head in workgroup memory.
 pub const MAX_HEAD_DIM: u32 = 256;
 
@@ -72,13 +72,22 @@ impl Attention {
     /// `n_ctx - 1` (an upper bound): per key, the unrolled loops over head_dim for its score and
     /// its value, and one step of each loop over the tile's keys; per tile, the rescaling and
     /// the tile load. Mesa's llvmpipe (lavapipe) stops an invocation's loops after 65535
-    /// iterations in all, so there the tiled kernel is used only below [`LLVMPIPE_LOOP_LIMIT`].
+    /// iterations in all, so there the tiled kernel is used only well below that ([`Self::tiled_runs`]).
     pub fn tiled_loop_iterations(head_dim: u32, n_ctx: u32) -> u64 {
         let chunks = u64::from(head_dim.div_ceil(32));
         let tile_keys = u64::from((TILED_TILE_VALUES / head_dim.max(1)).clamp(1, 32));
         let tiles = u64::from(n_ctx).div_ceil(tile_keys);
         let load = (tile_keys * u64::from(head_dim / 4)).div_ceil(u64::from(WG_SIZE));
         u64::from(n_ctx) * (2 * chunks + 2) + tiles * (8 * chunks + load + 4) + u64::from(head_dim)
+    }
+
+    /// Whether the tiled kernel can serve prompts of a model with heads of `head_dim` and a
+    /// context of `n_ctx` on `ctx`: heads of whole 32s, and on a CPU adapter (lavapipe) only
+    /// while its invocations stay under llvmpipe's loop limit.
+    pub fn tiled_runs(ctx: &GpuContext, head_dim: u32, n_ctx: u32) -> bool {
+        let on_cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
+        head_dim.is_multiple_of(32)
+            && (!on_cpu || Self::tiled_loop_iterations(head_dim, n_ctx) <= LLVMPIPE_LOOP_LIMIT)
     }
 
     async fn build(ctx: &GpuContext, kv_type: KvType, tiled: bool) -> Result<Self, KernelError> {

@@ -10,7 +10,7 @@ use crate::format::{DType, TensorSource};
 use crate::gpu::{GpuContext, ReadbackBuffer, WeightTensor};
 use crate::kernels::add::Add;
 use crate::kernels::argmax::Argmax;
-use crate::kernels::attention::{Attention, AttentionParams, LLVMPIPE_LOOP_LIMIT};
+use crate::kernels::attention::{Attention, AttentionParams};
 use crate::kernels::embed::Embed;
 use crate::kernels::kv_store::{KvStore, KvStoreParams};
 use crate::kernels::matmul::{Matmul, MatmulLayout};
@@ -889,13 +889,7 @@ impl PlanBuilder<'_> {
         let rms = RmsNorm::new(ctx).await?;
         let rope = Rope::new(ctx).await?;
         let attention = Attention::new(ctx, self.kv_type).await?;
-        // The tiled prefill kernel, where it runs: heads of whole 32s, and on a CPU adapter
-        // (lavapipe) only while its invocations stay under llvmpipe's loop limit.
-        let on_cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
-        let tiled_fits = c.head_dim.is_multiple_of(32)
-            && (!on_cpu
-                || Attention::tiled_loop_iterations(c.head_dim, self.n_ctx) <= LLVMPIPE_LOOP_LIMIT);
-        let attention_tiled = if vector || !tiled_fits {
+        let attention_tiled = if vector || !Attention::tiled_runs(ctx, c.head_dim, self.n_ctx) {
             None
         } else {
             Some(Attention::tiled(ctx, self.kv_type).await?)
