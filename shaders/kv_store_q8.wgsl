@@ -8,7 +8,7 @@ alias kv_t = u32;
 
 //!include common/kv_store_io.wgsl
 
-// Element `e` of token `t`'s K row (at position `pos`), rotated.
+// Element `e` of the K row at `src` in k_new (at position `pos`), rotated.
 fn rotated_k(src: u32, e: u32, pos: u32) -> f32 {
     let i = e % params.head_dim;
     if (i >= params.n_rot) {
@@ -44,7 +44,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
         return;
     }
     let pos = step_pos(t);
-    let src = t * params.kv_stride;
+    let src_k = t * params.src_stride + params.k_col0;
+    let src_v = t * params.src_stride + params.v_col0;
     let dst = kv_row(step_slot(t), pos) * q8_row_words(params.kv_stride);
     var k_scales = vec2<f32>(0.0);
     var v_scales = vec2<f32>(0.0);
@@ -58,9 +59,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
         var v_max = 0.0;
         for (var j = 0u; j < 32u; j++) {
             let e = block * 32u + j;
-            k[j] = rotated_k(src, e, pos);
+            k[j] = rotated_k(src_k, e, pos);
             k_max = max(k_max, abs(k[j]));
-            v_max = max(v_max, abs(v_new[src + e]));
+            v_max = max(v_max, abs(v_new[src_v + e]));
         }
         let k_d = k_max / 127.0;
         let v_d = v_max / 127.0;
@@ -68,7 +69,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
         let v_id = select(0.0, 1.0 / v_d, v_d != 0.0);
         for (var w = 0u; w < 8u; w++) {
             let j = 4u * w;
-            let e = src + block * 32u + j;
+            let e = src_v + block * 32u + j;
             let kq = vec4<f32>(k[j], k[j + 1u], k[j + 2u], k[j + 3u]) * k_id;
             let vq = vec4<f32>(v_new[e], v_new[e + 1u], v_new[e + 2u], v_new[e + 3u]) * v_id;
             k_cache[dst + block * 8u + w] = q8_pack(kq);

@@ -91,7 +91,7 @@ fn main(
         let y_at = t * params.y_stride + params.out_col0 + n0 + tn * 4u;
         for (var j = 0u; j < 4u; j++) {
             if (n0 + tn * 4u + j < params.n_out) {
-                y[y_at + j] = acc[i][j];
+                store_y(y_at + j, acc[i][j]);
             }
         }
     }

@@ -52,6 +52,6 @@ fn main(
         }
     }
     for (var t = 0u; t < n_t; t++) {
-        y[(t0 + t) * params.y_stride + params.out_col0 + row] = acc[t];
+        store_y((t0 + t) * params.y_stride + params.out_col0 + row, acc[t]);
     }
 }

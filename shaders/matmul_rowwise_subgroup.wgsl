@@ -65,7 +65,7 @@ fn main(
     }
     if (row < params.n_out) {
         for (var t = 0u; t < n_t; t++) {
-            y[(t0 + t) * params.y_stride + params.out_col0 + row] = acc[t];
+            store_y((t0 + t) * params.y_stride + params.out_col0 + row, acc[t]);
         }
     }
 }

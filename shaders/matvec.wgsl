@@ -60,6 +60,6 @@ fn main(
         acc = partial[lid];
     }
     if (in_range && lane == 0u) {
-        y[t * params.y_stride + params.out_col0 + row] = acc;
+        store_y(t * params.y_stride + params.out_col0 + row, acc);
     }
 }

@@ -48,6 +48,6 @@ fn main(
     }
     let sum = subgroupAdd(acc);
     if (in_range && lane == 0u) {
-        y[t * params.y_stride + params.out_col0 + row] = sum;
+        store_y(t * params.y_stride + params.out_col0 + row, sum);
     }
 }

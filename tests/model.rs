@@ -262,21 +262,23 @@ fn teacher_forced_logprobs_match_llama_cpp() {
 fn synthetic_models_match_cpu_reference() {
     use sovereign::format::DType;
     use sovereign::model::synthetic::{SyntheticSpec, synthetic_llama};
+    // (block matrices, embedding, tied, binding limit, attn_v/ffn_up/ffn_down): with a mixed
+    // type, q and k are joined into one projection and v stays apart, and gate and up too.
     let cases = [
-        (DType::F32, DType::F32, false, None),
-        (DType::F16, DType::F16, true, None),
-        (DType::Q4_0, DType::Q8_0, false, None),
-        (DType::Q4_1, DType::Q4_0, true, None),
+        (DType::F32, DType::F32, false, None, None),
+        (DType::F16, DType::F16, true, None, None),
+        (DType::Q4_0, DType::Q8_0, false, None, Some(DType::Q8_0)),
+        (DType::Q4_1, DType::Q4_0, true, None, None),
         // 16 KiB bindings: the embedding, the output and the FFN matrices span several buffers.
-        (DType::Q8_0, DType::Q4_1, false, Some(16 * 1024)),
-        (DType::Q5_0, DType::Q5_1, true, None),
-        (DType::Q5_1, DType::Q5_0, false, None),
+        (DType::Q8_0, DType::Q4_1, false, Some(16 * 1024), None),
+        (DType::Q5_0, DType::Q5_1, true, None, None),
+        (DType::Q5_1, DType::Q5_0, false, None, None),
         // K-quants, the mix of a Q4_K_M file among them.
-        (DType::Q4_K, DType::Q6_K, false, None),
-        (DType::Q5_K, DType::Q4_K, true, None),
-        (DType::Q6_K, DType::Q5_K, false, Some(16 * 1024)),
+        (DType::Q4_K, DType::Q6_K, false, None, Some(DType::Q6_K)),
+        (DType::Q5_K, DType::Q4_K, true, None, None),
+        (DType::Q6_K, DType::Q5_K, false, Some(16 * 1024), None),
     ];
-    for (i, (dtype, embd_dtype, tied, max_binding)) in cases.into_iter().enumerate() {
+    for (i, (dtype, embd_dtype, tied, max_binding, mixed_dtype)) in cases.into_iter().enumerate() {
         // K-quant rows are whole super-blocks of 256.
         let (n_embd, n_ff) = if dtype.block_len() == 256 || embd_dtype.block_len() == 256 {
             (256, 512)
@@ -289,6 +291,7 @@ fn synthetic_models_match_cpu_reference() {
             tied,
             n_embd,
             n_ff,
+            mixed_dtype,
             seed: i as u64,
             ..Default::default()
         };
@@ -324,7 +327,7 @@ fn synthetic_models_match_cpu_reference() {
         let prompt: Vec<u32> = (0..20).map(|t| (t * 37 + 5) % spec.n_vocab).collect();
         let n_vocab = spec.n_vocab as usize;
         let label = format!(
-            "{dtype}/{embd_dtype} tied={tied} binding={max_binding:?} kv={}",
+            "{dtype}/{embd_dtype} mixed={mixed_dtype:?} tied={tied} binding={max_binding:?} kv={}",
             model.kv_type()
         );
 

@@ -137,17 +137,20 @@ fn check_layout<P: GpuParams>(shader: &str) {
 #[test]
 fn params_layouts_match_wgsl() {
     use sovereign::kernels::*;
-    check_layout::<Step>("add");
-    check_layout::<add::AddParams>("add");
+    check_layout::<Step>("silu_mul");
     check_layout::<argmax::ArgmaxParams>("argmax");
     check_layout::<attention::AttentionParams>("attention");
     check_layout::<attention::AttentionParams>("attention_f16");
+    check_layout::<attention::AttentionParams>("attention_q8");
+    check_layout::<attention::AttentionParams>("attention_tiled");
     check_layout::<kv_store::KvStoreParams>("kv_store");
     check_layout::<kv_store::KvStoreParams>("kv_store_f16");
+    check_layout::<kv_store::KvStoreParams>("kv_store_q8");
     check_layout::<embed::EmbedParams>("embed");
     check_layout::<matmul::MatmulParams>("matvec");
     check_layout::<matmul::MatmulParams>("matvec_subgroup");
     check_layout::<matmul::MatmulParams>("matmul");
+    check_layout::<matmul::MatmulParams>("matmul_rowwise");
     check_layout::<rms_norm::RmsNormParams>("rms_norm");
     check_layout::<rope::RopeParams>("rope");
     check_layout::<silu_mul::SiluMulParams>("silu_mul");

@@ -80,7 +80,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
 
-    let out_at = t * params.q_stride + head * hd;
+    let out_at = t * params.out_stride + head * hd;
     for (var c = 0u; c < 4u; c++) {
         let d = lid + c * WG_SIZE;
         if (d < hd) {

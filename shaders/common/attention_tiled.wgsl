@@ -137,7 +137,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
 
     if (mine) {
-        let out_at = t * params.q_stride + head * hd;
+        let out_at = t * params.out_stride + head * hd;
         for (var d = 0u; d < hd4; d++) {
             let o = acc[d] / running_sum;
             out[out_at + 4u * d] = o.x;

@@ -20,12 +20,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
         pair = rope_pair(i, params.n_rot, params.neox == 1u);
         cs = rope_cos_sin(pos, i, params.n_rot, params.freq_base, params.freq_scale);
     }
-    let src = t * params.kv_stride + head * params.head_dim;
+    let src_k = t * params.src_stride + params.k_col0 + head * params.head_dim;
+    let src_v = t * params.src_stride + params.v_col0 + head * params.head_dim;
     let dst = kv_row(step_slot(t), pos) * params.kv_stride + head * params.head_dim;
-    let k0 = k_new[src + pair.x];
-    let k1 = k_new[src + pair.y];
+    let k0 = k_new[src_k + pair.x];
+    let k1 = k_new[src_k + pair.y];
     k_cache[dst + pair.x] = kv_t(k0 * cs.x - k1 * cs.y);
     k_cache[dst + pair.y] = kv_t(k0 * cs.y + k1 * cs.x);
-    v_cache[dst + pair.x] = kv_t(v_new[src + pair.x]);
-    v_cache[dst + pair.y] = kv_t(v_new[src + pair.y]);
+    v_cache[dst + pair.x] = kv_t(v_new[src_v + pair.x]);
+    v_cache[dst + pair.y] = kv_t(v_new[src_v + pair.y]);
 }

@@ -1,5 +1,5 @@
 // Params of every y = x W^T shader (matvec, matvec_subgroup, matmul, matmul_rowwise). Needs
-// common/step.wgsl and the including shader's `params: MatmulParams` binding.
+// common/step.wgsl and the including shader's `params: MatmulParams` and `y` bindings.
 
 struct MatmulParams {
     // Input features: elements per weight row and per x row.
@@ -15,7 +15,18 @@ struct MatmulParams {
     y_stride: u32,
     // 1: the rows of x and y are the step's n_out output rows (the logits), else its n_tokens.
     out_rows: u32,
-    _pad: u32,
+    // 1: add the product to y (a residual add folded into the projection), else overwrite y.
+    accumulate: u32,
+}
+
+// Stores one output. Adding here saves a separate add kernel its pass over x and y; y + acc is
+// the same float sum that kernel computed.
+fn store_y(at: u32, acc: f32) {
+    if (params.accumulate == 1u) {
+        y[at] = y[at] + acc;
+    } else {
+        y[at] = acc;
+    }
 }
 
 // Rows of x (and y) this step.

@@ -16,7 +16,7 @@ crate::gpu_params! {
         pub q_stride: u32,
         pub kv_stride: u32,
         pub scale: f32,
-        pub _pad0: u32,
+        pub out_stride: u32,
         pub _pad1: u32,
     }
 }
@@ -131,6 +131,7 @@ impl Attention {
             ));
         }
         if params.q_stride < params.n_head * params.head_dim
+            || params.out_stride < params.n_head * params.head_dim
             || params.kv_stride < params.n_head_kv * params.head_dim
         {
             return Err(shape_error(op, "heads do not fit in the row strides"));
@@ -152,7 +153,7 @@ impl Attention {
             op,
             "out",
             out,
-            u64::from(max_tokens) * u64::from(params.q_stride),
+            u64::from(max_tokens) * u64::from(params.out_stride),
         )?;
         let cache_bytes = u64::from(pool_rows) * self.kv_type.row_bytes(params.kv_stride);
         for (what, b) in [("k_cache", k_cache), ("v_cache", v_cache)] {

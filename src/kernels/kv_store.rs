@@ -111,7 +111,14 @@ crate::gpu_params! {
         pub freq_base: f32,
         pub freq_scale: f32,
         pub kv_stride: u32,
-        pub _pad: u32,
+        /// Elements between rows of k_new and v_new, and the first column of K and of V in
+        /// them (k_new and v_new may be one buffer of q | k | v rows).
+        pub src_stride: u32,
+        pub k_col0: u32,
+        pub v_col0: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
     }
 }
 
@@ -145,8 +152,9 @@ impl KvStore {
         })
     }
 
-    /// Rotates `k_new` and copies it and `v_new` (max_tokens, kv_stride) into rows pos0.. of the
-    /// caches (pool_rows, kv_stride): each token at its slot's page for its position.
+    /// Rotates the K of `k_new` and copies it and the V of `v_new` (max_tokens rows of
+    /// src_stride, K and V kv_stride long from k_col0 and v_col0) into rows pos0.. of the caches
+    /// (pool_rows, kv_stride): each token at its slot's page for its position.
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
@@ -178,7 +186,18 @@ impl KvStore {
             return Err(shape_error(op, "kv_stride must be n_head_kv * head_dim"));
         }
         check_kv_shape(op, self.kv_type, params.n_head_kv, params.head_dim)?;
-        let rows = u64::from(max_tokens) * u64::from(params.kv_stride);
+        for (what, col0) in [("k_col0", params.k_col0), ("v_col0", params.v_col0)] {
+            if u64::from(col0) + u64::from(params.kv_stride) > u64::from(params.src_stride) {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "{what} {col0} + kv_stride {} overflows source rows of {}",
+                        params.kv_stride, params.src_stride
+                    ),
+                ));
+            }
+        }
+        let rows = u64::from(max_tokens) * u64::from(params.src_stride);
         check_len(op, "k_new", k_new, rows)?;
         check_len(op, "v_new", v_new, rows)?;
         let cache_bytes = u64::from(pool_rows) * self.kv_type.row_bytes(params.kv_stride);

@@ -20,7 +20,7 @@ crate::gpu_params! {
         pub x_stride: u32,
         pub y_stride: u32,
         pub out_rows: u32,
-        pub _pad: u32,
+        pub accumulate: u32,
     }
 }
 
@@ -56,6 +56,8 @@ pub struct MatmulLayout {
     pub y_col0: u32,
     /// The rows are the step's output rows (n_out, the logits), not its tokens.
     pub out_rows: bool,
+    /// Add the product to y instead of overwriting it (a residual add folded in).
+    pub accumulate: bool,
 }
 
 pub struct Matmul {
@@ -243,7 +245,7 @@ impl Matmul {
                     x_stride: layout.x_stride,
                     y_stride: layout.y_stride,
                     out_rows: u32::from(layout.out_rows),
-                    _pad: 0,
+                    accumulate: u32::from(layout.accumulate),
                 };
                 let (groups, tile) = match self.shape {
                     Shape::Vector { rows_per_wg } => (chunk.n_rows.div_ceil(rows_per_wg), 1),

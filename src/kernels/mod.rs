@@ -3,7 +3,6 @@
 //! Every dispatch is built once (pipeline and bind group) and recorded into a command encoder
 //! at each step; what changes per step is only the [`StepBuffer`], written with one queue write.
 
-pub mod add;
 pub mod argmax;
 pub mod attention;
 pub mod embed;
@@ -500,7 +499,6 @@ pub fn all_variants() -> Vec<Variant> {
     v.extend(attention::Attention::variants());
     v.extend(kv_store::KvStore::variants());
     v.extend(silu_mul::SiluMul::variants());
-    v.extend(add::Add::variants());
     v.extend(argmax::Argmax::variants());
     let mut seen = std::collections::HashSet::new();
     v.retain(|x| seen.insert(format!("{}{:?}", x.shader, x.constants)));

@@ -5,7 +5,6 @@
 
 use serde::Serialize;
 
-use super::add::Add;
 use super::argmax::Argmax;
 use super::attention::{Attention, AttentionParams};
 use super::embed::Embed;
@@ -351,7 +350,8 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
             freq_base: cfg.freq_base,
             freq_scale: cfg.freq_scale,
             kv_stride: row as u32,
-            _pad: 0,
+            src_stride: row as u32,
+            ..Default::default()
         };
         let step = b.step(8).await?;
         let (kb, vb) = (b.buffer(&k_new).await?, b.buffer(&v_new).await?);
@@ -413,35 +413,22 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
         }
     }
 
-    // SiLU(gate) * up, and the residual add.
+    // SiLU(gate) * up.
     {
         let (n, width) = (3usize, 1536usize);
         let gate = rng.vec(n * width, 6.0);
         let up = rng.vec(n * width, 2.0);
-        let (gb, ub) = (b.buffer(&gate).await?, b.buffer(&up).await?);
+        let gate_up = b.buffer(&reference::join_rows(&gate, &up, width)).await?;
+        let gb = b.buffer(&vec![0.0; gate.len()]).await?;
         let step = b.step(4).await?;
-        let d = SiluMul::new(ctx)
-            .await?
-            .bind(ctx, step.buffer(), &gb, &ub, width as u32, 3)?;
+        let d =
+            SiluMul::new(ctx)
+                .await?
+                .bind(ctx, step.buffer(), &gate_up, &gb, width as u32, 3)?;
         b.run(&[&d], &step, 0, n)?;
         let got = b.read(&gb, gate.len()).await?;
         let want = reference::silu_mul(&gate, &up);
         checks.push(compare("silu_mul".into(), &got, &want, 1e-6, 1e-5));
-
-        let x = rng.vec(n * width, 1.0);
-        let xb = b.buffer(&x).await?;
-        let d = Add::new(ctx)
-            .await?
-            .bind(ctx, step.buffer(), &xb, &ub, width as u32, 3)?;
-        b.run(&[&d], &step, 0, n)?;
-        let got = b.read(&xb, x.len()).await?;
-        checks.push(compare(
-            "add".into(),
-            &got,
-            &reference::add(&x, &up),
-            0.0,
-            0.0,
-        ));
     }
 
     // Argmax over a vocabulary-sized row, ties going to the lower index.
@@ -493,32 +480,48 @@ pub async fn matmul(
     let want = reference::matmul(&x, &deq, n_in);
     let max = n.max(8);
     let xb = b.buffer(&x).await?;
-    let y = b.buffer(&vec![0.0; max * n_out]).await?;
+    // Stale values, which the product must overwrite.
+    let y = b.buffer(&rng.vec(max * n_out, 100.0)).await?;
     let step = b.step(max as u32).await?;
     let op = if vector {
         Matmul::vector(ctx, dtype).await?
     } else {
         Matmul::tiled(ctx, dtype).await?
     };
-    let layout = MatmulLayout {
+    let mut layout = MatmulLayout {
         x_stride: n_in as u32,
         y_stride: n_out as u32,
         x_rows: n as u32,
         y_rows: n as u32,
         y_col0: 0,
         out_rows: false,
+        accumulate: false,
     };
     let d = op.bind(ctx, step.buffer(), &w, &xb, &y, layout)?;
     b.run(&d.iter().collect::<Vec<_>>(), &step, 0, n)?;
-    let got = b.read(&y, n * n_out).await?;
+    let mut got = b.read(&y, n * n_out).await?;
+    // Then added to what y holds (the residual add folded into a projection): y + y is 2 y
+    // exactly, so the sum must be twice the product.
+    layout.accumulate = true;
+    let d = op.bind(ctx, step.buffer(), &w, &xb, &y, layout)?;
+    b.run(&d.iter().collect::<Vec<_>>(), &step, 0, n)?;
+    let doubled = b.read(&y, n * n_out).await?;
+    let added: Vec<f32> = got
+        .iter()
+        .zip(&doubled)
+        .map(|(once, twice)| twice - once)
+        .collect();
+    got.extend(added);
+    let mut want2 = want.clone();
+    want2.extend(&want);
     Ok(compare(
         format!(
-            "matmul {} {dtype} {n}x{n_in}x{n_out} ({} buffers)",
+            "matmul {} {dtype} {n}x{n_in}x{n_out} ({} buffers), then accumulated",
             if vector { "decode" } else { "prefill" },
             w.chunks.len()
         ),
         &got,
-        &want,
+        &want2,
         2e-5 * (n_in as f32).sqrt(),
         1e-4,
     ))
@@ -560,17 +563,25 @@ pub async fn attention(
     let kv_stride = n_head_kv * head_dim;
     let kb = b.kv_buffer(kv_type, &k, kv_stride).await?;
     let vb = b.kv_buffer(kv_type, &v, kv_stride).await?;
+    // q as the projections write it: rows of q | k | v, here with random K and V parts.
+    let q_width = n_head * head_dim;
+    let q_stride = q_width + 2 * kv_stride;
+    let mut q_rows = rng.vec(n * q_stride, 1.0);
+    for t in 0..n {
+        q_rows[t * q_stride..t * q_stride + q_width]
+            .copy_from_slice(&q[t * q_width..(t + 1) * q_width]);
+    }
     let params = AttentionParams {
         n_head: n_head as u32,
         n_head_kv: n_head_kv as u32,
         head_dim: head_dim as u32,
-        q_stride: (n_head * head_dim) as u32,
+        q_stride: q_stride as u32,
         kv_stride: (n_head_kv * head_dim) as u32,
         scale: shape.scale,
-        _pad0: 0,
+        out_stride: q_width as u32,
         _pad1: 0,
     };
-    let qb = b.buffer(&q).await?;
+    let qb = b.buffer(&q_rows).await?;
     let kernel = if tiled {
         Attention::tiled(ctx, kv_type).await?
     } else {

@@ -1,4 +1,4 @@
-//! SwiGLU activation, `gate = silu(gate) * up`: `shaders/silu_mul.wgsl`.
+//! SwiGLU activation, `out = silu(gate) * up` from rows of `gate | up`: `shaders/silu_mul.wgsl`.
 
 use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len};
 use crate::gpu::GpuContext;
@@ -33,18 +33,19 @@ impl SiluMul {
         })
     }
 
+    /// `out` (max_tokens, n) from `gate_up` (max_tokens, 2 n): each row's gate, then its up.
     pub fn bind(
         &self,
         ctx: &GpuContext,
         step: &wgpu::Buffer,
-        gate: &wgpu::Buffer,
-        up: &wgpu::Buffer,
+        gate_up: &wgpu::Buffer,
+        out: &wgpu::Buffer,
         n: u32,
         max_tokens: u32,
     ) -> Result<Dispatch, KernelError> {
         let len = u64::from(n) * u64::from(max_tokens);
-        check_len("silu_mul", "gate", gate, len)?;
-        check_len("silu_mul", "up", up, len)?;
+        check_len("silu_mul", "gate_up", gate_up, 2 * len)?;
+        check_len("silu_mul", "out", out, len)?;
         let params = SiluMulParams {
             n,
             ..Default::default()
@@ -54,8 +55,8 @@ impl SiluMul {
             &params,
             vec![
                 step.as_entire_binding(),
-                gate.as_entire_binding(),
-                up.as_entire_binding(),
+                gate_up.as_entire_binding(),
+                out.as_entire_binding(),
             ],
             Grid::Tokens {
                 x: n.div_ceil(WG_SIZE),

@@ -25,7 +25,6 @@ pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "common/step.wgsl",
     "common/weights.wgsl",
     "common/weights_dot.wgsl",
-    "add.wgsl",
     "argmax.wgsl",
     "attention.wgsl",
     "attention_f16.wgsl",

@@ -36,6 +36,11 @@ impl LlamaConfig {
         self.n_head_kv * self.head_dim
     }
 
+    /// A row of the attention projections' outputs side by side: q, then k, then v.
+    pub fn n_embd_qkv(&self) -> u32 {
+        self.n_embd_q() + 2 * self.n_embd_kv()
+    }
+
     /// Reads the configuration and checks every tensor the forward pass needs: present, of the
     /// expected shape, and of a type the kernels run.
     pub fn from_metadata(meta: &Metadata, tensors: &dyn TensorSource) -> Result<Self, ModelError> {

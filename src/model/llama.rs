@@ -8,7 +8,6 @@ use super::{LlamaConfig, ModelError};
 use crate::Result;
 use crate::format::{DType, TensorSource};
 use crate::gpu::{GpuContext, ReadbackBuffer, WeightTensor};
-use crate::kernels::add::Add;
 use crate::kernels::argmax::Argmax;
 use crate::kernels::attention::{Attention, AttentionParams};
 use crate::kernels::embed::Embed;
@@ -114,6 +113,9 @@ struct TracePoint {
     rows_at_pos: bool,
     /// How the buffer holds the values (F32 but for the rows of a KV cache).
     kv_type: KvType,
+    /// Elements between the rows of an F32 buffer (row_len unless the values are the first
+    /// columns of wider rows, as q is of the q | k | v rows).
+    row_stride: u32,
 }
 
 /// Dispatches that produce one named activation.
@@ -127,14 +129,14 @@ struct Stage {
 struct Activations {
     x: wgpu::Buffer,
     xn: wgpu::Buffer,
-    q: wgpu::Buffer,
+    /// Rows of q | k | v: the attention projections' outputs side by side, so that one
+    /// dispatch can compute all three.
+    qkv: wgpu::Buffer,
     attn: wgpu::Buffer,
-    proj: wgpu::Buffer,
-    gate: wgpu::Buffer,
-    up: wgpu::Buffer,
-    /// This step's K and V before they go into the cache.
-    k_new: wgpu::Buffer,
-    v_new: wgpu::Buffer,
+    /// Rows of gate | up, for the same reason.
+    gate_up: wgpu::Buffer,
+    /// silu(gate) * up.
+    ffn: wgpu::Buffer,
 }
 
 struct Weights {
@@ -146,13 +148,12 @@ struct Weights {
 
 struct LayerWeights {
     attn_norm: wgpu::Buffer,
-    attn_q: WeightTensor,
-    attn_k: WeightTensor,
-    attn_v: WeightTensor,
+    /// attn_q, attn_k and attn_v, joined where they share a type (see `upload_joined`).
+    attn_qkv: Vec<WeightTensor>,
     attn_output: WeightTensor,
     ffn_norm: wgpu::Buffer,
-    ffn_gate: WeightTensor,
-    ffn_up: WeightTensor,
+    /// ffn_gate and ffn_up, joined where they share a type.
+    ffn_gate_up: Vec<WeightTensor>,
     ffn_down: WeightTensor,
 }
 
@@ -222,6 +223,65 @@ async fn upload_matrix(
     let w = WeightTensor::upload(ctx, name, t.dtype, row_len, n_rows, t.data).await?;
     progress(t.data.len() as u64);
     Ok(w)
+}
+
+/// Uploads matrices of one row length that the same input multiplies (q, k and v; gate and
+/// up), joining each run of one type into a single tensor of their rows, so that one dispatch
+/// computes the run: fewer dispatches and one pass over the input. Their outputs land side by
+/// side in the order named.
+async fn upload_joined(
+    ctx: &GpuContext,
+    src: &dyn TensorSource,
+    names: &[String],
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<WeightTensor>> {
+    let mut runs: Vec<Vec<&str>> = Vec::new();
+    let mut last: Option<DType> = None;
+    for name in names {
+        let t = src
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
+        match runs.last_mut() {
+            Some(run) if last == Some(t.dtype) => run.push(name),
+            _ => runs.push(vec![name]),
+        }
+        last = Some(t.dtype);
+    }
+    let mut tensors = Vec::with_capacity(runs.len());
+    for run in runs {
+        if let [name] = run[..] {
+            tensors.push(upload_matrix(ctx, src, name, progress).await?);
+            continue;
+        }
+        let joined_name = run.join("+");
+        let (mut data, mut n_rows, mut row_len, mut dtype) = (Vec::new(), 0u64, None, None);
+        for name in &run {
+            let t = src
+                .tensor(name)
+                .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+            if row_len.is_some_and(|len| len != t.row_len()) {
+                return Err(ModelError::Invalid(format!(
+                    "{joined_name}: rows of different lengths ({:?})",
+                    t.dims
+                ))
+                .into());
+            }
+            row_len = Some(t.row_len());
+            dtype = Some(t.dtype);
+            n_rows += t.n_rows();
+            data.extend_from_slice(t.data);
+        }
+        let too_large = || ModelError::Invalid(format!("{joined_name} is too large"));
+        let (Some(row_len), Some(dtype)) = (row_len, dtype) else {
+            continue;
+        };
+        let row_len = u32::try_from(row_len).map_err(|_| too_large())?;
+        let n_rows = u32::try_from(n_rows).map_err(|_| too_large())?;
+        let w = WeightTensor::upload(ctx, &joined_name, dtype, row_len, n_rows, &data).await?;
+        progress(data.len() as u64);
+        tensors.push(w);
+    }
+    Ok(tensors)
 }
 
 /// Norm weights are tiny: widen them to f32 whatever their stored type.
@@ -333,14 +393,23 @@ impl LlamaGpu {
             let name = |n: &str| block_tensor(i, n);
             layers.push(LayerWeights {
                 attn_norm: upload_vector(&ctx, src, &name(arch::ATTN_NORM), &mut progress).await?,
-                attn_q: upload_matrix(&ctx, src, &name(arch::ATTN_Q), &mut progress).await?,
-                attn_k: upload_matrix(&ctx, src, &name(arch::ATTN_K), &mut progress).await?,
-                attn_v: upload_matrix(&ctx, src, &name(arch::ATTN_V), &mut progress).await?,
+                attn_qkv: upload_joined(
+                    &ctx,
+                    src,
+                    &[name(arch::ATTN_Q), name(arch::ATTN_K), name(arch::ATTN_V)],
+                    &mut progress,
+                )
+                .await?,
                 attn_output: upload_matrix(&ctx, src, &name(arch::ATTN_OUTPUT), &mut progress)
                     .await?,
                 ffn_norm: upload_vector(&ctx, src, &name(arch::FFN_NORM), &mut progress).await?,
-                ffn_gate: upload_matrix(&ctx, src, &name(arch::FFN_GATE), &mut progress).await?,
-                ffn_up: upload_matrix(&ctx, src, &name(arch::FFN_UP), &mut progress).await?,
+                ffn_gate_up: upload_joined(
+                    &ctx,
+                    src,
+                    &[name(arch::FFN_GATE), name(arch::FFN_UP)],
+                    &mut progress,
+                )
+                .await?,
                 ffn_down: upload_matrix(&ctx, src, &name(arch::FFN_DOWN), &mut progress).await?,
             });
         }
@@ -371,13 +440,10 @@ impl LlamaGpu {
         let act = Activations {
             x: act_buffer("x", cfg.n_embd).await?,
             xn: act_buffer("xn", cfg.n_embd).await?,
-            q: act_buffer("q", cfg.n_embd_q()).await?,
+            qkv: act_buffer("qkv", cfg.n_embd_qkv()).await?,
             attn: act_buffer("attn", cfg.n_embd_q()).await?,
-            proj: act_buffer("proj", cfg.n_embd).await?,
-            gate: act_buffer("gate", cfg.n_ff).await?,
-            up: act_buffer("up", cfg.n_ff).await?,
-            k_new: act_buffer("k_new", cfg.n_embd_kv()).await?,
-            v_new: act_buffer("v_new", cfg.n_embd_kv()).await?,
+            gate_up: act_buffer("gate_up", 2 * cfg.n_ff).await?,
+            ffn: act_buffer("ffn", cfg.n_ff).await?,
         };
         let mut k_cache = Vec::with_capacity(cfg.n_layer as usize);
         let mut v_cache = Vec::with_capacity(cfg.n_layer as usize);
@@ -752,6 +818,7 @@ impl LlamaGpu {
             row_len: self.cfg.n_embd,
             rows_at_pos: false,
             kv_type: KvType::F32,
+            row_stride: self.cfg.n_embd,
         };
         let mut out = Vec::new();
         let stages = layers
@@ -768,7 +835,7 @@ impl LlamaGpu {
                 self.ctx.queue().submit([encoder.finish()]);
                 continue;
             };
-            let row_bytes = tp.kv_type.row_bytes(tp.row_len);
+            let row_bytes = tp.kv_type.row_bytes(tp.row_stride);
             let offset = if tp.rows_at_pos {
                 u64::from(pos0) * row_bytes
             } else {
@@ -787,10 +854,16 @@ impl LlamaGpu {
                     .take((bytes / 2) as usize)
                     .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                     .collect(),
-                KvType::F32 => raw
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
+                KvType::F32 => {
+                    let rows: Vec<f32> = raw
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    rows.chunks(tp.row_stride as usize)
+                        .flat_map(|row| &row[..tp.row_len as usize])
+                        .copied()
+                        .collect()
+                }
                 KvType::Q8_0 => {
                     let words: Vec<u32> = raw
                         .chunks_exact(4)
@@ -845,7 +918,8 @@ impl PlanBuilder<'_> {
         }
     }
 
-    /// `y = x w^T` between activation buffers of max_batch rows.
+    /// `y = x w^T` between activation buffers of max_batch rows, or `y += x w^T` (a residual
+    /// add folded in).
     async fn matmul(
         &self,
         vector: bool,
@@ -853,6 +927,7 @@ impl PlanBuilder<'_> {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         y_width: u32,
+        accumulate: bool,
     ) -> Result<Vec<Dispatch>, KernelError> {
         self.matmul_kernel(vector, w.dtype).await?.bind(
             self.ctx,
@@ -867,18 +942,64 @@ impl PlanBuilder<'_> {
                 y_rows: self.max_batch,
                 y_col0: 0,
                 out_rows: false,
+                accumulate,
             },
         )
     }
 
+    /// Joined projections of `x` (see `upload_joined`) into side-by-side columns of `y`.
+    async fn matmul_joined(
+        &self,
+        vector: bool,
+        ws: &[WeightTensor],
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        y_width: u32,
+    ) -> Result<Vec<Dispatch>, KernelError> {
+        let mut dispatches = Vec::new();
+        let mut col0 = 0;
+        for w in ws {
+            dispatches.extend(self.matmul_kernel(vector, w.dtype).await?.bind(
+                self.ctx,
+                self.step,
+                w,
+                x,
+                y,
+                MatmulLayout {
+                    x_stride: w.row_len,
+                    y_stride: y_width,
+                    x_rows: self.max_batch,
+                    y_rows: self.max_batch,
+                    y_col0: col0,
+                    out_rows: false,
+                    accumulate: false,
+                },
+            )?);
+            col0 += w.n_rows;
+        }
+        Ok(dispatches)
+    }
+
     /// An f32 activation of the step's rows, to read back in traced runs.
     fn trace(&self, name: String, buffer: &wgpu::Buffer, row_len: u32) -> Option<TracePoint> {
+        self.trace_columns(name, buffer, row_len, row_len)
+    }
+
+    /// The first `row_len` columns of rows of `row_stride`.
+    fn trace_columns(
+        &self,
+        name: String,
+        buffer: &wgpu::Buffer,
+        row_len: u32,
+        row_stride: u32,
+    ) -> Option<TracePoint> {
         Some(TracePoint {
             name,
             buffer: buffer.clone(),
             row_len,
             rows_at_pos: false,
             kv_type: KvType::F32,
+            row_stride,
         })
     }
 
@@ -895,7 +1016,6 @@ impl PlanBuilder<'_> {
             Some(Attention::tiled(ctx, self.kv_type).await?)
         };
         let kv_store = KvStore::new(ctx, self.kv_type).await?;
-        let add = Add::new(ctx).await?;
         let silu_mul = SiluMul::new(ctx).await?;
         let embed = Embed::new(ctx, self.weights.token_embd.dtype).await?;
 
@@ -910,7 +1030,7 @@ impl PlanBuilder<'_> {
             neox: u32::from(c.rope.neox),
             freq_base: c.rope.freq_base,
             freq_scale: c.rope.freq_scale,
-            row_stride: c.n_embd_q(),
+            row_stride: c.n_embd_qkv(),
             _pad: 0,
         };
         let kv_params = KvStoreParams {
@@ -921,7 +1041,10 @@ impl PlanBuilder<'_> {
             freq_base: c.rope.freq_base,
             freq_scale: c.rope.freq_scale,
             kv_stride: c.n_embd_kv(),
-            _pad: 0,
+            src_stride: c.n_embd_qkv(),
+            k_col0: c.n_embd_q(),
+            v_col0: c.n_embd_q() + c.n_embd_kv(),
+            ..Default::default()
         };
         for (i, l) in self.weights.layers.iter().enumerate() {
             let (kc, vc) = (&self.k_cache[i], &self.v_cache[i]);
@@ -939,31 +1062,27 @@ impl PlanBuilder<'_> {
                 )?],
                 trace: self.trace(format!("blk.{i}.attn_norm"), &a.xn, c.n_embd),
             });
-            let mut qkv = self
-                .matmul(vector, &l.attn_q, &a.xn, &a.q, c.n_embd_q())
-                .await?;
-            qkv.extend(
-                self.matmul(vector, &l.attn_k, &a.xn, &a.k_new, c.n_embd_kv())
-                    .await?,
-            );
-            qkv.extend(
-                self.matmul(vector, &l.attn_v, &a.xn, &a.v_new, c.n_embd_kv())
-                    .await?,
-            );
             stages.push(Stage {
-                dispatches: qkv,
+                dispatches: self
+                    .matmul_joined(vector, &l.attn_qkv, &a.xn, &a.qkv, c.n_embd_qkv())
+                    .await?,
                 trace: None,
             });
             stages.push(Stage {
-                dispatches: vec![rope.bind(ctx, step, &a.q, q_rope, mb)?],
-                trace: self.trace(format!("blk.{i}.q_rope"), &a.q, c.n_embd_q()),
+                dispatches: vec![rope.bind(ctx, step, &a.qkv, q_rope, mb)?],
+                trace: self.trace_columns(
+                    format!("blk.{i}.q_rope"),
+                    &a.qkv,
+                    c.n_embd_q(),
+                    c.n_embd_qkv(),
+                ),
             });
             stages.push(Stage {
                 dispatches: vec![kv_store.bind(
                     ctx,
                     step,
-                    &a.k_new,
-                    &a.v_new,
+                    &a.qkv,
+                    &a.qkv,
                     kc,
                     vc,
                     kv_params,
@@ -976,23 +1095,24 @@ impl PlanBuilder<'_> {
                     row_len: c.n_embd_kv(),
                     rows_at_pos: true,
                     kv_type: self.kv_type,
+                    row_stride: c.n_embd_kv(),
                 }),
             });
             let attn_params = AttentionParams {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
                 head_dim: c.head_dim,
-                q_stride: c.n_embd_q(),
+                q_stride: c.n_embd_qkv(),
                 kv_stride: c.n_embd_kv(),
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
-                _pad0: 0,
+                out_stride: c.n_embd_q(),
                 _pad1: 0,
             };
             let bind = |kernel: &Attention| {
                 kernel.bind(
                     ctx,
                     step,
-                    &a.q,
+                    &a.qkv,
                     kc,
                     vc,
                     &a.attn,
@@ -1018,10 +1138,10 @@ impl PlanBuilder<'_> {
                     c.n_embd_q(),
                 ),
             });
-            let mut d = self
-                .matmul(vector, &l.attn_output, &a.attn, &a.proj, c.n_embd)
+            // The residual add is folded into the output projection: x += attn W^T.
+            let d = self
+                .matmul(vector, &l.attn_output, &a.attn, &a.x, c.n_embd, true)
                 .await?;
-            d.push(add.bind(ctx, step, &a.x, &a.proj, c.n_embd, mb)?);
             stages.push(Stage {
                 dispatches: d,
                 trace: self.trace(format!("blk.{i}.after_attn_residual"), &a.x, c.n_embd),
@@ -1038,16 +1158,15 @@ impl PlanBuilder<'_> {
                 mb,
             )?];
             d.extend(
-                self.matmul(vector, &l.ffn_gate, &a.xn, &a.gate, c.n_ff)
+                self.matmul_joined(vector, &l.ffn_gate_up, &a.xn, &a.gate_up, 2 * c.n_ff)
                     .await?,
             );
-            d.extend(self.matmul(vector, &l.ffn_up, &a.xn, &a.up, c.n_ff).await?);
-            d.push(silu_mul.bind(ctx, step, &a.gate, &a.up, c.n_ff, mb)?);
+            d.push(silu_mul.bind(ctx, step, &a.gate_up, &a.ffn, c.n_ff, mb)?);
+            // x += ffn W_down^T: the second residual add, folded in too.
             d.extend(
-                self.matmul(vector, &l.ffn_down, &a.gate, &a.proj, c.n_embd)
+                self.matmul(vector, &l.ffn_down, &a.ffn, &a.x, c.n_embd, true)
                     .await?,
             );
-            d.push(add.bind(ctx, step, &a.x, &a.proj, c.n_embd, mb)?);
             stages.push(Stage {
                 dispatches: d,
                 trace: self.trace(format!("blk.{i}.out"), &a.x, c.n_embd),
@@ -1092,6 +1211,7 @@ impl PlanBuilder<'_> {
                 y_rows: logit_rows,
                 y_col0: 0,
                 out_rows: true,
+                accumulate: false,
             },
         )?);
         Ok(d)

@@ -23,6 +23,9 @@ pub struct SyntheticSpec {
     pub embd_dtype: DType,
     /// Share the token embedding as the output projection.
     pub tied: bool,
+    /// A second type for attn_v, ffn_up and ffn_down, mixing types within a layer as quantized
+    /// files do (Q4_K_M keeps attn_v and ffn_down in Q6_K); None: every matrix is `dtype`.
+    pub mixed_dtype: Option<DType>,
     pub seed: u64,
 }
 
@@ -39,6 +42,7 @@ impl Default for SyntheticSpec {
             dtype: DType::Q4_0,
             embd_dtype: DType::Q8_0,
             tied: false,
+            mixed_dtype: None,
             seed: 1,
         }
     }
@@ -58,6 +62,7 @@ impl SyntheticSpec {
             n_ctx_train: 131_072,
             dtype,
             embd_dtype: dtype,
+            mixed_dtype: None,
             tied: true,
             seed: 1,
         }
@@ -76,6 +81,7 @@ impl SyntheticSpec {
             n_ctx_train: 8192,
             dtype,
             embd_dtype: dtype,
+            mixed_dtype: None,
             tied: false,
             seed: 1,
         }
@@ -197,20 +203,21 @@ pub fn synthetic_llama(spec: &SyntheticSpec) -> Result<GgufWriter, KernelError> 
         )?;
     }
     w = matrix(w, arch::OUTPUT_NORM, DType::F32, 1, e, 1.0)?;
+    let mixed = s.mixed_dtype.unwrap_or(s.dtype);
     for i in 0..s.n_layer {
         let name = |n: &str| block_tensor(i, n);
         w = matrix(w, &name(arch::ATTN_NORM), DType::F32, 1, e, 1.0)?;
         w = matrix(w, &name(arch::ATTN_Q), s.dtype, e, e, in_scale * 2.0)?;
         w = matrix(w, &name(arch::ATTN_K), s.dtype, n_kv, e, in_scale * 2.0)?;
-        w = matrix(w, &name(arch::ATTN_V), s.dtype, n_kv, e, in_scale)?;
+        w = matrix(w, &name(arch::ATTN_V), mixed, n_kv, e, in_scale)?;
         w = matrix(w, &name(arch::ATTN_OUTPUT), s.dtype, e, e, in_scale)?;
         w = matrix(w, &name(arch::FFN_NORM), DType::F32, 1, e, 1.0)?;
         w = matrix(w, &name(arch::FFN_GATE), s.dtype, ff, e, in_scale)?;
-        w = matrix(w, &name(arch::FFN_UP), s.dtype, ff, e, in_scale)?;
+        w = matrix(w, &name(arch::FFN_UP), mixed, ff, e, in_scale)?;
         w = matrix(
             w,
             &name(arch::FFN_DOWN),
-            s.dtype,
+            mixed,
             e,
             ff,
             1.0 / (s.n_ff as f32).sqrt(),

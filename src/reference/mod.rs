@@ -209,6 +209,15 @@ pub fn kv_q8_decode(words: &[u32], kv_stride: u32) -> Vec<f32> {
 }
 
 /// `silu(gate) * up`, element-wise.
+/// Rows of `gate | up` (each `2 n` long) from separate rows of gate and of up (`n` long), the
+/// layout the gate and up projections write on the GPU.
+pub fn join_rows(gate: &[f32], up: &[f32], n: usize) -> Vec<f32> {
+    gate.chunks(n)
+        .zip(up.chunks(n))
+        .flat_map(|(g, u)| g.iter().chain(u).copied())
+        .collect()
+}
+
 pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
     gate.iter()
         .zip(up)
