@@ -6,7 +6,7 @@ use web_time::Instant;
 
 use crate::Result;
 use crate::engine::Model;
-use crate::model::Output;
+use crate::model::{Output, StepTimes};
 
 /// Tokens per second of each repetition of one test.
 #[derive(Debug, Clone)]
@@ -15,6 +15,8 @@ pub struct BenchResult {
     pub test: String,
     pub n_tokens: u32,
     pub tokens_per_second: Vec<f64>,
+    /// The forward steps of all repetitions: how many, and their host and total time.
+    pub steps: StepTimes,
 }
 
 impl BenchResult {
@@ -36,6 +38,16 @@ impl BenchResult {
             .sum::<f64>()
             / (n - 1) as f64;
         var.sqrt()
+    }
+
+    /// Host time per step (checking, writing the step buffer, encoding, submitting) and total
+    /// time per step, in seconds.
+    pub fn host_and_step_seconds(&self) -> (f64, f64) {
+        let n = self.steps.steps.max(1) as f64;
+        (
+            self.steps.host.as_secs_f64() / n,
+            self.steps.total.as_secs_f64() / n,
+        )
     }
 }
 
@@ -104,13 +116,16 @@ pub async fn run(
             test: format!("pp{n_prompt}"),
             n_tokens: n_prompt,
             tokens_per_second: Vec::new(),
+            steps: StepTimes::default(),
         };
+        model.llama_mut().take_step_times();
         for _ in 0..repetitions {
             let start = Instant::now();
             prefill(model, &tokens).await?;
             r.tokens_per_second
                 .push(f64::from(n_prompt) / start.elapsed().as_secs_f64());
         }
+        r.steps = model.llama_mut().take_step_times();
         results.push(r);
     }
     if n_gen > 0 {
@@ -119,13 +134,16 @@ pub async fn run(
             test: format!("tg{n_gen}"),
             n_tokens: n_gen,
             tokens_per_second: Vec::new(),
+            steps: StepTimes::default(),
         };
+        model.llama_mut().take_step_times();
         for _ in 0..repetitions {
             let start = Instant::now();
             decode(model, n_gen, &mut source).await?;
             r.tokens_per_second
                 .push(f64::from(n_gen) / start.elapsed().as_secs_f64());
         }
+        r.steps = model.llama_mut().take_step_times();
         results.push(r);
     }
     Ok(results)

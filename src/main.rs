@@ -715,6 +715,10 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
                     "stddev_ts": r.stddev(),
                     "samples_ns": samples_ns,
                     "samples_ts": r.tokens_per_second,
+                    // Not llama-bench's: the host's share of a forward step.
+                    "steps": r.steps.steps,
+                    "host_ns_per_step": (r.host_and_step_seconds().0 * 1e9).round(),
+                    "step_ns": (r.host_and_step_seconds().1 * 1e9).round(),
                 })
             })
             .collect();
@@ -723,7 +727,7 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
     }
     println!("| model | size | params | backend | adapter | test | t/s |");
     println!("| --- | ---: | ---: | --- | --- | ---: | ---: |");
-    for r in results {
+    for r in &results {
         println!(
             "| {label} | {size:.2} MiB | {:.2} M | wgpu/{:?} | {} | {} | {:.2} ± {:.2} |",
             params as f64 / 1e6,
@@ -732,6 +736,18 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
             r.test,
             r.mean(),
             r.stddev()
+        );
+    }
+    println!();
+    for r in &results {
+        let (host, step) = r.host_and_step_seconds();
+        println!(
+            "{}: host {:.3} ms of {:.3} ms per forward step ({:.2}%: check, step buffer write, encode, submit), {} steps",
+            r.test,
+            host * 1e3,
+            step * 1e3,
+            100.0 * host / step.max(f64::MIN_POSITIVE),
+            r.steps.steps
         );
     }
     Ok(())

@@ -248,6 +248,11 @@ fn bench_prints_pp_and_tg() {
             .unwrap();
         assert!(rate > 0.0, "{line}");
     }
+    let host_line = out
+        .lines()
+        .find(|l| l.starts_with("tg4: host "))
+        .unwrap_or_else(|| panic!("no host time in {out}"));
+    assert!(host_line.ends_with(", 4 steps"), "{host_line}");
 }
 
 #[test]
@@ -289,6 +294,26 @@ fn bench_json_lists_every_repetition() {
         let tokens = (n_prompt + n_gen) as f64;
         assert!((tokens / (ns * 1e-9) / rates[0] - 1.0).abs() < 1e-6, "{t}");
         assert!(t["model_n_params"].as_u64().unwrap() > 100_000_000, "{t}");
+        // The host's share of each step: one step per prompt, one per generated token, and
+        // the steps' time is nearly all of the measured time.
+        assert_eq!(
+            t["steps"].as_u64(),
+            Some(2 * if n_gen > 0 { n_gen } else { 1 })
+        );
+        let host = t["host_ns_per_step"].as_f64().unwrap();
+        let step = t["step_ns"].as_f64().unwrap();
+        assert!(host > 0.0 && host < step, "{t}");
+        let measured: f64 = t["samples_ns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        let in_steps = step * t["steps"].as_f64().unwrap();
+        assert!(
+            in_steps <= measured * 1.001 && in_steps > measured * 0.8,
+            "{t}"
+        );
     }
 }
 

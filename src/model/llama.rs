@@ -2,6 +2,9 @@
 //! of a step built at load time, one command encoder and one submit per step.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use web_time::Instant;
 
 use super::arch::{self, block_tensor};
 use super::{LlamaConfig, ModelError};
@@ -158,6 +161,17 @@ struct LayerWeights {
 }
 
 /// Load progress: bytes of weights uploaded so far, of the total.
+/// Where the time of forward steps went, summed since the last [`LlamaGpu::take_step_times`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTimes {
+    pub steps: u64,
+    /// On the host before the GPU has the step: checking it, writing the step buffer, encoding
+    /// the pre-built dispatches and submitting them.
+    pub host: Duration,
+    /// From the call to its result (host time, the GPU's work and the readback).
+    pub total: Duration,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct LoadProgress {
     pub done: u64,
@@ -196,6 +210,7 @@ pub struct LlamaGpu {
     kv_type: KvType,
     // Kept for the trace of the final norm.
     xn: wgpu::Buffer,
+    times: StepTimes,
 }
 
 impl std::fmt::Debug for LlamaGpu {
@@ -559,6 +574,7 @@ impl LlamaGpu {
             kv_bytes,
             kv_type,
             xn: act.xn,
+            times: StepTimes::default(),
         })
     }
 
@@ -613,6 +629,11 @@ impl LlamaGpu {
         self.kv_type
     }
 
+    /// The time steps took since the last call, and a fresh count.
+    pub fn take_step_times(&mut self) -> StepTimes {
+        std::mem::take(&mut self.times)
+    }
+
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         if let Some(&token) = tokens.iter().find(|&&t| t >= self.cfg.n_vocab) {
             return Err(ModelError::TokenOutOfRange {
@@ -633,6 +654,7 @@ impl LlamaGpu {
         copies: &[PageCopy],
         output: StepOutput,
     ) -> Result<Forward> {
+        let start = Instant::now();
         self.check_tokens(input.tokens)?;
         if input.out_rows.len() > self.logit_rows as usize {
             return Err(ModelError::BadRequest(format!(
@@ -653,11 +675,27 @@ impl LlamaGpu {
             .into());
         }
         let shape = self.step.write(&self.ctx, input)?;
-        self.run(shape, copies, output).await
+        self.run(start, shape, copies, output).await
     }
 
+    /// Encodes and submits a step whose buffer is written, and waits for its `output`. The
+    /// step's host work began at `start`.
     async fn run(
         &mut self,
+        start: Instant,
+        shape: StepShape,
+        copies: &[PageCopy],
+        output: StepOutput,
+    ) -> Result<Forward> {
+        let result = self.encode_and_wait(start, shape, copies, output).await;
+        self.times.steps += 1;
+        self.times.total += start.elapsed();
+        result
+    }
+
+    async fn encode_and_wait(
+        &mut self,
+        start: Instant,
         shape: StepShape,
         copies: &[PageCopy],
         output: StepOutput,
@@ -721,6 +759,7 @@ impl LlamaGpu {
             }
         }
         self.ctx.queue().submit([encoder.finish()]);
+        self.times.host += start.elapsed();
         Ok(match output {
             StepOutput::Nothing => {
                 self.ctx.check()?;
@@ -779,6 +818,7 @@ impl LlamaGpu {
     /// and returns what `output` asks for. Positions past `pos0 + tokens.len()` keep stale K/V
     /// that later steps overwrite, so rewinding is just passing an earlier `pos0`.
     pub async fn forward(&mut self, tokens: &[u32], pos0: u32, output: Output) -> Result<Forward> {
+        let start = Instant::now();
         let out_rows = self.single_rows(tokens, pos0, output)?;
         let shape = self.step.write_single(&self.ctx, pos0, tokens, &out_rows)?;
         let step_output = match output {
@@ -786,7 +826,7 @@ impl LlamaGpu {
             Output::Argmax => StepOutput::Argmax,
             Output::LastLogits | Output::AllLogits => StepOutput::Logits,
         };
-        Ok(match self.run(shape, &[], step_output).await? {
+        Ok(match self.run(start, shape, &[], step_output).await? {
             Forward::Tokens(ids) => Forward::Token(ids.first().copied().unwrap_or(0)),
             other => other,
         })

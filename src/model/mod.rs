@@ -7,7 +7,7 @@ pub mod llama;
 pub mod synthetic;
 
 pub use config::LlamaConfig;
-pub use llama::{LlamaGpu, LoadOptions, Output};
+pub use llama::{LlamaGpu, LoadOptions, Output, StepTimes};
 
 use crate::format::DType;
 
