@@ -12,7 +12,7 @@ use common::{
 use sovereign::format::DType;
 use sovereign::gpu::{GpuContext, GpuOptions, WeightTensor};
 use sovereign::kernels::argmax::Argmax;
-use sovereign::kernels::attention::{Attention, AttentionParams};
+use sovereign::kernels::attention::{Attention, AttentionParams, AttentionPath};
 use sovereign::kernels::embed::Embed;
 use sovereign::kernels::kv_store::{KvStore, KvStoreParams};
 use sovereign::kernels::rms_norm::RmsNorm;
@@ -448,7 +448,7 @@ fn matmul_splits_weights_over_bindings() {
 fn check_attention(
     ctx: &GpuContext,
     kv_type: KvType,
-    tiled: bool,
+    path: AttentionPath,
     n_head: usize,
     n_head_kv: usize,
     head_dim: usize,
@@ -457,7 +457,7 @@ fn check_attention(
     seed: u64,
 ) {
     let check = pollster::block_on(selftest::attention(
-        ctx, kv_type, tiled, n_head, n_head_kv, head_dim, pos0, n_tokens, seed,
+        ctx, kv_type, path, n_head, n_head_kv, head_dim, pos0, n_tokens, seed,
     ))
     .unwrap();
     assert!(check.passed, "{check:?}");
@@ -467,10 +467,10 @@ fn check_attention(
 fn attention_matches_reference_for_prefill_and_decode() {
     let ctx = gpu(GpuOptions::default());
     for kv_type in kv_types(&ctx) {
-        for tiled in [false, true] {
+        for path in AttentionPath::ALL {
             let check = |n_head, n_head_kv, head_dim, pos0, n_tokens, seed| {
                 check_attention(
-                    &ctx, kv_type, tiled, n_head, n_head_kv, head_dim, pos0, n_tokens, seed,
+                    &ctx, kv_type, path, n_head, n_head_kv, head_dim, pos0, n_tokens, seed,
                 )
             };
             // Prefill from position 0 (causal mask within the step), GQA 3:1 as in SmolLM2:
@@ -633,34 +633,38 @@ fn paged_kv_store_and_attention_match_reference() {
                 pool_rows as u32,
             )
             .unwrap();
-        for tiled in [false, true] {
+        for path in AttentionPath::ALL {
             let out = zeros(&ctx, n * q_row);
-            let attn = if tiled {
-                pollster::block_on(Attention::tiled(&ctx, kv_type))
-            } else {
-                pollster::block_on(Attention::new(&ctx, kv_type))
-            }
-            .unwrap();
+            let attn = pollster::block_on(Attention::of_path(&ctx, kv_type, path)).unwrap();
+            let params = AttentionParams {
+                n_head: n_head as u32,
+                n_head_kv: n_head_kv as u32,
+                head_dim: head_dim as u32,
+                q_stride: q_row as u32,
+                kv_stride: kv_row as u32,
+                scale: 0.2,
+                out_stride: q_row as u32,
+                _pad1: 0,
+            };
+            // Splits reach the furthest position of the step.
+            let n_ctx = positions.iter().max().unwrap() + 1;
+            let partials = zeros(
+                &ctx,
+                Attention::partials_len(&params, n as u32, n_ctx) as usize,
+            );
             let attn = attn
-                .bind(
+                .bind_path(
                     &ctx,
                     s.buffer(),
                     &storage(&ctx, &q),
                     &kc,
                     &vc,
+                    &partials,
                     &out,
-                    AttentionParams {
-                        n_head: n_head as u32,
-                        n_head_kv: n_head_kv as u32,
-                        head_dim: head_dim as u32,
-                        q_stride: q_row as u32,
-                        kv_stride: kv_row as u32,
-                        scale: 0.2,
-                        out_stride: q_row as u32,
-                        _pad1: 0,
-                    },
+                    params,
                     n as u32,
                     pool_rows as u32,
+                    n_ctx,
                 )
                 .unwrap();
             let tables: Vec<(u32, &[u32])> = seqs
@@ -674,14 +678,15 @@ fn paged_kv_store_and_attention_match_reference() {
                 out_rows: &[],
                 tables: &tables,
             };
-            run_step(&ctx, &[&store, &attn], &input, &s);
+            let dispatches: Vec<_> = [&store].into_iter().chain(&attn).collect();
+            run_step(&ctx, &dispatches, &input, &s);
             let read = |b| read_kv(&ctx, kv_type, b, pool_rows, kv_row);
             // The new K/V are already rounded as the cache holds them, so storing them again
             // keeps them exactly (Q8_0: a block's rounded values requantize to themselves).
             assert_close(&format!("paged K {kv_type}"), &read(&kc), &want_k, 0.0, 0.0);
             assert_close(&format!("paged V {kv_type}"), &read(&vc), &want_v, 0.0, 0.0);
             assert_close(
-                &format!("paged attention {kv_type} tiled={tiled}"),
+                &format!("paged attention {kv_type} {path:?}"),
                 &read_f32(&ctx, &out, n * q_row),
                 &want_out,
                 2e-5,

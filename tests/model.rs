@@ -9,6 +9,7 @@ use common::{gpu, greedy_cases, model_path, reference_path};
 use sovereign::format::GgufFile;
 use sovereign::gpu::{GpuContext, GpuOptions};
 use sovereign::kernels::KvType;
+use sovereign::kernels::attention::Attention;
 use sovereign::model::llama::Forward;
 use sovereign::model::{LlamaConfig, LlamaGpu, LoadOptions, Output};
 use sovereign::reference::llama::ReferenceLlama;
@@ -145,8 +146,21 @@ fn activations_match_the_layer_dump() {
 fn gpu_matches_cpu_reference_forward() {
     let file = GgufFile::open(model_path()).unwrap();
     let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
-    let mut model = load(gpu(GpuOptions::default()), &file, 64);
-    let mut cpu = ReferenceLlama::load(&cfg, &file)
+    // The adapter's own kernels, and the GPU-shaped ones, whose decode steps split each token's
+    // keys (flash-decoding) at this context of 1024.
+    let gpu_shaped = gpu(GpuOptions {
+        gpu_kernels_on_cpu: true,
+        ..Default::default()
+    });
+    assert!(Attention::split_pays(&gpu_shaped, 1024));
+    for ctx in [gpu(GpuOptions::default()), gpu_shaped] {
+        check_forward_against_reference(ctx, &cfg, &file);
+    }
+}
+
+fn check_forward_against_reference(ctx: Arc<GpuContext>, cfg: &LlamaConfig, file: &GgufFile) {
+    let mut model = load(ctx, file, 64);
+    let mut cpu = ReferenceLlama::load(cfg, file)
         .unwrap()
         .with_kv_type(model.kv_type());
     let case = &greedy_cases()[2];

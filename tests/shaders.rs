@@ -143,6 +143,7 @@ fn params_layouts_match_wgsl() {
     check_layout::<attention::AttentionParams>("attention_f16");
     check_layout::<attention::AttentionParams>("attention_q8");
     check_layout::<attention::AttentionParams>("attention_tiled");
+    check_layout::<attention::AttentionMergeParams>("attention_merge");
     check_layout::<kv_store::KvStoreParams>("kv_store");
     check_layout::<kv_store::KvStoreParams>("kv_store_f16");
     check_layout::<kv_store::KvStoreParams>("kv_store_q8");

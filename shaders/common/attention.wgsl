@@ -5,6 +5,13 @@
 // the shared heads are read in place, never copied. Needs common/attention_io.wgsl; the
 // including shader reads the cache through `k_dot_q(row, kv_off)`
 // (q_head . K[row, kv_off..kv_off + head_dim]) and `v_at(row, col)`.
+//
+// Flash-decoding: with SPLIT_KEYS > 0 a token's keys are split across workgroups, so that a
+// few heads and tokens still fill a GPU at long contexts. Workgroup (head + n_head * split, t)
+// covers keys split * SPLIT_KEYS .. + SPLIT_KEYS and writes into `out`, instead of the
+// normalized row, its partial: the unnormalized row, then its running max and sum, at
+// ((t * n_head + head) * n_splits + split) * (head_dim + 2). attention_merge.wgsl joins them.
+override SPLIT_KEYS: u32 = 0u;
 
 var<workgroup> q_head: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG_SIZE>;
@@ -13,10 +20,15 @@ var<workgroup> reduce: array<f32, WG_SIZE>;
 var<workgroup> key_rows: array<u32, WG_SIZE>;
 
 @compute @workgroup_size(WG_SIZE)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let head = wid.x;
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let head = wid.x % params.n_head;
+    let split = wid.x / params.n_head;
     let t = wid.y;
-    if (t >= step.n_tokens || head >= params.n_head) {
+    if (t >= step.n_tokens) {
         return;
     }
     let hd = params.head_dim;
@@ -31,11 +43,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc: array<f32, 4>;
     var running_max = NEG_BIG;
     var running_sum = 0.0;
-    let last_key = step_pos(t);
+    // Keys key_begin..=last_key; none where a split starts past the token's position.
+    var key_begin = 0u;
+    var last_key = step_pos(t);
+    if (SPLIT_KEYS > 0u) {
+        key_begin = split * SPLIT_KEYS;
+        last_key = min(last_key, key_begin + SPLIT_KEYS - 1u);
+    }
     let slot = step_slot(t);
     let kv_off = kv_head * hd;
 
-    for (var j0 = 0u; j0 <= last_key; j0 += WG_SIZE) {
+    for (var j0 = key_begin; j0 <= last_key; j0 += WG_SIZE) {
         let j = j0 + lid;
         var score = NEG_BIG;
         if (j <= last_key) {
@@ -80,6 +98,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
 
+    if (SPLIT_KEYS > 0u) {
+        let part_at = ((t * params.n_head + head) * (nwg.x / params.n_head) + split) * (hd + 2u);
+        for (var c = 0u; c < 4u; c++) {
+            let d = lid + c * WG_SIZE;
+            if (d < hd) {
+                out[part_at + d] = acc[c];
+            }
+        }
+        if (lid == 0u) {
+            out[part_at + hd] = running_max;
+            out[part_at + hd + 1u] = running_sum;
+        }
+        return;
+    }
     let out_at = t * params.out_stride + head * hd;
     for (var c = 0u; c < 4u; c++) {
         let d = lid + c * WG_SIZE;

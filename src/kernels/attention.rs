@@ -2,7 +2,9 @@
 //! cache), `shaders/attention_f16.wgsl` (f16 cache, where the adapter has shader-f16) and
 //! `shaders/attention_q8.wgsl` (Q8_0 cache), one workgroup per query head and token, for decode;
 //! and `shaders/attention_tiled*.wgsl` for prefill, one workgroup per K/V head and block of
-//! tokens, which reads each K/V row once per block.
+//! tokens, which reads each K/V row once per block. Decode at long contexts on GPUs splits each
+//! token's keys across workgroups (flash-decoding, [`Attention::split`]) and joins the partial
+//! results in `shaders/attention_merge.wgsl`.
 
 use super::kv_store::{KvType, check_kv_shape, check_kv_type};
 use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len, shape_error};
@@ -21,6 +23,32 @@ crate::gpu_params! {
     }
 }
 
+crate::gpu_params! {
+    pub struct AttentionMergeParams {
+        pub n_head: u32,
+        pub head_dim: u32,
+        pub n_splits: u32,
+        pub out_stride: u32,
+    }
+}
+
+/// Keys per workgroup in flash-decoding (`SPLIT_KEYS` in the shader).
+pub const SPLIT_KEYS: u32 = 128;
+
+/// The attention kernels: decode (a workgroup per query head and token), flash-decoding (the
+/// same with each token's keys split across workgroups, then a merge pass) and the tiled prefill
+/// kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionPath {
+    Decode,
+    Split,
+    Tiled,
+}
+
+impl AttentionPath {
+    pub const ALL: [AttentionPath; 3] = [Self::Decode, Self::Split, Self::Tiled];
+}
+
 const WG_SIZE: u32 = 64;
 /// Values of K (and of V) one tile of the tiled kernel holds (`TILE_VALUES` in the shader).
 const TILED_TILE_VALUES: u32 = 1536;
@@ -34,6 +62,8 @@ pub struct Attention {
     kernel: Kernel,
     kv_type: KvType,
     tiled: bool,
+    /// Flash-decoding: the merge pass, present when the kernel writes partials.
+    merge: Option<Kernel>,
 }
 
 impl Attention {
@@ -49,11 +79,101 @@ impl Attention {
         Variant::sized(shader, WG_SIZE)
     }
 
+    fn split_variant(kv_type: KvType) -> Variant {
+        let mut v = Self::variant(kv_type, false);
+        v.constants.push(("SPLIT_KEYS", f64::from(SPLIT_KEYS)));
+        v
+    }
+
+    fn merge_variant() -> Variant {
+        Variant::sized("attention_merge", WG_SIZE)
+    }
+
     pub fn variants() -> Vec<Variant> {
         KvType::ALL
             .into_iter()
-            .flat_map(|t| [Self::variant(t, false), Self::variant(t, true)])
+            .flat_map(|t| {
+                [
+                    Self::variant(t, false),
+                    Self::variant(t, true),
+                    Self::split_variant(t),
+                ]
+            })
+            .chain([Self::merge_variant()])
             .collect()
+    }
+
+    /// The kernel of `path`.
+    pub async fn of_path(
+        ctx: &GpuContext,
+        kv_type: KvType,
+        path: AttentionPath,
+    ) -> Result<Self, KernelError> {
+        match path {
+            AttentionPath::Decode => Self::new(ctx, kv_type).await,
+            AttentionPath::Split => Self::split(ctx, kv_type).await,
+            AttentionPath::Tiled => Self::tiled(ctx, kv_type).await,
+        }
+    }
+
+    /// Binds any path: through [`Self::bind_split`] with `partials` for the split kernel, else
+    /// through [`Self::bind`] (`partials` unused).
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind_path(
+        &self,
+        ctx: &GpuContext,
+        step: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        params: AttentionParams,
+        max_tokens: u32,
+        pool_rows: u32,
+        n_ctx: u32,
+    ) -> Result<Vec<Dispatch>, KernelError> {
+        if self.merge.is_some() {
+            self.bind_split(
+                ctx, step, q, k_cache, v_cache, partials, out, params, max_tokens, pool_rows, n_ctx,
+            )
+        } else {
+            Ok(vec![self.bind(
+                ctx, step, q, k_cache, v_cache, out, params, max_tokens, pool_rows,
+            )?])
+        }
+    }
+
+    /// Flash-decoding: the decode kernel with each token's keys split across workgroups of
+    /// [`SPLIT_KEYS`] keys, and the pass that merges their partial results ([`Self::bind_split`]).
+    pub async fn split(ctx: &GpuContext, kv_type: KvType) -> Result<Self, KernelError> {
+        check_kv_type("attention", ctx, kv_type)?;
+        Ok(Attention {
+            kernel: Kernel::new(ctx, &Self::split_variant(kv_type)).await?,
+            kv_type,
+            tiled: false,
+            merge: Some(Kernel::new(ctx, &Self::merge_variant()).await?),
+        })
+    }
+
+    /// Whether decode steps with a context of `n_ctx` gain from splitting their keys on `ctx`:
+    /// on GPUs, where a few heads and tokens leave most compute units idle at long contexts,
+    /// and not on CPU adapters, whose few cores the heads alone fill.
+    pub fn split_pays(ctx: &GpuContext, n_ctx: u32) -> bool {
+        !ctx.features().cpu && n_ctx > 2 * SPLIT_KEYS
+    }
+
+    /// Splits of a context of `n_ctx` positions.
+    pub fn n_splits(n_ctx: u32) -> u32 {
+        n_ctx.div_ceil(SPLIT_KEYS).max(1)
+    }
+
+    /// Elements of the partials buffer [`Self::bind_split`] needs.
+    pub fn partials_len(params: &AttentionParams, max_tokens: u32, n_ctx: u32) -> u64 {
+        u64::from(max_tokens)
+            * u64::from(params.n_head)
+            * u64::from(Self::n_splits(n_ctx))
+            * u64::from(params.head_dim + 2)
     }
 
     /// Attention over a cache of `kv_type` (F16 needs shader-f16), for decode: one workgroup
@@ -96,6 +216,7 @@ impl Attention {
             kernel: Kernel::new(ctx, &Self::variant(kv_type, tiled)).await?,
             kv_type,
             tiled,
+            merge: None,
         })
     }
 
@@ -114,6 +235,140 @@ impl Attention {
         max_tokens: u32,
         pool_rows: u32,
     ) -> Result<Dispatch, KernelError> {
+        if self.merge.is_some() {
+            return Err(shape_error(
+                "attention",
+                "the split kernel binds through bind_split",
+            ));
+        }
+        self.check(q, k_cache, v_cache, params, max_tokens, pool_rows)?;
+        check_len(
+            "attention",
+            "out",
+            out,
+            u64::from(max_tokens) * u64::from(params.out_stride),
+        )?;
+        let grid = if self.tiled {
+            // One invocation per (token, query head of the group).
+            let group = params.n_head / params.n_head_kv;
+            Grid::Tokens {
+                x: params.n_head_kv,
+                tile: WG_SIZE / group,
+            }
+        } else {
+            Grid::Tokens {
+                x: params.n_head,
+                tile: 1,
+            }
+        };
+        Ok(self.kernel.dispatch(
+            ctx,
+            &params,
+            vec![
+                step.as_entire_binding(),
+                q.as_entire_binding(),
+                k_cache.as_entire_binding(),
+                v_cache.as_entire_binding(),
+                out.as_entire_binding(),
+            ],
+            grid,
+        ))
+    }
+
+    /// Flash-decoding's two dispatches for a context of `n_ctx` positions: the split kernel
+    /// writes each (token, head, split)'s partial into `partials` (at least
+    /// [`Self::partials_len`] elements), and the merge pass writes `out` as [`Self::bind`] does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind_split(
+        &self,
+        ctx: &GpuContext,
+        step: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        params: AttentionParams,
+        max_tokens: u32,
+        pool_rows: u32,
+        n_ctx: u32,
+    ) -> Result<Vec<Dispatch>, KernelError> {
+        let op = "attention";
+        let Some(merge) = &self.merge else {
+            return Err(shape_error(
+                op,
+                "bind_split needs the kernel from Attention::split",
+            ));
+        };
+        self.check(q, k_cache, v_cache, params, max_tokens, pool_rows)?;
+        check_len(
+            op,
+            "out",
+            out,
+            u64::from(max_tokens) * u64::from(params.out_stride),
+        )?;
+        check_len(
+            op,
+            "partials",
+            partials,
+            Self::partials_len(&params, max_tokens, n_ctx),
+        )?;
+        let n_splits = Self::n_splits(n_ctx);
+        let workgroups = u64::from(params.n_head) * u64::from(n_splits);
+        if workgroups > u64::from(ctx.limits().max_compute_workgroups_per_dimension) {
+            return Err(shape_error(
+                op,
+                format!("{workgroups} workgroups per token in one dimension"),
+            ));
+        }
+        let merge_params = AttentionMergeParams {
+            n_head: params.n_head,
+            head_dim: params.head_dim,
+            n_splits,
+            out_stride: params.out_stride,
+        };
+        Ok(vec![
+            self.kernel.dispatch(
+                ctx,
+                &params,
+                vec![
+                    step.as_entire_binding(),
+                    q.as_entire_binding(),
+                    k_cache.as_entire_binding(),
+                    v_cache.as_entire_binding(),
+                    partials.as_entire_binding(),
+                ],
+                Grid::Tokens {
+                    x: workgroups as u32,
+                    tile: 1,
+                },
+            ),
+            merge.dispatch(
+                ctx,
+                &merge_params,
+                vec![
+                    step.as_entire_binding(),
+                    partials.as_entire_binding(),
+                    out.as_entire_binding(),
+                ],
+                Grid::Tokens {
+                    x: params.n_head,
+                    tile: 1,
+                },
+            ),
+        ])
+    }
+
+    /// The checks every binding of the kernel shares: heads, strides, q and the caches.
+    fn check(
+        &self,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        params: AttentionParams,
+        max_tokens: u32,
+        pool_rows: u32,
+    ) -> Result<(), KernelError> {
         let op = "attention";
         if params.n_head_kv == 0 || !params.n_head.is_multiple_of(params.n_head_kv) {
             return Err(shape_error(
@@ -149,12 +404,6 @@ impl Attention {
             q,
             u64::from(max_tokens) * u64::from(params.q_stride),
         )?;
-        check_len(
-            op,
-            "out",
-            out,
-            u64::from(max_tokens) * u64::from(params.out_stride),
-        )?;
         let cache_bytes = u64::from(pool_rows) * self.kv_type.row_bytes(params.kv_stride);
         for (what, b) in [("k_cache", k_cache), ("v_cache", v_cache)] {
             if b.size() < cache_bytes {
@@ -173,36 +422,15 @@ impl Attention {
                 ),
             ));
         }
-        let grid = if self.tiled {
-            // One invocation per (token, query head of the group).
-            let group = params.n_head / params.n_head_kv;
-            if group > WG_SIZE {
-                return Err(shape_error(
-                    op,
-                    format!("{group} query heads per K/V head, over {WG_SIZE}"),
-                ));
-            }
-            Grid::Tokens {
-                x: params.n_head_kv,
-                tile: WG_SIZE / group,
-            }
-        } else {
-            Grid::Tokens {
-                x: params.n_head,
-                tile: 1,
-            }
-        };
-        Ok(self.kernel.dispatch(
-            ctx,
-            &params,
-            vec![
-                step.as_entire_binding(),
-                q.as_entire_binding(),
-                k_cache.as_entire_binding(),
-                v_cache.as_entire_binding(),
-                out.as_entire_binding(),
-            ],
-            grid,
-        ))
+        if self.tiled && params.n_head / params.n_head_kv > WG_SIZE {
+            return Err(shape_error(
+                op,
+                format!(
+                    "{} query heads per K/V head, over {WG_SIZE}",
+                    params.n_head / params.n_head_kv
+                ),
+            ));
+        }
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::argmax::Argmax;
-use super::attention::{Attention, AttentionParams};
+use super::attention::{Attention, AttentionParams, AttentionPath};
 use super::embed::Embed;
 use super::kv_store::{KvStore, KvStoreParams, KvType, q8_row_words};
 use super::matmul::{Matmul, MatmulLayout};
@@ -408,8 +408,10 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
             .into_iter()
             .enumerate()
         {
-            checks.push(attention(ctx, kv_type, false, 9, 3, 64, pos0, n, 200 + i as u64).await?);
-            checks.push(attention(ctx, kv_type, true, 9, 3, 64, pos0, n, 210 + i as u64).await?);
+            for (p, path) in AttentionPath::ALL.into_iter().enumerate() {
+                let seed = 200 + 10 * p as u64 + i as u64;
+                checks.push(attention(ctx, kv_type, path, 9, 3, 64, pos0, n, seed).await?);
+            }
         }
     }
 
@@ -528,13 +530,12 @@ pub async fn matmul(
 }
 
 /// Attention of `n` tokens at positions `pos0..` over a contiguous cache of random K/V held as
-/// `kv_type`, GQA when `n_head_kv < n_head`, by the decode kernel or the tiled prefill one,
-/// against the reference.
+/// `kv_type`, GQA when `n_head_kv < n_head`, by the kernel of `path`, against the reference.
 #[allow(clippy::too_many_arguments)]
 pub async fn attention(
     ctx: &GpuContext,
     kv_type: KvType,
-    tiled: bool,
+    path: AttentionPath,
     n_head: usize,
     n_head_kv: usize,
     head_dim: usize,
@@ -582,28 +583,32 @@ pub async fn attention(
         _pad1: 0,
     };
     let qb = b.buffer(&q_rows).await?;
-    let kernel = if tiled {
-        Attention::tiled(ctx, kv_type).await?
-    } else {
-        Attention::new(ctx, kv_type).await?
-    };
-    let d = kernel.bind(
+    let kernel = Attention::of_path(ctx, kv_type, path).await?;
+    let partials_len = Attention::partials_len(&params, n as u32, n_ctx as u32);
+    let partials = b.buffer(&vec![0.0; partials_len as usize]).await?;
+    let d = kernel.bind_path(
         ctx,
         step.buffer(),
         &qb,
         &kb,
         &vb,
+        &partials,
         &out,
         params,
         n as u32,
         n_ctx as u32,
+        n_ctx as u32,
     )?;
-    b.run(&[&d], &step, pos0 as u32, n)?;
+    b.run(&d.iter().collect::<Vec<_>>(), &step, pos0 as u32, n)?;
     let got = b.read(&out, want.len()).await?;
     Ok(compare(
         format!(
             "attention {kv_type}{} {n_head}/{n_head_kv} heads of {head_dim}, {n} tokens at {pos0}",
-            if tiled { " tiled" } else { "" }
+            match path {
+                AttentionPath::Decode => "",
+                AttentionPath::Split => " split",
+                AttentionPath::Tiled => " tiled",
+            }
         ),
         &got,
         &want,

@@ -28,6 +28,7 @@ pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "argmax.wgsl",
     "attention.wgsl",
     "attention_f16.wgsl",
+    "attention_merge.wgsl",
     "attention_q8.wgsl",
     "attention_tiled.wgsl",
     "attention_tiled_f16.wgsl",

@@ -140,6 +140,8 @@ struct Activations {
     gate_up: wgpu::Buffer,
     /// silu(gate) * up.
     ffn: wgpu::Buffer,
+    /// Flash-decoding's partial rows, for decode steps, where splitting the keys pays.
+    attn_partials: Option<wgpu::Buffer>,
 }
 
 struct Weights {
@@ -238,6 +240,20 @@ async fn upload_matrix(
     let w = WeightTensor::upload(ctx, name, t.dtype, row_len, n_rows, t.data).await?;
     progress(t.data.len() as u64);
     Ok(w)
+}
+
+/// The attention of a layer: q from the q | k | v rows, out in rows of n_embd_q.
+fn attention_params(c: &LlamaConfig) -> AttentionParams {
+    AttentionParams {
+        n_head: c.n_head,
+        n_head_kv: c.n_head_kv,
+        head_dim: c.head_dim,
+        q_stride: c.n_embd_qkv(),
+        kv_stride: c.n_embd_kv(),
+        scale: 1.0 / (c.head_dim as f32).sqrt(),
+        out_stride: c.n_embd_q(),
+        _pad1: 0,
+    }
 }
 
 /// Uploads matrices of one row length that the same input multiplies (q, k and v; gate and
@@ -459,6 +475,16 @@ impl LlamaGpu {
             attn: act_buffer("attn", cfg.n_embd_q()).await?,
             gate_up: act_buffer("gate_up", 2 * cfg.n_ff).await?,
             ffn: act_buffer("ffn", cfg.n_ff).await?,
+            attn_partials: if Attention::split_pays(&ctx, n_ctx) {
+                let len =
+                    Attention::partials_len(&attention_params(&cfg), VECTOR_MAX_TOKENS - 1, n_ctx);
+                Some(
+                    ctx.create_buffer("attn_partials", len * 4, wgpu::BufferUsages::STORAGE)
+                        .await?,
+                )
+            } else {
+                None
+            },
         };
         let mut k_cache = Vec::with_capacity(cfg.n_layer as usize);
         let mut v_cache = Vec::with_capacity(cfg.n_layer as usize);
@@ -1050,6 +1076,11 @@ impl PlanBuilder<'_> {
         let rms = RmsNorm::new(ctx).await?;
         let rope = Rope::new(ctx).await?;
         let attention = Attention::new(ctx, self.kv_type).await?;
+        let attention_split = if vector && self.act.attn_partials.is_some() {
+            Some(Attention::split(ctx, self.kv_type).await?)
+        } else {
+            None
+        };
         let attention_tiled = if vector || !Attention::tiled_runs(ctx, c.head_dim, self.n_ctx) {
             None
         } else {
@@ -1138,16 +1169,7 @@ impl PlanBuilder<'_> {
                     row_stride: c.n_embd_kv(),
                 }),
             });
-            let attn_params = AttentionParams {
-                n_head: c.n_head,
-                n_head_kv: c.n_head_kv,
-                head_dim: c.head_dim,
-                q_stride: c.n_embd_qkv(),
-                kv_stride: c.n_embd_kv(),
-                scale: 1.0 / (c.head_dim as f32).sqrt(),
-                out_stride: c.n_embd_q(),
-                _pad1: 0,
-            };
+            let attn_params = attention_params(c);
             let bind = |kernel: &Attention| {
                 kernel.bind(
                     ctx,
@@ -1162,7 +1184,24 @@ impl PlanBuilder<'_> {
                 )
             };
             let mut dispatches = Vec::new();
-            if let Some(tiled) = &attention_tiled {
+            if let (Some(split), Some(partials)) = (&attention_split, &a.attn_partials) {
+                // Decode steps only, for which the partials are sized.
+                for d in split.bind_split(
+                    ctx,
+                    step,
+                    &a.qkv,
+                    kc,
+                    vc,
+                    partials,
+                    &a.attn,
+                    attn_params,
+                    mb.min(VECTOR_MAX_TOKENS - 1),
+                    self.pool_rows,
+                    self.n_ctx,
+                )? {
+                    dispatches.push(d.only_when(|s| s.n_tokens < VECTOR_MAX_TOKENS));
+                }
+            } else if let Some(tiled) = &attention_tiled {
                 // Prompts go to the tiled kernel; batched decode steps (a token per sequence)
                 // to the per-token one.
                 dispatches.push(bind(tiled)?.only_when(StepShape::long_runs));
