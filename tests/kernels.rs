@@ -554,11 +554,14 @@ fn paged_kv_store_and_attention_match_reference() {
     let mut rng = Rng::new(130);
     let (n_head, n_head_kv, head_dim) = (4usize, 2usize, 32usize);
     let (q_row, kv_row) = (n_head * head_dim, n_head_kv * head_dim);
-    let n_pages = 12u32;
+    let n_pages = 20u32;
     let pool_rows = (n_pages * PAGE) as usize;
-    // (slot, pages, length before the step, new tokens)
-    let seqs: [(u32, Vec<u32>, usize, usize); 2] =
-        [(1, vec![5, 2, 9], 37, 3), (3, vec![0, 7], 21, 2)];
+    // (slot, pages, length before the step, new tokens): the first sequence spans two splits
+    // of flash-decoding's keys.
+    let seqs: [(u32, Vec<u32>, usize, usize); 2] = [
+        (1, vec![5, 2, 9, 12, 19, 3, 14, 11, 17, 1], 150, 3),
+        (3, vec![0, 7], 21, 2),
+    ];
     for kv_type in kv_types(&ctx) {
         let mut k_pool = vec![0.0f32; pool_rows * kv_row];
         let mut v_pool = vec![0.0f32; pool_rows * kv_row];
