@@ -995,22 +995,8 @@ impl PlanBuilder<'_> {
         y_width: u32,
         accumulate: bool,
     ) -> Result<Vec<Dispatch>, KernelError> {
-        self.matmul_kernel(vector, w.dtype).await?.bind(
-            self.ctx,
-            self.step,
-            w,
-            x,
-            y,
-            MatmulLayout {
-                x_stride: w.row_len,
-                y_stride: y_width,
-                x_rows: self.max_batch,
-                y_rows: self.max_batch,
-                y_col0: 0,
-                out_rows: false,
-                accumulate,
-            },
-        )
+        self.matmul_at(vector, w, x, y, y_width, 0, accumulate)
+            .await
     }
 
     /// Joined projections of `x` (see `upload_joined`) into side-by-side columns of `y`.
@@ -1025,25 +1011,43 @@ impl PlanBuilder<'_> {
         let mut dispatches = Vec::new();
         let mut col0 = 0;
         for w in ws {
-            dispatches.extend(self.matmul_kernel(vector, w.dtype).await?.bind(
-                self.ctx,
-                self.step,
-                w,
-                x,
-                y,
-                MatmulLayout {
-                    x_stride: w.row_len,
-                    y_stride: y_width,
-                    x_rows: self.max_batch,
-                    y_rows: self.max_batch,
-                    y_col0: col0,
-                    out_rows: false,
-                    accumulate: false,
-                },
-            )?);
+            dispatches.extend(
+                self.matmul_at(vector, w, x, y, y_width, col0, false)
+                    .await?,
+            );
             col0 += w.n_rows;
         }
         Ok(dispatches)
+    }
+
+    /// `w`'s products into columns `y_col0..` of `y`'s rows of `y_width`.
+    #[allow(clippy::too_many_arguments)]
+    async fn matmul_at(
+        &self,
+        vector: bool,
+        w: &WeightTensor,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        y_width: u32,
+        y_col0: u32,
+        accumulate: bool,
+    ) -> Result<Vec<Dispatch>, KernelError> {
+        self.matmul_kernel(vector, w.dtype).await?.bind(
+            self.ctx,
+            self.step,
+            w,
+            x,
+            y,
+            MatmulLayout {
+                x_stride: w.row_len,
+                y_stride: y_width,
+                x_rows: self.max_batch,
+                y_rows: self.max_batch,
+                y_col0,
+                out_rows: false,
+                accumulate,
+            },
+        )
     }
 
     /// An f32 activation of the step's rows, to read back in traced runs.
