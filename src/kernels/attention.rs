@@ -116,36 +116,8 @@ impl Attention {
         }
     }
 
-    /// Binds any path: through [`Self::bind_split`] with `partials` for the split kernel, else
-    /// through [`Self::bind`] (`partials` unused).
-    #[allow(clippy::too_many_arguments)]
-    pub fn bind_path(
-        &self,
-        ctx: &GpuContext,
-        step: &wgpu::Buffer,
-        q: &wgpu::Buffer,
-        k_cache: &wgpu::Buffer,
-        v_cache: &wgpu::Buffer,
-        partials: &wgpu::Buffer,
-        out: &wgpu::Buffer,
-        params: AttentionParams,
-        max_tokens: u32,
-        pool_rows: u32,
-        n_ctx: u32,
-    ) -> Result<Vec<Dispatch>, KernelError> {
-        if self.merge.is_some() {
-            self.bind_split(
-                ctx, step, q, k_cache, v_cache, partials, out, params, max_tokens, pool_rows, n_ctx,
-            )
-        } else {
-            Ok(vec![self.bind(
-                ctx, step, q, k_cache, v_cache, out, params, max_tokens, pool_rows,
-            )?])
-        }
-    }
-
     /// Flash-decoding: the decode kernel with each token's keys split across workgroups of
-    /// [`SPLIT_KEYS`] keys, and the pass that merges their partial results ([`Self::bind_split`]).
+    /// [`SPLIT_KEYS`] keys, and the pass that merges their partial results ([`Self::bind_path`]).
     pub async fn split(ctx: &GpuContext, kv_type: KvType) -> Result<Self, KernelError> {
         check_kv_type("attention", ctx, kv_type)?;
         Ok(Attention {
@@ -168,7 +140,7 @@ impl Attention {
         n_ctx.div_ceil(SPLIT_KEYS).max(1)
     }
 
-    /// Elements of the partials buffer [`Self::bind_split`] needs.
+    /// Elements of the partials buffer [`Self::bind_path`] needs for the split kernel.
     pub fn partials_len(params: &AttentionParams, max_tokens: u32, n_ctx: u32) -> u64 {
         u64::from(max_tokens)
             * u64::from(params.n_head)
@@ -238,16 +210,10 @@ impl Attention {
         if self.merge.is_some() {
             return Err(shape_error(
                 "attention",
-                "the split kernel binds through bind_split",
+                "the split kernel binds through bind_path",
             ));
         }
-        self.check(q, k_cache, v_cache, params, max_tokens, pool_rows)?;
-        check_len(
-            "attention",
-            "out",
-            out,
-            u64::from(max_tokens) * u64::from(params.out_stride),
-        )?;
+        self.check(q, k_cache, v_cache, out, params, max_tokens, pool_rows)?;
         let grid = if self.tiled {
             // One invocation per (token, query head of the group).
             let group = params.n_head / params.n_head_kv;
@@ -275,11 +241,12 @@ impl Attention {
         ))
     }
 
-    /// Flash-decoding's two dispatches for a context of `n_ctx` positions: the split kernel
-    /// writes each (token, head, split)'s partial into `partials` (at least
-    /// [`Self::partials_len`] elements), and the merge pass writes `out` as [`Self::bind`] does.
+    /// Binds any path for a context of `n_ctx` positions. The split kernel gives two
+    /// dispatches: it writes each (token, head, split)'s partial into `partials` (at least
+    /// [`Self::partials_len`] elements), and the merge pass writes `out`. The other kernels give
+    /// [`Self::bind`]'s one dispatch (`partials` and `n_ctx` unused).
     #[allow(clippy::too_many_arguments)]
-    pub fn bind_split(
+    pub fn bind_path(
         &self,
         ctx: &GpuContext,
         step: &wgpu::Buffer,
@@ -295,18 +262,11 @@ impl Attention {
     ) -> Result<Vec<Dispatch>, KernelError> {
         let op = "attention";
         let Some(merge) = &self.merge else {
-            return Err(shape_error(
-                op,
-                "bind_split needs the kernel from Attention::split",
-            ));
+            return Ok(vec![self.bind(
+                ctx, step, q, k_cache, v_cache, out, params, max_tokens, pool_rows,
+            )?]);
         };
-        self.check(q, k_cache, v_cache, params, max_tokens, pool_rows)?;
-        check_len(
-            op,
-            "out",
-            out,
-            u64::from(max_tokens) * u64::from(params.out_stride),
-        )?;
+        self.check(q, k_cache, v_cache, out, params, max_tokens, pool_rows)?;
         check_len(
             op,
             "partials",
@@ -359,12 +319,14 @@ impl Attention {
         ])
     }
 
-    /// The checks every binding of the kernel shares: heads, strides, q and the caches.
+    /// The checks every binding of the kernel shares: heads, strides, q, out and the caches.
+    #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
         q: &wgpu::Buffer,
         k_cache: &wgpu::Buffer,
         v_cache: &wgpu::Buffer,
+        out: &wgpu::Buffer,
         params: AttentionParams,
         max_tokens: u32,
         pool_rows: u32,
@@ -403,6 +365,12 @@ impl Attention {
             "q",
             q,
             u64::from(max_tokens) * u64::from(params.q_stride),
+        )?;
+        check_len(
+            op,
+            "out",
+            out,
+            u64::from(max_tokens) * u64::from(params.out_stride),
         )?;
         let cache_bytes = u64::from(pool_rows) * self.kv_type.row_bytes(params.kv_stride);
         for (what, b) in [("k_cache", k_cache), ("v_cache", v_cache)] {

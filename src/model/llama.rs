@@ -984,21 +984,6 @@ impl PlanBuilder<'_> {
         }
     }
 
-    /// `y = x w^T` between activation buffers of max_batch rows, or `y += x w^T` (a residual
-    /// add folded in).
-    async fn matmul(
-        &self,
-        vector: bool,
-        w: &WeightTensor,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        y_width: u32,
-        accumulate: bool,
-    ) -> Result<Vec<Dispatch>, KernelError> {
-        self.matmul_at(vector, w, x, y, y_width, 0, accumulate)
-            .await
-    }
-
     /// Joined projections of `x` (see `upload_joined`) into side-by-side columns of `y`.
     async fn matmul_joined(
         &self,
@@ -1011,18 +996,16 @@ impl PlanBuilder<'_> {
         let mut dispatches = Vec::new();
         let mut col0 = 0;
         for w in ws {
-            dispatches.extend(
-                self.matmul_at(vector, w, x, y, y_width, col0, false)
-                    .await?,
-            );
+            dispatches.extend(self.matmul(vector, w, x, y, y_width, col0, false).await?);
             col0 += w.n_rows;
         }
         Ok(dispatches)
     }
 
-    /// `w`'s products into columns `y_col0..` of `y`'s rows of `y_width`.
+    /// `y = x w^T` into columns `y_col0..` of `y`'s rows of `y_width` (activation buffers of
+    /// max_batch rows), or `y += x w^T` (a residual add folded in).
     #[allow(clippy::too_many_arguments)]
-    async fn matmul_at(
+    async fn matmul(
         &self,
         vector: bool,
         w: &WeightTensor,
@@ -1189,8 +1172,9 @@ impl PlanBuilder<'_> {
             };
             let mut dispatches = Vec::new();
             if let (Some(split), Some(partials)) = (&attention_split, &a.attn_partials) {
-                // Decode steps only, for which the partials are sized.
-                for d in split.bind_split(
+                // The decode layers run steps of under VECTOR_MAX_TOKENS tokens, for which the
+                // partials are sized.
+                dispatches.extend(split.bind_path(
                     ctx,
                     step,
                     &a.qkv,
@@ -1202,9 +1186,7 @@ impl PlanBuilder<'_> {
                     mb.min(VECTOR_MAX_TOKENS - 1),
                     self.pool_rows,
                     self.n_ctx,
-                )? {
-                    dispatches.push(d.only_when(|s| s.n_tokens < VECTOR_MAX_TOKENS));
-                }
+                )?);
             } else if let Some(tiled) = &attention_tiled {
                 // Prompts go to the tiled kernel; batched decode steps (a token per sequence)
                 // to the per-token one.
@@ -1223,7 +1205,7 @@ impl PlanBuilder<'_> {
             });
             // The residual add is folded into the output projection: x += attn W^T.
             let d = self
-                .matmul(vector, &l.attn_output, &a.attn, &a.x, c.n_embd, true)
+                .matmul(vector, &l.attn_output, &a.attn, &a.x, c.n_embd, 0, true)
                 .await?;
             stages.push(Stage {
                 dispatches: d,
@@ -1247,7 +1229,7 @@ impl PlanBuilder<'_> {
             d.push(silu_mul.bind(ctx, step, &a.gate_up, &a.ffn, c.n_ff, mb)?);
             // x += ffn W_down^T: the second residual add, folded in too.
             d.extend(
-                self.matmul(vector, &l.ffn_down, &a.ffn, &a.x, c.n_embd, true)
+                self.matmul(vector, &l.ffn_down, &a.ffn, &a.x, c.n_embd, 0, true)
                     .await?,
             );
             stages.push(Stage {
