@@ -67,12 +67,15 @@ def llama_cpp_bench(model, n_prompt, n_gen, reps):
     return results, llama_cpp.__version__
 
 
-def sovereign_bench(binary, model, n_prompt, n_gen, reps, adapter):
+def sovereign_bench(binary, model, n_prompt, n_gen, reps, adapter, json_out):
     cmd = [binary, "bench", "-m", model, "-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-o", "json"]
     if adapter:
         cmd += ["--adapter", adapter]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     tests = json.loads(out)
+    if json_out:
+        with open(json_out, "w") as f:
+            f.write(out)
     gpu = tests[0]["gpu_info"] if tests else "?"
     return {t["test"]: t["samples_ts"] for t in tests}, gpu
 
@@ -91,11 +94,12 @@ def main():
     ap.add_argument("-r", "--repetitions", type=int, default=3)
     ap.add_argument("--sovereign", default="target/release/sovereign", help="the sovereign binary")
     ap.add_argument("--adapter", help="passed to sovereign --adapter")
+    ap.add_argument("--json-out", help="also keep Sovereign's JSON report (host and step times) here")
     args = ap.parse_args()
     if not os.path.exists(args.sovereign):
         sys.exit(f"{args.sovereign} not found: cargo build --release first")
 
-    ours, gpu = sovereign_bench(args.sovereign, args.model, args.n_prompt, args.n_gen, args.repetitions, args.adapter)
+    ours, gpu = sovereign_bench(args.sovereign, args.model, args.n_prompt, args.n_gen, args.repetitions, args.adapter, args.json_out)
     # Shown at once: the llama.cpp half of a run on a slow adapter takes minutes.
     for test, samples in ours.items():
         print(f"sovereign {test}: {fmt(samples)[1]} t/s", file=sys.stderr, flush=True)

@@ -5,7 +5,10 @@
 // y = x W^T for many tokens (prefill), tiled: each workgroup computes a TILE_M x TILE_N block
 // of y (tokens x output features). Per step along K, a TILE_M x TILE_K tile of x and a
 // TILE_N x TILE_K tile of W (dequantized once) go through workgroup memory; each thread keeps a
-// 4 x 4 block of outputs in registers.
+// 4 x 4 block of outputs in registers. Both tiles are stored K-major as vec4s of four tokens or
+// four features, so that each step of the inner loop is two 16-byte reads: neighbouring threads
+// read neighbouring vec4s (W) or the same one (x), and no two threads of a warp collide on a
+// memory bank (a feature-major W tile would put every thread's reads on one bank).
 
 override W_DTYPE: u32 = 0u;
 // Tokens per tile, output features per tile (multiples of 4), and K per step (multiple of 4).
@@ -19,8 +22,8 @@ override WG_SIZE: u32 = (TILE_M / 4u) * (TILE_N / 4u);
 @group(0) @binding(3) var<storage, read> x: array<f32>;        // (n_tokens, x_stride)
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (n_tokens, y_stride)
 
-var<workgroup> x_tile: array<f32, TILE_M * TILE_K>;  // (TILE_M, TILE_K)
-var<workgroup> w_tile: array<f32, TILE_N * TILE_K>;  // (TILE_N, TILE_K)
+var<workgroup> x_tile: array<vec4<f32>, TILE_K * TILE_M / 4u>;  // (TILE_K, TILE_M / 4)
+var<workgroup> w_tile: array<vec4<f32>, TILE_K * TILE_N / 4u>;  // (TILE_K, TILE_N / 4)
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -38,47 +41,48 @@ fn main(
     let quads = TILE_K / 4u;
 
     for (var k0 = 0u; k0 < params.n_in; k0 += TILE_K) {
+        // K-fastest order: neighbouring threads read neighbouring bytes of one weight row (a
+        // feature-fastest order, which would make the tile stores conflict-free, measured
+        // slower on an H100: its loads touch a cache line per thread).
         for (var i = lid; i < TILE_N * quads; i += WG_SIZE) {
             let n = i / quads;
-            let k = k0 + (i % quads) * 4u;
+            let kq = i % quads;
+            let k = k0 + kq * 4u;
             var w = vec4<f32>(0.0);
             if (n0 + n < params.n_out && k < params.n_in) {
                 w = weights4((n0 + n) * params.row_bytes, k);
             }
-            let at = n * TILE_K + (i % quads) * 4u;
-            w_tile[at] = w.x;
-            w_tile[at + 1u] = w.y;
-            w_tile[at + 2u] = w.z;
-            w_tile[at + 3u] = w.w;
+            let at = kq * 4u * (TILE_N / 4u) + n / 4u;
+            let c = n % 4u;
+            w_tile[at][c] = w.x;
+            w_tile[at + TILE_N / 4u][c] = w.y;
+            w_tile[at + 2u * (TILE_N / 4u)][c] = w.z;
+            w_tile[at + 3u * (TILE_N / 4u)][c] = w.w;
         }
         for (var i = lid; i < TILE_M * quads; i += WG_SIZE) {
             let m = i / quads;
-            let k = k0 + (i % quads) * 4u;
-            let at = m * TILE_K + (i % quads) * 4u;
+            let kq = i % quads;
+            let k = k0 + kq * 4u;
+            var v = vec4<f32>(0.0);
             if (m0 + m < n_tokens && k < params.n_in) {
                 let x_at = (m0 + m) * params.x_stride + k;
-                x_tile[at] = x[x_at];
-                x_tile[at + 1u] = x[x_at + 1u];
-                x_tile[at + 2u] = x[x_at + 2u];
-                x_tile[at + 3u] = x[x_at + 3u];
-            } else {
-                x_tile[at] = 0.0;
-                x_tile[at + 1u] = 0.0;
-                x_tile[at + 2u] = 0.0;
-                x_tile[at + 3u] = 0.0;
+                v = vec4<f32>(x[x_at], x[x_at + 1u], x[x_at + 2u], x[x_at + 3u]);
             }
+            let at = kq * 4u * (TILE_M / 4u) + m / 4u;
+            let c = m % 4u;
+            x_tile[at][c] = v.x;
+            x_tile[at + TILE_M / 4u][c] = v.y;
+            x_tile[at + 2u * (TILE_M / 4u)][c] = v.z;
+            x_tile[at + 3u * (TILE_M / 4u)][c] = v.w;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            let w = vec4<f32>(
-                w_tile[(tn * 4u) * TILE_K + kk],
-                w_tile[(tn * 4u + 1u) * TILE_K + kk],
-                w_tile[(tn * 4u + 2u) * TILE_K + kk],
-                w_tile[(tn * 4u + 3u) * TILE_K + kk],
-            );
-            for (var i = 0u; i < 4u; i++) {
-                acc[i] += x_tile[(tm * 4u + i) * TILE_K + kk] * w;
-            }
+            let w = w_tile[kk * (TILE_N / 4u) + tn];
+            let xv = x_tile[kk * (TILE_M / 4u) + tm];
+            acc[0] += xv.x * w;
+            acc[1] += xv.y * w;
+            acc[2] += xv.z * w;
+            acc[3] += xv.w * w;
         }
         workgroupBarrier();
     }

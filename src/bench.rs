@@ -6,7 +6,8 @@ use web_time::Instant;
 
 use crate::Result;
 use crate::engine::Model;
-use crate::model::{Output, StepTimes};
+use crate::kernels::profile::KernelTime;
+use crate::model::{ModelError, Output, StepTimes};
 
 /// Tokens per second of each repetition of one test.
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct BenchResult {
     pub tokens_per_second: Vec<f64>,
     /// The forward steps of all repetitions: how many, and their host and total time.
     pub steps: StepTimes,
+    /// GPU time per kernel of one extra, profiled run (empty unless asked for).
+    pub profile: Vec<KernelTime>,
 }
 
 impl BenchResult {
@@ -92,13 +95,22 @@ async fn decode(model: &mut Model, n: u32, source: &mut TokenSource) -> Result<(
     Ok(())
 }
 
-/// Runs `pp{n_prompt}` (if > 0) and `tg{n_gen}` (if > 0), `repetitions` times each.
+/// Runs `pp{n_prompt}` (if > 0) and `tg{n_gen}` (if > 0), `repetitions` times each; with
+/// `profile`, each test then runs once more with every dispatch timed on the GPU.
 pub async fn run(
     model: &mut Model,
     n_prompt: u32,
     n_gen: u32,
     repetitions: u32,
+    profile: bool,
 ) -> Result<Vec<BenchResult>> {
+    if profile && !model.llama_mut().set_profiling(true) {
+        return Err(ModelError::BadRequest(
+            "this adapter cannot write GPU timestamps, which the profile needs".into(),
+        )
+        .into());
+    }
+    model.llama_mut().set_profiling(false);
     let n_ctx = model.llama().n_ctx();
     if n_prompt > n_ctx || n_gen > n_ctx {
         return Err(crate::model::ModelError::BadRequest(format!(
@@ -117,6 +129,7 @@ pub async fn run(
             n_tokens: n_prompt,
             tokens_per_second: Vec::new(),
             steps: StepTimes::default(),
+            profile: Vec::new(),
         };
         model.llama_mut().take_step_times();
         for _ in 0..repetitions {
@@ -126,6 +139,12 @@ pub async fn run(
                 .push(f64::from(n_prompt) / start.elapsed().as_secs_f64());
         }
         r.steps = model.llama_mut().take_step_times();
+        if profile {
+            model.llama_mut().set_profiling(true);
+            prefill(model, &tokens).await?;
+            r.profile = model.llama_mut().take_profile();
+            model.llama_mut().set_profiling(false);
+        }
         results.push(r);
     }
     if n_gen > 0 {
@@ -135,6 +154,7 @@ pub async fn run(
             n_tokens: n_gen,
             tokens_per_second: Vec::new(),
             steps: StepTimes::default(),
+            profile: Vec::new(),
         };
         model.llama_mut().take_step_times();
         for _ in 0..repetitions {
@@ -144,6 +164,12 @@ pub async fn run(
                 .push(f64::from(n_gen) / start.elapsed().as_secs_f64());
         }
         r.steps = model.llama_mut().take_step_times();
+        if profile {
+            model.llama_mut().set_profiling(true);
+            decode(model, n_gen, &mut source).await?;
+            r.profile = model.llama_mut().take_profile();
+            model.llama_mut().set_profiling(false);
+        }
         results.push(r);
     }
     Ok(results)

@@ -210,6 +210,10 @@ struct BenchArgs {
     /// test, llama-bench's field names, every repetition listed).
     #[arg(short = 'o', long = "output", value_enum, default_value = "md")]
     output: BenchOutput,
+    /// After the measured runs, run each test once more with every dispatch timed on the GPU
+    /// (timestamp queries), and print the GPU time per kernel.
+    #[arg(long)]
+    profile: bool,
     /// Positions per KV page for --streams.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     kv_page_size: u32,
@@ -664,6 +668,7 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
         args.n_prompt,
         args.n_gen,
         args.repetitions,
+        args.profile,
     ))?;
     let info = model.llama().context().adapter_info().clone();
     let cfg = model.config();
@@ -719,6 +724,12 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
                     "steps": r.steps.steps,
                     "host_ns_per_step": (r.host_and_step_seconds().0 * 1e9).round(),
                     "step_ns": (r.host_and_step_seconds().1 * 1e9).round(),
+                    "profile": r.profile.iter().map(|k| serde_json::json!({
+                        "kernel": k.kernel,
+                        "workgroups": k.workgroups,
+                        "dispatches": k.dispatches,
+                        "gpu_ns": k.gpu_time.as_nanos() as u64,
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -750,7 +761,37 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
             r.steps.steps
         );
     }
+    for r in results.iter().filter(|r| !r.profile.is_empty()) {
+        print_profile(r);
+    }
     Ok(())
+}
+
+/// The kernels of a profiled run, the costliest first.
+fn print_profile(r: &sovereign::bench::BenchResult) {
+    let total: f64 = r.profile.iter().map(|k| k.gpu_time.as_secs_f64()).sum();
+    let dispatches: u64 = r.profile.iter().map(|k| k.dispatches).sum();
+    println!();
+    println!(
+        "{}: GPU time per kernel over one profiled run (each dispatch in its own pass): {:.3} ms in {dispatches} dispatches",
+        r.test,
+        total * 1e3
+    );
+    println!("| kernel | workgroups | dispatches | GPU ms | share |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for k in &r.profile {
+        let t = k.gpu_time.as_secs_f64();
+        println!(
+            "| {} | {}x{}x{} | {} | {:.3} | {:.1}% |",
+            k.kernel,
+            k.workgroups[0],
+            k.workgroups[1],
+            k.workgroups[2],
+            k.dispatches,
+            t * 1e3,
+            100.0 * t / total.max(f64::MIN_POSITIVE)
+        );
+    }
 }
 
 fn perplexity(adapter: Option<String>, args: PerplexityArgs) -> CliResult {
@@ -947,6 +988,15 @@ fn bench_streams(adapter: Option<String>, args: BenchArgs) -> CliResult {
             1000 + i as u64,
         ))?;
         let tps = r.tokens_per_second();
+        // The window opens when the last stream has its first token: streams whose prompts
+        // wait behind others' chunked prefill leave the early ones little to decode in it.
+        if (r.window_tokens as u64) * 4 < u64::from(n) * u64::from(args.n_gen) {
+            eprintln!(
+                "note: {n} streams decoded together for only {} of their {} tokens; raise -n (or lower -p) for a steadier figure",
+                r.window_tokens,
+                u64::from(n) * u64::from(args.n_gen)
+            );
+        }
         if n == 1 {
             single = Some(tps);
         }

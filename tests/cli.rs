@@ -317,6 +317,62 @@ fn bench_json_lists_every_repetition() {
     }
 }
 
+/// `bench --profile` times every dispatch of one extra run of each test on the GPU: the kernels
+/// add up to the model's own count of them, and their time to about a step's.
+#[test]
+fn bench_profile_times_every_dispatch() {
+    let model = model_path();
+    let o = sovereign(&[
+        "bench",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "8",
+        "-n",
+        "3",
+        "-r",
+        "1",
+        "--profile",
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tests: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    // SmolLM2: 30 layers, each with two RMS norms, plus the output norm.
+    let n_layer = 30;
+    for (t, steps) in [(&tests[0], 1), (&tests[1], 3)] {
+        let profile = t["profile"].as_array().unwrap();
+        assert!(!profile.is_empty(), "{t}");
+        let dispatches = |kernel: &str| -> u64 {
+            profile
+                .iter()
+                .filter(|k| k["kernel"].as_str().unwrap().starts_with(kernel))
+                .map(|k| k["dispatches"].as_u64().unwrap())
+                .sum()
+        };
+        assert_eq!(dispatches("rms_norm "), steps * (2 * n_layer + 1), "{t}");
+        assert_eq!(dispatches("embed "), steps, "{t}");
+        assert_eq!(dispatches("argmax "), steps, "{t}");
+        assert!(
+            dispatches("matmul") + dispatches("matvec") >= steps * 4 * n_layer,
+            "{t}"
+        );
+        let gpu_ns: Vec<f64> = profile
+            .iter()
+            .map(|k| k["gpu_ns"].as_f64().unwrap())
+            .collect();
+        assert!(gpu_ns.iter().all(|&ns| ns > 0.0), "{t}");
+        // Sorted costliest first.
+        assert!(gpu_ns.windows(2).all(|w| w[0] >= w[1]), "{t}");
+        let total: f64 = gpu_ns.iter().sum();
+        let steps_ns = t["step_ns"].as_f64().unwrap() * steps as f64;
+        assert!(
+            total > 0.3 * steps_ns && total < 2.0 * steps_ns,
+            "GPU {total} ns against steps of {steps_ns} ns: {t}"
+        );
+    }
+}
+
 /// `synth` writes a model that loads and runs; the same seed writes the same bytes, and an
 /// existing file is never replaced without --force.
 #[test]

@@ -15,6 +15,7 @@ use sovereign::kernels::argmax::Argmax;
 use sovereign::kernels::attention::{Attention, AttentionParams, AttentionPath};
 use sovereign::kernels::embed::Embed;
 use sovereign::kernels::kv_store::{KvStore, KvStoreParams};
+use sovereign::kernels::matmul::{Matmul, MatmulKernel};
 use sovereign::kernels::rms_norm::RmsNorm;
 use sovereign::kernels::rope::{Rope, RopeParams};
 use sovereign::kernels::silu_mul::SiluMul;
@@ -363,7 +364,7 @@ fn kv_store_matches_reference() {
 fn check_matmul(
     ctx: &GpuContext,
     label: &str,
-    vector: bool,
+    kind: MatmulKernel,
     dtype: DType,
     n_tokens: usize,
     n_in: usize,
@@ -371,7 +372,7 @@ fn check_matmul(
     seed: u64,
 ) {
     let check = pollster::block_on(selftest::matmul(
-        ctx, vector, dtype, n_tokens, n_in, n_out, seed,
+        ctx, kind, dtype, n_tokens, n_in, n_out, seed,
     ))
     .unwrap();
     assert!(check.passed, "{label}: {check:?}");
@@ -379,18 +380,36 @@ fn check_matmul(
 
 #[test]
 fn matvec_matches_reference_for_every_dtype_and_path() {
+    let vector = MatmulKernel::Vector;
+    let batch = MatmulKernel::VectorBatch;
     for (label, ctx) in contexts() {
+        // The batched decode kernel runs where the GPU-shaped kernels have subgroups; on
+        // lavapipe that is the "features" context, so it is never left out there.
+        let has_batch = Matmul::has_batch(ctx.features());
+        assert_eq!(
+            has_batch,
+            label == "features" && ctx.features().subgroups,
+            "{label}"
+        );
         for (i, dtype) in DTYPES.into_iter().enumerate() {
-            check_matmul(&ctx, label, true, dtype, 1, 576, 200, 10 + i as u64);
-            check_matmul(&ctx, label, true, dtype, 3, 1536, 77, 20 + i as u64);
+            check_matmul(&ctx, label, vector, dtype, 1, 576, 200, 10 + i as u64);
+            check_matmul(&ctx, label, vector, dtype, 3, 1536, 77, 20 + i as u64);
             // Five blocks per row: Q4_0/Q5_0/Q8_0 rows start at every even alignment.
-            check_matmul(&ctx, label, true, dtype, 2, 160, 33, 25 + i as u64);
+            check_matmul(&ctx, label, vector, dtype, 2, 160, 33, 25 + i as u64);
+            if has_batch {
+                // A full group of eight tokens and a partial one; one token alone.
+                check_matmul(&ctx, label, batch, dtype, 13, 576, 77, 30 + i as u64);
+                check_matmul(&ctx, label, batch, dtype, 1, 160, 33, 35 + i as u64);
+            }
         }
         for (i, dtype) in K_DTYPES.into_iter().enumerate() {
-            check_matmul(&ctx, label, true, dtype, 1, 512, 200, 80 + i as u64);
-            check_matmul(&ctx, label, true, dtype, 3, 1536, 77, 83 + i as u64);
+            check_matmul(&ctx, label, vector, dtype, 1, 512, 200, 80 + i as u64);
+            check_matmul(&ctx, label, vector, dtype, 3, 1536, 77, 83 + i as u64);
             // Three super-blocks per row: Q6_K rows (630 bytes) start at both even alignments.
-            check_matmul(&ctx, label, true, dtype, 2, 768, 33, 86 + i as u64);
+            check_matmul(&ctx, label, vector, dtype, 2, 768, 33, 86 + i as u64);
+            if has_batch {
+                check_matmul(&ctx, label, batch, dtype, 9, 768, 33, 89 + i as u64);
+            }
         }
     }
 }
@@ -410,16 +429,52 @@ fn matmul_matches_reference_for_every_dtype() {
     for (label, ctx) in contexts {
         for (i, dtype) in DTYPES.into_iter().enumerate() {
             // Token and output counts that are not multiples of the tiles.
-            check_matmul(&ctx, label, false, dtype, 37, 576, 130, 30 + i as u64);
-            check_matmul(&ctx, label, false, dtype, 8, 160, 64, 40 + i as u64);
+            check_matmul(
+                &ctx,
+                label,
+                MatmulKernel::Tiled,
+                dtype,
+                37,
+                576,
+                130,
+                30 + i as u64,
+            );
+            check_matmul(
+                &ctx,
+                label,
+                MatmulKernel::Tiled,
+                dtype,
+                8,
+                160,
+                64,
+                40 + i as u64,
+            );
         }
         for (i, dtype) in K_DTYPES.into_iter().enumerate() {
-            check_matmul(&ctx, label, false, dtype, 37, 768, 130, 90 + i as u64);
-            check_matmul(&ctx, label, false, dtype, 8, 256, 64, 93 + i as u64);
+            check_matmul(
+                &ctx,
+                label,
+                MatmulKernel::Tiled,
+                dtype,
+                37,
+                768,
+                130,
+                90 + i as u64,
+            );
+            check_matmul(
+                &ctx,
+                label,
+                MatmulKernel::Tiled,
+                dtype,
+                8,
+                256,
+                64,
+                93 + i as u64,
+            );
         }
         // A K that is not a multiple of the K tile (f32 rows need only be multiples of 4).
-        check_matmul(&ctx, label, false, DType::F32, 33, 52, 70, 50);
-        check_matmul(&ctx, label, true, DType::F32, 2, 52, 70, 51);
+        check_matmul(&ctx, label, MatmulKernel::Tiled, DType::F32, 33, 52, 70, 50);
+        check_matmul(&ctx, label, MatmulKernel::Vector, DType::F32, 2, 52, 70, 51);
     }
 }
 
@@ -433,12 +488,48 @@ fn matmul_splits_weights_over_bindings() {
             ..Default::default()
         });
         for (i, dtype) in DTYPES.into_iter().enumerate() {
-            check_matmul(&ctx, "split", true, dtype, 1, 576, 200, 60 + i as u64);
-            check_matmul(&ctx, "split", false, dtype, 40, 576, 200, 70 + i as u64);
+            check_matmul(
+                &ctx,
+                "split",
+                MatmulKernel::Vector,
+                dtype,
+                1,
+                576,
+                200,
+                60 + i as u64,
+            );
+            check_matmul(
+                &ctx,
+                "split",
+                MatmulKernel::Tiled,
+                dtype,
+                40,
+                576,
+                200,
+                70 + i as u64,
+            );
         }
         for (i, dtype) in K_DTYPES.into_iter().enumerate() {
-            check_matmul(&ctx, "split", true, dtype, 1, 768, 200, 96 + i as u64);
-            check_matmul(&ctx, "split", false, dtype, 40, 768, 200, 99 + i as u64);
+            check_matmul(
+                &ctx,
+                "split",
+                MatmulKernel::Vector,
+                dtype,
+                1,
+                768,
+                200,
+                96 + i as u64,
+            );
+            check_matmul(
+                &ctx,
+                "split",
+                MatmulKernel::Tiled,
+                dtype,
+                40,
+                768,
+                200,
+                99 + i as u64,
+            );
         }
     }
 }

@@ -150,6 +150,7 @@ fn params_layouts_match_wgsl() {
     check_layout::<embed::EmbedParams>("embed");
     check_layout::<matmul::MatmulParams>("matvec");
     check_layout::<matmul::MatmulParams>("matvec_subgroup");
+    check_layout::<matmul::MatmulParams>("matvec_subgroup_batch");
     check_layout::<matmul::MatmulParams>("matmul");
     check_layout::<matmul::MatmulParams>("matmul_rowwise");
     check_layout::<rms_norm::RmsNormParams>("rms_norm");

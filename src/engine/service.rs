@@ -538,7 +538,15 @@ impl Scheduler {
         let Some((entries, copies)) = self.plan(handle) else {
             return;
         };
+        let started = Instant::now();
         let result = self.step(handle, &entries, &copies).await;
+        tracing::debug!(
+            sequences = entries.len(),
+            tokens = entries.iter().map(|e| e.tokens.len()).sum::<usize>(),
+            page_copies = copies.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "step"
+        );
         if let Err(e) = result {
             // The step's sequences cannot be trusted to continue: fail them, keep serving.
             let message = e.to_string();

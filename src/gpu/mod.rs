@@ -52,6 +52,11 @@ pub struct GpuOptions {
     pub disable_f16: bool,
     /// Do not use subgroup operations even where the adapter has them.
     pub disable_subgroups: bool,
+    /// Tile sizes (tokens, output features, K per step) of the prefill matmul instead of the
+    /// built-in ones, for tuning on a new adapter (`SOVEREIGN_MATMUL_TILES=32,64,32`).
+    pub matmul_tiles: Option<[u32; 3]>,
+    /// Which runtime checks wgpu compiles into the shaders (`SOVEREIGN_SHADER_CHECKS`).
+    pub shader_checks: ShaderChecks,
     /// Use the kernel shapes meant for GPUs even on a CPU adapter, so that tests on lavapipe
     /// cover every variant.
     pub gpu_kernels_on_cpu: bool,
@@ -73,7 +78,52 @@ impl GpuOptions {
             disable_f16: flag("SOVEREIGN_NO_F16"),
             disable_subgroups: flag("SOVEREIGN_NO_SUBGROUPS"),
             gpu_kernels_on_cpu: flag("SOVEREIGN_GPU_KERNELS"),
+            matmul_tiles: var("SOVEREIGN_MATMUL_TILES").and_then(|v| parse_tiles(&v)),
+            shader_checks: var("SOVEREIGN_SHADER_CHECKS")
+                .and_then(|v| ShaderChecks::from_name(&v))
+                .unwrap_or_default(),
             cpu_adapter: None,
+        }
+    }
+}
+
+/// `M,N,K` tile sizes: multiples of 4, at most 1024 threads ((M/4)(N/4)) and 32 KiB of tiles.
+fn parse_tiles(v: &str) -> Option<[u32; 3]> {
+    let t: Vec<u32> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+    let ok = t.len() == 3
+        && t.iter().all(|&x| x >= 4 && x.is_multiple_of(4))
+        && (t[0] / 4) * (t[1] / 4) <= 1024
+        && (t[0] + t[1]) * t[2] * 4 <= 32 * 1024;
+    if !ok {
+        tracing::warn!("SOVEREIGN_MATMUL_TILES={v:?} ignored: want M,N,K, multiples of 4");
+        return None;
+    }
+    Some([t[0], t[1], t[2]])
+}
+
+/// The runtime checks wgpu adds to every shader. Bounds checks keep each access inside its
+/// binding; the loop bound adds a counter to every loop so that no loop can run forever, which
+/// also keeps the driver's compiler from unrolling the kernels' fixed-count inner loops.
+///
+/// The default drops the loop bound: on an H100 it made prefill 8x and decode 1.2x faster (see
+/// benches/RESULTS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShaderChecks {
+    /// Every check wgpu offers.
+    Full,
+    /// Every check but the loop bound: each of the engine's loops is bounded by its own
+    /// parameters, which the host validates.
+    #[default]
+    NoLoopBound,
+}
+
+impl ShaderChecks {
+    /// `full` or `no-loop-bound`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "full" => Some(ShaderChecks::Full),
+            "no-loop-bound" => Some(ShaderChecks::NoLoopBound),
+            _ => None,
         }
     }
 }
@@ -88,6 +138,9 @@ pub struct GpuFeatures {
     pub subgroups: bool,
     pub subgroup_min_size: u32,
     pub subgroup_max_size: u32,
+    /// Prefill matmul tiles chosen for this device (`GpuOptions::matmul_tiles`), if not the
+    /// built-in ones.
+    pub matmul_tiles: Option<[u32; 3]>,
 }
 
 /// One adapter as `sovereign devices` shows it.
@@ -184,6 +237,7 @@ pub struct GpuContext {
     features: GpuFeatures,
     limits: wgpu::Limits,
     max_binding_size: u64,
+    shader_checks: ShaderChecks,
     errors: Arc<Mutex<ErrorSink>>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     #[cfg(not(target_arch = "wasm32"))]
@@ -260,6 +314,10 @@ impl GpuContext {
         if available.contains(wgpu::Features::SUBGROUP) && !options.disable_subgroups {
             wanted |= wgpu::Features::SUBGROUP;
         }
+        // Only the kernel profile (`bench --profile`) writes timestamps; asking costs nothing.
+        if available.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            wanted |= wgpu::Features::TIMESTAMP_QUERY;
+        }
         // The adapter's own limits: the defaults would cap bindings at 128 MiB and buffers at
         // 256 MiB even on cards with far more.
         let limits = adapter.limits();
@@ -305,6 +363,7 @@ impl GpuContext {
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
+            matmul_tiles: options.matmul_tiles,
         };
         let hard_cap = limits
             .max_storage_buffer_binding_size
@@ -327,6 +386,7 @@ impl GpuContext {
             features,
             limits,
             max_binding_size,
+            shader_checks: options.shader_checks,
             errors,
             pipelines: Mutex::new(HashMap::new()),
             #[cfg(not(target_arch = "wasm32"))]
@@ -344,6 +404,13 @@ impl GpuContext {
 
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.info
+    }
+
+    /// Whether compute passes can write GPU timestamps (the kernel profile needs them).
+    pub fn timestamps(&self) -> bool {
+        self.device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     pub fn features(&self) -> GpuFeatures {
@@ -462,12 +529,27 @@ impl GpuContext {
         if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(key).cloned()) {
             return Ok(p);
         }
+        let checks = self.shader_checks;
         let pipeline = self
             .scoped(&format!("creating pipeline {key}"), |d| {
-                let module = d.create_shader_module(wgpu::ShaderModuleDescriptor {
+                let desc = wgpu::ShaderModuleDescriptor {
                     label: Some(key),
                     source: wgpu::ShaderSource::Wgsl(source.into()),
-                });
+                };
+                let module = match checks {
+                    ShaderChecks::Full => d.create_shader_module(desc),
+                    ShaderChecks::NoLoopBound => {
+                        let runtime = wgpu::ShaderRuntimeChecks {
+                            force_loop_bounding: false,
+                            ..wgpu::ShaderRuntimeChecks::checked()
+                        };
+                        // SAFETY: the one check dropped is the loop bound. The engine's shaders
+                        // are its own, and each loop's trip count comes from step and kernel
+                        // parameters that the host checks before binding; bounds and division
+                        // checks stay on.
+                        unsafe { d.create_shader_module_trusted(desc, runtime) }
+                    }
+                };
                 d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(key),
                     layout: None,

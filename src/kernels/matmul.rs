@@ -26,7 +26,13 @@ crate::gpu_params! {
 
 const MATVEC_WG: u32 = 64;
 const MATVEC_ROW_THREADS: u32 = 16;
-const TILE_M: u32 = 32;
+/// Rows per subgroup in `matvec_subgroup.wgsl` (a const there).
+const MATVEC_SUBGROUP_ROWS: u32 = 4;
+/// Tokens per workgroup in `matvec_subgroup_batch.wgsl` (a const there).
+const MATVEC_BATCH_TOKENS: u32 = 8;
+/// Prefill tiles on GPUs: the best of eight shapes for pp512 and pp16 together on an H100
+/// (benches/RESULTS.md); `GpuOptions::matmul_tiles` overrides them.
+const TILE_M: u32 = 64;
 const TILE_N: u32 = 64;
 const TILE_K: u32 = 32;
 const ROWWISE_WG: u32 = 64;
@@ -38,8 +44,12 @@ enum Shape {
     /// Rows per workgroup as the host counts them.
     Vector {
         rows_per_wg: u32,
+        tokens_per_wg: u32,
     },
-    Tiled,
+    Tiled {
+        tile_m: u32,
+        tile_n: u32,
+    },
     Rowwise,
 }
 
@@ -58,6 +68,17 @@ pub struct MatmulLayout {
     pub out_rows: bool,
     /// Add the product to y instead of overwriting it (a residual add folded in).
     pub accumulate: bool,
+}
+
+/// The three kernel families of a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// Decode: [`Matmul::vector`].
+    Vector,
+    /// Batched decode: [`Matmul::vector_batch`].
+    VectorBatch,
+    /// Prefill: [`Matmul::tiled`].
+    Tiled,
 }
 
 pub struct Matmul {
@@ -83,17 +104,7 @@ impl Matmul {
             // or batched with others.
             Self::tiled_spec(dtype, features)
         } else if features.subgroups {
-            let wg = subgroup_wg(features);
-            let max_sg = features.subgroup_max_size.max(1);
-            (
-                Variant {
-                    shader: "matvec_subgroup",
-                    constants: vec![w, ("WG_SIZE", f64::from(wg))],
-                },
-                Shape::Vector {
-                    rows_per_wg: (wg / max_sg).max(1),
-                },
-            )
+            Self::subgroup_spec("matvec_subgroup", 1, dtype, features)
         } else {
             (
                 Variant {
@@ -106,9 +117,45 @@ impl Matmul {
                 },
                 Shape::Vector {
                     rows_per_wg: MATVEC_WG / MATVEC_ROW_THREADS,
+                    tokens_per_wg: 1,
                 },
             )
         }
+    }
+
+    fn subgroup_spec(
+        shader: &'static str,
+        tokens_per_wg: u32,
+        dtype: DType,
+        features: GpuFeatures,
+    ) -> (Variant, Shape) {
+        let wg = subgroup_wg(features);
+        let max_sg = features.subgroup_max_size.max(1);
+        (
+            Variant {
+                shader,
+                constants: vec![
+                    ("W_DTYPE", f64::from(dtype.ggml_id())),
+                    ("WG_SIZE", f64::from(wg)),
+                ],
+            },
+            Shape::Vector {
+                rows_per_wg: (wg / max_sg).max(1) * MATVEC_SUBGROUP_ROWS,
+                tokens_per_wg,
+            },
+        )
+    }
+
+    /// The batched decode kernel where the adapter has one: a GPU with subgroups.
+    fn batch_spec(dtype: DType, features: GpuFeatures) -> Option<(Variant, Shape)> {
+        (!features.cpu && features.subgroups).then(|| {
+            Self::subgroup_spec(
+                "matvec_subgroup_batch",
+                MATVEC_BATCH_TOKENS,
+                dtype,
+                features,
+            )
+        })
     }
 
     fn tiled_spec(dtype: DType, features: GpuFeatures) -> (Variant, Shape) {
@@ -128,26 +175,30 @@ impl Matmul {
                 Shape::Rowwise,
             )
         } else {
+            let [tile_m, tile_n, tile_k] =
+                features.matmul_tiles.unwrap_or([TILE_M, TILE_N, TILE_K]);
             (
                 Variant {
                     shader: "matmul",
                     constants: vec![
                         w,
-                        ("TILE_M", f64::from(TILE_M)),
-                        ("TILE_N", f64::from(TILE_N)),
-                        ("TILE_K", f64::from(TILE_K)),
+                        ("TILE_M", f64::from(tile_m)),
+                        ("TILE_N", f64::from(tile_n)),
+                        ("TILE_K", f64::from(tile_k)),
                     ],
                 },
-                Shape::Tiled,
+                Shape::Tiled { tile_m, tile_n },
             )
         }
     }
 
     pub fn variants(dtype: DType, features: GpuFeatures) -> Vec<Variant> {
-        vec![
+        let mut v = vec![
             Self::vector_spec(dtype, features).0,
             Self::tiled_spec(dtype, features).0,
-        ]
+        ];
+        v.extend(Self::batch_spec(dtype, features).map(|(variant, _)| variant));
+        v
     }
 
     /// The decode kernel: one or a few tokens, each weight row read once per token.
@@ -159,6 +210,53 @@ impl Matmul {
             dtype,
             shape,
         })
+    }
+
+    /// [`Matmul::vector`] or [`Matmul::tiled`].
+    pub async fn vector_or_tiled(
+        ctx: &GpuContext,
+        vector: bool,
+        dtype: DType,
+    ) -> Result<Self, KernelError> {
+        if vector {
+            Self::vector(ctx, dtype).await
+        } else {
+            Self::tiled(ctx, dtype).await
+        }
+    }
+
+    /// Whether `features` give a batched decode kernel.
+    pub fn has_batch(features: GpuFeatures) -> bool {
+        Self::batch_spec(DType::F32, features).is_some()
+    }
+
+    /// The kernel of `kind`; `None` only for [`MatmulKernel::VectorBatch`] where the adapter has
+    /// none.
+    pub async fn of_kind(
+        ctx: &GpuContext,
+        kind: MatmulKernel,
+        dtype: DType,
+    ) -> Result<Option<Self>, KernelError> {
+        match kind {
+            MatmulKernel::Vector => Self::vector(ctx, dtype).await.map(Some),
+            MatmulKernel::VectorBatch => Self::vector_batch(ctx, dtype).await,
+            MatmulKernel::Tiled => Self::tiled(ctx, dtype).await.map(Some),
+        }
+    }
+
+    /// The batched decode kernel (a token from each of several sequences): eight tokens share
+    /// each trip of a weight row from memory. `None` where the adapter has no such kernel (CPU
+    /// adapters, or no subgroups); [`Matmul::vector`] serves such steps there.
+    pub async fn vector_batch(ctx: &GpuContext, dtype: DType) -> Result<Option<Self>, KernelError> {
+        check_weight_dtype("matvec", dtype)?;
+        let Some((variant, shape)) = Self::batch_spec(dtype, ctx.features()) else {
+            return Ok(None);
+        };
+        Ok(Some(Matmul {
+            kernel: Kernel::new(ctx, &variant).await?,
+            dtype,
+            shape,
+        }))
     }
 
     /// The prefill kernel: tiles of tokens share each dequantized weight tile.
@@ -248,8 +346,11 @@ impl Matmul {
                     accumulate: u32::from(layout.accumulate),
                 };
                 let (groups, tile) = match self.shape {
-                    Shape::Vector { rows_per_wg } => (chunk.n_rows.div_ceil(rows_per_wg), 1),
-                    Shape::Tiled => (chunk.n_rows.div_ceil(TILE_N), TILE_M),
+                    Shape::Vector {
+                        rows_per_wg,
+                        tokens_per_wg,
+                    } => (chunk.n_rows.div_ceil(rows_per_wg), tokens_per_wg),
+                    Shape::Tiled { tile_m, tile_n } => (chunk.n_rows.div_ceil(tile_n), tile_m),
                     Shape::Rowwise => (chunk.n_rows.div_ceil(ROWWISE_WG), ROWWISE_TOKENS),
                 };
                 let grid = if layout.out_rows {

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod embed;
 pub mod kv_store;
 pub mod matmul;
+pub mod profile;
 pub mod rms_norm;
 pub mod rope;
 pub mod selftest;
@@ -374,6 +375,7 @@ impl Kernel {
             entries: &entries,
         });
         Dispatch {
+            name: Arc::from(self.name.as_str()),
             pipeline: Arc::clone(&self.pipeline),
             bind_group,
             grid,
@@ -385,6 +387,8 @@ impl Kernel {
 /// A pipeline, its bind group and its grid: one recorded step of a forward pass.
 #[derive(Debug)]
 pub struct Dispatch {
+    /// The kernel's name (shader and constants), for the profile.
+    name: Arc<str>,
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     grid: Grid,
@@ -399,14 +403,24 @@ impl Dispatch {
         self
     }
 
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, shape: StepShape, max_per_dim: u32) {
+    /// The workgroup counts this dispatch runs with in a step of `shape`, or `None` when it
+    /// does not run in that step.
+    pub fn workgroups(&self, shape: StepShape, max_per_dim: u32) -> Option<[u32; 3]> {
         if self.when.is_some_and(|when| !when(&shape)) {
-            return;
+            return None;
         }
-        let [x, y, z] = self.grid.size(shape, max_per_dim);
-        if x == 0 || y == 0 || z == 0 {
+        let size = self.grid.size(shape, max_per_dim);
+        (!size.contains(&0)).then_some(size)
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, shape: StepShape, max_per_dim: u32) {
+        let Some([x, y, z]) = self.workgroups(shape, max_per_dim) else {
             return;
-        }
+        };
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
@@ -475,6 +489,7 @@ pub fn all_variants() -> Vec<Variant> {
         subgroups: true,
         subgroup_min_size: 4,
         subgroup_max_size: 128,
+        matmul_tiles: None,
     };
     let mut v = Vec::new();
     // CPU adapters: with subgroups wide enough to share activation loads, and without.

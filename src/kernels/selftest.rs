@@ -9,11 +9,11 @@ use super::argmax::Argmax;
 use super::attention::{Attention, AttentionParams, AttentionPath};
 use super::embed::Embed;
 use super::kv_store::{KvStore, KvStoreParams, KvType, q8_row_words};
-use super::matmul::{Matmul, MatmulLayout};
+use super::matmul::{Matmul, MatmulKernel, MatmulLayout};
 use super::rms_norm::RmsNorm;
 use super::rope::{Rope, RopeParams};
 use super::silu_mul::SiluMul;
-use super::{Dispatch, PagedLayout, StepBuffer, WEIGHT_DTYPES, encode_all};
+use super::{Dispatch, KernelError, PagedLayout, StepBuffer, WEIGHT_DTYPES, encode_all};
 use crate::Result;
 use crate::format::DType;
 use crate::gpu::{GpuContext, ReadbackBuffer, WeightTensor};
@@ -397,8 +397,12 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
     for (i, dtype) in WEIGHT_DTYPES.into_iter().enumerate() {
         let seed = 100 + 2 * i as u64;
         let n_in = whole_blocks(dtype, 576);
-        checks.push(matmul(ctx, true, dtype, 1, n_in, 200, seed).await?);
-        checks.push(matmul(ctx, false, dtype, 37, n_in, 130, seed + 1).await?);
+        checks.push(matmul(ctx, MatmulKernel::Vector, dtype, 1, n_in, 200, seed).await?);
+        checks.push(matmul(ctx, MatmulKernel::Tiled, dtype, 37, n_in, 130, seed + 1).await?);
+        if Matmul::has_batch(ctx.features()) {
+            let kind = MatmulKernel::VectorBatch;
+            checks.push(matmul(ctx, kind, dtype, 11, n_in, 130, seed + 2).await?);
+        }
     }
 
     // Attention over a contiguous cache: prefill with the causal mask, and decode at several
@@ -463,12 +467,12 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
-/// `y = x W^T` for `n` tokens with the decode (`vector`) or the prefill kernel, on random
+/// `y = x W^T` for `n` tokens with the kernel of `kind` (decode, batched decode, prefill), on random
 /// weights of `dtype` from `seed`, against the reference on the dequantized weights.
 #[allow(clippy::too_many_arguments)]
 pub async fn matmul(
     ctx: &GpuContext,
-    vector: bool,
+    kind: MatmulKernel,
     dtype: DType,
     n: usize,
     n_in: usize,
@@ -485,10 +489,12 @@ pub async fn matmul(
     // Stale values, which the product must overwrite.
     let y = b.buffer(&rng.vec(max * n_out, 100.0)).await?;
     let step = b.step(max as u32).await?;
-    let op = if vector {
-        Matmul::vector(ctx, dtype).await?
-    } else {
-        Matmul::tiled(ctx, dtype).await?
+    let Some(op) = Matmul::of_kind(ctx, kind, dtype).await? else {
+        return Err(KernelError::Shape {
+            op: "matmul",
+            message: format!("{kind:?}: this adapter has no such kernel"),
+        }
+        .into());
     };
     let mut layout = MatmulLayout {
         x_stride: n_in as u32,
@@ -519,7 +525,11 @@ pub async fn matmul(
     Ok(compare(
         format!(
             "matmul {} {dtype} {n}x{n_in}x{n_out} ({} buffers), then accumulated",
-            if vector { "decode" } else { "prefill" },
+            match kind {
+                MatmulKernel::Vector => "decode",
+                MatmulKernel::VectorBatch => "batched decode",
+                MatmulKernel::Tiled => "prefill",
+            },
             w.chunks.len()
         ),
         &got,

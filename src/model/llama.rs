@@ -21,11 +21,39 @@ use crate::kernels::rope::{Rope, RopeParams};
 use crate::kernels::silu_mul::SiluMul;
 use crate::kernels::{
     Dispatch, KernelError, KvType, PagedLayout, StepBuffer, StepInput, StepShape, encode_all,
+    profile::{KernelTime, Profiler},
 };
 
 /// Steps of fewer tokens than this use the matrix-vector kernels (each weight row read once per
-/// token); longer ones the tiled matrix-matrix kernels.
+/// token); longer ones the tiled matrix-matrix kernels. On GPUs with the batched decode kernel
+/// the decode layers take steps up to `BATCH_DECODE_MAX_TOKENS`, and this bound only picks,
+/// within them, the per-token kernels and flash-decoding (whose partials are sized for it) and
+/// the output projection's kernel.
 const VECTOR_MAX_TOKENS: u32 = 8;
+/// The most tokens a decode-layer step takes on GPUs with the batched decode kernel: a batch of
+/// one token from each of up to this many sequences reads each weight row once per eight tokens,
+/// where the tiled kernel would fill a 64-token tile.
+const BATCH_DECODE_MAX_TOKENS: u32 = 32;
+
+/// Whether the per-token matrix-vector kernel serves a decode-layer step (else the batched one).
+/// A kernel of a product and the steps it serves (all steps if `None`).
+type MatmulChoice = (Matmul, Option<fn(&StepShape) -> bool>);
+
+fn per_token_matvec(s: &StepShape) -> bool {
+    s.n_tokens < 4
+}
+
+fn batched_matvec(s: &StepShape) -> bool {
+    !per_token_matvec(s)
+}
+
+fn split_attention(s: &StepShape) -> bool {
+    s.n_tokens < VECTOR_MAX_TOKENS
+}
+
+fn per_token_attention(s: &StepShape) -> bool {
+    !split_attention(s)
+}
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -213,6 +241,10 @@ pub struct LlamaGpu {
     // Kept for the trace of the final norm.
     xn: wgpu::Buffer,
     times: StepTimes,
+    /// Steps of fewer tokens run the decode layers.
+    decode_below: u32,
+    /// Per-kernel GPU timing of every step while set (`set_profiling`).
+    profiler: Option<Profiler>,
 }
 
 impl std::fmt::Debug for LlamaGpu {
@@ -536,7 +568,14 @@ impl LlamaGpu {
         };
         let step = StepBuffer::new(&ctx, max_batch, layout).await?;
 
+        let batch = Matmul::has_batch(ctx.features());
+        let decode_below = if batch {
+            BATCH_DECODE_MAX_TOKENS + 1
+        } else {
+            VECTOR_MAX_TOKENS
+        };
         let builder = PlanBuilder {
+            batch,
             ctx: &ctx,
             cfg: &cfg,
             step: step.buffer(),
@@ -601,6 +640,8 @@ impl LlamaGpu {
             kv_type,
             xn: act.xn,
             times: StepTimes::default(),
+            decode_below,
+            profiler: None,
         })
     }
 
@@ -658,6 +699,28 @@ impl LlamaGpu {
     /// The time steps took since the last call, and a fresh count.
     pub fn take_step_times(&mut self) -> StepTimes {
         std::mem::take(&mut self.times)
+    }
+
+    /// Times every dispatch of the following steps on the GPU (each in its own pass, which
+    /// makes steps a little slower) until turned off. Returns whether the device can: it needs
+    /// timestamp queries.
+    pub fn set_profiling(&mut self, on: bool) -> bool {
+        if !on {
+            self.profiler = None;
+            return true;
+        }
+        if self.profiler.is_none() {
+            self.profiler = Profiler::new(&self.ctx);
+        }
+        self.profiler.is_some()
+    }
+
+    /// GPU time per kernel and grid over the profiled steps since the last call.
+    pub fn take_profile(&mut self) -> Vec<KernelTime> {
+        self.profiler
+            .as_mut()
+            .map(Profiler::take)
+            .unwrap_or_default()
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
@@ -731,7 +794,7 @@ impl LlamaGpu {
         } else {
             output
         };
-        let layers = if shape.n_tokens < VECTOR_MAX_TOKENS {
+        let layers = if shape.n_tokens < self.decode_below {
             &self.decode
         } else {
             &self.prefill
@@ -761,16 +824,15 @@ impl LlamaGpu {
                 encoder.copy_buffer_to_buffer(&self.page_scratch, 0, pool, dst, self.page_bytes);
             }
         }
-        encode_all(
-            &self.ctx,
-            &mut encoder,
-            layers
-                .iter()
-                .flat_map(|s| &s.dispatches)
-                .chain(tail)
-                .chain(argmax),
-            shape,
-        );
+        let dispatches = layers
+            .iter()
+            .flat_map(|s| &s.dispatches)
+            .chain(tail)
+            .chain(argmax);
+        match self.profiler.as_mut() {
+            Some(p) => p.encode(&self.ctx, &mut encoder, dispatches, shape),
+            None => encode_all(&self.ctx, &mut encoder, dispatches, shape),
+        }
         let n_out = u64::from(shape.n_out);
         let vocab = u64::from(self.cfg.n_vocab);
         match output {
@@ -786,6 +848,15 @@ impl LlamaGpu {
         }
         self.ctx.queue().submit([encoder.finish()]);
         self.times.host += start.elapsed();
+        let forward = self.wait_output(output, n_out).await?;
+        if let Some(p) = self.profiler.as_mut() {
+            p.collect(&self.ctx).await?;
+        }
+        Ok(forward)
+    }
+
+    async fn wait_output(&self, output: StepOutput, n_out: u64) -> Result<Forward> {
+        let vocab = u64::from(self.cfg.n_vocab);
         Ok(match output {
             StepOutput::Nothing => {
                 self.ctx.check()?;
@@ -868,7 +939,7 @@ impl LlamaGpu {
         let out_rows = self.single_rows(tokens, pos0, Output::AllLogits)?;
         let shape = self.step.write_single(&self.ctx, pos0, tokens, &out_rows)?;
         let n = shape.n_tokens;
-        let layers = if n < VECTOR_MAX_TOKENS {
+        let layers = if n < self.decode_below {
             &self.decode
         } else {
             &self.prefill
@@ -961,6 +1032,8 @@ impl LlamaGpu {
 /// Builds the dispatch lists once, at load time.
 struct PlanBuilder<'a> {
     ctx: &'a GpuContext,
+    /// The adapter has the batched decode kernel (`Matmul::vector_batch`).
+    batch: bool,
     cfg: &'a LlamaConfig,
     step: &'a wgpu::Buffer,
     act: &'a Activations,
@@ -976,12 +1049,45 @@ struct PlanBuilder<'a> {
 }
 
 impl PlanBuilder<'_> {
-    async fn matmul_kernel(&self, vector: bool, dtype: DType) -> Result<Matmul, KernelError> {
-        if vector {
-            Matmul::vector(self.ctx, dtype).await
-        } else {
-            Matmul::tiled(self.ctx, dtype).await
+    /// The kernels of a product in the decode (`vector`) or prefill layers, each with the steps
+    /// it serves where there are two.
+    async fn matmul_kernels(
+        &self,
+        vector: bool,
+        dtype: DType,
+    ) -> Result<Vec<MatmulChoice>, KernelError> {
+        if !vector {
+            return Ok(vec![(Matmul::tiled(self.ctx, dtype).await?, None)]);
         }
+        let single = Matmul::vector(self.ctx, dtype).await?;
+        match Matmul::vector_batch(self.ctx, dtype).await? {
+            Some(batch) if self.batch => Ok(vec![
+                (single, Some(per_token_matvec as fn(&StepShape) -> bool)),
+                (batch, Some(batched_matvec)),
+            ]),
+            _ => Ok(vec![(single, None)]),
+        }
+    }
+
+    /// Binds each of `kernels` (see `matmul_kernels`) for the steps it serves.
+    fn bind_kernels(
+        &self,
+        kernels: Vec<MatmulChoice>,
+        w: &WeightTensor,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        layout: MatmulLayout,
+    ) -> Result<Vec<Dispatch>, KernelError> {
+        let mut out = Vec::new();
+        for (kernel, when) in kernels {
+            for d in kernel.bind(self.ctx, self.step, w, x, y, layout)? {
+                out.push(match when {
+                    Some(when) => d.only_when(when),
+                    None => d,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Joined projections of `x` (see `upload_joined`) into side-by-side columns of `y`.
@@ -1015,9 +1121,9 @@ impl PlanBuilder<'_> {
         y_col0: u32,
         accumulate: bool,
     ) -> Result<Vec<Dispatch>, KernelError> {
-        self.matmul_kernel(vector, w.dtype).await?.bind(
-            self.ctx,
-            self.step,
+        let kernels = self.matmul_kernels(vector, w.dtype).await?;
+        self.bind_kernels(
+            kernels,
             w,
             x,
             y,
@@ -1172,9 +1278,10 @@ impl PlanBuilder<'_> {
             };
             let mut dispatches = Vec::new();
             if let (Some(split), Some(partials)) = (&attention_split, &a.attn_partials) {
-                // The decode layers run steps of under VECTOR_MAX_TOKENS tokens, for which the
-                // partials are sized.
-                dispatches.extend(split.bind_path(
+                // Flash-decoding for steps of under VECTOR_MAX_TOKENS tokens, for which the
+                // partials are sized; longer decode-layer steps (batched decode) have a
+                // workgroup per token and head to fill the GPU without splitting.
+                for d in split.bind_path(
                     ctx,
                     step,
                     &a.qkv,
@@ -1186,7 +1293,10 @@ impl PlanBuilder<'_> {
                     mb.min(VECTOR_MAX_TOKENS - 1),
                     self.pool_rows,
                     self.n_ctx,
-                )?);
+                )? {
+                    dispatches.push(d.only_when(split_attention));
+                }
+                dispatches.push(bind(&attention)?.only_when(per_token_attention));
             } else if let Some(tiled) = &attention_tiled {
                 // Prompts go to the tiled kernel; batched decode steps (a token per sequence)
                 // to the per-token one.
@@ -1263,22 +1373,28 @@ impl PlanBuilder<'_> {
             true,
             self.max_batch,
         )?];
-        d.extend(self.matmul_kernel(vector, output.dtype).await?.bind(
-            self.ctx,
-            self.step,
-            output,
-            &a.xn,
-            logits,
-            MatmulLayout {
-                x_stride: c.n_embd,
-                y_stride: c.n_vocab,
-                x_rows: logit_rows.min(self.max_batch),
-                y_rows: logit_rows,
-                y_col0: 0,
-                out_rows: true,
-                accumulate: false,
-            },
-        )?);
+        // The output rows are the step's n_out, not its tokens: the per-token kernel serves
+        // them alone (the tail's choice between kernels is by n_out).
+        d.extend(
+            Matmul::vector_or_tiled(self.ctx, vector, output.dtype)
+                .await?
+                .bind(
+                    self.ctx,
+                    self.step,
+                    output,
+                    &a.xn,
+                    logits,
+                    MatmulLayout {
+                        x_stride: c.n_embd,
+                        y_stride: c.n_vocab,
+                        x_rows: logit_rows.min(self.max_batch),
+                        y_rows: logit_rows,
+                        y_col0: 0,
+                        out_rows: true,
+                        accumulate: false,
+                    },
+                )?,
+        );
         Ok(d)
     }
 }

@@ -1,0 +1,94 @@
+// y = x W^T for few tokens (decode), ROWS output rows per subgroup and up to TOKENS tokens per
+// workgroup (the including shader's const): the lanes stride along the rows and subgroupAdd
+// reduces, with no workgroup memory or barriers. Each lane loads a chunk of x once for all ROWS
+// rows (x is eight times the bytes of a 4-bit row), and has ROWS rows' loads in flight at once.
+// A workgroup's tokens read the same weight chunks one after another, so each chunk comes from
+// memory once and from the cache for the other tokens. The host dispatches for the adapter's
+// largest subgroup size; workgroups left without rows return at once. Needs common/step.wgsl,
+// common/matmul.wgsl and common/weights.wgsl.
+
+override W_DTYPE: u32 = 0u;
+// A multiple of the adapter's largest subgroup size.
+override WG_SIZE: u32 = 128u;
+// Rows per subgroup: the accumulators are one vec4.
+const ROWS: u32 = 4u;
+
+// x rows start at multiples of 4 (x_stride and n_in are), so every read is one aligned vec4.
+fn x4(at: u32) -> vec4<f32> {
+    return x[at >> 2u];
+}
+
+@group(0) @binding(0) var<uniform> params: MatmulParams;
+@group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // (n_tokens, x_stride / 4)
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (n_tokens, y_stride)
+
+// Chunk `b` of row `row` dotted with the chunk of x in `xs`; 0 past the last row.
+fn row_chunk_dot(row: u32, b: u32, xs: array<vec4<f32>, 8>) -> f32 {
+    if (row >= params.n_out) {
+        return 0.0;
+    }
+    let w = weights_block(row * params.row_bytes, b);
+    return dot(w[0], xs[0]) + dot(w[1], xs[1]) + dot(w[2], xs[2]) + dot(w[3], xs[3])
+        + dot(w[4], xs[4]) + dot(w[5], xs[5]) + dot(w[6], xs[6]) + dot(w[7], xs[7]);
+}
+
+// Elements k..k+3 of row `row` past its whole chunks, dotted with x; 0 past the last row.
+fn row_tail_dot(row: u32, k: u32, x_at: u32) -> f32 {
+    if (row >= params.n_out) {
+        return 0.0;
+    }
+    return dot(weights4(row * params.row_bytes, k), x4(x_at + k));
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(num_subgroups) n_sg: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {
+    let t0 = wid.y * TOKENS;
+    let n_rows = matmul_rows();
+    let row0 = ((wid.x + wid.z * nwg.x) * n_sg + sg_id) * ROWS;
+    let in_range = row0 < params.n_out && t0 < n_rows;
+    var acc: array<vec4<f32>, TOKENS>;
+    if (in_range) {
+        let n_chunks = params.n_in / 32u;
+        for (var b = lane; b < n_chunks; b += sg_size) {
+            for (var tt = 0u; tt < TOKENS; tt++) {
+                if (t0 + tt < n_rows) {
+                    let xb = (t0 + tt) * params.x_stride + b * 32u;
+                    let xs = array<vec4<f32>, 8>(x4(xb), x4(xb + 4u), x4(xb + 8u), x4(xb + 12u),
+                        x4(xb + 16u), x4(xb + 20u), x4(xb + 24u), x4(xb + 28u));
+                    acc[tt] += vec4<f32>(row_chunk_dot(row0, b, xs),
+                        row_chunk_dot(row0 + 1u, b, xs), row_chunk_dot(row0 + 2u, b, xs),
+                        row_chunk_dot(row0 + 3u, b, xs));
+                }
+            }
+        }
+        for (var k = n_chunks * 32u + lane * 4u; k < params.n_in; k += sg_size * 4u) {
+            for (var tt = 0u; tt < TOKENS; tt++) {
+                if (t0 + tt < n_rows) {
+                    let x_at = (t0 + tt) * params.x_stride;
+                    acc[tt] += vec4<f32>(row_tail_dot(row0, k, x_at),
+                        row_tail_dot(row0 + 1u, k, x_at), row_tail_dot(row0 + 2u, k, x_at),
+                        row_tail_dot(row0 + 3u, k, x_at));
+                }
+            }
+        }
+    }
+    for (var tt = 0u; tt < TOKENS; tt++) {
+        let sum = subgroupAdd(acc[tt]);
+        if (in_range && lane == 0u && t0 + tt < n_rows) {
+            let y_at = (t0 + tt) * params.y_stride + params.out_col0 + row0;
+            for (var r = 0u; r < ROWS; r++) {
+                if (row0 + r < params.n_out) {
+                    store_y(y_at + r, sum[r]);
+                }
+            }
+        }
+    }
+}
