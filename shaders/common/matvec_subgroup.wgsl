@@ -1,17 +1,21 @@
-// y = x W^T for few tokens (decode), ROWS output rows per subgroup and up to TOKENS tokens per
-// workgroup (the including shader's const): the lanes stride along the rows and subgroupAdd
-// reduces, with no workgroup memory or barriers. Each lane loads a chunk of x once for all ROWS
-// rows (x is eight times the bytes of a 4-bit row), and has ROWS rows' loads in flight at once.
-// A workgroup's tokens read the same weight chunks one after another, so each chunk comes from
-// memory once and from the cache for the other tokens. The host dispatches for the adapter's
-// largest subgroup size; workgroups left without rows return at once. Needs common/step.wgsl,
-// common/matmul.wgsl and common/weights.wgsl.
+// y = x W^T for few tokens (decode), ROWS output rows per workgroup and up to TOKENS tokens per
+// workgroup (the including shader's const). The workgroup's invocations stride along the rows'
+// chunks (each loads a chunk of x once for all ROWS rows: x is eight times the bytes of a 4-bit
+// row), subgroupAdd reduces within each subgroup, and workgroup memory joins the subgroups. A
+// row's K is thus spread over the whole workgroup, which keeps many loads in flight even for
+// products with few rows. A workgroup's tokens read the same weight chunks one after another, so
+// each chunk comes from memory once and from the cache for the other tokens. Needs
+// common/step.wgsl, common/matmul.wgsl and common/weights.wgsl.
 
 override W_DTYPE: u32 = 0u;
-// A multiple of the adapter's largest subgroup size.
 override WG_SIZE: u32 = 128u;
-// Rows per subgroup: the accumulators are one vec4.
+// At least the subgroups of a workgroup: WG_SIZE over the adapter's smallest subgroup size.
+override MAX_SUBGROUPS: u32 = 32u;
+// Rows per workgroup: the accumulators are one vec4.
 const ROWS: u32 = 4u;
+
+// Each subgroup's sums, per token.
+var<workgroup> partial: array<vec4<f32>, MAX_SUBGROUPS * TOKENS>;
 
 // x rows start at multiples of 4 (x_stride and n_in are), so every read is one aligned vec4.
 fn x4(at: u32) -> vec4<f32> {
@@ -45,19 +49,19 @@ fn row_tail_dot(row: u32, k: u32, x_at: u32) -> f32 {
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_id) sg_id: u32,
     @builtin(num_subgroups) n_sg: u32,
     @builtin(subgroup_invocation_id) lane: u32,
-    @builtin(subgroup_size) sg_size: u32,
 ) {
     let t0 = wid.y * TOKENS;
     let n_rows = matmul_rows();
-    let row0 = ((wid.x + wid.z * nwg.x) * n_sg + sg_id) * ROWS;
+    let row0 = (wid.x + wid.z * nwg.x) * ROWS;
     let in_range = row0 < params.n_out && t0 < n_rows;
     var acc: array<vec4<f32>, TOKENS>;
     if (in_range) {
         let n_chunks = params.n_in / 32u;
-        for (var b = lane; b < n_chunks; b += sg_size) {
+        for (var b = lid; b < n_chunks; b += WG_SIZE) {
             for (var tt = 0u; tt < TOKENS; tt++) {
                 if (t0 + tt < n_rows) {
                     let xb = (t0 + tt) * params.x_stride + b * 32u;
@@ -69,7 +73,7 @@ fn main(
                 }
             }
         }
-        for (var k = n_chunks * 32u + lane * 4u; k < params.n_in; k += sg_size * 4u) {
+        for (var k = n_chunks * 32u + lid * 4u; k < params.n_in; k += WG_SIZE * 4u) {
             for (var tt = 0u; tt < TOKENS; tt++) {
                 if (t0 + tt < n_rows) {
                     let x_at = (t0 + tt) * params.x_stride;
@@ -82,12 +86,21 @@ fn main(
     }
     for (var tt = 0u; tt < TOKENS; tt++) {
         let sum = subgroupAdd(acc[tt]);
-        if (in_range && lane == 0u && t0 + tt < n_rows) {
-            let y_at = (t0 + tt) * params.y_stride + params.out_col0 + row0;
-            for (var r = 0u; r < ROWS; r++) {
-                if (row0 + r < params.n_out) {
-                    store_y(y_at + r, sum[r]);
-                }
+        if (lane == 0u) {
+            partial[sg_id * TOKENS + tt] = sum;
+        }
+    }
+    workgroupBarrier();
+    // Invocation tt adds up token tt's subgroup sums.
+    if (in_range && lid < TOKENS && t0 + lid < n_rows) {
+        var sum = vec4<f32>(0.0);
+        for (var g = 0u; g < n_sg; g++) {
+            sum += partial[g * TOKENS + lid];
+        }
+        let y_at = (t0 + lid) * params.y_stride + params.out_col0 + row0;
+        for (var r = 0u; r < ROWS; r++) {
+            if (row0 + r < params.n_out) {
+                store_y(y_at + r, sum[r]);
             }
         }
     }

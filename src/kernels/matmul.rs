@@ -26,8 +26,10 @@ crate::gpu_params! {
 
 const MATVEC_WG: u32 = 64;
 const MATVEC_ROW_THREADS: u32 = 16;
-/// Rows per subgroup in `matvec_subgroup.wgsl` (a const there).
+/// Rows per workgroup in `common/matvec_subgroup.wgsl` (a const there).
 const MATVEC_SUBGROUP_ROWS: u32 = 4;
+/// Smallest workgroup of the subgroup matrix-vector kernels.
+const MATVEC_SUBGROUP_WG: u32 = 128;
 /// Tokens per workgroup in `matvec_subgroup_batch.wgsl` (a const there).
 const MATVEC_BATCH_TOKENS: u32 = 8;
 /// Prefill tiles on GPUs: the best of eight shapes for pp512 and pp16 together on an H100
@@ -129,18 +131,20 @@ impl Matmul {
         dtype: DType,
         features: GpuFeatures,
     ) -> (Variant, Shape) {
-        let wg = subgroup_wg(features);
-        let max_sg = features.subgroup_max_size.max(1);
+        // A row's K is spread over the whole workgroup: four subgroups of 32 on most GPUs.
+        let wg = subgroup_wg(features).max(MATVEC_SUBGROUP_WG);
+        let max_subgroups = wg / features.subgroup_min_size.clamp(1, wg);
         (
             Variant {
                 shader,
                 constants: vec![
                     ("W_DTYPE", f64::from(dtype.ggml_id())),
                     ("WG_SIZE", f64::from(wg)),
+                    ("MAX_SUBGROUPS", f64::from(max_subgroups)),
                 ],
             },
             Shape::Vector {
-                rows_per_wg: (wg / max_sg).max(1) * MATVEC_SUBGROUP_ROWS,
+                rows_per_wg: MATVEC_SUBGROUP_ROWS,
                 tokens_per_wg,
             },
         )
