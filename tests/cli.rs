@@ -255,10 +255,10 @@ fn bench_prints_pp_and_tg() {
     assert!(host_line.ends_with(", 4 steps"), "{host_line}");
 }
 
-#[test]
-fn bench_json_lists_every_repetition() {
+/// `sovereign bench -m MODEL -p 8 -n 3 -o json` with `extra` arguments: its tests.
+fn bench_json(extra: &[&str]) -> Vec<serde_json::Value> {
     let model = model_path();
-    let o = sovereign(&[
+    let mut args = vec![
         "bench",
         "-m",
         model.to_str().unwrap(),
@@ -266,13 +266,18 @@ fn bench_json_lists_every_repetition() {
         "8",
         "-n",
         "3",
-        "-r",
-        "2",
         "-o",
         "json",
-    ]);
+    ];
+    args.extend(extra);
+    let o = sovereign(&args);
     assert!(o.status.success(), "{}", stderr(&o));
-    let tests: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
+#[test]
+fn bench_json_lists_every_repetition() {
+    let tests = bench_json(&["-r", "2"]);
     assert_eq!(tests.len(), 2);
     for (t, name, n_prompt, n_gen) in [(&tests[0], "pp8", 8, 0), (&tests[1], "tg3", 0, 3)] {
         assert_eq!(t["test"], name);
@@ -321,23 +326,7 @@ fn bench_json_lists_every_repetition() {
 /// add up to the model's own count of them, and their time to about a step's.
 #[test]
 fn bench_profile_times_every_dispatch() {
-    let model = model_path();
-    let o = sovereign(&[
-        "bench",
-        "-m",
-        model.to_str().unwrap(),
-        "-p",
-        "8",
-        "-n",
-        "3",
-        "-r",
-        "1",
-        "--profile",
-        "-o",
-        "json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let tests: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    let tests = bench_json(&["-r", "1", "--profile"]);
     // SmolLM2: 30 layers, each with two RMS norms, plus the output norm.
     let n_layer = 30;
     for (t, steps) in [(&tests[0], 1), (&tests[1], 3)] {

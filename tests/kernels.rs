@@ -416,6 +416,7 @@ fn matvec_matches_reference_for_every_dtype_and_path() {
 
 #[test]
 fn matmul_matches_reference_for_every_dtype() {
+    let (vector, tiled) = (MatmulKernel::Vector, MatmulKernel::Tiled);
     let mut contexts = contexts();
     // CPU adapters have two row-per-lane kernels: with subgroups (shared activation loads) and
     // without.
@@ -429,57 +430,22 @@ fn matmul_matches_reference_for_every_dtype() {
     for (label, ctx) in contexts {
         for (i, dtype) in DTYPES.into_iter().enumerate() {
             // Token and output counts that are not multiples of the tiles.
-            check_matmul(
-                &ctx,
-                label,
-                MatmulKernel::Tiled,
-                dtype,
-                37,
-                576,
-                130,
-                30 + i as u64,
-            );
-            check_matmul(
-                &ctx,
-                label,
-                MatmulKernel::Tiled,
-                dtype,
-                8,
-                160,
-                64,
-                40 + i as u64,
-            );
+            check_matmul(&ctx, label, tiled, dtype, 37, 576, 130, 30 + i as u64);
+            check_matmul(&ctx, label, tiled, dtype, 8, 160, 64, 40 + i as u64);
         }
         for (i, dtype) in K_DTYPES.into_iter().enumerate() {
-            check_matmul(
-                &ctx,
-                label,
-                MatmulKernel::Tiled,
-                dtype,
-                37,
-                768,
-                130,
-                90 + i as u64,
-            );
-            check_matmul(
-                &ctx,
-                label,
-                MatmulKernel::Tiled,
-                dtype,
-                8,
-                256,
-                64,
-                93 + i as u64,
-            );
+            check_matmul(&ctx, label, tiled, dtype, 37, 768, 130, 90 + i as u64);
+            check_matmul(&ctx, label, tiled, dtype, 8, 256, 64, 93 + i as u64);
         }
         // A K that is not a multiple of the K tile (f32 rows need only be multiples of 4).
-        check_matmul(&ctx, label, MatmulKernel::Tiled, DType::F32, 33, 52, 70, 50);
-        check_matmul(&ctx, label, MatmulKernel::Vector, DType::F32, 2, 52, 70, 51);
+        check_matmul(&ctx, label, tiled, DType::F32, 33, 52, 70, 50);
+        check_matmul(&ctx, label, vector, DType::F32, 2, 52, 70, 51);
     }
 }
 
 #[test]
 fn matmul_splits_weights_over_bindings() {
+    let (vector, tiled) = (MatmulKernel::Vector, MatmulKernel::Tiled);
     // Each buffer holds at most 24 KiB: the 200 x 576 matrices span several.
     for gpu_kernels_on_cpu in [true, false] {
         let ctx = gpu(GpuOptions {
@@ -488,48 +454,12 @@ fn matmul_splits_weights_over_bindings() {
             ..Default::default()
         });
         for (i, dtype) in DTYPES.into_iter().enumerate() {
-            check_matmul(
-                &ctx,
-                "split",
-                MatmulKernel::Vector,
-                dtype,
-                1,
-                576,
-                200,
-                60 + i as u64,
-            );
-            check_matmul(
-                &ctx,
-                "split",
-                MatmulKernel::Tiled,
-                dtype,
-                40,
-                576,
-                200,
-                70 + i as u64,
-            );
+            check_matmul(&ctx, "split", vector, dtype, 1, 576, 200, 60 + i as u64);
+            check_matmul(&ctx, "split", tiled, dtype, 40, 576, 200, 70 + i as u64);
         }
         for (i, dtype) in K_DTYPES.into_iter().enumerate() {
-            check_matmul(
-                &ctx,
-                "split",
-                MatmulKernel::Vector,
-                dtype,
-                1,
-                768,
-                200,
-                96 + i as u64,
-            );
-            check_matmul(
-                &ctx,
-                "split",
-                MatmulKernel::Tiled,
-                dtype,
-                40,
-                768,
-                200,
-                99 + i as u64,
-            );
+            check_matmul(&ctx, "split", vector, dtype, 1, 768, 200, 96 + i as u64);
+            check_matmul(&ctx, "split", tiled, dtype, 40, 768, 200, 99 + i as u64);
         }
     }
 }
