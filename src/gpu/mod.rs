@@ -80,7 +80,15 @@ impl GpuOptions {
             gpu_kernels_on_cpu: flag("SOVEREIGN_GPU_KERNELS"),
             matmul_tiles: var("SOVEREIGN_MATMUL_TILES").and_then(|v| parse_tiles(&v)),
             shader_checks: var("SOVEREIGN_SHADER_CHECKS")
-                .and_then(|v| ShaderChecks::from_name(&v))
+                .and_then(|v| {
+                    let checks = ShaderChecks::from_name(&v);
+                    if checks.is_none() {
+                        tracing::warn!(
+                            "SOVEREIGN_SHADER_CHECKS={v:?} ignored: want full or no-loop-bound"
+                        );
+                    }
+                    checks
+                })
                 .unwrap_or_default(),
             cpu_adapter: None,
         }
