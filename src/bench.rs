@@ -104,13 +104,12 @@ pub async fn run(
     repetitions: u32,
     profile: bool,
 ) -> Result<Vec<BenchResult>> {
-    if profile && !model.llama_mut().set_profiling(true) {
+    if profile && !model.llama().context().timestamps() {
         return Err(ModelError::BadRequest(
             "this adapter cannot write GPU timestamps, which the profile needs".into(),
         )
         .into());
     }
-    model.llama_mut().set_profiling(false);
     let n_ctx = model.llama().n_ctx();
     if n_prompt > n_ctx || n_gen > n_ctx {
         return Err(crate::model::ModelError::BadRequest(format!(

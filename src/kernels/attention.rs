@@ -227,7 +227,24 @@ impl Attention {
                 tile: 1,
             }
         };
-        Ok(self.kernel.dispatch(
+        Ok(self.dispatch(ctx, step, q, k_cache, v_cache, out, params, grid))
+    }
+
+    /// The attention kernel's dispatch, writing into `target` (the output, or the split
+    /// kernel's partials).
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &self,
+        ctx: &GpuContext,
+        step: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        target: &wgpu::Buffer,
+        params: AttentionParams,
+        grid: Grid,
+    ) -> Dispatch {
+        self.kernel.dispatch(
             ctx,
             &params,
             vec![
@@ -235,10 +252,10 @@ impl Attention {
                 q.as_entire_binding(),
                 k_cache.as_entire_binding(),
                 v_cache.as_entire_binding(),
-                out.as_entire_binding(),
+                target.as_entire_binding(),
             ],
             grid,
-        ))
+        )
     }
 
     /// Binds any path for a context of `n_ctx` positions. The split kernel gives two
@@ -288,16 +305,14 @@ impl Attention {
             out_stride: params.out_stride,
         };
         Ok(vec![
-            self.kernel.dispatch(
+            self.dispatch(
                 ctx,
-                &params,
-                vec![
-                    step.as_entire_binding(),
-                    q.as_entire_binding(),
-                    k_cache.as_entire_binding(),
-                    v_cache.as_entire_binding(),
-                    partials.as_entire_binding(),
-                ],
+                step,
+                q,
+                k_cache,
+                v_cache,
+                partials,
+                params,
                 Grid::Tokens {
                     x: workgroups as u32,
                     tile: 1,

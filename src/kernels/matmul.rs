@@ -89,14 +89,6 @@ pub struct Matmul {
     shape: Shape,
 }
 
-fn subgroup_wg(features: GpuFeatures) -> u32 {
-    features
-        .subgroup_max_size
-        .clamp(32, 256)
-        .next_power_of_two()
-        .max(64)
-}
-
 impl Matmul {
     fn vector_spec(dtype: DType, features: GpuFeatures) -> (Variant, Shape) {
         let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
@@ -131,8 +123,13 @@ impl Matmul {
         dtype: DType,
         features: GpuFeatures,
     ) -> (Variant, Shape) {
-        // A row's K is spread over the whole workgroup: four subgroups of 32 on most GPUs.
-        let wg = subgroup_wg(features).max(MATVEC_SUBGROUP_WG);
+        // A row's K is spread over the whole workgroup: four subgroups of 32 on most GPUs, and
+        // always a whole number of the adapter's largest subgroups.
+        let wg = features
+            .subgroup_max_size
+            .clamp(32, 256)
+            .next_power_of_two()
+            .max(MATVEC_SUBGROUP_WG);
         let max_subgroups = wg / features.subgroup_min_size.clamp(1, wg);
         (
             Variant {
@@ -214,19 +211,6 @@ impl Matmul {
             dtype,
             shape,
         })
-    }
-
-    /// [`Matmul::vector`] or [`Matmul::tiled`].
-    pub async fn vector_or_tiled(
-        ctx: &GpuContext,
-        vector: bool,
-        dtype: DType,
-    ) -> Result<Self, KernelError> {
-        if vector {
-            Self::vector(ctx, dtype).await
-        } else {
-            Self::tiled(ctx, dtype).await
-        }
     }
 
     /// Whether `features` give a batched decode kernel.

@@ -568,14 +568,12 @@ impl LlamaGpu {
         };
         let step = StepBuffer::new(&ctx, max_batch, layout).await?;
 
-        let batch = Matmul::has_batch(ctx.features());
-        let decode_below = if batch {
+        let decode_below = if Matmul::has_batch(ctx.features()) {
             BATCH_DECODE_MAX_TOKENS + 1
         } else {
             VECTOR_MAX_TOKENS
         };
         let builder = PlanBuilder {
-            batch,
             ctx: &ctx,
             cfg: &cfg,
             step: step.buffer(),
@@ -1032,8 +1030,6 @@ impl LlamaGpu {
 /// Builds the dispatch lists once, at load time.
 struct PlanBuilder<'a> {
     ctx: &'a GpuContext,
-    /// The adapter has the batched decode kernel (`Matmul::vector_batch`).
-    batch: bool,
     cfg: &'a LlamaConfig,
     step: &'a wgpu::Buffer,
     act: &'a Activations,
@@ -1061,11 +1057,11 @@ impl PlanBuilder<'_> {
         }
         let single = Matmul::vector(self.ctx, dtype).await?;
         match Matmul::vector_batch(self.ctx, dtype).await? {
-            Some(batch) if self.batch => Ok(vec![
+            Some(batch) => Ok(vec![
                 (single, Some(per_token_matvec as fn(&StepShape) -> bool)),
                 (batch, Some(batched_matvec)),
             ]),
-            _ => Ok(vec![(single, None)]),
+            None => Ok(vec![(single, None)]),
         }
     }
 
@@ -1375,26 +1371,27 @@ impl PlanBuilder<'_> {
         )?];
         // The output rows are the step's n_out, not its tokens: the per-token kernel serves
         // them alone (the tail's choice between kernels is by n_out).
-        d.extend(
-            Matmul::vector_or_tiled(self.ctx, vector, output.dtype)
-                .await?
-                .bind(
-                    self.ctx,
-                    self.step,
-                    output,
-                    &a.xn,
-                    logits,
-                    MatmulLayout {
-                        x_stride: c.n_embd,
-                        y_stride: c.n_vocab,
-                        x_rows: logit_rows.min(self.max_batch),
-                        y_rows: logit_rows,
-                        y_col0: 0,
-                        out_rows: true,
-                        accumulate: false,
-                    },
-                )?,
-        );
+        let kernel = if vector {
+            Matmul::vector(self.ctx, output.dtype).await?
+        } else {
+            Matmul::tiled(self.ctx, output.dtype).await?
+        };
+        d.extend(kernel.bind(
+            self.ctx,
+            self.step,
+            output,
+            &a.xn,
+            logits,
+            MatmulLayout {
+                x_stride: c.n_embd,
+                y_stride: c.n_vocab,
+                x_rows: logit_rows.min(self.max_batch),
+                y_rows: logit_rows,
+                y_col0: 0,
+                out_rows: true,
+                accumulate: false,
+            },
+        )?);
         Ok(d)
     }
 }
