@@ -414,6 +414,35 @@ fn matvec_matches_reference_for_every_dtype_and_path() {
     }
 }
 
+/// The gated decode kernels (gate and up rows in one buffer, SiLU in the epilogue), per token and
+/// batched, for every weight type; odd output counts leave a workgroup half full.
+#[test]
+fn gated_matvec_matches_reference_for_every_dtype() {
+    for (label, ctx) in contexts() {
+        // They exist exactly where the batched kernel does, so they are never left out there.
+        let expected = Matmul::has_batch(ctx.features());
+        for (i, dtype) in DTYPES.into_iter().chain(K_DTYPES).enumerate() {
+            let n_in = if K_DTYPES.contains(&dtype) { 512 } else { 576 };
+            let runs = [
+                (MatmulKernel::Vector, 1, 97),
+                (MatmulKernel::Vector, 3, 64),
+                (MatmulKernel::VectorBatch, 13, 77),
+            ];
+            for (j, (kind, n, n_ff)) in runs.into_iter().enumerate() {
+                let seed = 200 + 10 * i as u64 + j as u64;
+                let check = pollster::block_on(selftest::matmul_gated(
+                    &ctx, kind, dtype, n, n_in, n_ff, seed,
+                ))
+                .unwrap();
+                assert_eq!(check.is_some(), expected, "{label} {kind:?}");
+                if let Some(check) = check {
+                    assert!(check.passed, "{label}: {check:?}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_matches_reference_for_every_dtype() {
     let (vector, tiled) = (MatmulKernel::Vector, MatmulKernel::Tiled);

@@ -13,6 +13,10 @@ override WG_SIZE: u32 = 128u;
 override MAX_SUBGROUPS: u32 = 32u;
 // Rows per workgroup: the accumulators are one vec4.
 const ROWS: u32 = 4u;
+// The weight rows are a gate projection's then an up projection's (ffn_gate and ffn_up joined),
+// and y gets silu(gate) * up: a workgroup takes two outputs, their gate rows and their up rows.
+// That saves the gated product a dispatch and a pass of both halves through memory.
+override GLU: bool = false;
 
 // Each subgroup's sums, per token.
 var<workgroup> partial: array<vec4<f32>, MAX_SUBGROUPS * TOKENS>;
@@ -45,6 +49,22 @@ fn row_tail_dot(row: u32, k: u32, x_at: u32) -> f32 {
     return dot(weights4(row * params.row_bytes, k), x4(x_at + k));
 }
 
+// The weight rows of workgroup `group`; the first is the first output it writes.
+fn workgroup_rows(group: u32) -> vec4<u32> {
+    if (GLU) {
+        let o = 2u * group;
+        let up0 = params.n_out / 2u;
+        return vec4<u32>(o, o + 1u, up0 + o, up0 + o + 1u);
+    }
+    let r = group * ROWS;
+    return vec4<u32>(r, r + 1u, r + 2u, r + 3u);
+}
+
+// Outputs this kernel writes: one per row, or one per gate and up pair.
+fn n_outputs() -> u32 {
+    return select(params.n_out, params.n_out / 2u, GLU);
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -56,8 +76,8 @@ fn main(
 ) {
     let t0 = wid.y * TOKENS;
     let n_rows = matmul_rows();
-    let row0 = (wid.x + wid.z * nwg.x) * ROWS;
-    let in_range = row0 < params.n_out && t0 < n_rows;
+    let rows = workgroup_rows(wid.x + wid.z * nwg.x);
+    let in_range = rows.x < n_outputs() && t0 < n_rows;
     var acc: array<vec4<f32>, TOKENS>;
     if (in_range) {
         let n_chunks = params.n_in / 32u;
@@ -67,9 +87,9 @@ fn main(
                     let xb = (t0 + tt) * params.x_stride + b * 32u;
                     let xs = array<vec4<f32>, 8>(x4(xb), x4(xb + 4u), x4(xb + 8u), x4(xb + 12u),
                         x4(xb + 16u), x4(xb + 20u), x4(xb + 24u), x4(xb + 28u));
-                    acc[tt] += vec4<f32>(row_chunk_dot(row0, b, xs),
-                        row_chunk_dot(row0 + 1u, b, xs), row_chunk_dot(row0 + 2u, b, xs),
-                        row_chunk_dot(row0 + 3u, b, xs));
+                    acc[tt] += vec4<f32>(row_chunk_dot(rows.x, b, xs),
+                        row_chunk_dot(rows.y, b, xs), row_chunk_dot(rows.z, b, xs),
+                        row_chunk_dot(rows.w, b, xs));
                 }
             }
         }
@@ -77,9 +97,9 @@ fn main(
             for (var tt = 0u; tt < TOKENS; tt++) {
                 if (t0 + tt < n_rows) {
                     let x_at = (t0 + tt) * params.x_stride;
-                    acc[tt] += vec4<f32>(row_tail_dot(row0, k, x_at),
-                        row_tail_dot(row0 + 1u, k, x_at), row_tail_dot(row0 + 2u, k, x_at),
-                        row_tail_dot(row0 + 3u, k, x_at));
+                    acc[tt] += vec4<f32>(row_tail_dot(rows.x, k, x_at),
+                        row_tail_dot(rows.y, k, x_at), row_tail_dot(rows.z, k, x_at),
+                        row_tail_dot(rows.w, k, x_at));
                 }
             }
         }
@@ -97,10 +117,20 @@ fn main(
         for (var g = 0u; g < n_sg; g++) {
             sum += partial[g * TOKENS + lid];
         }
-        let y_at = (t0 + lid) * params.y_stride + params.out_col0 + row0;
-        for (var r = 0u; r < ROWS; r++) {
-            if (row0 + r < params.n_out) {
-                store_y(y_at + r, sum[r]);
+        let y_at = (t0 + lid) * params.y_stride + params.out_col0 + rows.x;
+        if (GLU) {
+            // The same expression as silu_mul.wgsl.
+            for (var r = 0u; r < 2u; r++) {
+                if (rows.x + r < n_outputs()) {
+                    let g = sum[r];
+                    y[y_at + r] = g / (1.0 + exp(-g)) * sum[r + 2u];
+                }
+            }
+        } else {
+            for (var r = 0u; r < ROWS; r++) {
+                if (rows.x + r < params.n_out) {
+                    store_y(y_at + r, sum[r]);
+                }
             }
         }
     }

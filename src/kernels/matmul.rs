@@ -87,6 +87,9 @@ pub struct Matmul {
     kernel: Kernel,
     dtype: DType,
     shape: Shape,
+    /// Gated: the weight is a gate and an up projection joined by rows, and y gets
+    /// silu(gate) * up (see [`Matmul::gated`]).
+    glu: bool,
 }
 
 impl Matmul {
@@ -98,7 +101,7 @@ impl Matmul {
             // or batched with others.
             Self::tiled_spec(dtype, features)
         } else if features.subgroups {
-            Self::subgroup_spec("matvec_subgroup", 1, dtype, features)
+            Self::subgroup_spec("matvec_subgroup", 1, dtype, features, false)
         } else {
             (
                 Variant {
@@ -122,6 +125,7 @@ impl Matmul {
         tokens_per_wg: u32,
         dtype: DType,
         features: GpuFeatures,
+        glu: bool,
     ) -> (Variant, Shape) {
         // A row's K is spread over the whole workgroup: four subgroups of 32 on most GPUs, and
         // always a whole number of the adapter's largest subgroups.
@@ -131,32 +135,54 @@ impl Matmul {
             .next_power_of_two()
             .max(MATVEC_SUBGROUP_WG);
         let max_subgroups = wg / features.subgroup_min_size.clamp(1, wg);
+        let mut constants = vec![
+            ("W_DTYPE", f64::from(dtype.ggml_id())),
+            ("WG_SIZE", f64::from(wg)),
+            ("MAX_SUBGROUPS", f64::from(max_subgroups)),
+        ];
+        if glu {
+            constants.push(("GLU", 1.0));
+        }
         (
-            Variant {
-                shader,
-                constants: vec![
-                    ("W_DTYPE", f64::from(dtype.ggml_id())),
-                    ("WG_SIZE", f64::from(wg)),
-                    ("MAX_SUBGROUPS", f64::from(max_subgroups)),
-                ],
-            },
+            Variant { shader, constants },
             Shape::Vector {
-                rows_per_wg: MATVEC_SUBGROUP_ROWS,
+                // Outputs per workgroup: a gated one takes a gate and an up row per output.
+                rows_per_wg: if glu {
+                    MATVEC_SUBGROUP_ROWS / 2
+                } else {
+                    MATVEC_SUBGROUP_ROWS
+                },
                 tokens_per_wg,
             },
         )
     }
 
     /// The batched decode kernel where the adapter has one: a GPU with subgroups.
-    fn batch_spec(dtype: DType, features: GpuFeatures) -> Option<(Variant, Shape)> {
+    fn batch_spec(dtype: DType, features: GpuFeatures, glu: bool) -> Option<(Variant, Shape)> {
         (!features.cpu && features.subgroups).then(|| {
             Self::subgroup_spec(
                 "matvec_subgroup_batch",
                 MATVEC_BATCH_TOKENS,
                 dtype,
                 features,
+                glu,
             )
         })
+    }
+
+    /// The gated decode kernels, per token or batched, where the adapter has them: those of a
+    /// GPU with subgroups.
+    fn gated_spec(
+        kind: MatmulKernel,
+        dtype: DType,
+        features: GpuFeatures,
+    ) -> Option<(Variant, Shape)> {
+        match kind {
+            MatmulKernel::Vector => (!features.cpu && features.subgroups)
+                .then(|| Self::subgroup_spec("matvec_subgroup", 1, dtype, features, true)),
+            MatmulKernel::VectorBatch => Self::batch_spec(dtype, features, true),
+            MatmulKernel::Tiled => None,
+        }
     }
 
     fn tiled_spec(dtype: DType, features: GpuFeatures) -> (Variant, Shape) {
@@ -198,7 +224,10 @@ impl Matmul {
             Self::vector_spec(dtype, features).0,
             Self::tiled_spec(dtype, features).0,
         ];
-        v.extend(Self::batch_spec(dtype, features).map(|(variant, _)| variant));
+        v.extend(Self::batch_spec(dtype, features, false).map(|(variant, _)| variant));
+        for kind in [MatmulKernel::Vector, MatmulKernel::VectorBatch] {
+            v.extend(Self::gated_spec(kind, dtype, features).map(|(variant, _)| variant));
+        }
         v
     }
 
@@ -210,12 +239,13 @@ impl Matmul {
             kernel: Kernel::new(ctx, &variant).await?,
             dtype,
             shape,
+            glu: false,
         })
     }
 
     /// Whether `features` give a batched decode kernel.
     pub fn has_batch(features: GpuFeatures) -> bool {
-        Self::batch_spec(DType::F32, features).is_some()
+        Self::batch_spec(DType::F32, features, false).is_some()
     }
 
     /// The kernel of `kind`; `None` only for [`MatmulKernel::VectorBatch`] where the adapter has
@@ -237,13 +267,14 @@ impl Matmul {
     /// adapters, or no subgroups); [`Matmul::vector`] serves such steps there.
     pub async fn vector_batch(ctx: &GpuContext, dtype: DType) -> Result<Option<Self>, KernelError> {
         check_weight_dtype("matvec", dtype)?;
-        let Some((variant, shape)) = Self::batch_spec(dtype, ctx.features()) else {
+        let Some((variant, shape)) = Self::batch_spec(dtype, ctx.features(), false) else {
             return Ok(None);
         };
         Ok(Some(Matmul {
             kernel: Kernel::new(ctx, &variant).await?,
             dtype,
             shape,
+            glu: false,
         }))
     }
 
@@ -255,10 +286,34 @@ impl Matmul {
             kernel: Kernel::new(ctx, &variant).await?,
             dtype,
             shape,
+            glu: false,
         })
     }
 
-    /// One dispatch per buffer of `w` (n_out, n_in): `y[t, col0 + r] = x[t] . w[r]`.
+    /// The decode kernel of `kind` (per token or batched) for a gated product: `w` holds a gate
+    /// projection's n rows, then an up projection's, in one buffer, and
+    /// `y[t, col0 + r] = silu(x[t] . w[r]) * (x[t] . w[n + r])`. One dispatch does what two
+    /// products and `SiluMul` do, without writing and reading back both halves. `None` where
+    /// the adapter has no such kernel (CPU adapters, no subgroups, or the prefill kind).
+    pub async fn gated(
+        ctx: &GpuContext,
+        kind: MatmulKernel,
+        dtype: DType,
+    ) -> Result<Option<Self>, KernelError> {
+        check_weight_dtype("matvec", dtype)?;
+        let Some((variant, shape)) = Self::gated_spec(kind, dtype, ctx.features()) else {
+            return Ok(None);
+        };
+        Ok(Some(Matmul {
+            kernel: Kernel::new(ctx, &variant).await?,
+            dtype,
+            shape,
+            glu: true,
+        }))
+    }
+
+    /// One dispatch per buffer of `w` (n_out, n_in): `y[t, col0 + r] = x[t] . w[r]`; a gated
+    /// kernel's is described at [`Matmul::gated`].
     pub fn bind(
         &self,
         ctx: &GpuContext,
@@ -299,12 +354,30 @@ impl Matmul {
                 ),
             ));
         }
-        if layout.y_col0 + w.n_rows > layout.y_stride {
+        let n_outputs = if self.glu {
+            // Gate row r and up row n + r meet in one workgroup: they must share a buffer.
+            if w.chunks.len() != 1 || !w.n_rows.is_multiple_of(2) || layout.accumulate {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "{}: a gated product needs an even number of rows in one buffer \
+                         ({} rows in {}) and cannot accumulate",
+                        w.name,
+                        w.n_rows,
+                        w.chunks.len()
+                    ),
+                ));
+            }
+            w.n_rows / 2
+        } else {
+            w.n_rows
+        };
+        if layout.y_col0 + n_outputs > layout.y_stride {
             return Err(shape_error(
                 op,
                 format!(
                     "{}: {} outputs from column {} overflow y rows of {}",
-                    w.name, w.n_rows, layout.y_col0, layout.y_stride
+                    w.name, n_outputs, layout.y_col0, layout.y_stride
                 ),
             ));
         }
@@ -337,7 +410,14 @@ impl Matmul {
                     Shape::Vector {
                         rows_per_wg,
                         tokens_per_wg,
-                    } => (chunk.n_rows.div_ceil(rows_per_wg), tokens_per_wg),
+                    } => {
+                        let outputs = if self.glu {
+                            chunk.n_rows / 2
+                        } else {
+                            chunk.n_rows
+                        };
+                        (outputs.div_ceil(rows_per_wg), tokens_per_wg)
+                    }
                     Shape::Tiled { tile_m, tile_n } => (chunk.n_rows.div_ceil(tile_n), tile_m),
                     Shape::Rowwise => (chunk.n_rows.div_ceil(ROWWISE_WG), ROWWISE_TOKENS),
                 };

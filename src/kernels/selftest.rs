@@ -403,6 +403,10 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
             let kind = MatmulKernel::VectorBatch;
             checks.push(matmul(ctx, kind, dtype, 11, n_in, 130, seed + 2).await?);
         }
+        // The gated decode products, where the adapter has them.
+        for (kind, n) in [(MatmulKernel::Vector, 1), (MatmulKernel::VectorBatch, 11)] {
+            checks.extend(matmul_gated(ctx, kind, dtype, n, n_in, 65, seed + 3).await?);
+        }
     }
 
     // Attention over a contiguous cache: prefill with the causal mask, and decode at several
@@ -537,6 +541,56 @@ pub async fn matmul(
         2e-5 * (n_in as f32).sqrt(),
         1e-4,
     ))
+}
+
+/// The gated decode product (`Matmul::gated`) of `n` tokens: `n_ff` gate rows and `n_ff` up
+/// rows of random `dtype` weights in one buffer, against the reference's two products and
+/// `silu_mul`. `Ok(None)` where the adapter has no gated kernel of `kind`.
+pub async fn matmul_gated(
+    ctx: &GpuContext,
+    kind: MatmulKernel,
+    dtype: DType,
+    n: usize,
+    n_in: usize,
+    n_ff: usize,
+    seed: u64,
+) -> Result<Option<Check>> {
+    let Some(op) = Matmul::gated(ctx, kind, dtype).await? else {
+        return Ok(None);
+    };
+    let b = Bench { ctx };
+    let mut rng = Rng::new(seed);
+    let (w, deq) = b.weights(&mut rng, dtype, 2 * n_ff, n_in).await?;
+    let x = rng.vec(n * n_in, 1.0);
+    let both = reference::matmul(&x, &deq, n_in);
+    let mut want = Vec::with_capacity(n * n_ff);
+    for row in both.chunks_exact(2 * n_ff) {
+        want.extend(reference::silu_mul(&row[..n_ff], &row[n_ff..]));
+    }
+    let max = n.max(8);
+    let xb = b.buffer(&x).await?;
+    // Stale values, which the product must overwrite.
+    let y = b.buffer(&rng.vec(max * n_ff, 100.0)).await?;
+    let step = b.step(max as u32).await?;
+    let layout = MatmulLayout {
+        x_stride: n_in as u32,
+        y_stride: n_ff as u32,
+        x_rows: n as u32,
+        y_rows: n as u32,
+        y_col0: 0,
+        out_rows: false,
+        accumulate: false,
+    };
+    let d = op.bind(ctx, step.buffer(), &w, &xb, &y, layout)?;
+    b.run(&d.iter().collect::<Vec<_>>(), &step, 0, n)?;
+    let got = b.read(&y, n * n_ff).await?;
+    Ok(Some(compare(
+        format!("gated matmul {kind:?} {dtype} {n}x{n_in}x(2 x {n_ff})"),
+        &got,
+        &want,
+        2e-5 * (n_in as f32).sqrt(),
+        1e-4,
+    )))
 }
 
 /// Attention of `n` tokens at positions `pos0..` over a contiguous cache of random K/V held as

@@ -15,7 +15,7 @@ use crate::kernels::argmax::Argmax;
 use crate::kernels::attention::{Attention, AttentionParams};
 use crate::kernels::embed::Embed;
 use crate::kernels::kv_store::{KvStore, KvStoreParams};
-use crate::kernels::matmul::{Matmul, MatmulLayout};
+use crate::kernels::matmul::{Matmul, MatmulKernel, MatmulLayout};
 use crate::kernels::rms_norm::RmsNorm;
 use crate::kernels::rope::{Rope, RopeParams};
 use crate::kernels::silu_mul::SiluMul;
@@ -1065,6 +1065,35 @@ impl PlanBuilder<'_> {
         }
     }
 
+    /// The gated decode kernels (`Matmul::gated`) for the joined gate and up projections `ws`,
+    /// each with the steps it serves, where they cover every decode step: on GPUs with
+    /// subgroups, when gate and up share a type and fit one buffer. Else `None`, and two products
+    /// and `SiluMul` do the same.
+    async fn gated_kernels<'w>(
+        &self,
+        vector: bool,
+        ws: &'w [WeightTensor],
+    ) -> Result<Option<(Vec<MatmulChoice>, &'w WeightTensor)>, KernelError> {
+        let [w] = ws else {
+            return Ok(None);
+        };
+        if !vector || w.chunks.len() != 1 {
+            return Ok(None);
+        }
+        let single = Matmul::gated(self.ctx, MatmulKernel::Vector, w.dtype).await?;
+        let batch = Matmul::gated(self.ctx, MatmulKernel::VectorBatch, w.dtype).await?;
+        Ok(match (single, batch) {
+            (Some(single), Some(batch)) => Some((
+                vec![
+                    (single, Some(per_token_matvec as fn(&StepShape) -> bool)),
+                    (batch, Some(batched_matvec)),
+                ],
+                w,
+            )),
+            _ => None,
+        })
+    }
+
     /// Binds each of `kernels` (see `matmul_kernels`) for the steps it serves.
     fn bind_kernels(
         &self,
@@ -1328,11 +1357,27 @@ impl PlanBuilder<'_> {
                 false,
                 mb,
             )?];
-            d.extend(
-                self.matmul_joined(vector, &l.ffn_gate_up, &a.xn, &a.gate_up, 2 * c.n_ff)
-                    .await?,
-            );
-            d.push(silu_mul.bind(ctx, step, &a.gate_up, &a.ffn, c.n_ff, mb)?);
+            match self.gated_kernels(vector, &l.ffn_gate_up).await? {
+                Some((kernels, w)) => {
+                    let layout = MatmulLayout {
+                        x_stride: w.row_len,
+                        y_stride: c.n_ff,
+                        x_rows: mb,
+                        y_rows: mb,
+                        y_col0: 0,
+                        out_rows: false,
+                        accumulate: false,
+                    };
+                    d.extend(self.bind_kernels(kernels, w, &a.xn, &a.ffn, layout)?);
+                }
+                None => {
+                    d.extend(
+                        self.matmul_joined(vector, &l.ffn_gate_up, &a.xn, &a.gate_up, 2 * c.n_ff)
+                            .await?,
+                    );
+                    d.push(silu_mul.bind(ctx, step, &a.gate_up, &a.ffn, c.n_ff, mb)?);
+                }
+            }
             // x += ffn W_down^T: the second residual add, folded in too.
             d.extend(
                 self.matmul(vector, &l.ffn_down, &a.ffn, &a.x, c.n_embd, 0, true)
