@@ -72,6 +72,21 @@ pub struct MatmulLayout {
     pub accumulate: bool,
 }
 
+impl MatmulLayout {
+    /// `rows` rows of x and y, one per token, y overwritten from its first column.
+    pub fn rows(x_stride: u32, y_stride: u32, rows: u32) -> Self {
+        MatmulLayout {
+            x_stride,
+            y_stride,
+            x_rows: rows,
+            y_rows: rows,
+            y_col0: 0,
+            out_rows: false,
+            accumulate: false,
+        }
+    }
+}
+
 /// The three kernel families of a product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulKernel {

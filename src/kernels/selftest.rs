@@ -500,15 +500,7 @@ pub async fn matmul(
         }
         .into());
     };
-    let mut layout = MatmulLayout {
-        x_stride: n_in as u32,
-        y_stride: n_out as u32,
-        x_rows: n as u32,
-        y_rows: n as u32,
-        y_col0: 0,
-        out_rows: false,
-        accumulate: false,
-    };
+    let mut layout = MatmulLayout::rows(n_in as u32, n_out as u32, n as u32);
     let d = op.bind(ctx, step.buffer(), &w, &xb, &y, layout)?;
     b.run(&d.iter().collect::<Vec<_>>(), &step, 0, n)?;
     let mut got = b.read(&y, n * n_out).await?;
@@ -572,15 +564,7 @@ pub async fn matmul_gated(
     // Stale values, which the product must overwrite.
     let y = b.buffer(&rng.vec(max * n_ff, 100.0)).await?;
     let step = b.step(max as u32).await?;
-    let layout = MatmulLayout {
-        x_stride: n_in as u32,
-        y_stride: n_ff as u32,
-        x_rows: n as u32,
-        y_rows: n as u32,
-        y_col0: 0,
-        out_rows: false,
-        accumulate: false,
-    };
+    let layout = MatmulLayout::rows(n_in as u32, n_ff as u32, n as u32);
     let d = op.bind(ctx, step.buffer(), &w, &xb, &y, layout)?;
     b.run(&d.iter().collect::<Vec<_>>(), &step, 0, n)?;
     let got = b.read(&y, n * n_ff).await?;

@@ -1153,13 +1153,9 @@ impl PlanBuilder<'_> {
             x,
             y,
             MatmulLayout {
-                x_stride: w.row_len,
-                y_stride: y_width,
-                x_rows: self.max_batch,
-                y_rows: self.max_batch,
                 y_col0,
-                out_rows: false,
                 accumulate,
+                ..MatmulLayout::rows(w.row_len, y_width, self.max_batch)
             },
         )
     }
@@ -1359,15 +1355,7 @@ impl PlanBuilder<'_> {
             )?];
             match self.gated_kernels(vector, &l.ffn_gate_up).await? {
                 Some((kernels, w)) => {
-                    let layout = MatmulLayout {
-                        x_stride: w.row_len,
-                        y_stride: c.n_ff,
-                        x_rows: mb,
-                        y_rows: mb,
-                        y_col0: 0,
-                        out_rows: false,
-                        accumulate: false,
-                    };
+                    let layout = MatmulLayout::rows(w.row_len, c.n_ff, mb);
                     d.extend(self.bind_kernels(kernels, w, &a.xn, &a.ffn, layout)?);
                 }
                 None => {
