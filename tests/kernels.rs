@@ -133,21 +133,29 @@ fn embed_matches_reference_for_every_dtype() {
 fn rms_norm_matches_reference() {
     let mut rng = Rng::new(2);
     let ctx = gpu(GpuOptions::default());
-    let (n_tokens, n_embd, eps) = (5usize, 576usize, 1e-5f32);
+    let op = pollster::block_on(RmsNorm::new(&ctx)).unwrap();
+    // Rows shorter than a workgroup's vec4s, spanning several of each invocation's held values,
+    // and longer than the held values (the rest is read twice).
+    for n_embd in [576usize, 2052, 9000] {
+        rms_norm_rows(&ctx, &op, &mut rng, n_embd);
+    }
+}
+
+fn rms_norm_rows(ctx: &GpuContext, op: &RmsNorm, rng: &mut Rng, n_embd: usize) {
+    let (n_tokens, eps) = (5usize, 1e-5f32);
     let x = rng.vec(n_tokens * n_embd, 3.0);
     let w = rng.vec(n_embd, 1.0);
     let want = reference::rms_norm(&x, &w, eps);
     let mut x = x;
     x.resize(8 * n_embd, 0.0);
     let tokens = vec![0u32; n_tokens];
-    let s = step(&ctx, 8);
-    let (xb, wb) = (storage(&ctx, &x), storage(&ctx, &w));
-    let op = pollster::block_on(RmsNorm::new(&ctx)).unwrap();
+    let s = step(ctx, 8);
+    let (xb, wb) = (storage(ctx, &x), storage(ctx, &w));
 
-    let out = zeros(&ctx, 8 * n_embd);
+    let out = zeros(ctx, 8 * n_embd);
     let d = op
         .bind(
-            &ctx,
+            ctx,
             s.buffer(),
             &xb,
             &wb,
@@ -158,20 +166,20 @@ fn rms_norm_matches_reference() {
             8,
         )
         .unwrap();
-    run(&ctx, &[&d], 0, &tokens, &s);
+    run(ctx, &[&d], 0, &tokens, &s);
     assert_close(
-        "rms_norm",
-        &read_f32(&ctx, &out, n_tokens * n_embd),
+        &format!("rms_norm {n_embd}"),
+        &read_f32(ctx, &out, n_tokens * n_embd),
         &want,
         1e-5,
         1e-5,
     );
 
     // Gathered output rows (the rows whose logits a step needs), in any order.
-    let gathered = zeros(&ctx, 8 * n_embd);
+    let gathered = zeros(ctx, 8 * n_embd);
     let d = op
         .bind(
-            &ctx,
+            ctx,
             s.buffer(),
             &xb,
             &wb,
@@ -193,12 +201,12 @@ fn rms_norm_matches_reference() {
         out_rows: &out_rows,
         tables: &[(0, &pages)],
     };
-    run_step(&ctx, &[&d], &input, &s);
+    run_step(ctx, &[&d], &input, &s);
     let mut want_rows = want[4 * n_embd..5 * n_embd].to_vec();
     want_rows.extend_from_slice(&want[n_embd..2 * n_embd]);
     assert_close(
-        "rms_norm gathered rows",
-        &read_f32(&ctx, &gathered, 2 * n_embd),
+        &format!("rms_norm gathered rows {n_embd}"),
+        &read_f32(ctx, &gathered, 2 * n_embd),
         &want_rows,
         1e-5,
         1e-5,

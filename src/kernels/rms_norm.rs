@@ -1,6 +1,6 @@
 //! RMSNorm with a learned scale: `shaders/rms_norm.wgsl`.
 
-use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len};
+use super::{Dispatch, Grid, Kernel, KernelError, Variant, check_len, shape_error};
 use crate::gpu::GpuContext;
 
 crate::gpu_params! {
@@ -48,6 +48,12 @@ impl RmsNorm {
         gather: bool,
         max_tokens: u32,
     ) -> Result<Dispatch, KernelError> {
+        if !n_embd.is_multiple_of(4) {
+            return Err(shape_error(
+                "rms_norm",
+                format!("row length {n_embd} is not a multiple of 4"),
+            ));
+        }
         let rows = u64::from(max_tokens);
         check_len("rms_norm", "x", x, rows * u64::from(n_embd))?;
         check_len("rms_norm", "weight", weight, u64::from(n_embd))?;
