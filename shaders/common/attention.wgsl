@@ -89,7 +89,19 @@ fn main(
             let d = lid + c * WG_SIZE;
             if (d < hd) {
                 var a = acc[c] * correction;
-                for (var jj = 0u; jj < n_keys; jj++) {
+                // Eight keys an iteration, so that their loads are in flight together.
+                var jj = 0u;
+                for (; jj + 8u <= n_keys; jj += 8u) {
+                    a += probs[jj] * v_at(key_rows[jj], kv_off + d)
+                        + probs[jj + 1u] * v_at(key_rows[jj + 1u], kv_off + d)
+                        + probs[jj + 2u] * v_at(key_rows[jj + 2u], kv_off + d)
+                        + probs[jj + 3u] * v_at(key_rows[jj + 3u], kv_off + d)
+                        + probs[jj + 4u] * v_at(key_rows[jj + 4u], kv_off + d)
+                        + probs[jj + 5u] * v_at(key_rows[jj + 5u], kv_off + d)
+                        + probs[jj + 6u] * v_at(key_rows[jj + 6u], kv_off + d)
+                        + probs[jj + 7u] * v_at(key_rows[jj + 7u], kv_off + d);
+                }
+                for (; jj < n_keys; jj++) {
                     a += probs[jj] * v_at(key_rows[jj], kv_off + d);
                 }
                 acc[c] = a;
