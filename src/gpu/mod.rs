@@ -64,11 +64,18 @@ pub struct GpuOptions {
     /// adapter says: a browser reports no device type (only fallback adapters count as CPU),
     /// but the page can read SwiftShader's name from the adapter's info. `None`: as reported.
     pub cpu_adapter: Option<bool>,
+    /// Dispatches in a step's first command buffer (`SOVEREIGN_SUBMIT_FIRST`); 0 submits each
+    /// step whole. `None`: [`DEFAULT_SUBMIT_FIRST`].
+    pub submit_first: Option<u32>,
 }
 
+/// Dispatches in a step's first command buffer; each later one takes twice as many. The GPU
+/// starts on the first while the host encodes the next, so most of a step's encoding hides
+/// behind its GPU time instead of adding to it.
+pub const DEFAULT_SUBMIT_FIRST: u32 = 16;
+
 impl GpuOptions {
-    /// Options from `SOVEREIGN_ADAPTER`, `SOVEREIGN_MAX_BINDING`, `SOVEREIGN_NO_F16` and
-    /// `SOVEREIGN_NO_SUBGROUPS`.
+    /// Options from the `SOVEREIGN_*` variables each field names.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let flag = |k: &str| var(k).is_some_and(|v| v != "0");
@@ -91,6 +98,7 @@ impl GpuOptions {
                 })
                 .unwrap_or_default(),
             cpu_adapter: None,
+            submit_first: var("SOVEREIGN_SUBMIT_FIRST").and_then(|v| v.parse().ok()),
         }
     }
 }
@@ -246,6 +254,7 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     max_binding_size: u64,
     shader_checks: ShaderChecks,
+    submit_first: u32,
     errors: Arc<Mutex<ErrorSink>>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     #[cfg(not(target_arch = "wasm32"))]
@@ -395,6 +404,7 @@ impl GpuContext {
             limits,
             max_binding_size,
             shader_checks: options.shader_checks,
+            submit_first: options.submit_first.unwrap_or(DEFAULT_SUBMIT_FIRST),
             errors,
             pipelines: Mutex::new(HashMap::new()),
             #[cfg(not(target_arch = "wasm32"))]
@@ -423,6 +433,12 @@ impl GpuContext {
 
     pub fn features(&self) -> GpuFeatures {
         self.features
+    }
+
+    /// Dispatches in a step's first command buffer ([`DEFAULT_SUBMIT_FIRST`]); 0: one command
+    /// buffer per step.
+    pub fn submit_first(&self) -> u32 {
+        self.submit_first
     }
 
     pub fn limits(&self) -> &wgpu::Limits {
