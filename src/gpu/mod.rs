@@ -208,6 +208,23 @@ fn new_instance() -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
+/// The process's one instance. Destroying a Vulkan instance lets the loader unload the driver,
+/// and NVIDIA's Linux driver leaves per-thread destructors behind in every thread that used the
+/// GPU: once the driver was unloaded, each such thread crashed as it exited (seen on an H100 when
+/// a model's thread ended after its context was dropped). Keeping the instance for the life of
+/// the process keeps the driver loaded.
+#[cfg(not(target_arch = "wasm32"))]
+fn shared_instance() -> wgpu::Instance {
+    static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(new_instance).clone()
+}
+
+/// In the browser an instance is only a handle on `navigator.gpu`.
+#[cfg(target_arch = "wasm32")]
+fn shared_instance() -> wgpu::Instance {
+    new_instance()
+}
+
 async fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -230,7 +247,7 @@ async fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 
 /// Every adapter this machine offers, in the order `--adapter N` counts them.
 pub async fn list_adapters() -> Vec<AdapterSummary> {
-    let instance = new_instance();
+    let instance = shared_instance();
     adapters(&instance)
         .await
         .iter()
@@ -273,7 +290,7 @@ impl std::fmt::Debug for GpuContext {
 
 impl GpuContext {
     pub async fn new(options: &GpuOptions) -> Result<Self, GpuError> {
-        let instance = new_instance();
+        let instance = shared_instance();
         let adapter = match &options.adapter {
             None => {
                 let request = wgpu::RequestAdapterOptions {
