@@ -3,8 +3,8 @@
 // The merge pass of flash-decoding: joins the partials that attention.wgsl (and its f16 and
 // q8 forms) write with SPLIT_KEYS > 0. Per (query head, token), split s left its unnormalized
 // row o_s, its running max m_s and sum l_s; with M the largest m_s,
-// out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M). A split past the token's position left
-// m_s = NEG_BIG and l_s = 0, so it adds nothing.
+// out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M), over the splits that hold keys of the
+// token (a step's context is usually far shorter than the cache the splits are laid out for).
 
 struct AttentionMergeParams {
     n_head: u32,
@@ -15,6 +15,9 @@ struct AttentionMergeParams {
 }
 
 override WG_SIZE: u32 = 64u;
+// Keys per split, as the attention kernel's SPLIT_KEYS: splits past the token's position hold
+// nothing and are not read.
+override SPLIT_KEYS: u32 = 64u;
 const NEG_BIG: f32 = -3.0e38;
 
 @group(0) @binding(0) var<uniform> params: AttentionMergeParams;
@@ -31,19 +34,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let hd = params.head_dim;
     let row = hd + 2u;
     let first = (t * params.n_head + head) * params.n_splits * row;
+    let n_used = min(params.n_splits, step_pos(t) / SPLIT_KEYS + 1u);
     var m = NEG_BIG;
-    for (var s = 0u; s < params.n_splits; s++) {
+    for (var s = 0u; s < n_used; s++) {
         m = max(m, partials[first + s * row + hd]);
     }
     var l = 0.0;
-    for (var s = 0u; s < params.n_splits; s++) {
+    for (var s = 0u; s < n_used; s++) {
         let at = first + s * row;
         l += partials[at + hd + 1u] * exp(partials[at + hd] - m);
     }
     let out_at = t * params.out_stride + head * hd;
     for (var d = lid; d < hd; d += WG_SIZE) {
         var o = 0.0;
-        for (var s = 0u; s < params.n_splits; s++) {
+        for (var s = 0u; s < n_used; s++) {
             let at = first + s * row;
             o += partials[at + d] * exp(partials[at + hd] - m);
         }

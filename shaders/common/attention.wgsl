@@ -86,25 +86,31 @@ fn main(
         running_max = new_max;
         let n_keys = min(WG_SIZE, last_key + 1u - j0);
         for (var c = 0u; c < 4u; c++) {
-            let d = lid + c * WG_SIZE;
-            if (d < hd) {
-                var a = acc[c] * correction;
-                // Eight keys an iteration, so that their loads are in flight together.
-                var jj = 0u;
-                for (; jj + 8u <= n_keys; jj += 8u) {
-                    a += probs[jj] * v_at(key_rows[jj], kv_off + d)
-                        + probs[jj + 1u] * v_at(key_rows[jj + 1u], kv_off + d)
-                        + probs[jj + 2u] * v_at(key_rows[jj + 2u], kv_off + d)
-                        + probs[jj + 3u] * v_at(key_rows[jj + 3u], kv_off + d)
-                        + probs[jj + 4u] * v_at(key_rows[jj + 4u], kv_off + d)
-                        + probs[jj + 5u] * v_at(key_rows[jj + 5u], kv_off + d)
-                        + probs[jj + 6u] * v_at(key_rows[jj + 6u], kv_off + d)
-                        + probs[jj + 7u] * v_at(key_rows[jj + 7u], kv_off + d);
+            acc[c] *= correction;
+        }
+        // Eight keys an iteration for all of this invocation's dimensions at once, so that
+        // their loads are in flight together.
+        var jj = 0u;
+        for (; jj + 8u <= n_keys; jj += 8u) {
+            for (var c = 0u; c < 4u; c++) {
+                let d = kv_off + lid + c * WG_SIZE;
+                if (lid + c * WG_SIZE < hd) {
+                    acc[c] += probs[jj] * v_at(key_rows[jj], d)
+                        + probs[jj + 1u] * v_at(key_rows[jj + 1u], d)
+                        + probs[jj + 2u] * v_at(key_rows[jj + 2u], d)
+                        + probs[jj + 3u] * v_at(key_rows[jj + 3u], d)
+                        + probs[jj + 4u] * v_at(key_rows[jj + 4u], d)
+                        + probs[jj + 5u] * v_at(key_rows[jj + 5u], d)
+                        + probs[jj + 6u] * v_at(key_rows[jj + 6u], d)
+                        + probs[jj + 7u] * v_at(key_rows[jj + 7u], d);
                 }
-                for (; jj < n_keys; jj++) {
-                    a += probs[jj] * v_at(key_rows[jj], kv_off + d);
+            }
+        }
+        for (; jj < n_keys; jj++) {
+            for (var c = 0u; c < 4u; c++) {
+                if (lid + c * WG_SIZE < hd) {
+                    acc[c] += probs[jj] * v_at(key_rows[jj], kv_off + lid + c * WG_SIZE);
                 }
-                acc[c] = a;
             }
         }
         workgroupBarrier();

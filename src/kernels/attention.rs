@@ -33,7 +33,7 @@ crate::gpu_params! {
 }
 
 /// Keys per workgroup in flash-decoding (`SPLIT_KEYS` in the shader).
-pub const SPLIT_KEYS: u32 = 128;
+pub const SPLIT_KEYS: u32 = 64;
 
 /// The attention kernels: decode (a workgroup per query head and token), flash-decoding (the
 /// same with each token's keys split across workgroups, then a merge pass) and the tiled prefill
@@ -86,7 +86,9 @@ impl Attention {
     }
 
     fn merge_variant() -> Variant {
-        Variant::sized("attention_merge", WG_SIZE)
+        let mut v = Variant::sized("attention_merge", WG_SIZE);
+        v.constants.push(("SPLIT_KEYS", f64::from(SPLIT_KEYS)));
+        v
     }
 
     pub fn variants() -> Vec<Variant> {
