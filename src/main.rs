@@ -638,6 +638,15 @@ fn devices() -> CliResult {
             a.max_workgroup_storage >> 10,
             a.max_invocations
         );
+        let shapes = if a.cooperative_shapes.is_empty() {
+            "none reported".to_string()
+        } else {
+            a.cooperative_shapes.join(", ")
+        };
+        println!(
+            "   cooperative matrices: {} in wgpu; driver: {shapes}",
+            yes(a.cooperative_matrix)
+        );
     }
     Ok(())
 }

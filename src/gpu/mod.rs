@@ -174,6 +174,10 @@ pub struct AdapterSummary {
     pub max_buffer: u64,
     pub max_workgroup_storage: u32,
     pub max_invocations: u32,
+    /// Whether wgpu offers its (experimental) cooperative matrices on this adapter.
+    pub cooperative_matrix: bool,
+    /// The cooperative matrix shapes the driver reports, as `MxNxK A/B->C` (`16x16x16 F16->F32`).
+    pub cooperative_shapes: Vec<String>,
 }
 
 fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
@@ -195,6 +199,17 @@ fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
         max_buffer: limits.max_buffer_size,
         max_workgroup_storage: limits.max_compute_workgroup_storage_size,
         max_invocations: limits.max_compute_invocations_per_workgroup,
+        cooperative_matrix: features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+        cooperative_shapes: adapter
+            .cooperative_matrix_properties()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}x{}x{} {:?}->{:?}",
+                    p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
+                )
+            })
+            .collect(),
     }
 }
 
