@@ -58,6 +58,27 @@ fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
     v
 }
 
+/// Contexts made and dropped on several threads at once share the process's one wgpu instance
+/// (`gpu::shared_instance`). In a build that also has wgpu's GL backend (the workspace's, through
+/// the desktop app) that instance once included GL, whose adapters failed with an EGL error when
+/// requested from several threads together.
+#[test]
+fn contexts_from_many_threads_at_once() {
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(|| {
+                for _ in 0..10 {
+                    let ctx = gpu(GpuOptions::default());
+                    assert!(!ctx.adapter_info().name.is_empty());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
 /// Random weights quantized to `dtype`, and their dequantized values (the reference input).
 fn weights(rng: &mut Rng, dtype: DType, n_rows: usize, row_len: usize) -> (Vec<u8>, Vec<f32>) {
     let values = rng.vec(n_rows * row_len, 1.0);

@@ -215,6 +215,10 @@ fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
 
 fn new_instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // The kernels need Vulkan, Metal, DX12 or WebGPU. A build that shares wgpu with the desktop
+    // app also has the GL backend, whose EGL contexts do not survive adapter requests from
+    // several threads on one instance; `WGPU_BACKEND` still picks any backend by hand.
+    desc.backends = wgpu::Backends::PRIMARY.with_env();
     // Validation layers slow lavapipe several-fold; opt in with WGPU_DEBUG / WGPU_VALIDATION.
     if std::env::var_os("WGPU_VALIDATION").is_none() && std::env::var_os("WGPU_DEBUG").is_none() {
         desc.flags
