@@ -444,6 +444,36 @@ pub fn encode_all<'a>(
     }
 }
 
+/// Encodes a step's `dispatches` after what `encoder` already holds and submits them in growing
+/// parts: the first `ctx.submit_first()` dispatches that run, then twice as many each time, so
+/// that the GPU runs while the host encodes the rest. Returns the last part's encoder, not yet
+/// submitted, for what the step adds after its dispatches.
+pub fn submit_in_parts<'a>(
+    ctx: &GpuContext,
+    mut encoder: wgpu::CommandEncoder,
+    dispatches: impl IntoIterator<Item = &'a Dispatch>,
+    shape: StepShape,
+) -> wgpu::CommandEncoder {
+    let max = ctx.limits().max_compute_workgroups_per_dimension;
+    let mut dispatches = dispatches
+        .into_iter()
+        .filter(|d| d.workgroups(shape, max).is_some())
+        .peekable();
+    let mut part = match ctx.submit_first() {
+        0 => usize::MAX,
+        n => n as usize,
+    };
+    loop {
+        encode_all(ctx, &mut encoder, dispatches.by_ref().take(part), shape);
+        if dispatches.peek().is_none() {
+            return encoder;
+        }
+        ctx.queue().submit([encoder.finish()]);
+        encoder = ctx.device().create_command_encoder(&Default::default());
+        part = part.saturating_mul(2);
+    }
+}
+
 /// Checks that `buffer` holds at least `elements` 4-byte values.
 pub(crate) fn check_len(
     op: &'static str,

@@ -22,6 +22,7 @@ use crate::kernels::silu_mul::SiluMul;
 use crate::kernels::{
     Dispatch, KernelError, KvType, PagedLayout, StepBuffer, StepInput, StepShape, encode_all,
     profile::{KernelTime, Profiler},
+    submit_in_parts,
 };
 
 /// Steps of fewer tokens than this use the matrix-vector kernels (each weight row read once per
@@ -827,40 +828,13 @@ impl LlamaGpu {
             .flat_map(|s| &s.dispatches)
             .chain(tail)
             .chain(argmax);
-        match self.profiler.as_mut() {
-            Some(p) => p.encode(&self.ctx, &mut encoder, dispatches, shape),
-            None => {
-                // Submitted in growing parts: the GPU runs the first while the host encodes the
-                // rest (GpuContext::submit_first).
-                let max = self.ctx.limits().max_compute_workgroups_per_dimension;
-                let mut dispatches = dispatches
-                    .filter(|d| d.workgroups(shape, max).is_some())
-                    .peekable();
-                let mut part = match self.ctx.submit_first() {
-                    0 => usize::MAX,
-                    n => n as usize,
-                };
-                loop {
-                    encode_all(
-                        &self.ctx,
-                        &mut encoder,
-                        dispatches.by_ref().take(part),
-                        shape,
-                    );
-                    if dispatches.peek().is_none() {
-                        break;
-                    }
-                    self.ctx.queue().submit([encoder.finish()]);
-                    encoder =
-                        self.ctx
-                            .device()
-                            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                                label: Some("forward"),
-                            });
-                    part = part.saturating_mul(2);
-                }
+        let mut encoder = match self.profiler.as_mut() {
+            Some(p) => {
+                p.encode(&self.ctx, &mut encoder, dispatches, shape);
+                encoder
             }
-        }
+            None => submit_in_parts(&self.ctx, encoder, dispatches, shape),
+        };
         let n_out = u64::from(shape.n_out);
         let vocab = u64::from(self.cfg.n_vocab);
         match output {
