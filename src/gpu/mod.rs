@@ -710,14 +710,15 @@ impl Poller {
                         }
                     }
                     // Waits for the work submitted so far and runs the callbacks; a lost device
-                    // reports through the device-lost callback and the maps fail.
-                    if device
-                        .poll(wgpu::PollType::Wait {
-                            submission_index: None,
-                            timeout: Some(std::time::Duration::from_millis(100)),
-                        })
-                        .is_err()
-                    {
+                    // reports through the device-lost callback and the maps fail. The wait has
+                    // no timeout: after a timed-out wait, wgpu-core 30 asserts on a fence value
+                    // that a `Queue::submit` on another thread may have overtaken meanwhile, and
+                    // the panic took this thread, leaving every later map unresolved. A panic
+                    // from wgpu is still caught, so that the maps go on being driven.
+                    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        device.poll(wgpu::PollType::wait_indefinitely())
+                    }));
+                    if !matches!(polled, Ok(Ok(_))) {
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
                 }
