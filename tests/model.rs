@@ -446,8 +446,11 @@ fn page_copies_give_a_sequence_the_same_kv() {
 }
 
 /// The tokens of tests/data/lighthouse.txt and the perplexity settings the tests score them with:
-/// 2 chunks of 128.
-fn lighthouse_chunks(file: &GgufFile) -> (Vec<u32>, sovereign::perplexity::PerplexityOptions) {
+/// 2 chunks of `n_ctx`.
+fn lighthouse_chunks(
+    file: &GgufFile,
+    n_ctx: u32,
+) -> (Vec<u32>, sovereign::perplexity::PerplexityOptions) {
     use sovereign::tokenizer::Tokenizer;
     let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
     let text = std::fs::read_to_string(
@@ -456,7 +459,7 @@ fn lighthouse_chunks(file: &GgufFile) -> (Vec<u32>, sovereign::perplexity::Perpl
     .unwrap();
     let tokens = tokenizer.encode(&text, true).unwrap();
     let options = sovereign::perplexity::PerplexityOptions {
-        n_ctx: 128,
+        n_ctx,
         max_chunks: Some(2),
         bos: tokenizer.add_bos().then(|| tokenizer.bos()).flatten(),
     };
@@ -471,7 +474,8 @@ fn reference_perplexity(
     options: sovereign::perplexity::PerplexityOptions,
     kv_type: KvType,
 ) -> sovereign::perplexity::Perplexity {
-    let mut scorer = sovereign::perplexity::Scorer::new(options, tokens.len(), 128).unwrap();
+    let mut scorer =
+        sovereign::perplexity::Scorer::new(options, tokens.len(), options.n_ctx).unwrap();
     for c in 0..scorer.n_chunks() {
         let mut cpu = ReferenceLlama::load(cfg, file)
             .unwrap()
@@ -490,9 +494,11 @@ fn perplexity_through_the_kernels_matches_the_cpu_reference() {
     use sovereign::perplexity::perplexity;
     let file = GgufFile::open(model_path()).unwrap();
     let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
-    let (tokens, options) = lighthouse_chunks(&file);
+    // Chunks of 64: the kernels' agreement with the reference does not depend on the length,
+    // and the three passes over the text are this suite's longest test.
+    let (tokens, options) = lighthouse_chunks(&file, 64);
     let want = reference_perplexity(&cfg, &file, &tokens, options, KvType::F32);
-    assert_eq!((want.n_chunks, want.n_scored), (2, 2 * 63));
+    assert_eq!((want.n_chunks, want.n_scored), (2, 2 * 31));
     // A real text on a trained model: far from uniform (49152) and from certainty.
     assert!(
         want.ppl > 2.0 && want.ppl < 200.0,
@@ -592,7 +598,7 @@ fn q8_0_kv_cache_doubles_the_context_and_keeps_perplexity() {
     .to_string();
     assert!(err.contains("holds 80 positions"), "{err}");
 
-    let (tokens, mut options) = lighthouse_chunks(&file);
+    let (tokens, mut options) = lighthouse_chunks(&file, 128);
     let load_with = |kv_type: KvType| {
         pollster::block_on(LlamaGpu::load(
             ctx.clone(),
