@@ -1,6 +1,6 @@
 """Decode speed in the browser against native on the same machine, in one run.
 
-    scripts/build-web && cargo build --release && python3 benches/browser.py [--streams 1] [-p 64] [-n 48]
+    scripts/build-web && cargo build --release && python3 benches/browser.py [--streams 1] [-p 64] [-n 48] [--lavapipe]
 
 Both sides measure the same thing the same way: `streams` concurrent greedy streams of `p` random
 prompt tokens through the engine's scheduler, tokens/s over the window in which all of them
@@ -49,7 +49,18 @@ def native(streams, p, n, model, env=None):
     raise SystemExit(f"cannot read the native result from:\n{out}")
 
 
-def browser(streams, p, n, model):
+# Chromium gives WebGPU the machine's lavapipe only through Dawn's OpenGL ES backend on ANGLE
+# on Vulkan: a WebGPU compatibility-mode adapter, made the default by --force-webgpu-compat. Its
+# own Vulkan backend rejects this Mesa's lavapipe (no dynamic indexing of image arrays, no
+# external semaphores), so without these flags the page gets SwiftShader.
+LAVAPIPE_ICD = "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json"
+LAVAPIPE_FLAGS = (
+    "--use-angle=vulkan --use-webgpu-adapter=opengles --force-webgpu-compat"
+    " --enable-webgpu-developer-features"  # names the adapter in the report
+)
+
+
+def browser(streams, p, n, model, env=None):
     port = free_port()
     cmd = [BIN, "web", "--port", str(port), "--dir", os.path.join(ROOT, "web", "dist")]
     if model:
@@ -66,7 +77,7 @@ def browser(streams, p, n, model):
             [sys.executable, os.path.join(ROOT, "tests", "browser", "demo.py"),
              "--url", f"http://127.0.0.1:{port}/", "--prompt", "Hello", "--tokens", "1",
              "--bench", f"{streams},{p},{n}", "--skip-kernels"],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, env={**os.environ, **(env or {})},
         ).stdout
     finally:
         server.kill()
@@ -80,14 +91,24 @@ def main():
     ap.add_argument("-p", type=int, default=64)
     ap.add_argument("-n", type=int, default=48)
     ap.add_argument("-m", "--model")
+    ap.add_argument("--lavapipe", action="store_true",
+                    help="give the page lavapipe (a compatibility-mode adapter) instead of SwiftShader")
     args = ap.parse_args()
-    web_tps, adapter = browser(args.streams, args.p, args.n, args.model)
+    env = None
+    if args.lavapipe:
+        env = {"SOVEREIGN_CHROME_FLAGS": LAVAPIPE_FLAGS, "VK_DRIVER_FILES": LAVAPIPE_ICD}
+    web_tps, adapter = browser(args.streams, args.p, args.n, args.model, env)
     native_tps, _ = native(args.streams, args.p, args.n, args.model)
     name = adapter.get("name") or " ".join(filter(None, [adapter.get("vendor"), adapter.get("architecture")]))
     print(f"| streams | native, default adapter | browser ({name}) | browser / native |")
     print("|---|---|---|---|")
     print(f"| {args.streams} | {native_tps:.2f} t/s | {web_tps:.2f} t/s | {web_tps / native_tps:.2f} |")
-    if os.path.exists(SWIFTSHADER_ICD):
+    if args.lavapipe:
+        # The compatibility adapter has no subgroups and no f16: the same kernels natively.
+        same, _ = native(args.streams, args.p, args.n, args.model,
+                         {"SOVEREIGN_NO_SUBGROUPS": "1", "SOVEREIGN_NO_F16": "1"})
+        print(f"| {args.streams} | {same:.2f} t/s (lavapipe without subgroups and f16, as in the browser) | {web_tps:.2f} t/s | {web_tps / same:.2f} |")
+    elif os.path.exists(SWIFTSHADER_ICD):
         # The browser's adapter exposes no subgroups through wgpu: the same kernels natively.
         same, _ = native(args.streams, args.p, args.n, args.model,
                          {"VK_ICD_FILENAMES": SWIFTSHADER_ICD, "SOVEREIGN_NO_SUBGROUPS": "1"})

@@ -2,7 +2,7 @@
 //! `matvec.wgsl` (decode, reduction in workgroup memory, or one row per invocation on CPU
 //! adapters), `matvec_subgroup.wgsl` (decode, reduction with subgroupAdd, where the adapter has
 //! subgroups), `matmul.wgsl` (prefill, tiled through workgroup memory) and `matmul_rowwise.wgsl`
-//! (every step on CPU adapters: one row and a tile of tokens per invocation), with
+//! (every step on CPU adapters: four rows and a tile of tokens per invocation), with
 //! `matmul_rowwise_subgroup.wgsl` its variant that shares activation loads across lanes.
 
 use super::{
@@ -38,7 +38,8 @@ const TILE_M: u32 = 64;
 const TILE_N: u32 = 64;
 const TILE_K: u32 = 32;
 const ROWWISE_WG: u32 = 64;
-/// Tokens per invocation in `matmul_rowwise.wgsl` (a const there).
+/// Weight rows and tokens per invocation in `common/matmul_rowwise.wgsl` (consts there).
+const ROWWISE_ROWS: u32 = 4;
 const ROWWISE_TOKENS: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,7 +435,10 @@ impl Matmul {
                         (outputs.div_ceil(rows_per_wg), tokens_per_wg)
                     }
                     Shape::Tiled { tile_m, tile_n } => (chunk.n_rows.div_ceil(tile_n), tile_m),
-                    Shape::Rowwise => (chunk.n_rows.div_ceil(ROWWISE_WG), ROWWISE_TOKENS),
+                    Shape::Rowwise => (
+                        chunk.n_rows.div_ceil(ROWWISE_WG * ROWWISE_ROWS),
+                        ROWWISE_TOKENS,
+                    ),
                 };
                 let grid = if layout.out_rows {
                     Grid::Outputs { x: groups, tile }

@@ -21,6 +21,7 @@ pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "common/kv_store.wgsl",
     "common/kv_store_io.wgsl",
     "common/matmul.wgsl",
+    "common/matmul_rowwise.wgsl",
     "common/matvec_subgroup.wgsl",
     "common/rope.wgsl",
     "common/step.wgsl",

@@ -9,6 +9,7 @@ Needs Debian's chromium and chromium-driver and the selenium package.
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -31,6 +32,8 @@ CHROME_FLAGS = [
     "--disable-sync",
     "--window-size=1000,760",
 ]
+# More flags for one run, split on spaces (benches/browser.py --lavapipe sets them).
+CHROME_FLAGS += os.environ.get("SOVEREIGN_CHROME_FLAGS", "").split()
 
 
 def browser(webgpu=True):
