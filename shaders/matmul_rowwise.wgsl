@@ -30,16 +30,17 @@ fn main(
     let n_chunks = params.n_in / 32u;
     var acc: array<vec4<f32>, TOKENS>;
     for (var b = 0u; b < n_chunks; b++) {
-        let w0 = weights_block(rows.x, b);
-        let w1 = weights_block(rows.y, b);
-        let w2 = weights_block(rows.z, b);
-        let w3 = weights_block(rows.w, b);
+        let w0 = row_block(rows.x, b);
+        let w1 = row_block(rows.y, b);
+        let w2 = row_block(rows.z, b);
+        let w3 = row_block(rows.w, b);
         for (var t = 0u; t < n_t; t++) {
             let xb = ((t0 + t) * params.x_stride + b * 32u) >> 2u;
             let xs = array<vec4<f32>, 8>(x[xb], x[xb + 1u], x[xb + 2u], x[xb + 3u], x[xb + 4u],
                 x[xb + 5u], x[xb + 6u], x[xb + 7u]);
-            acc[t] += vec4<f32>(block_dot(w0, xs), block_dot(w1, xs), block_dot(w2, xs),
-                block_dot(w3, xs));
+            let xt = block_x(xs);
+            acc[t] += vec4<f32>(row_block_dot(w0, xt), row_block_dot(w1, xt),
+                row_block_dot(w2, xt), row_block_dot(w3, xt));
         }
     }
     for (var k = n_chunks * 32u; k < params.n_in; k += 4u) {

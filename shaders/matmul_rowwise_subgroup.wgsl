@@ -5,15 +5,18 @@ enable subgroups;
 //!include common/weights.wgsl
 //!include common/matmul_rowwise.wgsl
 
-// matmul_rowwise.wgsl for CPU adapters with subgroups of at least 8 lanes: each lane loads one of
-// the eight vec4s of an activation block and subgroupBroadcast hands it to the others, a register
-// move instead of eight loads.
+// matmul_rowwise.wgsl for CPU adapters with subgroups: an activation block is spread over SPREAD
+// lanes (8, or 4 where subgroups are that small, as on SwiftShader), each of which loads 8 / SPREAD
+// of its eight vec4s, and subgroupBroadcast hands them to the others: register moves instead of
+// loads, which a CPU adapter makes lane by lane.
 //
 // subgroupBroadcast needs every lane: lanes past the last row compute copies of it and do not
 // store.
 
 override W_DTYPE: u32 = 0u;
 override WG_SIZE: u32 = 64u;
+// Lanes an activation block is spread over: 8 or 4, at most the adapter's smallest subgroup.
+override SPREAD: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
@@ -35,23 +38,35 @@ fn main(
     }
     let n_t = min(TOKENS, matmul_rows() - t0);
     let rows = rows_at(row0);
-    let part = lane & 7u;
     let n_chunks = params.n_in / 32u;
     var acc: array<vec4<f32>, TOKENS>;
     for (var b = 0u; b < n_chunks; b++) {
-        let w0 = weights_block(rows.x, b);
-        let w1 = weights_block(rows.y, b);
-        let w2 = weights_block(rows.z, b);
-        let w3 = weights_block(rows.w, b);
+        let w0 = row_block(rows.x, b);
+        let w1 = row_block(rows.y, b);
+        let w2 = row_block(rows.z, b);
+        let w3 = row_block(rows.w, b);
         for (var t = 0u; t < n_t; t++) {
-            let mine = x[(((t0 + t) * params.x_stride + b * 32u) >> 2u) + part];
-            let xs = array<vec4<f32>, 8>(subgroupBroadcast(mine, 0u),
-                subgroupBroadcast(mine, 1u), subgroupBroadcast(mine, 2u),
-                subgroupBroadcast(mine, 3u), subgroupBroadcast(mine, 4u),
-                subgroupBroadcast(mine, 5u), subgroupBroadcast(mine, 6u),
-                subgroupBroadcast(mine, 7u));
-            acc[t] += vec4<f32>(block_dot(w0, xs), block_dot(w1, xs), block_dot(w2, xs),
-                block_dot(w3, xs));
+            let xb = ((t0 + t) * params.x_stride + b * 32u) >> 2u;
+            var xs: array<vec4<f32>, 8>;
+            if (SPREAD == 8u) {
+                let mine = x[xb + (lane & 7u)];
+                xs = array<vec4<f32>, 8>(subgroupBroadcast(mine, 0u),
+                    subgroupBroadcast(mine, 1u), subgroupBroadcast(mine, 2u),
+                    subgroupBroadcast(mine, 3u), subgroupBroadcast(mine, 4u),
+                    subgroupBroadcast(mine, 5u), subgroupBroadcast(mine, 6u),
+                    subgroupBroadcast(mine, 7u));
+            } else {
+                let low = x[xb + (lane & 3u)];
+                let high = x[xb + 4u + (lane & 3u)];
+                xs = array<vec4<f32>, 8>(subgroupBroadcast(low, 0u),
+                    subgroupBroadcast(low, 1u), subgroupBroadcast(low, 2u),
+                    subgroupBroadcast(low, 3u), subgroupBroadcast(high, 0u),
+                    subgroupBroadcast(high, 1u), subgroupBroadcast(high, 2u),
+                    subgroupBroadcast(high, 3u));
+            }
+            let xt = block_x(xs);
+            acc[t] += vec4<f32>(row_block_dot(w0, xt), row_block_dot(w1, xt),
+                row_block_dot(w2, xt), row_block_dot(w3, xt));
         }
     }
     for (var k = n_chunks * 32u; k < params.n_in; k += 4u) {

@@ -476,14 +476,22 @@ fn gated_matvec_matches_reference_for_every_dtype() {
 fn matmul_matches_reference_for_every_dtype() {
     let (vector, tiled) = (MatmulKernel::Vector, MatmulKernel::Tiled);
     let mut contexts = contexts();
-    // CPU adapters have two row-per-lane kernels: with subgroups (shared activation loads) and
-    // without.
+    // CPU adapters have two row-per-lane kernels: with subgroups (shared activation loads, spread
+    // over 8 lanes or over 4) and without.
     let cpu_plain = gpu(GpuOptions {
         disable_subgroups: true,
         ..Default::default()
     });
+    let cpu_4_lanes = gpu(GpuOptions {
+        subgroup_min_size: Some(4),
+        ..Default::default()
+    });
     if cpu_plain.features().cpu {
         contexts.push(("cpu-plain", cpu_plain));
+    }
+    if cpu_4_lanes.features().cpu && cpu_4_lanes.features().subgroups {
+        assert_eq!(cpu_4_lanes.features().subgroup_min_size, 4);
+        contexts.push(("cpu-4-lanes", cpu_4_lanes));
     }
     for (label, ctx) in contexts {
         for (i, dtype) in DTYPES.into_iter().enumerate() {

@@ -11,6 +11,117 @@ const ROWS: u32 = 4u;
 // Tokens per invocation; sizes the accumulator array, so a const.
 const TOKENS: u32 = 8u;
 
+// Chunk b (32 weights) of a row as the rowwise products read it: weight 4i + c is
+// d * q[i][c] * IN_PLACE_SCALE[c] + m for the nibble types (Q4_0, Q4_1), whose nibbles are masked
+// in place instead of shifted down, and d * q[i][c] + m for the others. The scale d and the
+// minimum m are applied once per block (d * (q . x) + m * sum(x)) instead of once per weight,
+// and a masked nibble is one AND and one conversion: on CPU adapters that compute, not the
+// loads, is most of a product's time.
+struct RowBlock {
+    q: array<vec4<f32>, 8>,
+    d: f32,
+    m: f32,
+}
+
+// The low nibbles of the four bytes of `w`, left in place: byte c's nibble times 256^c, exact
+// in an f32 and converted as a signed integer (below 2^28).
+fn nibbles_in_place(w: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) & vec4<u32>(0xfu, 0xf00u, 0xf0000u, 0xf000000u)));
+}
+
+// What the activations are multiplied by to undo nibbles_in_place's 256^c: powers of two, so
+// each product is the same f32 as the unscaled one.
+const IN_PLACE_SCALE = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
+
+fn in_place_nibbles() -> bool {
+    return W_DTYPE == DTYPE_Q4_0 || W_DTYPE == DTYPE_Q4_1;
+}
+
+// The eight vec4s of nibbles of a 16-byte run `q`: low nibbles (elements 0..15), then high.
+fn nibble_block(q: vec4<u32>) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(nibbles_in_place(q.x), nibbles_in_place(q.y),
+        nibbles_in_place(q.z), nibbles_in_place(q.w), nibbles_in_place(q.x >> 4u),
+        nibbles_in_place(q.y >> 4u), nibbles_in_place(q.z >> 4u), nibbles_in_place(q.w >> 4u));
+}
+
+fn row_block(row_at: u32, b: u32) -> RowBlock {
+    switch W_DTYPE {
+        case DTYPE_Q4_0: {
+            // 18 bytes at byte 0 or 2 of a word (see weights_block): value d * (q - 8).
+            let i = (row_at + b * 18u) >> 2u;
+            let shift = ((row_at + b * 18u) & 3u) * 8u;
+            let w = array<u32, 5>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
+                weights[i + 4u]);
+            let d = unpack2x16float(w[0] >> shift).x;
+            let odd = shift != 0u;
+            let q = vec4<u32>(
+                select((w[0] >> 16u) | (w[1] << 16u), w[1], odd),
+                select((w[1] >> 16u) | (w[2] << 16u), w[2], odd),
+                select((w[2] >> 16u) | (w[3] << 16u), w[3], odd),
+                select((w[3] >> 16u) | (w[4] << 16u), w[4], odd),
+            );
+            return RowBlock(nibble_block(q), d, -8.0 * d);
+        }
+        case DTYPE_Q4_1: {
+            let i = (row_at + b * 20u) >> 2u;
+            let dm = unpack2x16float(weights[i]);
+            let q = vec4<u32>(weights[i + 1u], weights[i + 2u], weights[i + 3u], weights[i + 4u]);
+            return RowBlock(nibble_block(q), dm.x, dm.y);
+        }
+        case DTYPE_Q8_0: {
+            // The block with d left out (weights_block would multiply each weight by it).
+            let at = row_at + b * 34u;
+            let i = at >> 2u;
+            let shift = (at & 3u) * 8u;
+            let w = array<u32, 9>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
+                weights[i + 4u], weights[i + 5u], weights[i + 6u], weights[i + 7u], weights[i + 8u]);
+            let odd = shift != 0u;
+            let q = array<vec4<f32>, 8>(
+                bytes_i8(select((w[0] >> 16u) | (w[1] << 16u), w[1], odd)),
+                bytes_i8(select((w[1] >> 16u) | (w[2] << 16u), w[2], odd)),
+                bytes_i8(select((w[2] >> 16u) | (w[3] << 16u), w[3], odd)),
+                bytes_i8(select((w[3] >> 16u) | (w[4] << 16u), w[4], odd)),
+                bytes_i8(select((w[4] >> 16u) | (w[5] << 16u), w[5], odd)),
+                bytes_i8(select((w[5] >> 16u) | (w[6] << 16u), w[6], odd)),
+                bytes_i8(select((w[6] >> 16u) | (w[7] << 16u), w[7], odd)),
+                bytes_i8(select((w[7] >> 16u) | (w[8] << 16u), w[8], odd)),
+            );
+            return RowBlock(q, unpack2x16float(w[0] >> shift).x, 0.0);
+        }
+        default: {
+            return RowBlock(weights_block(row_at, b), 1.0, 0.0);
+        }
+    }
+}
+
+// A token's activations for one chunk as the row blocks want them, and their sum (for m).
+struct BlockX {
+    xs: array<vec4<f32>, 8>,
+    sum: f32,
+}
+
+fn block_x(xs: array<vec4<f32>, 8>) -> BlockX {
+    if (in_place_nibbles()) {
+        let s = IN_PLACE_SCALE;
+        let total = ((xs[0] + xs[1]) + (xs[2] + xs[3])) + ((xs[4] + xs[5]) + (xs[6] + xs[7]));
+        return BlockX(array<vec4<f32>, 8>(xs[0] * s, xs[1] * s, xs[2] * s, xs[3] * s,
+            xs[4] * s, xs[5] * s, xs[6] * s, xs[7] * s), dot(total, vec4<f32>(1.0)));
+    }
+    return BlockX(xs, 0.0);
+}
+
+// One row's block dotted with one token's activations.
+fn row_block_dot(w: RowBlock, x: BlockX) -> f32 {
+    let s = block_dot(w.q, x.xs);
+    if (in_place_nibbles()) {
+        return w.d * s + w.m * x.sum;
+    }
+    if (W_DTYPE == DTYPE_Q8_0) {
+        return w.d * s;
+    }
+    return s;
+}
+
 // A dequantized block of 32 weights dotted with 32 activations. Every index is a constant:
 // compilers that do not unroll (SwiftShader's) keep a dynamically indexed private array in memory
 // and address it lane by lane. The sum's order is fixed, so a row's sum does not depend on the

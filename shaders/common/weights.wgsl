@@ -79,9 +79,11 @@ fn fifth_bits(qh: u32, j: u32) -> u32 {
     return ((b & 1u) | ((b & 2u) << 7u) | ((b & 4u) << 14u) | ((b & 8u) << 21u)) << 4u;
 }
 
-// Four unsigned bytes to floats.
+// Four unsigned bytes to floats. Converted as signed integers, which they fit: CPU adapters
+// convert signed integers in one SIMD instruction and emulate the unsigned conversion.
 fn bytes_u8(q: u32) -> vec4<f32> {
-    return vec4<f32>(f32(q & 0xffu), f32((q >> 8u) & 0xffu), f32((q >> 16u) & 0xffu), f32(q >> 24u));
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q & 0xffu, (q >> 8u) & 0xffu,
+        (q >> 16u) & 0xffu, q >> 24u)));
 }
 
 // Four signed bytes to floats.

@@ -64,6 +64,9 @@ pub struct GpuOptions {
     /// adapter says: a browser reports no device type (only fallback adapters count as CPU),
     /// but the page can read SwiftShader's name from the adapter's info. `None`: as reported.
     pub cpu_adapter: Option<bool>,
+    /// Treat the adapter's smallest subgroups as this many lanes when it reports more, so that
+    /// tests on an adapter with 8-lane subgroups cover the kernels chosen for 4-lane ones.
+    pub subgroup_min_size: Option<u32>,
     /// Dispatches in a step's first command buffer (`SOVEREIGN_SUBMIT_FIRST`); 0 submits each
     /// step whole. `None`: [`DEFAULT_SUBMIT_FIRST`].
     pub submit_first: Option<u32>,
@@ -98,6 +101,7 @@ impl GpuOptions {
                 })
                 .unwrap_or_default(),
             cpu_adapter: None,
+            subgroup_min_size: None,
             submit_first: var("SOVEREIGN_SUBMIT_FIRST").and_then(|v| v.parse().ok()),
         }
     }
@@ -414,7 +418,9 @@ impl GpuContext {
                 && !options.gpu_kernels_on_cpu,
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
-            subgroup_min_size: info.subgroup_min_size,
+            subgroup_min_size: options
+                .subgroup_min_size
+                .map_or(info.subgroup_min_size, |n| n.min(info.subgroup_min_size)),
             subgroup_max_size: info.subgroup_max_size,
             matmul_tiles: options.matmul_tiles,
         };

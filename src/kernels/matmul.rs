@@ -204,19 +204,24 @@ impl Matmul {
     fn tiled_spec(dtype: DType, features: GpuFeatures) -> (Variant, Shape) {
         let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
         if features.cpu {
-            // Broadcasting the shared activations needs eight lanes to spread a block over.
-            let shader = if features.subgroups && features.subgroup_min_size >= 8 {
-                "matmul_rowwise_subgroup"
-            } else {
-                "matmul_rowwise"
-            };
-            (
-                Variant {
-                    shader,
-                    constants: vec![w, ("WG_SIZE", f64::from(ROWWISE_WG))],
+            // An activation block is broadcast from eight lanes, or four where subgroups are
+            // that small.
+            let wg = ("WG_SIZE", f64::from(ROWWISE_WG));
+            let variant = match features.subgroup_min_size {
+                8.. if features.subgroups => Variant {
+                    shader: "matmul_rowwise_subgroup",
+                    constants: vec![w, wg, ("SPREAD", 8.0)],
                 },
-                Shape::Rowwise,
-            )
+                4.. if features.subgroups => Variant {
+                    shader: "matmul_rowwise_subgroup",
+                    constants: vec![w, wg, ("SPREAD", 4.0)],
+                },
+                _ => Variant {
+                    shader: "matmul_rowwise",
+                    constants: vec![w, wg],
+                },
+            };
+            (variant, Shape::Rowwise)
         } else {
             let [tile_m, tile_n, tile_k] =
                 features.matmul_tiles.unwrap_or([TILE_M, TILE_N, TILE_K]);

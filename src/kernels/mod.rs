@@ -529,11 +529,16 @@ pub fn all_variants() -> Vec<Variant> {
         subgroup_max_size: 8,
         ..all
     };
+    let cpu_4_lanes = GpuFeatures {
+        subgroup_min_size: 4,
+        subgroup_max_size: 4,
+        ..cpu
+    };
     let cpu_plain = GpuFeatures {
         cpu: true,
         ..GpuFeatures::default()
     };
-    for features in [GpuFeatures::default(), all, cpu, cpu_plain] {
+    for features in [GpuFeatures::default(), all, cpu, cpu_4_lanes, cpu_plain] {
         for dtype in WEIGHT_DTYPES {
             v.extend(embed::Embed::variants(dtype));
             v.extend(matmul::Matmul::variants(dtype, features));
