@@ -100,6 +100,8 @@ def main():
     web_tps, adapter = browser(args.streams, args.p, args.n, args.model, env)
     native_tps, _ = native(args.streams, args.p, args.n, args.model)
     name = adapter.get("name") or " ".join(filter(None, [adapter.get("vendor"), adapter.get("architecture")]))
+    if adapter.get("subgroups"):
+        name += ", subgroups"
     print(f"| streams | native, default adapter | browser ({name}) | browser / native |")
     print("|---|---|---|---|")
     print(f"| {args.streams} | {native_tps:.2f} t/s | {web_tps:.2f} t/s | {web_tps / native_tps:.2f} |")
@@ -109,9 +111,11 @@ def main():
                          {"SOVEREIGN_NO_SUBGROUPS": "1", "SOVEREIGN_NO_F16": "1"})
         print(f"| {args.streams} | {same:.2f} t/s (lavapipe without subgroups and f16, as in the browser) | {web_tps:.2f} t/s | {web_tps / same:.2f} |")
     elif os.path.exists(SWIFTSHADER_ICD):
-        # The browser's adapter exposes no subgroups through wgpu: the same kernels natively.
-        same, _ = native(args.streams, args.p, args.n, args.model,
-                         {"VK_ICD_FILENAMES": SWIFTSHADER_ICD, "SOVEREIGN_NO_SUBGROUPS": "1"})
+        # The same kernels natively: with subgroups only where the page had them.
+        same_env = {"VK_ICD_FILENAMES": SWIFTSHADER_ICD}
+        if not adapter.get("subgroups"):
+            same_env["SOVEREIGN_NO_SUBGROUPS"] = "1"
+        same, _ = native(args.streams, args.p, args.n, args.model, same_env)
         print(f"| {args.streams} | {same:.2f} t/s (SwiftShader Vulkan, as in the browser) | {web_tps:.2f} t/s | {web_tps / same:.2f} |")
 
 

@@ -140,6 +140,9 @@ fn demo_page_in_chromium_matches_the_native_engine() {
     let ready = &report["ready"];
     assert_eq!(ready["error"], "", "the page showed an error");
     assert_eq!(ready["adapter"]["backend"], "BrowserWebGpu");
+    // Headless Chromium's SwiftShader has subgroups, which the worker adds to the device request
+    // behind wgpu's back: the greedy tokens and the kernel checks below run the subgroup kernels.
+    assert_eq!(ready["adapter"]["subgroups"], true, "{}", ready["adapter"]);
     assert_eq!(ready["model"]["arch"], "llama");
     assert_eq!(ready["model"]["n_vocab"], 49152);
 

@@ -64,6 +64,9 @@ pub struct GpuOptions {
     /// adapter says: a browser reports no device type (only fallback adapters count as CPU),
     /// but the page can read SwiftShader's name from the adapter's info. `None`: as reported.
     pub cpu_adapter: Option<bool>,
+    /// On the web: the page asked for WebGPU's `subgroups` feature when the device was
+    /// requested, which wgpu's web backend can neither ask for nor report.
+    pub page_subgroups: bool,
     /// Treat the adapter's smallest subgroups as this many lanes when it reports more, so that
     /// tests on an adapter with 8-lane subgroups cover the kernels chosen for 4-lane ones.
     pub subgroup_min_size: Option<u32>,
@@ -101,6 +104,7 @@ impl GpuOptions {
                 })
                 .unwrap_or_default(),
             cpu_adapter: None,
+            page_subgroups: false,
             subgroup_min_size: None,
             submit_first: var("SOVEREIGN_SUBMIT_FIRST").and_then(|v| v.parse().ok()),
         }
@@ -417,7 +421,10 @@ impl GpuContext {
                 .unwrap_or(info.device_type == wgpu::DeviceType::Cpu)
                 && !options.gpu_kernels_on_cpu,
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
-            subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+            subgroups: wanted.contains(wgpu::Features::SUBGROUP)
+                || (cfg!(target_arch = "wasm32")
+                    && options.page_subgroups
+                    && !options.disable_subgroups),
             subgroup_min_size: options
                 .subgroup_min_size
                 .map_or(info.subgroup_min_size, |n| n.min(info.subgroup_min_size)),

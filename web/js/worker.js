@@ -107,7 +107,22 @@ const handlers = {
     const software = /swiftshader|llvmpipe|lavapipe|warp|software/i;
     const cpu = Boolean(info.isFallbackAdapter) ||
       software.test(`${info.vendor ?? ''} ${info.architecture ?? ''} ${info.description ?? ''} ${info.device ?? ''}`);
-    engine = await createEngine(cpu);
+    // wgpu's web backend neither asks for WebGPU's 'subgroups' feature nor reports it, so its
+    // device request gets the feature added here, and the engine is told.
+    const subgroups = adapter.features.has('subgroups');
+    if (subgroups && !GPUAdapter.prototype.requestDevice.sovereignSubgroups) {
+      const requestDevice = GPUAdapter.prototype.requestDevice;
+      const withSubgroups = function (descriptor = {}) {
+        const features = [...(descriptor.requiredFeatures ?? [])];
+        if (this.features.has('subgroups') && !features.includes('subgroups')) {
+          features.push('subgroups');
+        }
+        return requestDevice.call(this, { ...descriptor, requiredFeatures: features });
+      };
+      withSubgroups.sovereignSubgroups = true;
+      GPUAdapter.prototype.requestDevice = withSubgroups;
+    }
+    engine = await createEngine(cpu, subgroups);
     return {
       ...engine.adapter(),
       vendor: info.vendor ?? '',

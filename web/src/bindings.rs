@@ -69,10 +69,16 @@ pub struct WebEngine {
 
 /// Opens the browser's WebGPU adapter. `cpu_adapter`: the page found that the adapter is a
 /// software one (SwiftShader), which WebGPU does not say; the kernels then take their CPU shapes.
+/// `subgroups`: the page added WebGPU's `subgroups` feature to the device request (wgpu's web
+/// backend does not know it), so the subgroup kernels may run.
 #[wasm_bindgen(js_name = createEngine)]
-pub async fn create_engine(cpu_adapter: Option<bool>) -> Result<WebEngine, JsValue> {
+pub async fn create_engine(
+    cpu_adapter: Option<bool>,
+    subgroups: Option<bool>,
+) -> Result<WebEngine, JsValue> {
     let options = GpuOptions {
         cpu_adapter,
+        page_subgroups: subgroups.unwrap_or(false),
         ..Default::default()
     };
     let ctx = GpuContext::new(&options).await.map_err(error)?;
