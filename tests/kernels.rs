@@ -47,13 +47,27 @@ fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
         gpu_kernels_on_cpu: true,
         ..Default::default()
     });
+    // The products against 8-bit activation planes, in the GPU shapes and (on a CPU adapter)
+    // the rowwise one.
+    let dot4 = gpu(GpuOptions {
+        gpu_kernels_on_cpu: true,
+        dot4: true,
+        ..Default::default()
+    });
+    let cpu_dot4 = gpu(GpuOptions {
+        dot4: true,
+        ..Default::default()
+    });
     let native = gpu(GpuOptions::default());
     let mut v = vec![("plain", plain)];
     if features.features().subgroups || features.features().shader_f16 {
         v.push(("features", features));
     }
+    assert!(dot4.features().dot4 && cpu_dot4.features().dot4);
+    v.push(("dot4", dot4));
     if native.features().cpu {
         v.push(("cpu", native));
+        v.push(("cpu-dot4", cpu_dot4));
     }
     v
 }
@@ -417,7 +431,7 @@ fn matvec_matches_reference_for_every_dtype_and_path() {
         let has_batch = Matmul::has_batch(ctx.features());
         assert_eq!(
             has_batch,
-            label == "features" && ctx.features().subgroups,
+            ["features", "dot4"].contains(&label) && ctx.features().subgroups,
             "{label}"
         );
         for (i, dtype) in DTYPES.into_iter().enumerate() {

@@ -153,7 +153,23 @@ fn gpu_matches_cpu_reference_forward() {
         ..Default::default()
     });
     assert!(Attention::split_pays(&gpu_shaped, 1024));
-    for ctx in [gpu(GpuOptions::default()), gpu_shaped] {
+    // The products against 8-bit activation planes: on a CPU adapter the rowwise one (prefill
+    // and decode), and the GPU-shaped decode ones.
+    let dot4 = gpu(GpuOptions {
+        dot4: true,
+        ..Default::default()
+    });
+    let gpu_shaped_dot4 = gpu(GpuOptions {
+        gpu_kernels_on_cpu: true,
+        dot4: true,
+        ..Default::default()
+    });
+    for ctx in [
+        gpu(GpuOptions::default()),
+        gpu_shaped,
+        dot4,
+        gpu_shaped_dot4,
+    ] {
         check_forward_against_reference(ctx, &cfg, &file);
     }
 }
@@ -512,7 +528,17 @@ fn perplexity_through_the_kernels_matches_the_cpu_reference() {
         gpu_kernels_on_cpu: true,
         ..Default::default()
     });
-    for (label, ctx) in [("plain", plain), ("adapter", gpu(GpuOptions::default()))] {
+    // With dot4, every product of this Q4_1/Q8_0 model runs against 8-bit activation planes
+    // on a CPU adapter (on a GPU, its decode products).
+    let dot4 = gpu(GpuOptions {
+        dot4: true,
+        ..Default::default()
+    });
+    for (label, ctx) in [
+        ("plain", plain),
+        ("adapter", gpu(GpuOptions::default())),
+        ("dot4", dot4),
+    ] {
         let mut model = load(ctx, &file, 64);
         let mut seen = Vec::new();
         let got = pollster::block_on(perplexity(&mut model, &tokens, options, &mut |e| {
@@ -522,6 +548,12 @@ fn perplexity_through_the_kernels_matches_the_cpu_reference() {
         assert_eq!(seen, [1, 2]);
         assert_eq!((got.n_chunks, got.n_scored), (want.n_chunks, want.n_scored));
         let change = (got.ppl / want.ppl - 1.0).abs();
+        eprintln!(
+            "{label}: PPL {:.6}, reference {:.6} ({:.5}%)",
+            got.ppl,
+            want.ppl,
+            change * 100.0
+        );
         assert!(
             change < 1e-3,
             "{label}: PPL {} against the reference's {} ({:.4}%)",

@@ -5,7 +5,9 @@
 // row's K is thus spread over the whole workgroup, which keeps many loads in flight even for
 // products with few rows. A workgroup's tokens read the same weight chunks one after another, so
 // each chunk comes from memory once and from the cache for the other tokens. Needs
-// common/step.wgsl, common/matmul.wgsl and common/weights.wgsl.
+// common/step.wgsl, common/matmul.wgsl, common/weights.wgsl, and how x is read: the f32 rows of
+// common/matvec_x_f32.wgsl or the 8-bit planes of common/matvec_x_q8.wgsl (x binding, XChunk,
+// x_chunk, row_chunk_dot, row_tail_dot).
 
 override W_DTYPE: u32 = 0u;
 override WG_SIZE: u32 = 128u;
@@ -21,33 +23,9 @@ override GLU: bool = false;
 // Each subgroup's sums, per token.
 var<workgroup> partial: array<vec4<f32>, MAX_SUBGROUPS * TOKENS>;
 
-// x rows start at multiples of 4 (x_stride and n_in are), so every read is one aligned vec4.
-fn x4(at: u32) -> vec4<f32> {
-    return x[at >> 2u];
-}
-
 @group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
-@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // (n_tokens, x_stride / 4)
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (n_tokens, y_stride)
-
-// Chunk `b` of row `row` dotted with the chunk of x in `xs`; 0 past the last row.
-fn row_chunk_dot(row: u32, b: u32, xs: array<vec4<f32>, 8>) -> f32 {
-    if (row >= params.n_out) {
-        return 0.0;
-    }
-    let w = weights_block(row * params.row_bytes, b);
-    return dot(w[0], xs[0]) + dot(w[1], xs[1]) + dot(w[2], xs[2]) + dot(w[3], xs[3])
-        + dot(w[4], xs[4]) + dot(w[5], xs[5]) + dot(w[6], xs[6]) + dot(w[7], xs[7]);
-}
-
-// Elements k..k+3 of row `row` past its whole chunks, dotted with x; 0 past the last row.
-fn row_tail_dot(row: u32, k: u32, x_at: u32) -> f32 {
-    if (row >= params.n_out) {
-        return 0.0;
-    }
-    return dot(weights4(row * params.row_bytes, k), x4(x_at + k));
-}
 
 // The weight rows of workgroup `group`; the first is the first output it writes.
 fn workgroup_rows(group: u32) -> vec4<u32> {
@@ -84,9 +62,7 @@ fn main(
         for (var b = lid; b < n_chunks; b += WG_SIZE) {
             for (var tt = 0u; tt < TOKENS; tt++) {
                 if (t0 + tt < n_rows) {
-                    let xb = (t0 + tt) * params.x_stride + b * 32u;
-                    let xs = array<vec4<f32>, 8>(x4(xb), x4(xb + 4u), x4(xb + 8u), x4(xb + 12u),
-                        x4(xb + 16u), x4(xb + 20u), x4(xb + 24u), x4(xb + 28u));
+                    let xs = x_chunk(t0 + tt, b);
                     acc[tt] += vec4<f32>(row_chunk_dot(rows.x, b, xs),
                         row_chunk_dot(rows.y, b, xs), row_chunk_dot(rows.z, b, xs),
                         row_chunk_dot(rows.w, b, xs));

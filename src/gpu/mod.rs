@@ -52,6 +52,11 @@ pub struct GpuOptions {
     pub disable_f16: bool,
     /// Do not use subgroup operations even where the adapter has them.
     pub disable_subgroups: bool,
+    /// Multiply Q4_0, Q4_1 and Q8_0 weights with activations quantized to 8-bit planes through
+    /// packed 4x8 integer dot products (`SOVEREIGN_DOT4`). Off by default: slower than the f32
+    /// kernels on lavapipe and SwiftShader, and not yet measured on a GPU
+    /// (benches/RESULTS.md).
+    pub dot4: bool,
     /// Tile sizes (tokens, output features, K per step) of the prefill matmul instead of the
     /// built-in ones, for tuning on a new adapter (`SOVEREIGN_MATMUL_TILES=32,64,32`).
     pub matmul_tiles: Option<[u32; 3]>,
@@ -90,6 +95,7 @@ impl GpuOptions {
             max_binding_size: var("SOVEREIGN_MAX_BINDING").and_then(|v| v.parse().ok()),
             disable_f16: flag("SOVEREIGN_NO_F16"),
             disable_subgroups: flag("SOVEREIGN_NO_SUBGROUPS"),
+            dot4: flag("SOVEREIGN_DOT4"),
             gpu_kernels_on_cpu: flag("SOVEREIGN_GPU_KERNELS"),
             matmul_tiles: var("SOVEREIGN_MATMUL_TILES").and_then(|v| parse_tiles(&v)),
             shader_checks: var("SOVEREIGN_SHADER_CHECKS")
@@ -162,6 +168,9 @@ pub struct GpuFeatures {
     pub subgroups: bool,
     pub subgroup_min_size: u32,
     pub subgroup_max_size: u32,
+    /// Q4_0, Q4_1 and Q8_0 products against activations quantized to 8-bit planes, through
+    /// WGSL's packed 4x8 integer dot products (`GpuOptions::dot4`).
+    pub dot4: bool,
     /// Prefill matmul tiles chosen for this device (`GpuOptions::matmul_tiles`), if not the
     /// built-in ones.
     pub matmul_tiles: Option<[u32; 3]>,
@@ -429,6 +438,10 @@ impl GpuContext {
                 .subgroup_min_size
                 .map_or(info.subgroup_min_size, |n| n.min(info.subgroup_min_size)),
             subgroup_max_size: info.subgroup_max_size,
+            // Naga writes dot4I8Packed as the driver's integer dot product where it has one and
+            // as shifts and multiplies where not, so every native adapter has it; browsers have
+            // had it since 2024 (WGSL's packed_4x8_integer_dot_product).
+            dot4: options.dot4,
             matmul_tiles: options.matmul_tiles,
         };
         let hard_cap = limits

@@ -4,7 +4,11 @@
 //! subgroups), `matmul.wgsl` (prefill, tiled through workgroup memory) and `matmul_rowwise.wgsl`
 //! (every step on CPU adapters: four rows and a tile of tokens per invocation), with
 //! `matmul_rowwise_subgroup.wgsl` its variant that shares activation loads across lanes.
+//! Where `GpuFeatures::dot4` is set, Q4_0, Q4_1 and Q8_0 decode and rowwise products run their
+//! `_q8` variants instead: x is first quantized to two 8-bit planes (`quantize_q8.wgsl`) and
+//! multiplied with packed 4x8 integer dot products (`common/q8_dot.wgsl`).
 
+use super::quantize::{QuantizeQ8, q8_len};
 use super::{
     Dispatch, Grid, Kernel, KernelError, Variant, check_len, check_weight_dtype, shape_error,
 };
@@ -106,9 +110,47 @@ pub struct Matmul {
     /// Gated: the weight is a gate and an up projection joined by rows, and y gets
     /// silu(gate) * up (see [`Matmul::gated`]).
     glu: bool,
+    /// Set where the kernel reads x quantized to 8 bits: the pass that quantizes it.
+    quantize: Option<QuantizeQ8>,
+}
+
+/// Whether a variant's product reads activations quantized to 8 bits (`quantize_q8.wgsl`).
+fn reads_q8(variant: &Variant) -> bool {
+    variant.shader.ends_with("_q8")
+}
+
+/// Weight types with a product against 8-bit activations (`common/q8_dot.wgsl`).
+fn has_q8_product(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0)
 }
 
 impl Matmul {
+    async fn build(
+        ctx: &GpuContext,
+        variant: &Variant,
+        dtype: DType,
+        shape: Shape,
+        glu: bool,
+    ) -> Result<Self, KernelError> {
+        let quantize = if reads_q8(variant) {
+            Some(QuantizeQ8::new(ctx).await?)
+        } else {
+            None
+        };
+        Ok(Matmul {
+            kernel: Kernel::new(ctx, variant).await?,
+            dtype,
+            shape,
+            glu,
+            quantize,
+        })
+    }
+
+    /// Whether [`Matmul::bind_with_scratch`] quantizes x into a scratch buffer first.
+    pub fn reads_q8(&self) -> bool {
+        self.quantize.is_some()
+    }
+
     fn vector_spec(dtype: DType, features: GpuFeatures) -> (Variant, Shape) {
         let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
         if features.cpu {
@@ -151,6 +193,13 @@ impl Matmul {
             .next_power_of_two()
             .max(MATVEC_SUBGROUP_WG);
         let max_subgroups = wg / features.subgroup_min_size.clamp(1, wg);
+        let shader = match shader {
+            "matvec_subgroup" if features.dot4 && has_q8_product(dtype) => "matvec_subgroup_q8",
+            "matvec_subgroup_batch" if features.dot4 && has_q8_product(dtype) => {
+                "matvec_subgroup_batch_q8"
+            }
+            other => other,
+        };
         let mut constants = vec![
             ("W_DTYPE", f64::from(dtype.ggml_id())),
             ("WG_SIZE", f64::from(wg)),
@@ -208,6 +257,10 @@ impl Matmul {
             // that small.
             let wg = ("WG_SIZE", f64::from(ROWWISE_WG));
             let variant = match features.subgroup_min_size {
+                _ if features.dot4 && has_q8_product(dtype) => Variant {
+                    shader: "matmul_rowwise_q8",
+                    constants: vec![w, wg],
+                },
                 8.. if features.subgroups => Variant {
                     shader: "matmul_rowwise_subgroup",
                     constants: vec![w, wg, ("SPREAD", 8.0)],
@@ -256,12 +309,7 @@ impl Matmul {
     pub async fn vector(ctx: &GpuContext, dtype: DType) -> Result<Self, KernelError> {
         check_weight_dtype("matvec", dtype)?;
         let (variant, shape) = Self::vector_spec(dtype, ctx.features());
-        Ok(Matmul {
-            kernel: Kernel::new(ctx, &variant).await?,
-            dtype,
-            shape,
-            glu: false,
-        })
+        Self::build(ctx, &variant, dtype, shape, false).await
     }
 
     /// Whether `features` give a batched decode kernel.
@@ -291,24 +339,16 @@ impl Matmul {
         let Some((variant, shape)) = Self::batch_spec(dtype, ctx.features(), false) else {
             return Ok(None);
         };
-        Ok(Some(Matmul {
-            kernel: Kernel::new(ctx, &variant).await?,
-            dtype,
-            shape,
-            glu: false,
-        }))
+        Self::build(ctx, &variant, dtype, shape, false)
+            .await
+            .map(Some)
     }
 
     /// The prefill kernel: tiles of tokens share each dequantized weight tile.
     pub async fn tiled(ctx: &GpuContext, dtype: DType) -> Result<Self, KernelError> {
         check_weight_dtype("matmul", dtype)?;
         let (variant, shape) = Self::tiled_spec(dtype, ctx.features());
-        Ok(Matmul {
-            kernel: Kernel::new(ctx, &variant).await?,
-            dtype,
-            shape,
-            glu: false,
-        })
+        Self::build(ctx, &variant, dtype, shape, false).await
     }
 
     /// The decode kernel of `kind` (per token or batched) for a gated product: `w` holds a gate
@@ -325,16 +365,14 @@ impl Matmul {
         let Some((variant, shape)) = Self::gated_spec(kind, dtype, ctx.features()) else {
             return Ok(None);
         };
-        Ok(Some(Matmul {
-            kernel: Kernel::new(ctx, &variant).await?,
-            dtype,
-            shape,
-            glu: true,
-        }))
+        Self::build(ctx, &variant, dtype, shape, true)
+            .await
+            .map(Some)
     }
 
     /// One dispatch per buffer of `w` (n_out, n_in): `y[t, col0 + r] = x[t] . w[r]`; a gated
-    /// kernel's is described at [`Matmul::gated`].
+    /// kernel's is described at [`Matmul::gated`]. A kernel that reads 8-bit activations
+    /// quantizes x first, into a buffer of its own.
     pub fn bind(
         &self,
         ctx: &GpuContext,
@@ -343,6 +381,28 @@ impl Matmul {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         layout: MatmulLayout,
+    ) -> Result<Vec<Dispatch>, KernelError> {
+        self.bind_with_scratch(ctx, step, w, x, y, layout, None)
+    }
+
+    /// Bytes of the scratch buffer a kernel that reads 8-bit activations needs for x's rows.
+    pub fn scratch_len(n_in: u32, x_rows: u32) -> u64 {
+        q8_len(x_rows, n_in)
+    }
+
+    /// As [`Matmul::bind`], with the 8-bit activations (if the kernel reads them) in
+    /// `scratch`, at least [`Matmul::scratch_len`] bytes, which products that run one after
+    /// another can share.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind_with_scratch(
+        &self,
+        ctx: &GpuContext,
+        step: &wgpu::Buffer,
+        w: &WeightTensor,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        layout: MatmulLayout,
+        scratch: Option<&wgpu::Buffer>,
     ) -> Result<Vec<Dispatch>, KernelError> {
         let op = "matmul";
         if w.dtype != self.dtype {
@@ -414,54 +474,82 @@ impl Matmul {
             y,
             u64::from(layout.y_rows) * u64::from(layout.y_stride),
         )?;
-        Ok(w.chunks
-            .iter()
-            .map(|chunk| {
-                let params = MatmulParams {
-                    n_in: w.row_len,
-                    n_out: chunk.n_rows,
-                    row_bytes: w.row_bytes as u32,
-                    out_col0: layout.y_col0 + chunk.first_row,
-                    x_stride: layout.x_stride,
-                    y_stride: layout.y_stride,
-                    out_rows: u32::from(layout.out_rows),
-                    accumulate: u32::from(layout.accumulate),
-                };
-                let (groups, tile) = match self.shape {
-                    Shape::Vector {
-                        rows_per_wg,
-                        tokens_per_wg,
-                    } => {
-                        let outputs = if self.glu {
-                            chunk.n_rows / 2
-                        } else {
-                            chunk.n_rows
-                        };
-                        (outputs.div_ceil(rows_per_wg), tokens_per_wg)
+        let mut dispatches = Vec::new();
+        let own_scratch;
+        let x = match &self.quantize {
+            Some(quantize) => {
+                let xq = match scratch {
+                    Some(xq) => xq,
+                    None => {
+                        own_scratch = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("xq"),
+                            size: q8_len(layout.x_rows, w.row_len).max(16),
+                            usage: wgpu::BufferUsages::STORAGE,
+                            mapped_at_creation: false,
+                        });
+                        &own_scratch
                     }
-                    Shape::Tiled { tile_m, tile_n } => (chunk.n_rows.div_ceil(tile_n), tile_m),
-                    Shape::Rowwise => (
-                        chunk.n_rows.div_ceil(ROWWISE_WG * ROWWISE_ROWS),
-                        ROWWISE_TOKENS,
-                    ),
                 };
-                let grid = if layout.out_rows {
-                    Grid::Outputs { x: groups, tile }
-                } else {
-                    Grid::Tokens { x: groups, tile }
-                };
-                self.kernel.dispatch(
+                dispatches.push(quantize.bind(
                     ctx,
-                    &params,
-                    vec![
-                        step.as_entire_binding(),
-                        chunk.buffer.as_entire_binding(),
-                        x.as_entire_binding(),
-                        y.as_entire_binding(),
-                    ],
-                    grid,
-                )
-            })
-            .collect())
+                    step,
+                    x,
+                    xq,
+                    w.row_len,
+                    layout.x_stride,
+                    layout.x_rows,
+                    layout.out_rows,
+                )?);
+                xq
+            }
+            None => x,
+        };
+        dispatches.extend(w.chunks.iter().map(|chunk| {
+            let params = MatmulParams {
+                n_in: w.row_len,
+                n_out: chunk.n_rows,
+                row_bytes: w.row_bytes as u32,
+                out_col0: layout.y_col0 + chunk.first_row,
+                x_stride: layout.x_stride,
+                y_stride: layout.y_stride,
+                out_rows: u32::from(layout.out_rows),
+                accumulate: u32::from(layout.accumulate),
+            };
+            let (groups, tile) = match self.shape {
+                Shape::Vector {
+                    rows_per_wg,
+                    tokens_per_wg,
+                } => {
+                    let outputs = if self.glu {
+                        chunk.n_rows / 2
+                    } else {
+                        chunk.n_rows
+                    };
+                    (outputs.div_ceil(rows_per_wg), tokens_per_wg)
+                }
+                Shape::Tiled { tile_m, tile_n } => (chunk.n_rows.div_ceil(tile_n), tile_m),
+                Shape::Rowwise => (
+                    chunk.n_rows.div_ceil(ROWWISE_WG * ROWWISE_ROWS),
+                    ROWWISE_TOKENS,
+                ),
+            };
+            let grid = if layout.out_rows {
+                Grid::Outputs { x: groups, tile }
+            } else {
+                Grid::Tokens { x: groups, tile }
+            };
+            self.kernel.dispatch(
+                ctx,
+                &params,
+                vec![
+                    step.as_entire_binding(),
+                    chunk.buffer.as_entire_binding(),
+                    x.as_entire_binding(),
+                    y.as_entire_binding(),
+                ],
+                grid,
+            )
+        }));
+        Ok(dispatches)
     }
 }

@@ -9,6 +9,7 @@ pub mod embed;
 pub mod kv_store;
 pub mod matmul;
 pub mod profile;
+pub mod quantize;
 pub mod rms_norm;
 pub mod rope;
 pub mod selftest;
@@ -519,8 +520,10 @@ pub fn all_variants() -> Vec<Variant> {
         subgroups: true,
         subgroup_min_size: 4,
         subgroup_max_size: 128,
+        dot4: false,
         matmul_tiles: None,
     };
+    let all_dot4 = GpuFeatures { dot4: true, ..all };
     let mut v = Vec::new();
     // CPU adapters: with subgroups wide enough to share activation loads, and without.
     let cpu = GpuFeatures {
@@ -538,7 +541,19 @@ pub fn all_variants() -> Vec<Variant> {
         cpu: true,
         ..GpuFeatures::default()
     };
-    for features in [GpuFeatures::default(), all, cpu, cpu_4_lanes, cpu_plain] {
+    let cpu_dot4 = GpuFeatures {
+        dot4: true,
+        ..cpu_plain
+    };
+    for features in [
+        GpuFeatures::default(),
+        all,
+        all_dot4,
+        cpu,
+        cpu_4_lanes,
+        cpu_plain,
+        cpu_dot4,
+    ] {
         for dtype in WEIGHT_DTYPES {
             v.extend(embed::Embed::variants(dtype));
             v.extend(matmul::Matmul::variants(dtype, features));
@@ -550,6 +565,7 @@ pub fn all_variants() -> Vec<Variant> {
     v.extend(kv_store::KvStore::variants());
     v.extend(silu_mul::SiluMul::variants());
     v.extend(argmax::Argmax::variants());
+    v.extend(quantize::QuantizeQ8::variants());
     let mut seen = std::collections::HashSet::new();
     v.retain(|x| seen.insert(format!("{}{:?}", x.shader, x.constants)));
     v

@@ -195,7 +195,7 @@ impl Bench<'_> {
         dtype: DType,
         n_rows: usize,
         row_len: usize,
-    ) -> Result<(WeightTensor, Vec<f32>)> {
+    ) -> Result<(WeightTensor, Vec<f32>, Vec<u8>)> {
         let values = rng.vec(n_rows * row_len, 1.0);
         let bytes = reference::quantize(dtype, &values)?;
         let deq = reference::dequantize(dtype, &bytes, values.len())?;
@@ -208,7 +208,25 @@ impl Bench<'_> {
             &bytes,
         )
         .await?;
-        Ok((w, deq))
+        Ok((w, deq, bytes))
+    }
+}
+
+/// What `op` computes for `x` against the weights (`deq` dequantized, `bytes` as stored): the
+/// product on the dequantized weights, or, for a kernel that reads 8-bit activations, that
+/// product's own arithmetic (`reference::quant::matmul_q8`).
+fn product_ref(
+    op: &Matmul,
+    x: &[f32],
+    dtype: DType,
+    deq: &[f32],
+    bytes: &[u8],
+    n_in: usize,
+) -> Result<Vec<f32>> {
+    if op.reads_q8() {
+        Ok(reference::quant::matmul_q8(x, dtype, bytes, n_in)?)
+    } else {
+        Ok(reference::matmul(x, deq, n_in))
     }
 }
 
@@ -232,7 +250,7 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
     for dtype in WEIGHT_DTYPES {
         let (n_vocab, n_embd) = (300, whole_blocks(dtype, 96));
         let tokens = [0u32, 299, 17, 150];
-        let (table, deq) = b.weights(&mut rng, dtype, n_vocab, n_embd).await?;
+        let (table, deq, _) = b.weights(&mut rng, dtype, n_vocab, n_embd).await?;
         let out = b.buffer(&vec![0.0; 8 * n_embd]).await?;
         let step = b.step(8).await?;
         let op = Embed::new(ctx, dtype).await?;
@@ -485,14 +503,8 @@ pub async fn matmul(
 ) -> Result<Check> {
     let b = Bench { ctx };
     let mut rng = Rng::new(seed);
-    let (w, deq) = b.weights(&mut rng, dtype, n_out, n_in).await?;
+    let (w, deq, bytes) = b.weights(&mut rng, dtype, n_out, n_in).await?;
     let x = rng.vec(n * n_in, 1.0);
-    let want = reference::matmul(&x, &deq, n_in);
-    let max = n.max(8);
-    let xb = b.buffer(&x).await?;
-    // Stale values, which the product must overwrite.
-    let y = b.buffer(&rng.vec(max * n_out, 100.0)).await?;
-    let step = b.step(max as u32).await?;
     let Some(op) = Matmul::of_kind(ctx, kind, dtype).await? else {
         return Err(KernelError::Shape {
             op: "matmul",
@@ -500,6 +512,12 @@ pub async fn matmul(
         }
         .into());
     };
+    let want = product_ref(&op, &x, dtype, &deq, &bytes, n_in)?;
+    let max = n.max(8);
+    let xb = b.buffer(&x).await?;
+    // Stale values, which the product must overwrite.
+    let y = b.buffer(&rng.vec(max * n_out, 100.0)).await?;
+    let step = b.step(max as u32).await?;
     let mut layout = MatmulLayout::rows(n_in as u32, n_out as u32, n as u32);
     let d = op.bind(ctx, step.buffer(), &w, &xb, &y, layout)?;
     b.run(&d.iter().collect::<Vec<_>>(), &step, 0, n)?;
@@ -520,12 +538,13 @@ pub async fn matmul(
     want2.extend(&want);
     Ok(compare(
         format!(
-            "matmul {} {dtype} {n}x{n_in}x{n_out} ({} buffers), then accumulated",
+            "matmul {}{} {dtype} {n}x{n_in}x{n_out} ({} buffers), then accumulated",
             match kind {
                 MatmulKernel::Vector => "decode",
                 MatmulKernel::VectorBatch => "batched decode",
                 MatmulKernel::Tiled => "prefill",
             },
+            if op.reads_q8() { " (8-bit x)" } else { "" },
             w.chunks.len()
         ),
         &got,
@@ -552,9 +571,9 @@ pub async fn matmul_gated(
     };
     let b = Bench { ctx };
     let mut rng = Rng::new(seed);
-    let (w, deq) = b.weights(&mut rng, dtype, 2 * n_ff, n_in).await?;
+    let (w, deq, bytes) = b.weights(&mut rng, dtype, 2 * n_ff, n_in).await?;
     let x = rng.vec(n * n_in, 1.0);
-    let both = reference::matmul(&x, &deq, n_in);
+    let both = product_ref(&op, &x, dtype, &deq, &bytes, n_in)?;
     let mut want = Vec::with_capacity(n * n_ff);
     for row in both.chunks_exact(2 * n_ff) {
         want.extend(reference::silu_mul(&row[..n_ff], &row[n_ff..]));

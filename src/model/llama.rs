@@ -171,6 +171,9 @@ struct Activations {
     ffn: wgpu::Buffer,
     /// Flash-decoding's partial rows, for decode steps, where splitting the keys pays.
     attn_partials: Option<wgpu::Buffer>,
+    /// A product's input quantized to 8 bits, where its kernel reads that: every such product
+    /// quantizes its input here just before it runs, so one buffer serves them all.
+    xq: wgpu::Buffer,
 }
 
 struct Weights {
@@ -518,6 +521,18 @@ impl LlamaGpu {
             } else {
                 None
             },
+            xq: ctx
+                .create_buffer(
+                    "xq",
+                    if ctx.features().dot4 {
+                        let widest = cfg.n_embd.max(cfg.n_embd_q()).max(cfg.n_ff);
+                        Matmul::scratch_len(widest, max_batch).max(16)
+                    } else {
+                        16
+                    },
+                    wgpu::BufferUsages::STORAGE,
+                )
+                .await?,
         };
         let mut k_cache = Vec::with_capacity(cfg.n_layer as usize);
         let mut v_cache = Vec::with_capacity(cfg.n_layer as usize);
@@ -1109,7 +1124,15 @@ impl PlanBuilder<'_> {
     ) -> Result<Vec<Dispatch>, KernelError> {
         let mut out = Vec::new();
         for (kernel, when) in kernels {
-            for d in kernel.bind(self.ctx, self.step, w, x, y, layout)? {
+            for d in kernel.bind_with_scratch(
+                self.ctx,
+                self.step,
+                w,
+                x,
+                y,
+                layout,
+                Some(&self.act.xq),
+            )? {
                 out.push(match when {
                     Some(when) => d.only_when(when),
                     None => d,
@@ -1413,7 +1436,7 @@ impl PlanBuilder<'_> {
         } else {
             Matmul::tiled(self.ctx, output.dtype).await?
         };
-        d.extend(kernel.bind(
+        d.extend(kernel.bind_with_scratch(
             self.ctx,
             self.step,
             output,
@@ -1428,6 +1451,7 @@ impl PlanBuilder<'_> {
                 out_rows: true,
                 accumulate: false,
             },
+            Some(&a.xq),
         )?);
         Ok(d)
     }

@@ -104,6 +104,129 @@ pub fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Kern
     Ok(out)
 }
 
+/// One block of 32 activations as `shaders/quantize_q8.wgsl` writes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Q8Activations {
+    /// x scaled to +-127 by 1 / d and rounded.
+    pub q: [i8; 32],
+    /// What that rounding left, scaled by 1 / d2 and rounded.
+    pub r: [i8; 32],
+    pub d: f32,
+    /// d / 254.
+    pub d2: f32,
+    /// The exact sum, in the shader's order.
+    pub sum: f32,
+}
+
+/// Quantizes 32 activations as the shader does: x ~ d q + d2 r with d = max|x| / 127, rounding
+/// to nearest, ties to even (WGSL's `round`).
+pub fn quantize_q8_block(x: &[f32]) -> Q8Activations {
+    let amax = x.iter().take(32).fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let d2 = d / 254.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let inv2 = if d2 > 0.0 { 1.0 / d2 } else { 0.0 };
+    let (mut q, mut r) = ([0i8; 32], [0i8; 32]);
+    for (j, v) in x.iter().take(32).enumerate() {
+        let qj = (v * inv).round_ties_even();
+        q[j] = qj as i8;
+        r[j] = ((v - qj * d) * inv2).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    // Eight vec4s added pairwise, then the four lanes.
+    let v = |i: usize, c: usize| x[4 * i + c];
+    let lane = |c: usize| {
+        ((v(0, c) + v(1, c)) + (v(2, c) + v(3, c))) + ((v(4, c) + v(5, c)) + (v(6, c) + v(7, c)))
+    };
+    Q8Activations {
+        q,
+        r,
+        d,
+        d2,
+        sum: ((lane(0) + lane(1)) + lane(2)) + lane(3),
+    }
+}
+
+/// The blocks of a Q4_0, Q4_1 or Q8_0 row as `shaders/common/q8_dot.wgsl` reads them: each as
+/// 32 integers q, a scale d and a minimum m, its weights being d * q + m.
+pub fn q8_weight_blocks(
+    dtype: DType,
+    bytes: &[u8],
+) -> Result<Vec<([i8; 32], f32, f32)>, KernelError> {
+    let mut out = Vec::new();
+    match dtype {
+        DType::Q4_0 | DType::Q4_1 => {
+            let (size, at) = if dtype == DType::Q4_0 {
+                (18, 2)
+            } else {
+                (20, 4)
+            };
+            for b in bytes.chunks_exact(size) {
+                let d = f16_at(b, 0);
+                let m = if dtype == DType::Q4_0 {
+                    -8.0 * d
+                } else {
+                    f16_at(b, 2)
+                };
+                let mut q = [0i8; 32];
+                for (j, byte) in b[at..at + 16].iter().enumerate() {
+                    q[j] = (byte & 0x0f) as i8;
+                    q[j + 16] = (byte >> 4) as i8;
+                }
+                out.push((q, d, m));
+            }
+        }
+        DType::Q8_0 => {
+            for b in bytes.chunks_exact(34) {
+                let mut q = [0i8; 32];
+                for (q, &byte) in q.iter_mut().zip(&b[2..34]) {
+                    *q = byte as i8;
+                }
+                out.push((q, f16_at(b, 0), 0.0));
+            }
+        }
+        _ => {
+            return Err(KernelError::UnsupportedDType {
+                op: "q8_weight_blocks",
+                dtype,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `x W^T` as the products against 8-bit activations compute it: x (n_tokens, n_in) quantized
+/// per block of 32, W (n_out, n_in) as `dtype` bytes; per block
+/// d_w (d (q_w . q) + d2 (q_w . r)) + m_w sum(x).
+pub fn matmul_q8(
+    x: &[f32],
+    dtype: DType,
+    w_bytes: &[u8],
+    n_in: usize,
+) -> Result<Vec<f32>, KernelError> {
+    let blocks = q8_weight_blocks(dtype, w_bytes)?;
+    let per_row = n_in / 32;
+    let mut out = Vec::new();
+    for xr in x.chunks_exact(n_in) {
+        let xq: Vec<_> = xr.chunks_exact(32).map(quantize_q8_block).collect();
+        for wr in blocks.chunks_exact(per_row) {
+            let mut acc = 0.0f32;
+            for ((wq, wd, wm), x) in wr.iter().zip(&xq) {
+                let dot = |plane: &[i8; 32]| -> f32 {
+                    let s: i32 = wq
+                        .iter()
+                        .zip(plane)
+                        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                        .sum();
+                    s as f32
+                };
+                acc += wd * (x.d * dot(&x.q) + x.d2 * dot(&x.r)) + wm * x.sum;
+            }
+            out.push(acc);
+        }
+    }
+    Ok(out)
+}
+
 /// Encodes `x` (a whole number of blocks) as `dtype`, rounding as ggml's reference quantizers do
 /// (K-quants: a simpler fit, see `kquant`).
 pub fn quantize(dtype: DType, x: &[f32]) -> Result<Vec<u8>, KernelError> {
@@ -218,6 +341,34 @@ mod tests {
         (0..n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
             .collect()
+    }
+
+    /// Two 8-bit planes rebuild each value within max|x| / 64516 (half a step of d / 254), where
+    /// one plane leaves up to max|x| / 254; an outlier does not change that.
+    #[test]
+    fn activation_planes_rebuild_within_half_a_second_plane_step() {
+        let mut x = sample(64);
+        x[5] = 300.0;
+        for block in x.chunks_exact(32) {
+            let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let a = quantize_q8_block(block);
+            assert_eq!(a.d, amax / 127.0);
+            let mut one_plane_worst = 0.0f32;
+            for (j, &v) in block.iter().enumerate() {
+                let one = a.d * f32::from(a.q[j]);
+                let two = one + a.d2 * f32::from(a.r[j]);
+                assert!((v - two).abs() <= amax / 64516.0 * 1.001, "{v} -> {two}");
+                one_plane_worst = one_plane_worst.max((v - one).abs());
+            }
+            assert!(one_plane_worst > amax / 64516.0 * 10.0);
+            let sum: f32 = block.iter().sum();
+            assert!((a.sum - sum).abs() <= 1e-4 * amax, "{} vs {sum}", a.sum);
+        }
+        let zero = quantize_q8_block(&[0.0; 32]);
+        assert_eq!(
+            (zero.q, zero.r, zero.d, zero.sum),
+            ([0; 32], [0; 32], 0.0, 0.0)
+        );
     }
 
     #[test]

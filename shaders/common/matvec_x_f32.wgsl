@@ -1,0 +1,37 @@
+// How common/matvec_subgroup.wgsl reads x when it is f32 rows. Needs common/weights.wgsl and the
+// including shader's `params: MatmulParams`.
+
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // (n_tokens, x_stride / 4)
+
+// A chunk of 32 activations.
+alias XChunk = array<vec4<f32>, 8>;
+
+// x rows start at multiples of 4 (x_stride and n_in are), so every read is one aligned vec4.
+fn x4(at: u32) -> vec4<f32> {
+    return x[at >> 2u];
+}
+
+// Chunk `b` of token row `t`.
+fn x_chunk(t: u32, b: u32) -> XChunk {
+    let xb = t * params.x_stride + b * 32u;
+    return XChunk(x4(xb), x4(xb + 4u), x4(xb + 8u), x4(xb + 12u), x4(xb + 16u), x4(xb + 20u),
+        x4(xb + 24u), x4(xb + 28u));
+}
+
+// Chunk `b` of row `row` dotted with the chunk of x in `xs`; 0 past the last row.
+fn row_chunk_dot(row: u32, b: u32, xs: XChunk) -> f32 {
+    if (row >= params.n_out) {
+        return 0.0;
+    }
+    let w = weights_block(row * params.row_bytes, b);
+    return dot(w[0], xs[0]) + dot(w[1], xs[1]) + dot(w[2], xs[2]) + dot(w[3], xs[3])
+        + dot(w[4], xs[4]) + dot(w[5], xs[5]) + dot(w[6], xs[6]) + dot(w[7], xs[7]);
+}
+
+// Elements k..k+3 of row `row` past its whole chunks, dotted with x; 0 past the last row.
+fn row_tail_dot(row: u32, k: u32, x_at: u32) -> f32 {
+    if (row >= params.n_out) {
+        return 0.0;
+    }
+    return dot(weights4(row * params.row_bytes, k), x4(x_at + k));
+}
