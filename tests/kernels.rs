@@ -167,12 +167,18 @@ fn embed_matches_reference_for_every_dtype() {
 #[test]
 fn rms_norm_matches_reference() {
     let mut rng = Rng::new(2);
-    let ctx = gpu(GpuOptions::default());
-    let op = pollster::block_on(RmsNorm::new(&ctx)).unwrap();
-    // Rows shorter than a workgroup's vec4s, spanning several of each invocation's held values,
-    // and longer than the held values (the rest is read twice).
-    for n_embd in [576usize, 2052, 9000] {
-        rms_norm_rows(&ctx, &op, &mut rng, n_embd);
+    // The GPU workgroup (256) and, on a CPU adapter, the CPU one (16).
+    let gpu_shaped = gpu(GpuOptions {
+        gpu_kernels_on_cpu: true,
+        ..Default::default()
+    });
+    for ctx in [gpu_shaped, gpu(GpuOptions::default())] {
+        let op = pollster::block_on(RmsNorm::new(&ctx)).unwrap();
+        // Rows shorter than a workgroup's vec4s, spanning several of each invocation's held
+        // values, and longer than the held values (the rest is read twice).
+        for n_embd in [576usize, 2052, 9000] {
+            rms_norm_rows(&ctx, &op, &mut rng, n_embd);
+        }
     }
 }
 

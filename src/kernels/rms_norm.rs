@@ -13,23 +13,27 @@ crate::gpu_params! {
 }
 
 const WG_SIZE: u32 = 256;
+/// On CPU adapters, where a workgroup runs on one core and each barrier switches between its
+/// lanes: a decode step's 61 norms took 23 ms of SwiftShader's 337 ms step at 256 lanes and
+/// 3 ms at 16 (lavapipe: 5.5 ms and 2.1 ms; benches/RESULTS.md).
+const CPU_WG_SIZE: u32 = 16;
 
 pub struct RmsNorm {
     kernel: Kernel,
 }
 
 impl RmsNorm {
-    fn variant() -> Variant {
-        Variant::sized("rms_norm", WG_SIZE)
+    fn variant(cpu: bool) -> Variant {
+        Variant::sized("rms_norm", if cpu { CPU_WG_SIZE } else { WG_SIZE })
     }
 
     pub fn variants() -> Vec<Variant> {
-        vec![Self::variant()]
+        vec![Self::variant(false), Self::variant(true)]
     }
 
     pub async fn new(ctx: &GpuContext) -> Result<Self, KernelError> {
         Ok(RmsNorm {
-            kernel: Kernel::new(ctx, &Self::variant()).await?,
+            kernel: Kernel::new(ctx, &Self::variant(ctx.features().cpu)).await?,
         })
     }
 
