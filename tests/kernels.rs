@@ -745,7 +745,8 @@ fn paged_kv_store_and_attention_match_reference() {
             .unwrap();
         for path in AttentionPath::ALL {
             let out = zeros(&ctx, n * q_row);
-            let attn = pollster::block_on(Attention::of_path(&ctx, kv_type, path)).unwrap();
+            let attn = pollster::block_on(Attention::of_path(&ctx, kv_type, path, head_dim as u32))
+                .unwrap();
             let params = AttentionParams {
                 n_head: n_head as u32,
                 n_head_kv: n_head_kv as u32,

@@ -50,6 +50,13 @@ impl AttentionPath {
 }
 
 const WG_SIZE: u32 = 64;
+/// The decode kernel's workgroups on CPU adapters: a quarter of head_dim (each invocation keeps
+/// four output dimensions), at least 16. A workgroup runs on one core there and each of its
+/// barriers switches between all its lanes: at 16 lanes SwiftShader's attention took 8 ms of a
+/// decode step at a context of 64 against 30 ms at 64 lanes (benches/RESULTS.md).
+fn cpu_decode_wg(head_dim: u32) -> u32 {
+    (head_dim / 4).next_power_of_two().clamp(16, WG_SIZE)
+}
 /// Values of K (and of V) one tile of the tiled kernel holds (`TILE_VALUES` in the shader).
 const TILED_TILE_VALUES: u32 = 1536;
 /// Loop iterations after which Mesa's llvmpipe ends an invocation's loops (its
@@ -62,12 +69,14 @@ pub struct Attention {
     kernel: Kernel,
     kv_type: KvType,
     tiled: bool,
+    /// Workgroup size of the kernel (the shader's WG_SIZE).
+    wg: u32,
     /// Flash-decoding: the merge pass, present when the kernel writes partials.
     merge: Option<Kernel>,
 }
 
 impl Attention {
-    fn variant(kv_type: KvType, tiled: bool) -> Variant {
+    fn variant(kv_type: KvType, tiled: bool, wg: u32) -> Variant {
         let shader = match (kv_type, tiled) {
             (KvType::F32, false) => "attention",
             (KvType::F16, false) => "attention_f16",
@@ -76,11 +85,11 @@ impl Attention {
             (KvType::F16, true) => "attention_tiled_f16",
             (KvType::Q8_0, true) => "attention_tiled_q8",
         };
-        Variant::sized(shader, WG_SIZE)
+        Variant::sized(shader, wg)
     }
 
     fn split_variant(kv_type: KvType) -> Variant {
-        let mut v = Self::variant(kv_type, false);
+        let mut v = Self::variant(kv_type, false, WG_SIZE);
         v.constants.push(("SPLIT_KEYS", f64::from(SPLIT_KEYS)));
         v
     }
@@ -96,8 +105,10 @@ impl Attention {
             .into_iter()
             .flat_map(|t| {
                 [
-                    Self::variant(t, false),
-                    Self::variant(t, true),
+                    Self::variant(t, false, WG_SIZE),
+                    Self::variant(t, false, cpu_decode_wg(64)),
+                    Self::variant(t, false, cpu_decode_wg(128)),
+                    Self::variant(t, true, WG_SIZE),
                     Self::split_variant(t),
                 ]
             })
@@ -105,14 +116,15 @@ impl Attention {
             .collect()
     }
 
-    /// The kernel of `path`.
+    /// The kernel of `path` for heads of `head_dim`.
     pub async fn of_path(
         ctx: &GpuContext,
         kv_type: KvType,
         path: AttentionPath,
+        head_dim: u32,
     ) -> Result<Self, KernelError> {
         match path {
-            AttentionPath::Decode => Self::new(ctx, kv_type).await,
+            AttentionPath::Decode => Self::new(ctx, kv_type, head_dim).await,
             AttentionPath::Split => Self::split(ctx, kv_type).await,
             AttentionPath::Tiled => Self::tiled(ctx, kv_type).await,
         }
@@ -126,6 +138,7 @@ impl Attention {
             kernel: Kernel::new(ctx, &Self::split_variant(kv_type)).await?,
             kv_type,
             tiled: false,
+            wg: WG_SIZE,
             merge: Some(Kernel::new(ctx, &Self::merge_variant()).await?),
         })
     }
@@ -151,15 +164,24 @@ impl Attention {
     }
 
     /// Attention over a cache of `kv_type` (F16 needs shader-f16), for decode: one workgroup
-    /// per query head and token.
-    pub async fn new(ctx: &GpuContext, kv_type: KvType) -> Result<Self, KernelError> {
-        Self::build(ctx, kv_type, false).await
+    /// per query head and token, sized for heads of `head_dim` on CPU adapters.
+    pub async fn new(
+        ctx: &GpuContext,
+        kv_type: KvType,
+        head_dim: u32,
+    ) -> Result<Self, KernelError> {
+        let wg = if ctx.features().cpu {
+            cpu_decode_wg(head_dim)
+        } else {
+            WG_SIZE
+        };
+        Self::build(ctx, kv_type, false, wg).await
     }
 
     /// The prefill kernel: one workgroup per K/V head and block of tokens, sharing each K/V
     /// tile among the block's queries and the head's group.
     pub async fn tiled(ctx: &GpuContext, kv_type: KvType) -> Result<Self, KernelError> {
-        Self::build(ctx, kv_type, true).await
+        Self::build(ctx, kv_type, true, WG_SIZE).await
     }
 
     /// Loop iterations the tiled kernel's longest invocation runs for a query at position
@@ -184,12 +206,18 @@ impl Attention {
             && (!on_cpu || Self::tiled_loop_iterations(head_dim, n_ctx) <= LLVMPIPE_LOOP_LIMIT)
     }
 
-    async fn build(ctx: &GpuContext, kv_type: KvType, tiled: bool) -> Result<Self, KernelError> {
+    async fn build(
+        ctx: &GpuContext,
+        kv_type: KvType,
+        tiled: bool,
+        wg: u32,
+    ) -> Result<Self, KernelError> {
         check_kv_type("attention", ctx, kv_type)?;
         Ok(Attention {
-            kernel: Kernel::new(ctx, &Self::variant(kv_type, tiled)).await?,
+            kernel: Kernel::new(ctx, &Self::variant(kv_type, tiled, wg)).await?,
             kv_type,
             tiled,
+            wg,
             merge: None,
         })
     }
@@ -358,10 +386,14 @@ impl Attention {
                 ),
             ));
         }
-        if params.head_dim == 0 || params.head_dim > MAX_HEAD_DIM.min(4 * WG_SIZE) {
+        let max_head_dim = MAX_HEAD_DIM.min(4 * self.wg);
+        if params.head_dim == 0 || params.head_dim > max_head_dim {
             return Err(shape_error(
                 op,
-                format!("head_dim {} outside 1..={MAX_HEAD_DIM}", params.head_dim),
+                format!(
+                    "head_dim {} outside 1..={max_head_dim} (this kernel's workgroups of {})",
+                    params.head_dim, self.wg
+                ),
             ));
         }
         if params.q_stride < params.n_head * params.head_dim

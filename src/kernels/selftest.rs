@@ -650,7 +650,7 @@ pub async fn attention(
         _pad1: 0,
     };
     let qb = b.buffer(&q_rows).await?;
-    let kernel = Attention::of_path(ctx, kv_type, path).await?;
+    let kernel = Attention::of_path(ctx, kv_type, path, head_dim as u32).await?;
     let partials_len = Attention::partials_len(&params, n as u32, n_ctx as u32);
     let partials = b.buffer(&vec![0.0; partials_len as usize]).await?;
     let d = kernel.bind_path(

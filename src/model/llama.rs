@@ -1216,7 +1216,7 @@ impl PlanBuilder<'_> {
         let (ctx, step, mb) = (self.ctx, self.step, self.max_batch);
         let rms = RmsNorm::new(ctx).await?;
         let rope = Rope::new(ctx).await?;
-        let attention = Attention::new(ctx, self.kv_type).await?;
+        let attention = Attention::new(ctx, self.kv_type, c.head_dim).await?;
         let attention_split = if vector && self.act.attn_partials.is_some() {
             Some(Attention::split(ctx, self.kv_type).await?)
         } else {
