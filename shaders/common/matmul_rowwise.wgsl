@@ -47,46 +47,20 @@ fn nibble_block(q: vec4<u32>) -> array<vec4<f32>, 8> {
 fn row_block(row_at: u32, b: u32) -> RowBlock {
     switch W_DTYPE {
         case DTYPE_Q4_0: {
-            // 18 bytes at byte 0 or 2 of a word (see weights_block): value d * (q - 8).
-            let i = (row_at + b * 18u) >> 2u;
-            let shift = ((row_at + b * 18u) & 3u) * 8u;
-            let w = array<u32, 5>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
-                weights[i + 4u]);
-            let d = unpack2x16float(w[0] >> shift).x;
-            let odd = shift != 0u;
-            let q = vec4<u32>(
-                select((w[0] >> 16u) | (w[1] << 16u), w[1], odd),
-                select((w[1] >> 16u) | (w[2] << 16u), w[2], odd),
-                select((w[2] >> 16u) | (w[3] << 16u), w[3], odd),
-                select((w[3] >> 16u) | (w[4] << 16u), w[4], odd),
-            );
-            return RowBlock(nibble_block(q), d, -8.0 * d);
+            let blk = q4_0_words(row_at, b);
+            return RowBlock(nibble_block(blk.q[0]), blk.d, blk.m);
         }
         case DTYPE_Q4_1: {
-            let i = (row_at + b * 20u) >> 2u;
-            let dm = unpack2x16float(weights[i]);
-            let q = vec4<u32>(weights[i + 1u], weights[i + 2u], weights[i + 3u], weights[i + 4u]);
-            return RowBlock(nibble_block(q), dm.x, dm.y);
+            let blk = q4_1_words(row_at, b);
+            return RowBlock(nibble_block(blk.q[0]), blk.d, blk.m);
         }
         case DTYPE_Q8_0: {
-            // The block with d left out (weights_block would multiply each weight by it).
-            let at = row_at + b * 34u;
-            let i = at >> 2u;
-            let shift = (at & 3u) * 8u;
-            let w = array<u32, 9>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
-                weights[i + 4u], weights[i + 5u], weights[i + 6u], weights[i + 7u], weights[i + 8u]);
-            let odd = shift != 0u;
-            let q = array<vec4<f32>, 8>(
-                bytes_i8(select((w[0] >> 16u) | (w[1] << 16u), w[1], odd)),
-                bytes_i8(select((w[1] >> 16u) | (w[2] << 16u), w[2], odd)),
-                bytes_i8(select((w[2] >> 16u) | (w[3] << 16u), w[3], odd)),
-                bytes_i8(select((w[3] >> 16u) | (w[4] << 16u), w[4], odd)),
-                bytes_i8(select((w[4] >> 16u) | (w[5] << 16u), w[5], odd)),
-                bytes_i8(select((w[5] >> 16u) | (w[6] << 16u), w[6], odd)),
-                bytes_i8(select((w[6] >> 16u) | (w[7] << 16u), w[7], odd)),
-                bytes_i8(select((w[7] >> 16u) | (w[8] << 16u), w[8], odd)),
-            );
-            return RowBlock(q, unpack2x16float(w[0] >> shift).x, 0.0);
+            // The bytes with d left out (weights_block would multiply each weight by it).
+            let blk = q8_0_words(row_at, b);
+            let q = array<vec4<f32>, 8>(bytes_i8(blk.q[0].x), bytes_i8(blk.q[0].y),
+                bytes_i8(blk.q[0].z), bytes_i8(blk.q[0].w), bytes_i8(blk.q[1].x),
+                bytes_i8(blk.q[1].y), bytes_i8(blk.q[1].z), bytes_i8(blk.q[1].w));
+            return RowBlock(q, blk.d, 0.0);
         }
         default: {
             return RowBlock(weights_block(row_at, b), 1.0, 0.0);

@@ -31,45 +31,18 @@ fn q8_weights() -> bool {
 fn q8_block(row_at: u32, b: u32) -> Q8Block {
     switch W_DTYPE {
         case DTYPE_Q4_0: {
-            // 18 bytes at byte 0 or 2 of a word: d, then 16 bytes whose low nibbles are weights
-            // 0..15 and high nibbles 16..31; value d * (q - 8).
-            let at = row_at + b * 18u;
-            let i = at >> 2u;
-            let shift = (at & 3u) * 8u;
-            let w = array<u32, 5>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
-                weights[i + 4u]);
-            let d = unpack2x16float(w[0] >> shift).x;
-            let q = vec4<u32>(after_scale(w[0], w[1], shift), after_scale(w[1], w[2], shift),
-                after_scale(w[2], w[3], shift), after_scale(w[3], w[4], shift));
-            return Q8Block(nibble_bytes(q), d, -8.0 * d);
+            let blk = q4_0_words(row_at, b);
+            return Q8Block(nibble_bytes(blk.q[0]), blk.d, blk.m);
         }
         case DTYPE_Q4_1: {
-            let i = (row_at + b * 20u) >> 2u;
-            let dm = unpack2x16float(weights[i]);
-            let q = vec4<u32>(weights[i + 1u], weights[i + 2u], weights[i + 3u], weights[i + 4u]);
-            return Q8Block(nibble_bytes(q), dm.x, dm.y);
+            let blk = q4_1_words(row_at, b);
+            return Q8Block(nibble_bytes(blk.q[0]), blk.d, blk.m);
         }
         default: {
-            // Q8_0: 34 bytes at byte 0 or 2 of a word: d, then 32 signed bytes.
-            let at = row_at + b * 34u;
-            let i = at >> 2u;
-            let shift = (at & 3u) * 8u;
-            let w = array<u32, 9>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
-                weights[i + 4u], weights[i + 5u], weights[i + 6u], weights[i + 7u], weights[i + 8u]);
-            let q = array<vec4<u32>, 2>(
-                vec4<u32>(after_scale(w[0], w[1], shift), after_scale(w[1], w[2], shift),
-                    after_scale(w[2], w[3], shift), after_scale(w[3], w[4], shift)),
-                vec4<u32>(after_scale(w[4], w[5], shift), after_scale(w[5], w[6], shift),
-                    after_scale(w[6], w[7], shift), after_scale(w[7], w[8], shift)));
-            return Q8Block(q, unpack2x16float(w[0] >> shift).x, 0.0);
+            let blk = q8_0_words(row_at, b);
+            return Q8Block(blk.q, blk.d, 0.0);
         }
     }
-}
-
-// Word j of a block's bytes after its two-byte scale, from the block's words j and j + 1, where
-// the block starts `shift` bits (0 or 16) into its first word.
-fn after_scale(lo: u32, hi: u32, shift: u32) -> u32 {
-    return select((lo >> 16u) | (hi << 16u), hi, shift != 0u);
 }
 
 // The 16 bytes of a nibble block as 32 bytes: the low nibbles (weights 0..15), then the high.

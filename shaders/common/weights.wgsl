@@ -184,30 +184,68 @@ fn weights4(row_at: u32, k: u32) -> vec4<f32> {
 }
 
 
+// The scale, minimum and quant words of a Q4_0, Q4_1 or Q8_0 block, loaded with whole-word reads:
+// the block's weights are d * q + m, its quants in q[0] (16 bytes) and, for Q8_0, q[1].
+struct BlockWords {
+    d: f32,
+    m: f32,
+    q: array<vec4<u32>, 2>,
+}
+
+// Word j of a block's bytes after its two-byte scale, from the block's words j and j + 1, where
+// the block starts `shift` bits (0 or 16) into its first word: mid-word, or a whole word.
+fn after_scale(lo: u32, hi: u32, shift: u32) -> u32 {
+    return select((lo >> 16u) | (hi << 16u), hi, shift != 0u);
+}
+
+// Block b of a Q4_0 row: 18 bytes at byte 0 or 2 of a word, the five words covering them loaded
+// once and the quants cut out of registers; value d * (q - 8). Every index is a constant:
+// compilers that do not unroll (SwiftShader's) keep a dynamically indexed private array in
+// memory and address it lane by lane.
+fn q4_0_words(row_at: u32, b: u32) -> BlockWords {
+    let at = row_at + b * 18u;
+    let i = at >> 2u;
+    let shift = (at & 3u) * 8u;
+    let w = array<u32, 5>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
+        weights[i + 4u]);
+    let d = unpack2x16float(w[0] >> shift).x;
+    let q = vec4<u32>(after_scale(w[0], w[1], shift), after_scale(w[1], w[2], shift),
+        after_scale(w[2], w[3], shift), after_scale(w[3], w[4], shift));
+    return BlockWords(d, -8.0 * d, array<vec4<u32>, 2>(q, vec4<u32>()));
+}
+
+// Block b of a Q4_1 row: 20 bytes, word-aligned; value d * q + m.
+fn q4_1_words(row_at: u32, b: u32) -> BlockWords {
+    let i = (row_at + b * 20u) >> 2u;
+    let dm = unpack2x16float(weights[i]);
+    let q = vec4<u32>(weights[i + 1u], weights[i + 2u], weights[i + 3u], weights[i + 4u]);
+    return BlockWords(dm.x, dm.y, array<vec4<u32>, 2>(q, vec4<u32>()));
+}
+
+// Block b of a Q8_0 row: 34 bytes at byte 0 or 2 of a word, nine words covering them; value
+// d * q with q signed bytes.
+fn q8_0_words(row_at: u32, b: u32) -> BlockWords {
+    let at = row_at + b * 34u;
+    let i = at >> 2u;
+    let shift = (at & 3u) * 8u;
+    let w = array<u32, 9>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
+        weights[i + 4u], weights[i + 5u], weights[i + 6u], weights[i + 7u], weights[i + 8u]);
+    return BlockWords(unpack2x16float(w[0] >> shift).x, 0.0, array<vec4<u32>, 2>(
+        vec4<u32>(after_scale(w[0], w[1], shift), after_scale(w[1], w[2], shift),
+            after_scale(w[2], w[3], shift), after_scale(w[3], w[4], shift)),
+        vec4<u32>(after_scale(w[4], w[5], shift), after_scale(w[5], w[6], shift),
+            after_scale(w[6], w[7], shift), after_scale(w[7], w[8], shift))));
+}
+
 // The 32 weights of chunk `b` (elements 32b..32b+31) of the row at byte `row_at`, as 8 vec4s: a
 // whole quant block per call, its scale read once and its quants with full-word loads.
 fn weights_block(row_at: u32, b: u32) -> array<vec4<f32>, 8> {
     var out: array<vec4<f32>, 8>;
     switch W_DTYPE {
         case DTYPE_Q4_0: {
-            // 18 bytes starting at byte 0 or 2 of a word: the five words covering them are loaded
-            // once and the nibbles cut out of registers. Every index is a constant: compilers
-            // that do not unroll (SwiftShader's) keep a dynamically indexed private array in
-            // memory and address it lane by lane.
-            let block_at = row_at + b * 18u;
-            let i = block_at >> 2u;
-            let shift = (block_at & 3u) * 8u;
-            let w = array<u32, 5>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
-                weights[i + 4u]);
-            let d = unpack2x16float(w[0] >> shift).x;
-            // Quant byte 0 sits 2 bytes after the scale: mid-word 0, or at the start of word 1.
-            let odd = shift != 0u;
-            let q = vec4<u32>(
-                select((w[0] >> 16u) | (w[1] << 16u), w[1], odd),
-                select((w[1] >> 16u) | (w[2] << 16u), w[2], odd),
-                select((w[2] >> 16u) | (w[3] << 16u), w[3], odd),
-                select((w[3] >> 16u) | (w[4] << 16u), w[4], odd),
-            );
+            let blk = q4_0_words(row_at, b);
+            let d = blk.d;
+            let q = blk.q[0];
             out[0] = d * (bytes_u8(q.x & 0x0f0f0f0fu) - vec4<f32>(8.0));
             out[1] = d * (bytes_u8(q.y & 0x0f0f0f0fu) - vec4<f32>(8.0));
             out[2] = d * (bytes_u8(q.z & 0x0f0f0f0fu) - vec4<f32>(8.0));
@@ -218,37 +256,29 @@ fn weights_block(row_at: u32, b: u32) -> array<vec4<f32>, 8> {
             out[7] = d * (bytes_u8((q.w >> 4u) & 0x0f0f0f0fu) - vec4<f32>(8.0));
         }
         case DTYPE_Q4_1: {
-            let block_at = row_at + b * 20u;
-            let dm = unpack2x16float(weights_u32_aligned(block_at));
-            let w0 = (block_at >> 2u) + 1u;
-            let q = vec4<u32>(weights[w0], weights[w0 + 1u], weights[w0 + 2u], weights[w0 + 3u]);
-            // Written out with constant indices (see matmul_rowwise.wgsl).
-            out[0] = dm.x * bytes_u8(q.x & 0x0f0f0f0fu) + vec4<f32>(dm.y);
-            out[1] = dm.x * bytes_u8(q.y & 0x0f0f0f0fu) + vec4<f32>(dm.y);
-            out[2] = dm.x * bytes_u8(q.z & 0x0f0f0f0fu) + vec4<f32>(dm.y);
-            out[3] = dm.x * bytes_u8(q.w & 0x0f0f0f0fu) + vec4<f32>(dm.y);
-            out[4] = dm.x * bytes_u8((q.x >> 4u) & 0x0f0f0f0fu) + vec4<f32>(dm.y);
-            out[5] = dm.x * bytes_u8((q.y >> 4u) & 0x0f0f0f0fu) + vec4<f32>(dm.y);
-            out[6] = dm.x * bytes_u8((q.z >> 4u) & 0x0f0f0f0fu) + vec4<f32>(dm.y);
-            out[7] = dm.x * bytes_u8((q.w >> 4u) & 0x0f0f0f0fu) + vec4<f32>(dm.y);
+            let blk = q4_1_words(row_at, b);
+            let q = blk.q[0];
+            let m = vec4<f32>(blk.m);
+            out[0] = blk.d * bytes_u8(q.x & 0x0f0f0f0fu) + m;
+            out[1] = blk.d * bytes_u8(q.y & 0x0f0f0f0fu) + m;
+            out[2] = blk.d * bytes_u8(q.z & 0x0f0f0f0fu) + m;
+            out[3] = blk.d * bytes_u8(q.w & 0x0f0f0f0fu) + m;
+            out[4] = blk.d * bytes_u8((q.x >> 4u) & 0x0f0f0f0fu) + m;
+            out[5] = blk.d * bytes_u8((q.y >> 4u) & 0x0f0f0f0fu) + m;
+            out[6] = blk.d * bytes_u8((q.z >> 4u) & 0x0f0f0f0fu) + m;
+            out[7] = blk.d * bytes_u8((q.w >> 4u) & 0x0f0f0f0fu) + m;
         }
         case DTYPE_Q8_0: {
-            // 34 bytes starting at byte 0 or 2 of a word: nine words cover them.
-            let block_at = row_at + b * 34u;
-            let i = block_at >> 2u;
-            let shift = (block_at & 3u) * 8u;
-            let w = array<u32, 9>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u],
-                weights[i + 4u], weights[i + 5u], weights[i + 6u], weights[i + 7u], weights[i + 8u]);
-            let d = unpack2x16float(w[0] >> shift).x;
-            let odd = shift != 0u;
-            out[0] = d * bytes_i8(select((w[0] >> 16u) | (w[1] << 16u), w[1], odd));
-            out[1] = d * bytes_i8(select((w[1] >> 16u) | (w[2] << 16u), w[2], odd));
-            out[2] = d * bytes_i8(select((w[2] >> 16u) | (w[3] << 16u), w[3], odd));
-            out[3] = d * bytes_i8(select((w[3] >> 16u) | (w[4] << 16u), w[4], odd));
-            out[4] = d * bytes_i8(select((w[4] >> 16u) | (w[5] << 16u), w[5], odd));
-            out[5] = d * bytes_i8(select((w[5] >> 16u) | (w[6] << 16u), w[6], odd));
-            out[6] = d * bytes_i8(select((w[6] >> 16u) | (w[7] << 16u), w[7], odd));
-            out[7] = d * bytes_i8(select((w[7] >> 16u) | (w[8] << 16u), w[8], odd));
+            let blk = q8_0_words(row_at, b);
+            let d = blk.d;
+            out[0] = d * bytes_i8(blk.q[0].x);
+            out[1] = d * bytes_i8(blk.q[0].y);
+            out[2] = d * bytes_i8(blk.q[0].z);
+            out[3] = d * bytes_i8(blk.q[0].w);
+            out[4] = d * bytes_i8(blk.q[1].x);
+            out[5] = d * bytes_i8(blk.q[1].y);
+            out[6] = d * bytes_i8(blk.q[1].z);
+            out[7] = d * bytes_i8(blk.q[1].w);
         }
         case DTYPE_Q4_K: {
             // Chunk b is sub-block b % 8 of super-block b / 8: one scale and minimum, eight
