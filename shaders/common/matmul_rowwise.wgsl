@@ -12,8 +12,8 @@ const ROWS: u32 = 4u;
 const TOKENS: u32 = 8u;
 
 // Chunk b (32 weights) of a row as the rowwise products read it: weight 4i + c is
-// d * q[i][c] * IN_PLACE_SCALE[c] + m for the nibble types (Q4_0, Q4_1), whose nibbles are masked
-// in place instead of shifted down, and d * q[i][c] + m for the others. The scale d and the
+// d * q[i][c] * in_place_scale()[c] + m for Q4_0, Q4_1 and Q8_0, whose nibbles and bytes are
+// masked in place instead of shifted down, and d * q[i][c] + m for the others. The scale d and the
 // minimum m are applied once per block (d * (q . x) + m * sum(x)) instead of once per weight,
 // and a masked nibble is one AND and one conversion: on CPU adapters that compute, not the
 // loads, is most of a product's time.
@@ -33,8 +33,25 @@ fn nibbles_in_place(w: u32) -> vec4<f32> {
 // each product is the same f32 as the unscaled one.
 const IN_PLACE_SCALE = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
 
-fn in_place_nibbles() -> bool {
-    return W_DTYPE == DTYPE_Q4_0 || W_DTYPE == DTYPE_Q4_1;
+// Q8_0's signed bytes, offset to unsigned (b + 128, so the block's minimum is -128 d) and left
+// in place: byte c times 256^c for c < 3, and byte 3 shifted down to 65536 times its value so
+// that it converts as a signed integer. One XOR, one AND and one conversion where sign-extending
+// each byte took two shifts.
+fn bytes_in_place(w: u32) -> vec4<f32> {
+    let u = w ^ 0x80808080u;
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u, u, u, u >> 8u)
+        & vec4<u32>(0xffu, 0xff00u, 0xff0000u, 0xff0000u)));
+}
+
+const IN_PLACE_BYTE_SCALE = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 65536.0);
+
+// Whether the row blocks hold quants in place, to be undone on the activations' side.
+fn in_place_quants() -> bool {
+    return W_DTYPE == DTYPE_Q4_0 || W_DTYPE == DTYPE_Q4_1 || W_DTYPE == DTYPE_Q8_0;
+}
+
+fn in_place_scale() -> vec4<f32> {
+    return select(IN_PLACE_SCALE, IN_PLACE_BYTE_SCALE, W_DTYPE == DTYPE_Q8_0);
 }
 
 // The eight vec4s of nibbles of a 16-byte run `q`: low nibbles (elements 0..15), then high.
@@ -55,12 +72,12 @@ fn row_block(row_at: u32, b: u32) -> RowBlock {
             return RowBlock(nibble_block(blk.q[0]), blk.d, blk.m);
         }
         case DTYPE_Q8_0: {
-            // The bytes with d left out (weights_block would multiply each weight by it).
             let blk = q8_0_words(row_at, b);
-            let q = array<vec4<f32>, 8>(bytes_i8(blk.q[0].x), bytes_i8(blk.q[0].y),
-                bytes_i8(blk.q[0].z), bytes_i8(blk.q[0].w), bytes_i8(blk.q[1].x),
-                bytes_i8(blk.q[1].y), bytes_i8(blk.q[1].z), bytes_i8(blk.q[1].w));
-            return RowBlock(q, blk.d, 0.0);
+            let q = array<vec4<f32>, 8>(bytes_in_place(blk.q[0].x), bytes_in_place(blk.q[0].y),
+                bytes_in_place(blk.q[0].z), bytes_in_place(blk.q[0].w),
+                bytes_in_place(blk.q[1].x), bytes_in_place(blk.q[1].y),
+                bytes_in_place(blk.q[1].z), bytes_in_place(blk.q[1].w));
+            return RowBlock(q, blk.d, -128.0 * blk.d);
         }
         default: {
             return RowBlock(weights_block(row_at, b), 1.0, 0.0);
@@ -75,8 +92,8 @@ struct BlockX {
 }
 
 fn block_x(xs: array<vec4<f32>, 8>) -> BlockX {
-    if (in_place_nibbles()) {
-        let s = IN_PLACE_SCALE;
+    if (in_place_quants()) {
+        let s = in_place_scale();
         let total = ((xs[0] + xs[1]) + (xs[2] + xs[3])) + ((xs[4] + xs[5]) + (xs[6] + xs[7]));
         return BlockX(array<vec4<f32>, 8>(xs[0] * s, xs[1] * s, xs[2] * s, xs[3] * s,
             xs[4] * s, xs[5] * s, xs[6] * s, xs[7] * s), dot(total, vec4<f32>(1.0)));
@@ -87,11 +104,8 @@ fn block_x(xs: array<vec4<f32>, 8>) -> BlockX {
 // One row's block dotted with one token's activations.
 fn row_block_dot(w: RowBlock, x: BlockX) -> f32 {
     let s = block_dot(w.q, x.xs);
-    if (in_place_nibbles()) {
+    if (in_place_quants()) {
         return w.d * s + w.m * x.sum;
-    }
-    if (W_DTYPE == DTYPE_Q8_0) {
-        return w.d * s;
     }
     return s;
 }
