@@ -2,7 +2,7 @@
 // multiplied with packed 4x8 integer dot products: a block's 32 weights as signed bytes in eight
 // words, dotted with each plane's bytes four at a time, then scaled once per block. Q4_0 and Q4_1 nibbles
 // need only a mask to become bytes (0..15), Q8_0 bytes are already there; no weight is converted
-// to a float. For Q4_0, Q4_1 and Q8_0 (q8_weights()). Needs common/weights.wgsl and the
+// to a float. For Q4_0, Q4_1 and Q8_0. Needs common/weights.wgsl and the
 // including shader's `xq: array<vec4<u32>>` binding.
 
 // A weight block as bytes: q[0] holds weights 0..15, q[1] weights 16..31, four to a word; the
@@ -21,10 +21,6 @@ struct Q8X {
     d: f32,
     d2: f32,
     sum: f32,
-}
-
-fn q8_weights() -> bool {
-    return W_DTYPE == DTYPE_Q4_0 || W_DTYPE == DTYPE_Q4_1 || W_DTYPE == DTYPE_Q8_0;
 }
 
 // Block b of the row at byte `row_at`.

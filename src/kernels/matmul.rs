@@ -114,9 +114,16 @@ pub struct Matmul {
     quantize: Option<QuantizeQ8>,
 }
 
-/// Whether a variant's product reads activations quantized to 8 bits (`quantize_q8.wgsl`).
+/// The products that read activations quantized to 8-bit planes (`quantize_q8.wgsl`).
+const Q8_SHADERS: [&str; 3] = [
+    "matmul_rowwise_q8",
+    "matvec_subgroup_q8",
+    "matvec_subgroup_batch_q8",
+];
+
+/// Whether a variant's product reads activations quantized to 8-bit planes.
 fn reads_q8(variant: &Variant) -> bool {
-    variant.shader.ends_with("_q8")
+    Q8_SHADERS.contains(&variant.shader)
 }
 
 /// Weight types with a product against 8-bit activations (`common/q8_dot.wgsl`).
