@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{
-    Rng, assert_close, gpu, kv_storage, kv_types, read_f32, read_kv, read_u32, run, run_step,
-    storage, zeros,
+    Rng, assert_close, coop_matrix_gpu, gpu, kv_storage, kv_types, read_f32, read_kv, read_u32,
+    run, run_step, storage, zeros,
 };
 use sovereign::format::DType;
 use sovereign::gpu::{GpuContext, GpuOptions, WeightTensor};
@@ -60,6 +60,9 @@ fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
     });
     let native = gpu(GpuOptions::default());
     let mut v = vec![("plain", plain)];
+    if let Some(coop) = coop_matrix_gpu() {
+        v.push(("coop", coop));
+    }
     if features.features().subgroups || features.features().shader_f16 {
         v.push(("features", features));
     }
@@ -437,7 +440,7 @@ fn matvec_matches_reference_for_every_dtype_and_path() {
         let has_batch = Matmul::has_batch(ctx.features());
         assert_eq!(
             has_batch,
-            ["features", "dot4"].contains(&label) && ctx.features().subgroups,
+            ["features", "dot4", "coop"].contains(&label) && ctx.features().subgroups,
             "{label}"
         );
         for (i, dtype) in DTYPES.into_iter().enumerate() {

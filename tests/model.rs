@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{gpu, greedy_cases, model_path, reference_path};
+use common::{coop_matrix_gpu, gpu, greedy_cases, model_path, reference_path};
 use sovereign::format::GgufFile;
 use sovereign::gpu::{GpuContext, GpuOptions};
 use sovereign::kernels::KvType;
@@ -164,12 +164,14 @@ fn gpu_matches_cpu_reference_forward() {
         dot4: true,
         ..Default::default()
     });
-    for ctx in [
+    let mut contexts = vec![
         gpu(GpuOptions::default()),
         gpu_shaped,
         dot4,
         gpu_shaped_dot4,
-    ] {
+    ];
+    contexts.extend(coop_matrix_gpu());
+    for ctx in contexts {
         check_forward_against_reference(ctx, &cfg, &file);
     }
 }
@@ -534,11 +536,14 @@ fn perplexity_through_the_kernels_matches_the_cpu_reference() {
         dot4: true,
         ..Default::default()
     });
-    for (label, ctx) in [
+    let mut contexts = vec![
         ("plain", plain),
         ("adapter", gpu(GpuOptions::default())),
         ("dot4", dot4),
-    ] {
+    ];
+    // The prefill products on the matrix units, with their f16 inputs, where there are any.
+    contexts.extend(coop_matrix_gpu().map(|ctx| ("coop", ctx)));
+    for (label, ctx) in contexts {
         let mut model = load(ctx, &file, 64);
         let mut seen = Vec::new();
         let got = pollster::block_on(perplexity(&mut model, &tokens, options, &mut |e| {

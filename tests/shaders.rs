@@ -23,6 +23,11 @@ fn capabilities(shader: &str) -> Capabilities {
     if shader.ends_with("_f16") {
         caps |= Capabilities::SHADER_FLOAT16;
     }
+    if shader.ends_with("_coop") {
+        caps |= Capabilities::SHADER_FLOAT16
+            | Capabilities::SUBGROUP
+            | Capabilities::COOPERATIVE_MATRIX;
+    }
     caps
 }
 

@@ -57,6 +57,11 @@ pub struct GpuOptions {
     /// kernels on lavapipe and SwiftShader, and not yet measured on a GPU
     /// (benches/RESULTS.md).
     pub dot4: bool,
+    /// Prefill products on the GPU's matrix units through wgpu's experimental cooperative
+    /// matrices (`SOVEREIGN_COOP_MATRIX`), where the adapter has 16x16x16 f16 matrices with f32
+    /// sums, shader-f16 and subgroups of one fixed size. Off by default until a GPU has run its
+    /// tests and benchmarks (benches/RESULTS.md); no CPU driver here has cooperative matrices.
+    pub coop_matrix: bool,
     /// Tile sizes (tokens, output features, K per step) of the prefill matmul instead of the
     /// built-in ones, for tuning on a new adapter (`SOVEREIGN_MATMUL_TILES=32,64,32`).
     pub matmul_tiles: Option<[u32; 3]>,
@@ -96,6 +101,7 @@ impl GpuOptions {
             disable_f16: flag("SOVEREIGN_NO_F16"),
             disable_subgroups: flag("SOVEREIGN_NO_SUBGROUPS"),
             dot4: flag("SOVEREIGN_DOT4"),
+            coop_matrix: flag("SOVEREIGN_COOP_MATRIX"),
             gpu_kernels_on_cpu: flag("SOVEREIGN_GPU_KERNELS"),
             matmul_tiles: var("SOVEREIGN_MATMUL_TILES").and_then(|v| parse_tiles(&v)),
             shader_checks: var("SOVEREIGN_SHADER_CHECKS")
@@ -171,9 +177,34 @@ pub struct GpuFeatures {
     /// Q4_0, Q4_1 and Q8_0 products against activations quantized to 8-bit planes, through
     /// WGSL's packed 4x8 integer dot products (`GpuOptions::dot4`).
     pub dot4: bool,
+    /// Prefill products through cooperative matrices (`GpuOptions::coop_matrix`).
+    pub coop_matrix: bool,
     /// Prefill matmul tiles chosen for this device (`GpuOptions::matmul_tiles`), if not the
     /// built-in ones.
     pub matmul_tiles: Option<[u32; 3]>,
+}
+
+/// Whether `matmul_coop.wgsl` can run on `adapter` with the features in `wanted`: a GPU whose
+/// driver lists 16x16x16 f16 matrices with f32 sums, with shader-f16, and with subgroups of one
+/// size (the kernel's four subgroups are four times that many invocations).
+fn coop_matrix_usable(
+    adapter: &wgpu::Adapter,
+    info: &wgpu::AdapterInfo,
+    wanted: wgpu::Features,
+) -> bool {
+    use wgpu::CooperativeScalarType as S;
+    info.device_type != wgpu::DeviceType::Cpu
+        && adapter
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        && wanted.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
+        && info.subgroup_min_size == info.subgroup_max_size
+        && (4 * info.subgroup_max_size) <= adapter.limits().max_compute_invocations_per_workgroup
+        && adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == S::F16
+                && p.cr_type == S::F32
+        })
 }
 
 /// One adapter as `sovereign devices` shows it.
@@ -384,6 +415,20 @@ impl GpuContext {
         if available.contains(wgpu::Features::SUBGROUP) && !options.disable_subgroups {
             wanted |= wgpu::Features::SUBGROUP;
         }
+        let coop_matrix = options.coop_matrix
+            && {
+                let usable = coop_matrix_usable(&adapter, &info, wanted);
+                if !usable {
+                    tracing::warn!(
+                        "cooperative matrices asked for but not used on {}: they need a GPU whose driver lists 16x16x16 f16 matrices with f32 sums, with shader-f16 and subgroups of one size",
+                        info.name
+                    );
+                }
+                usable
+            };
+        if coop_matrix {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         // Only the kernel profile (`bench --profile`) writes timestamps; asking costs nothing.
         if available.contains(wgpu::Features::TIMESTAMP_QUERY) {
             wanted |= wgpu::Features::TIMESTAMP_QUERY;
@@ -396,7 +441,15 @@ impl GpuContext {
                 label: Some("sovereign"),
                 required_features: wanted,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features: if coop_matrix {
+                    // SAFETY: wgpu's experimental cooperative matrices are used by one kernel,
+                    // `matmul_coop.wgsl`, only with a shape and types the driver lists, and only
+                    // when asked for; its results are checked against the CPU reference by the
+                    // kernel tests and the self-test.
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -442,6 +495,7 @@ impl GpuContext {
             // as shifts and multiplies where not, so every native adapter has it; browsers have
             // had it since 2024 (WGSL's packed_4x8_integer_dot_product).
             dot4: options.dot4,
+            coop_matrix,
             matmul_tiles: options.matmul_tiles,
         };
         let hard_cap = limits

@@ -41,6 +41,9 @@ const MATVEC_BATCH_TOKENS: u32 = 8;
 const TILE_M: u32 = 64;
 const TILE_N: u32 = 64;
 const TILE_K: u32 = 32;
+/// Tokens and output features per workgroup in `matmul_coop.wgsl` (consts there).
+const COOP_TILE_M: u32 = 64;
+const COOP_TILE_N: u32 = 64;
 const ROWWISE_WG: u32 = 64;
 /// Weight rows and tokens per invocation in `common/matmul_rowwise.wgsl` (consts there).
 const ROWWISE_ROWS: u32 = 4;
@@ -112,6 +115,8 @@ pub struct Matmul {
     glu: bool,
     /// Set where the kernel reads x quantized to 8 bits: the pass that quantizes it.
     quantize: Option<QuantizeQ8>,
+    /// The kernel rounds weights and activations to f16 before multiplying (the matrix units').
+    f16_inputs: bool,
 }
 
 /// The products that read activations quantized to 8-bit planes (`quantize_q8.wgsl`).
@@ -150,7 +155,13 @@ impl Matmul {
             shape,
             glu,
             quantize,
+            f16_inputs: variant.shader == "matmul_coop",
         })
+    }
+
+    /// Whether the kernel multiplies weights and activations rounded to f16 (with f32 sums).
+    pub fn rounds_to_f16(&self) -> bool {
+        self.f16_inputs
     }
 
     /// Whether [`Matmul::bind_with_scratch`] quantizes x into a scratch buffer first.
@@ -282,6 +293,21 @@ impl Matmul {
                 },
             };
             (variant, Shape::Rowwise)
+        } else if features.coop_matrix {
+            (
+                Variant {
+                    shader: "matmul_coop",
+                    constants: vec![
+                        w,
+                        // Four subgroups; the adapter's subgroups are all this size.
+                        ("WG_SIZE", f64::from(4 * features.subgroup_max_size)),
+                    ],
+                },
+                Shape::Tiled {
+                    tile_m: COOP_TILE_M,
+                    tile_n: COOP_TILE_N,
+                },
+            )
         } else {
             let [tile_m, tile_n, tile_k] =
                 features.matmul_tiles.unwrap_or([TILE_M, TILE_N, TILE_K]);

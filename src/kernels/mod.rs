@@ -521,9 +521,16 @@ pub fn all_variants() -> Vec<Variant> {
         subgroup_min_size: 4,
         subgroup_max_size: 128,
         dot4: false,
+        coop_matrix: false,
         matmul_tiles: None,
     };
     let all_dot4 = GpuFeatures { dot4: true, ..all };
+    let coop = GpuFeatures {
+        coop_matrix: true,
+        subgroup_min_size: 32,
+        subgroup_max_size: 32,
+        ..all
+    };
     let mut v = Vec::new();
     // CPU adapters: with subgroups wide enough to share activation loads, and without.
     let cpu = GpuFeatures {
@@ -549,6 +556,7 @@ pub fn all_variants() -> Vec<Variant> {
         GpuFeatures::default(),
         all,
         all_dot4,
+        coop,
         cpu,
         cpu_4_lanes,
         cpu_plain,

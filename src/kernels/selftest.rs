@@ -225,6 +225,11 @@ fn product_ref(
 ) -> Result<Vec<f32>> {
     if op.reads_q8() {
         Ok(reference::quant::matmul_q8(x, dtype, bytes, n_in)?)
+    } else if op.rounds_to_f16() {
+        let round = |v: &[f32]| -> Vec<f32> {
+            v.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect()
+        };
+        Ok(reference::matmul(&round(x), &round(deq), n_in))
     } else {
         Ok(reference::matmul(x, deq, n_in))
     }

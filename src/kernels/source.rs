@@ -43,6 +43,7 @@ pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "kv_store_f16.wgsl",
     "kv_store_q8.wgsl",
     "matmul.wgsl",
+    "matmul_coop.wgsl",
     "matmul_rowwise.wgsl",
     "matmul_rowwise_q8.wgsl",
     "matmul_rowwise_subgroup.wgsl",

@@ -46,6 +46,31 @@ pub fn gpu(options: GpuOptions) -> Arc<GpuContext> {
     }
 }
 
+/// A context whose prefill products run on cooperative matrices, where the adapter has them.
+/// No CPU driver has them, so on lavapipe this says so and returns `None`; with
+/// `SOVEREIGN_REQUIRE_COOP_MATRIX=1` (set on a GPU that has them) their absence fails the test.
+#[allow(dead_code)]
+pub fn coop_matrix_gpu() -> Option<Arc<GpuContext>> {
+    let ctx = gpu(GpuOptions {
+        coop_matrix: true,
+        ..Default::default()
+    });
+    if ctx.features().coop_matrix {
+        return Some(ctx);
+    }
+    let required = std::env::var("SOVEREIGN_REQUIRE_COOP_MATRIX").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "SOVEREIGN_REQUIRE_COOP_MATRIX=1 but {} has no usable cooperative matrices",
+        ctx.adapter_info().name
+    );
+    eprintln!(
+        "{} has no cooperative matrices: matmul_coop is not run here",
+        ctx.adapter_info().name
+    );
+    None
+}
+
 /// A fixed-seed xorshift generator for test inputs.
 pub struct Rng(u64);
 
