@@ -35,6 +35,7 @@ const STRIDE_N: u32 = TILE_N + 4u;
 @group(0) @binding(3) var<storage, read> x: array<f32>;        // (n_tokens, x_stride)
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // (n_tokens, y_stride)
 
+// 27 KiB in all; the host checks the adapter's limit against this (COOP_WORKGROUP_BYTES).
 var<workgroup> x_tile: array<f16, TILE_M * STRIDE_K>;  // (TILE_M tokens, TILE_K)
 var<workgroup> w_tile: array<f16, TILE_N * STRIDE_K>;  // (TILE_N features, TILE_K)
 var<workgroup> y_tile: array<f32, TILE_M * STRIDE_N>;  // (TILE_M tokens, TILE_N features)

@@ -526,6 +526,10 @@ fn matmul_matches_reference_for_every_dtype() {
             check_matmul(&ctx, label, tiled, dtype, 37, 768, 130, 90 + i as u64);
             check_matmul(&ctx, label, tiled, dtype, 8, 256, 64, 93 + i as u64);
         }
+        // More tokens than one tile holds (64 in the GPU kernels), so that a second row of
+        // tiles runs.
+        check_matmul(&ctx, label, tiled, DType::Q4_0, 130, 576, 130, 52);
+        check_matmul(&ctx, label, tiled, DType::F16, 130, 160, 70, 53);
         // A K that is not a multiple of the K tile (f32 rows need only be multiples of 4).
         check_matmul(&ctx, label, tiled, DType::F32, 33, 52, 70, 50);
         check_matmul(&ctx, label, vector, DType::F32, 2, 52, 70, 51);

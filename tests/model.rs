@@ -164,14 +164,14 @@ fn gpu_matches_cpu_reference_forward() {
         dot4: true,
         ..Default::default()
     });
-    let mut contexts = vec![
+    // The cooperative-matrix prefill is not among them: this 7-token prompt runs the decode
+    // kernels; the perplexity test's 64-token chunks run it.
+    for ctx in [
         gpu(GpuOptions::default()),
         gpu_shaped,
         dot4,
         gpu_shaped_dot4,
-    ];
-    contexts.extend(coop_matrix_gpu());
-    for ctx in contexts {
+    ] {
         check_forward_against_reference(ctx, &cfg, &file);
     }
 }

@@ -199,12 +199,23 @@ fn coop_matrix_usable(
             .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
         && wanted.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
         && info.subgroup_min_size == info.subgroup_max_size
-        && (4 * info.subgroup_max_size) <= adapter.limits().max_compute_invocations_per_workgroup
+        && fits_coop_workgroup(&adapter.limits(), 4 * info.subgroup_max_size)
         && adapter.cooperative_matrix_properties().iter().any(|p| {
             (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
                 && p.ab_type == S::F16
                 && p.cr_type == S::F32
         })
+}
+
+/// Workgroup memory of `matmul_coop.wgsl`: its f16 x and W tiles (64 rows of 40) and its f32
+/// output tile (64 rows of 68).
+const COOP_WORKGROUP_BYTES: u32 = 2 * 64 * 40 * 2 + 64 * 68 * 4;
+
+/// Whether `matmul_coop.wgsl`'s workgroup of `invocations` and its tiles fit the adapter.
+fn fits_coop_workgroup(limits: &wgpu::Limits, invocations: u32) -> bool {
+    invocations <= limits.max_compute_invocations_per_workgroup
+        && invocations <= limits.max_compute_workgroup_size_x
+        && COOP_WORKGROUP_BYTES <= limits.max_compute_workgroup_storage_size
 }
 
 /// One adapter as `sovereign devices` shows it.
