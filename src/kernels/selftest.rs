@@ -226,10 +226,10 @@ fn product_ref(
     if op.reads_q8() {
         Ok(reference::quant::matmul_q8(x, dtype, bytes, n_in)?)
     } else if op.rounds_to_f16() {
-        let round = |v: &[f32]| -> Vec<f32> {
-            v.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect()
-        };
-        Ok(reference::matmul(&round(x), &round(deq), n_in))
+        let (mut x16, mut deq16) = (x.to_vec(), deq.to_vec());
+        reference::round_f16(&mut x16);
+        reference::round_f16(&mut deq16);
+        Ok(reference::matmul(&x16, &deq16, n_in))
     } else {
         Ok(reference::matmul(x, deq, n_in))
     }
