@@ -1,6 +1,7 @@
 //!include common/step.wgsl
 //!include common/matmul.wgsl
 //!include common/weights.wgsl
+//!include common/matmul_tiles.wgsl
 
 // y = x W^T for many tokens (prefill), tiled: each workgroup computes a TILE_M x TILE_N block
 // of y (tokens x output features). Per step along K, a TILE_M x TILE_K tile of x and a
@@ -47,11 +48,7 @@ fn main(
         for (var i = lid; i < TILE_N * quads; i += WG_SIZE) {
             let n = i / quads;
             let kq = i % quads;
-            let k = k0 + kq * 4u;
-            var w = vec4<f32>(0.0);
-            if (n0 + n < params.n_out && k < params.n_in) {
-                w = weights4((n0 + n) * params.row_bytes, k);
-            }
+            let w = tile_weights4(n0 + n, k0 + kq * 4u);
             let at = kq * 4u * (TILE_N / 4u) + n / 4u;
             let c = n % 4u;
             w_tile[at][c] = w.x;
@@ -62,12 +59,7 @@ fn main(
         for (var i = lid; i < TILE_M * quads; i += WG_SIZE) {
             let m = i / quads;
             let kq = i % quads;
-            let k = k0 + kq * 4u;
-            var v = vec4<f32>(0.0);
-            if (m0 + m < n_tokens && k < params.n_in) {
-                let x_at = (m0 + m) * params.x_stride + k;
-                v = vec4<f32>(x[x_at], x[x_at + 1u], x[x_at + 2u], x[x_at + 3u]);
-            }
+            let v = tile_x4(m0 + m, n_tokens, k0 + kq * 4u);
             let at = kq * 4u * (TILE_M / 4u) + m / 4u;
             let c = m % 4u;
             x_tile[at][c] = v.x;

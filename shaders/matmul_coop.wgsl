@@ -5,6 +5,7 @@ enable wgpu_cooperative_matrix;
 //!include common/step.wgsl
 //!include common/matmul.wgsl
 //!include common/weights.wgsl
+//!include common/matmul_tiles.wgsl
 
 // y = x W^T for many tokens (prefill) on the GPU's matrix units, through cooperative matrices
 // (16 x 16 x 16, f16 inputs, f32 sums). Each workgroup computes a TILE_M x TILE_N block of y
@@ -64,11 +65,7 @@ fn main(
         for (var i = lid; i < TILE_N * quads; i += WG_SIZE) {
             let n = i / quads;
             let kq = i % quads;
-            let k = k0 + kq * 4u;
-            var w = vec4<f32>(0.0);
-            if (n0 + n < params.n_out && k < params.n_in) {
-                w = weights4((n0 + n) * params.row_bytes, k);
-            }
+            let w = tile_weights4(n0 + n, k0 + kq * 4u);
             let at = n * STRIDE_K + kq * 4u;
             w_tile[at] = f16(w.x);
             w_tile[at + 1u] = f16(w.y);
@@ -78,12 +75,7 @@ fn main(
         for (var i = lid; i < TILE_M * quads; i += WG_SIZE) {
             let m = i / quads;
             let kq = i % quads;
-            let k = k0 + kq * 4u;
-            var v = vec4<f32>(0.0);
-            if (m0 + m < n_tokens && k < params.n_in) {
-                let x_at = (m0 + m) * params.x_stride + k;
-                v = vec4<f32>(x[x_at], x[x_at + 1u], x[x_at + 2u], x[x_at + 3u]);
-            }
+            let v = tile_x4(m0 + m, n_tokens, k0 + kq * 4u);
             let at = m * STRIDE_K + kq * 4u;
             x_tile[at] = f16(v.x);
             x_tile[at + 1u] = f16(v.y);

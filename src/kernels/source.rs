@@ -22,6 +22,7 @@ pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "common/kv_store_io.wgsl",
     "common/matmul.wgsl",
     "common/matmul_rowwise.wgsl",
+    "common/matmul_tiles.wgsl",
     "common/matvec_subgroup.wgsl",
     "common/matvec_x_f32.wgsl",
     "common/matvec_x_q8.wgsl",
