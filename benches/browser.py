@@ -1,6 +1,6 @@
 """Decode speed in the browser against native on the same machine, in one run.
 
-    scripts/build-web && cargo build --release && python3 benches/browser.py [--streams 1] [-p 64] [-n 48] [--lavapipe]
+    scripts/build-web && cargo build --release && python3 benches/browser.py [--streams 1] [-p 64] [-n 48] [-r 1] [--lavapipe]
 
 Both sides measure the same thing the same way: `streams` concurrent greedy streams of `p` random
 prompt tokens through the engine's scheduler, tokens/s over the window in which all of them
@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from statistics import median
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "sovereign")
@@ -51,9 +52,13 @@ def native(streams, p, n, model, env=None):
 
 # Chromium gives WebGPU the machine's lavapipe only through Dawn's OpenGL ES backend on ANGLE
 # on Vulkan: a WebGPU compatibility-mode adapter, made the default by --force-webgpu-compat. Its
-# own Vulkan backend rejects this Mesa's lavapipe (no dynamic indexing of image arrays, no
-# external semaphores), so without these flags the page gets SwiftShader.
-LAVAPIPE_ICD = "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json"
+# own Vulkan backend leaves lavapipe out (Mesa 22.3 lacks dynamic indexing of image arrays, and
+# 22.3 and 25.0 both lack semaphores exported as file descriptors), so without these flags the
+# page gets SwiftShader. On Mesa 25 this route is the faster one (benches/RESULTS.md).
+# Mesa names the manifest with the architecture in some releases and without it in others.
+LAVAPIPE_ICD = next((p for p in ("/usr/share/vulkan/icd.d/lvp_icd.x86_64.json",
+                                 "/usr/share/vulkan/icd.d/lvp_icd.json") if os.path.exists(p)),
+                    "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json")
 LAVAPIPE_FLAGS = (
     "--use-angle=vulkan --use-webgpu-adapter=opengles --force-webgpu-compat"
     " --enable-webgpu-developer-features"  # names the adapter in the report
@@ -76,7 +81,7 @@ def browser(streams, p, n, model, env=None):
         out = subprocess.run(
             [sys.executable, os.path.join(ROOT, "tests", "browser", "demo.py"),
              "--url", f"http://127.0.0.1:{port}/", "--prompt", "Hello", "--tokens", "1",
-             "--bench", f"{streams},{p},{n}", "--skip-kernels"],
+             "--bench", f"{streams},{p},{n}", "--bench-only"],
             capture_output=True, text=True, check=True, env={**os.environ, **(env or {})},
         ).stdout
     finally:
@@ -91,32 +96,51 @@ def main():
     ap.add_argument("-p", type=int, default=64)
     ap.add_argument("-n", type=int, default=48)
     ap.add_argument("-m", "--model")
+    ap.add_argument("-r", "--rounds", type=int, default=1,
+                    help="rounds of browser, native and native-as-in-the-browser, run in turn so that"
+                    " a slow spell of a shared machine falls on all three; the ratios use the medians")
     ap.add_argument("--lavapipe", action="store_true",
                     help="give the page lavapipe (a compatibility-mode adapter) instead of SwiftShader")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("-r must be at least 1")
     env = None
     if args.lavapipe:
-        env = {"SOVEREIGN_CHROME_FLAGS": LAVAPIPE_FLAGS, "VK_DRIVER_FILES": LAVAPIPE_ICD}
-    web_tps, adapter = browser(args.streams, args.p, args.n, args.model, env)
-    native_tps, _ = native(args.streams, args.p, args.n, args.model)
+        # Flags already in SOVEREIGN_CHROME_FLAGS (for example Dawn toggles) are kept.
+        flags = (LAVAPIPE_FLAGS + " " + os.environ.get("SOVEREIGN_CHROME_FLAGS", "")).strip()
+        env = {"SOVEREIGN_CHROME_FLAGS": flags, "VK_DRIVER_FILES": LAVAPIPE_ICD}
+
+    web, default, same = [], [], []
+    same_label = None
+    for _ in range(args.rounds):
+        web_tps, adapter = browser(args.streams, args.p, args.n, args.model, env)
+        web.append(web_tps)
+        default.append(native(args.streams, args.p, args.n, args.model)[0])
+        if args.lavapipe:
+            # The compatibility adapter has no subgroups and no f16: the same kernels natively.
+            same_env = {"SOVEREIGN_NO_SUBGROUPS": "1", "SOVEREIGN_NO_F16": "1"}
+            same_label = "lavapipe without subgroups and f16, as in the browser"
+        elif os.path.exists(SWIFTSHADER_ICD):
+            # The same kernels natively: with subgroups only where the page had them.
+            same_env = {"VK_ICD_FILENAMES": SWIFTSHADER_ICD}
+            if not adapter.get("subgroups"):
+                same_env["SOVEREIGN_NO_SUBGROUPS"] = "1"
+            same_label = "SwiftShader Vulkan, as in the browser"
+        if same_label:
+            same.append(native(args.streams, args.p, args.n, args.model, same_env)[0])
+
     name = adapter.get("name") or " ".join(filter(None, [adapter.get("vendor"), adapter.get("architecture")]))
     if adapter.get("subgroups"):
         name += ", subgroups"
-    print(f"| streams | native, default adapter | browser ({name}) | browser / native |")
+    def fmt(xs):
+        return ", ".join(f"{x:.2f}" for x in xs)
+
+    print(f"{args.streams} stream(s), -p {args.p} -n {args.n}, {args.rounds} round(s); t/s per round, then the medians' ratio")
+    print(f"| native | t/s | browser ({name}) t/s | browser / native |")
     print("|---|---|---|---|")
-    print(f"| {args.streams} | {native_tps:.2f} t/s | {web_tps:.2f} t/s | {web_tps / native_tps:.2f} |")
-    if args.lavapipe:
-        # The compatibility adapter has no subgroups and no f16: the same kernels natively.
-        same, _ = native(args.streams, args.p, args.n, args.model,
-                         {"SOVEREIGN_NO_SUBGROUPS": "1", "SOVEREIGN_NO_F16": "1"})
-        print(f"| {args.streams} | {same:.2f} t/s (lavapipe without subgroups and f16, as in the browser) | {web_tps:.2f} t/s | {web_tps / same:.2f} |")
-    elif os.path.exists(SWIFTSHADER_ICD):
-        # The same kernels natively: with subgroups only where the page had them.
-        same_env = {"VK_ICD_FILENAMES": SWIFTSHADER_ICD}
-        if not adapter.get("subgroups"):
-            same_env["SOVEREIGN_NO_SUBGROUPS"] = "1"
-        same, _ = native(args.streams, args.p, args.n, args.model, same_env)
-        print(f"| {args.streams} | {same:.2f} t/s (SwiftShader Vulkan, as in the browser) | {web_tps:.2f} t/s | {web_tps / same:.2f} |")
+    print(f"| default adapter | {fmt(default)} | {fmt(web)} | {median(web) / median(default):.2f} |")
+    if same:
+        print(f"| {same_label} | {fmt(same)} | {fmt(web)} | {median(web) / median(same):.2f} |")
 
 
 if __name__ == "__main__":

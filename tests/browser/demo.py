@@ -65,6 +65,50 @@ def run_async(driver, body, timeout=900):
     raise TimeoutError(f"the page did not finish within {timeout} s: {body[:80]}")
 
 
+def check_page(driver, args, out):
+    """The page's API and chat UI, with a model that answers in words."""
+    # A file that is not a model is refused, and the loaded model keeps serving.
+    out["bad_model"] = run_async(
+        driver,
+        "await window.sovereign.load(new Blob([new TextEncoder().encode('this is not a model')]));"
+        "return { accepted: true };",
+    )
+
+    # Greedy tokens through the JS API, as an embedding page would ask for them.
+    out["greedy"] = run_async(
+        driver,
+        "const r = await window.sovereign.completions.create("
+        f"{{ prompt: {json.dumps(args.prompt)}, max_tokens: {args.tokens}, temperature: 0 }});"
+        "return { text: r.choices[0].text, token_ids: r.sovereign.token_ids,"
+        " finish_reason: r.choices[0].finish_reason, usage: r.usage, timings: r.sovereign.timings };",
+    )
+
+    # A bad request is refused with OpenAI's error fields, before anything runs.
+    out["bad_request"] = run_async(
+        driver,
+        "await window.sovereign.chat.completions.create({ messages: [{ role: 'user', content: 'hi' }],"
+        " temperature: 5, stream: true });"
+        "return { accepted: true };",
+    )
+
+    # The chat UI: send with Enter, watch the reply stream in, stop it with the Stop button.
+    prompt = driver.find_element(By.ID, "prompt")
+    prompt.send_keys(args.chat)
+    prompt.send_keys(Keys.ENTER)
+    wait = WebDriverWait(driver, 600, poll_frequency=0.2)
+    reply = ".message.assistant.streaming"
+    wait.until(
+        lambda d: len(d.find_element(By.CSS_SELECTOR, reply).text.split()) >= args.words
+    )
+    out["streamed_before_stop"] = driver.find_element(By.CSS_SELECTOR, reply).text
+    if args.screenshot:
+        driver.save_screenshot(args.screenshot)
+    driver.find_element(By.ID, "stop").click()
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, reply))
+    out["reply_after_stop"] = driver.find_element(By.CSS_SELECTOR, ".message.assistant").text
+    out["stats"] = run_async(driver, "return await window.sovereign.stats();")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
@@ -73,9 +117,14 @@ def main():
     ap.add_argument("--screenshot")
     ap.add_argument("--bench")
     ap.add_argument("--skip-kernels", action="store_true")
+    # Any model, a synthetic one too: the page's own checks need one that answers in words.
+    ap.add_argument("--bench-only", action="store_true",
+                    help="load the model and run --bench, nothing else")
     ap.add_argument("--chat", default="Name three colors of the rainbow.")
     ap.add_argument("--words", type=int, default=4, help="words streamed before the screenshot and Stop")
     args = ap.parse_args()
+    if args.bench_only:
+        args.skip_kernels = True
 
     out = {}
     driver = browser()
@@ -89,48 +138,8 @@ def main():
             " error: document.getElementById('error').textContent };",
         )
         out["load_seconds"] = time.time() - started
-
-        # A file that is not a model is refused, and the loaded model keeps serving.
-        out["bad_model"] = run_async(
-            driver,
-            "await window.sovereign.load(new Blob([new TextEncoder().encode('this is not a model')]));"
-            "return { accepted: true };",
-        )
-
-        # Greedy tokens through the JS API, as an embedding page would ask for them.
-        out["greedy"] = run_async(
-            driver,
-            "const r = await window.sovereign.completions.create("
-            f"{{ prompt: {json.dumps(args.prompt)}, max_tokens: {args.tokens}, temperature: 0 }});"
-            "return { text: r.choices[0].text, token_ids: r.sovereign.token_ids,"
-            " finish_reason: r.choices[0].finish_reason, usage: r.usage, timings: r.sovereign.timings };",
-        )
-
-        # A bad request is refused with OpenAI's error fields, before anything runs.
-        out["bad_request"] = run_async(
-            driver,
-            "await window.sovereign.chat.completions.create({ messages: [{ role: 'user', content: 'hi' }],"
-            " temperature: 5, stream: true });"
-            "return { accepted: true };",
-        )
-
-        # The chat UI: send with Enter, watch the reply stream in, stop it with the Stop button.
-        prompt = driver.find_element(By.ID, "prompt")
-        prompt.send_keys(args.chat)
-        prompt.send_keys(Keys.ENTER)
-        wait = WebDriverWait(driver, 600, poll_frequency=0.2)
-        reply = ".message.assistant.streaming"
-        wait.until(
-            lambda d: len(d.find_element(By.CSS_SELECTOR, reply).text.split()) >= args.words
-        )
-        out["streamed_before_stop"] = driver.find_element(By.CSS_SELECTOR, reply).text
-        if args.screenshot:
-            driver.save_screenshot(args.screenshot)
-        driver.find_element(By.ID, "stop").click()
-        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, reply))
-        out["reply_after_stop"] = driver.find_element(By.CSS_SELECTOR, ".message.assistant").text
-        out["stats"] = run_async(driver, "return await window.sovereign.stats();")
-
+        if not args.bench_only:
+            check_page(driver, args, out)
         if args.bench:
             streams, n_prompt, n_gen = (int(v) for v in args.bench.split(","))
             out["bench"] = run_async(
