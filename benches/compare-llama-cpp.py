@@ -7,6 +7,12 @@ Vulkan backend (benches/setup-llama-cpp builds it); each test runs as llama-benc
 unmeasured warm-up, then --repetitions measured runs of random tokens from an empty cache.
 
     benches/compare-llama-cpp.py -m MODEL.gguf [-p 512] [-n 128] [-r 3] [--sovereign PATH]
+        [--variant LABEL:VAR=VALUE,...]... [--no-llama-cpp]
+
+Each --variant runs Sovereign once more with those environment variables (for example
+`--variant coop:SOVEREIGN_COOP_MATRIX=1`), in the same run as the others, so that a kernel switch
+is measured against the default and against llama.cpp on one machine at one time. Without
+llama.cpp (--no-llama-cpp) the ratios are against Sovereign's first row.
 
 llama.cpp ignores CPU Vulkan devices such as lavapipe unless GGML_VK_VISIBLE_DEVICES names them;
 this script sets it to 0 when it is unset.
@@ -67,17 +73,32 @@ def llama_cpp_bench(model, n_prompt, n_gen, reps):
     return results, llama_cpp.__version__
 
 
-def sovereign_bench(binary, model, n_prompt, n_gen, reps, adapter, json_out):
+def sovereign_bench(binary, model, n_prompt, n_gen, reps, adapter, json_out, env=None):
     cmd = [binary, "bench", "-m", model, "-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-o", "json"]
     if adapter:
         cmd += ["--adapter", adapter]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}).stdout
     tests = json.loads(out)
     if json_out:
         with open(json_out, "w") as f:
             f.write(out)
     gpu = tests[0]["gpu_info"] if tests else "?"
     return {t["test"]: t["samples_ts"] for t in tests}, gpu
+
+
+def parse_variant(text):
+    """`LABEL:VAR=VALUE,VAR=VALUE` to (label, {VAR: VALUE})."""
+    label, sep, assignments = text.partition(":")
+    env = {}
+    for item in filter(None, assignments.split(",")):
+        var, eq, value = item.partition("=")
+        if not eq or not var:
+            raise argparse.ArgumentTypeError(f"{item!r} in --variant {text!r} is not VAR=VALUE")
+        env[var] = value
+    if not sep or not label or not env:
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: want LABEL:VAR=VALUE[,VAR=VALUE...]")
+    return label, env
 
 
 def fmt(samples):
@@ -95,28 +116,59 @@ def main():
     ap.add_argument("--sovereign", default="target/release/sovereign", help="the sovereign binary")
     ap.add_argument("--adapter", help="passed to sovereign --adapter")
     ap.add_argument("--json-out", help="also keep Sovereign's JSON report (host and step times) here")
+    ap.add_argument("--variant", action="append", type=parse_variant, default=[],
+                    help="LABEL:VAR=VALUE,...: Sovereign once more with these environment variables")
+    ap.add_argument("--no-llama-cpp", action="store_true",
+                    help="only Sovereign's rows, compared with its first")
     args = ap.parse_args()
     if not os.path.exists(args.sovereign):
         sys.exit(f"{args.sovereign} not found: cargo build --release first")
 
-    ours, gpu = sovereign_bench(args.sovereign, args.model, args.n_prompt, args.n_gen, args.repetitions, args.adapter, args.json_out)
-    # Shown at once: the llama.cpp half of a run on a slow adapter takes minutes.
-    for test, samples in ours.items():
-        print(f"sovereign {test}: {fmt(samples)[1]} t/s", file=sys.stderr, flush=True)
-    theirs, version = llama_cpp_bench(args.model, args.n_prompt, args.n_gen, args.repetitions)
+    runs = [("default", {})] + args.variant
+    ours = {}
+    for i, (label, env) in enumerate(runs):
+        json_out = args.json_out if i == 0 else None
+        results, gpu = sovereign_bench(args.sovereign, args.model, args.n_prompt, args.n_gen,
+                                       args.repetitions, args.adapter, json_out, env)
+        ours[label] = results
+        # Shown at once: the llama.cpp half of a run on a slow adapter takes minutes.
+        for test, samples in results.items():
+            print(f"sovereign ({label}) {test}: {fmt(samples)[1]} t/s", file=sys.stderr, flush=True)
+    if args.no_llama_cpp:
+        theirs, peer = ours["default"], "Sovereign default"
+        version = None
+    else:
+        theirs, version = llama_cpp_bench(args.model, args.n_prompt, args.n_gen, args.repetitions)
+        peer = "llama.cpp Vulkan"
 
-    print(f"- Date: {datetime.date.today()}; adapter: {gpu}; llama-cpp-python {version} (Vulkan)")
+    peer_text = f"llama-cpp-python {version} (Vulkan)" if version else "no llama.cpp"
+    print(f"- Date: {datetime.date.today()}; adapter: {gpu}; {peer_text}")
     print(f"- Model: {os.path.basename(args.model)}; {args.repetitions} repetitions after a warm-up")
-    print(f"- Command: benches/compare-llama-cpp.py -m {os.path.basename(args.model)} -p {args.n_prompt} -n {args.n_gen} -r {args.repetitions}")
+    command = f"benches/compare-llama-cpp.py -m {os.path.basename(args.model)} -p {args.n_prompt} -n {args.n_gen} -r {args.repetitions}"
+    for label, env in args.variant:
+        command += f" --variant {label}:" + ",".join(f"{k}={v}" for k, v in env.items())
+    if args.no_llama_cpp:
+        command += " --no-llama-cpp"
+    print(f"- Command: {command}")
     print()
-    print("| test | Sovereign t/s | llama.cpp Vulkan t/s | ratio |")
-    print("| --- | ---: | ---: | ---: |")
-    for test in ours:
+    if len(runs) == 1:
+        print(f"| test | Sovereign t/s | {peer} t/s | ratio |")
+        print("| --- | ---: | ---: | ---: |")
+    else:
+        print(f"| test | Sovereign | t/s | {peer} t/s | ratio |")
+        print("| --- | --- | ---: | ---: | ---: |")
+    for test in ours["default"]:
         if test not in theirs:
             continue
-        a, a_text = fmt(ours[test])
         b, b_text = fmt(theirs[test])
-        print(f"| {test} | {a_text} | {b_text} | {a / b:.2f}x |")
+        for label, _ in runs:
+            if test not in ours[label]:
+                continue
+            a, a_text = fmt(ours[label][test])
+            if len(runs) == 1:
+                print(f"| {test} | {a_text} | {b_text} | {a / b:.2f}x |")
+            else:
+                print(f"| {test} | {label} | {a_text} | {b_text} | {a / b:.2f}x |")
 
 
 if __name__ == "__main__":
