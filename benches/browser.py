@@ -9,6 +9,7 @@ decode (`sovereign bench --streams` natively, `engine.bench()` in the page, both
 """
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -37,8 +38,10 @@ def native(streams, p, n, model, env=None):
     cmd = [BIN, "bench", "--streams", str(streams), "-p", str(p), "-n", str(n)]
     if model:
         cmd += ["-m", model]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                         env={**os.environ, **(env or {})}).stdout
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if run.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (status {run.returncode}):\n{run.stderr}")
+    out = run.stdout
     print(out, file=sys.stderr)
     # The row of the table for this stream count: | streams | ... | tokens/s | ...
     for line in out.splitlines():
@@ -56,9 +59,7 @@ def native(streams, p, n, model, env=None):
 # 22.3 and 25.0 both lack semaphores exported as file descriptors), so without these flags the
 # page gets SwiftShader. On Mesa 25 this route is the faster one (benches/RESULTS.md).
 # Mesa names the manifest with the architecture in some releases and without it in others.
-LAVAPIPE_ICD = next((p for p in ("/usr/share/vulkan/icd.d/lvp_icd.x86_64.json",
-                                 "/usr/share/vulkan/icd.d/lvp_icd.json") if os.path.exists(p)),
-                    "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json")
+LAVAPIPE_ICDS = sorted(glob.glob("/usr/share/vulkan/icd.d/lvp_icd*.json"))
 LAVAPIPE_FLAGS = (
     "--use-angle=vulkan --use-webgpu-adapter=opengles --force-webgpu-compat"
     " --enable-webgpu-developer-features"  # names the adapter in the report
@@ -73,21 +74,30 @@ def browser(streams, p, n, model, env=None):
     server = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
+            if server.poll() is not None:
+                raise SystemExit(f"sovereign web exited with status {server.returncode}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:
                 time.sleep(0.1)
-        out = subprocess.run(
+        else:
+            raise SystemExit(f"sovereign web did not listen on port {port} within 10 s")
+        run = subprocess.run(
             [sys.executable, os.path.join(ROOT, "tests", "browser", "demo.py"),
-             "--url", f"http://127.0.0.1:{port}/", "--prompt", "Hello", "--tokens", "1",
-             "--bench", f"{streams},{p},{n}", "--bench-only"],
-            capture_output=True, text=True, check=True, env={**os.environ, **(env or {})},
-        ).stdout
+             "--url", f"http://127.0.0.1:{port}/", "--bench", f"{streams},{p},{n}", "--bench-only"],
+            capture_output=True, text=True, env={**os.environ, **(env or {})},
+        )
     finally:
         server.kill()
-    report = json.loads(out)
-    return report["bench"]["tokens_per_second"], report["ready"]["adapter"]
+    if run.returncode != 0:
+        raise SystemExit(f"the browser run failed (status {run.returncode}):\n{run.stderr}")
+    report = json.loads(run.stdout)
+    ready, bench = report["ready"], report.get("bench") or {}
+    if ready.get("error") or not ready.get("adapter") or "__error" in bench:
+        raise SystemExit(f"the page did not benchmark: {json.dumps({'ready': ready, 'bench': bench})}"
+                         f"\nconsole: {report.get('console')}")
+    return bench["tokens_per_second"], ready["adapter"]
 
 
 def main():
@@ -106,9 +116,11 @@ def main():
         ap.error("-r must be at least 1")
     env = None
     if args.lavapipe:
+        if not LAVAPIPE_ICDS:
+            ap.error("--lavapipe: no lavapipe manifest in /usr/share/vulkan/icd.d (apt-get install mesa-vulkan-drivers)")
         # Flags already in SOVEREIGN_CHROME_FLAGS (for example Dawn toggles) are kept.
         flags = (LAVAPIPE_FLAGS + " " + os.environ.get("SOVEREIGN_CHROME_FLAGS", "")).strip()
-        env = {"SOVEREIGN_CHROME_FLAGS": flags, "VK_DRIVER_FILES": LAVAPIPE_ICD}
+        env = {"SOVEREIGN_CHROME_FLAGS": flags, "VK_DRIVER_FILES": LAVAPIPE_ICDS[0]}
 
     web, default, same = [], [], []
     same_label = None
@@ -118,11 +130,13 @@ def main():
         default.append(native(args.streams, args.p, args.n, args.model)[0])
         if args.lavapipe:
             # The compatibility adapter has no subgroups and no f16: the same kernels natively.
-            same_env = {"SOVEREIGN_NO_SUBGROUPS": "1", "SOVEREIGN_NO_F16": "1"}
+            same_env = {"SOVEREIGN_NO_SUBGROUPS": "1", "SOVEREIGN_NO_F16": "1",
+                        "VK_DRIVER_FILES": LAVAPIPE_ICDS[0]}
             same_label = "lavapipe without subgroups and f16, as in the browser"
         elif os.path.exists(SWIFTSHADER_ICD):
             # The same kernels natively: with subgroups only where the page had them.
-            same_env = {"VK_ICD_FILENAMES": SWIFTSHADER_ICD}
+            # Both variables: newer Vulkan loaders prefer VK_DRIVER_FILES when it is set.
+            same_env = {"VK_ICD_FILENAMES": SWIFTSHADER_ICD, "VK_DRIVER_FILES": SWIFTSHADER_ICD}
             if not adapter.get("subgroups"):
                 same_env["SOVEREIGN_NO_SUBGROUPS"] = "1"
             same_label = "SwiftShader Vulkan, as in the browser"

@@ -23,6 +23,8 @@ import datetime
 import json
 import os
 import random
+import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -77,8 +79,10 @@ def sovereign_bench(binary, model, n_prompt, n_gen, reps, adapter, json_out, env
     cmd = [binary, "bench", "-m", model, "-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-o", "json"]
     if adapter:
         cmd += ["--adapter", adapter]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                         env={**os.environ, **(env or {})}).stdout
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if run.returncode != 0:
+        sys.exit(f"{shlex.join(cmd)} failed (status {run.returncode}):\n{run.stderr}")
+    out = run.stdout
     tests = json.loads(out)
     if json_out:
         with open(json_out, "w") as f:
@@ -91,7 +95,9 @@ def parse_variant(text):
     """`LABEL:VAR=VALUE,VAR=VALUE` to (label, {VAR: VALUE})."""
     label, sep, assignments = text.partition(":")
     env = {}
-    for item in filter(None, assignments.split(",")):
+    # A comma starts the next variable only before NAME=, so values may hold commas
+    # (SOVEREIGN_MATMUL_TILES=32,64,32).
+    for item in filter(None, re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", assignments)):
         var, eq, value = item.partition("=")
         if not eq or not var:
             raise argparse.ArgumentTypeError(f"{item!r} in --variant {text!r} is not VAR=VALUE")
@@ -115,7 +121,7 @@ def main():
     ap.add_argument("-r", "--repetitions", type=int, default=3)
     ap.add_argument("--sovereign", default="target/release/sovereign", help="the sovereign binary")
     ap.add_argument("--adapter", help="passed to sovereign --adapter")
-    ap.add_argument("--json-out", help="also keep Sovereign's JSON report (host and step times) here")
+    ap.add_argument("--json-out", help="also keep Sovereign's JSON report (host and step times) of the default run here")
     ap.add_argument("--variant", action="append", type=parse_variant, default=[],
                     help="LABEL:VAR=VALUE,...: Sovereign once more with these environment variables")
     ap.add_argument("--no-llama-cpp", action="store_true",
@@ -124,12 +130,21 @@ def main():
     if not os.path.exists(args.sovereign):
         sys.exit(f"{args.sovereign} not found: cargo build --release first")
 
+    labels = [label for label, _ in args.variant]
+    if "default" in labels or len(set(labels)) != len(labels):
+        ap.error("--variant labels must differ from each other and from 'default'")
+    if args.no_llama_cpp and not args.variant:
+        ap.error("--no-llama-cpp compares variants with the default: give at least one --variant")
+    if args.adapter and "GGML_VK_VISIBLE_DEVICES" not in os.environ and not args.no_llama_cpp:
+        print("note: --adapter moves Sovereign only; llama.cpp runs on GGML_VK_VISIBLE_DEVICES (0 unless set)",
+              file=sys.stderr)
+
     runs = [("default", {})] + args.variant
-    ours = {}
+    ours, adapters = {}, {}
     for i, (label, env) in enumerate(runs):
         json_out = args.json_out if i == 0 else None
-        results, gpu = sovereign_bench(args.sovereign, args.model, args.n_prompt, args.n_gen,
-                                       args.repetitions, args.adapter, json_out, env)
+        results, adapters[label] = sovereign_bench(args.sovereign, args.model, args.n_prompt, args.n_gen,
+                                                   args.repetitions, args.adapter, json_out, env)
         ours[label] = results
         # Shown at once: the llama.cpp half of a run on a slow adapter takes minutes.
         for test, samples in results.items():
@@ -142,14 +157,20 @@ def main():
         peer = "llama.cpp Vulkan"
 
     peer_text = f"llama-cpp-python {version} (Vulkan)" if version else "no llama.cpp"
-    print(f"- Date: {datetime.date.today()}; adapter: {gpu}; {peer_text}")
+    print(f"- Date: {datetime.date.today()}; adapter: {adapters['default']}; {peer_text}")
+    for label, _ in args.variant:
+        if adapters[label] != adapters["default"]:
+            print(f"- Variant {label} ran on another adapter: {adapters[label]}")
     print(f"- Model: {os.path.basename(args.model)}; {args.repetitions} repetitions after a warm-up")
-    command = f"benches/compare-llama-cpp.py -m {os.path.basename(args.model)} -p {args.n_prompt} -n {args.n_gen} -r {args.repetitions}"
+    command = ["benches/compare-llama-cpp.py", "-m", os.path.basename(args.model), "-p", str(args.n_prompt),
+               "-n", str(args.n_gen), "-r", str(args.repetitions)]
+    if args.adapter:
+        command += ["--adapter", args.adapter]
     for label, env in args.variant:
-        command += f" --variant {label}:" + ",".join(f"{k}={v}" for k, v in env.items())
+        command += ["--variant", f"{label}:" + ",".join(f"{k}={v}" for k, v in env.items())]
     if args.no_llama_cpp:
-        command += " --no-llama-cpp"
-    print(f"- Command: {command}")
+        command += ["--no-llama-cpp"]
+    print(f"- Command: `{shlex.join(command)}`")
     print()
     if len(runs) == 1:
         print(f"| test | Sovereign t/s | {peer} t/s | ratio |")

@@ -22,6 +22,8 @@ def main():
     ap.add_argument("--chunks", type=int)
     ap.add_argument("--gpu", action="store_true", help="offload every layer (Vulkan)")
     args = ap.parse_args()
+    if args.chunks is not None and args.chunks < 1:
+        ap.error("--chunks must be at least 1")
     if args.gpu:
         os.environ.setdefault("GGML_VK_VISIBLE_DEVICES", "0")
     try:
@@ -44,9 +46,9 @@ def main():
     add_bos = llm._model.add_bos_token() if hasattr(llm._model, "add_bos_token") else True
     tokens = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
     n_chunks = len(tokens) // n_ctx
-    if args.chunks:
+    if args.chunks is not None:
         n_chunks = min(n_chunks, args.chunks)
-    print(f"{len(tokens)} tokens; {len(tokens) // n_ctx} chunks of {n_ctx}; add_bos={add_bos}", file=sys.stderr)
+    print(f"{len(tokens)} tokens; {n_chunks} of {len(tokens) // n_ctx} chunks of {n_ctx}; add_bos={add_bos}", file=sys.stderr)
     if len(tokens) < 2 * n_ctx:
         sys.exit(f"need at least {2 * n_ctx} tokens")
     first = n_ctx // 2

@@ -1,8 +1,10 @@
-"""Drives the demo page served by `sovereign web` in headless Chromium (WebGPU on SwiftShader) and
-prints what it saw as one JSON object on stdout; tests/browser.rs asserts on it.
+"""Drives the demo page served by `sovereign web` in headless Chromium (WebGPU, on SwiftShader
+unless SOVEREIGN_CHROME_FLAGS say otherwise) and prints what it saw as one JSON object on stdout;
+tests/browser.rs asserts on it.
 
     python3 tests/browser/demo.py --url http://127.0.0.1:PORT/ --prompt TEXT --tokens 8 \
         [--screenshot FILE] [--bench STREAMS,N_PROMPT,N_GEN] [--skip-kernels]
+    python3 tests/browser/demo.py --url http://127.0.0.1:PORT/ --bench STREAMS,N_PROMPT,N_GEN --bench-only
 
 Needs Debian's chromium and chromium-driver and the selenium package.
 """
@@ -112,7 +114,7 @@ def check_page(driver, args, out):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
-    ap.add_argument("--prompt", required=True)
+    ap.add_argument("--prompt", help="the greedy completion's prompt (required unless --bench-only)")
     ap.add_argument("--tokens", type=int, default=8)
     ap.add_argument("--screenshot")
     ap.add_argument("--bench")
@@ -124,7 +126,13 @@ def main():
     ap.add_argument("--words", type=int, default=4, help="words streamed before the screenshot and Stop")
     args = ap.parse_args()
     if args.bench_only:
+        if not args.bench:
+            ap.error("--bench-only needs --bench")
+        if args.screenshot:
+            ap.error("--screenshot is taken mid-chat, which --bench-only skips")
         args.skip_kernels = True
+    elif args.prompt is None:
+        ap.error("--prompt is required unless --bench-only")
 
     out = {}
     driver = browser()
