@@ -245,7 +245,7 @@ enum SynthShape {
     /// Llama-3-8B (32 layers of 4096).
     #[value(name = "llama-3-8b")]
     Llama3_8B,
-    /// A small model (2 layers of 128) for trying the pipeline.
+    /// A small model (2 layers of 256) for trying the pipeline.
     Tiny,
 }
 
