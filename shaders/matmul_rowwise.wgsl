@@ -3,8 +3,11 @@
 //!include common/weights.wgsl
 //!include common/matmul_rowwise.wgsl
 
-// y = x W^T on CPU adapters, for every step (prefill and decode): ROWS rows and TOKENS tokens per
-// invocation (common/matmul_rowwise.wgsl). The lanes never synchronize.
+// y = x W^T on CPU adapters without subgroups, for every step (prefill and decode): two sets of
+// ROWS rows and TOKENS tokens per invocation (common/matmul_rowwise.wgsl). Every lane loads each
+// activation block itself (one scalar load per lane and element on a CPU adapter), so a block
+// serves eight rows here, where the subgroup variant shares its loads through broadcasts. The
+// lanes never synchronize.
 
 override W_DTYPE: u32 = 0u;
 override WG_SIZE: u32 = 64u;
@@ -20,33 +23,44 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row0 = ((wid.x + wid.z * nwg.x) * WG_SIZE + lid) * ROWS;
+    let row0 = ((wid.x + wid.z * nwg.x) * WG_SIZE + lid) * (2u * ROWS);
     let t0 = wid.y * TOKENS;
     if (row0 >= params.n_out || t0 >= matmul_rows()) {
         return;
     }
     let n_t = min(TOKENS, matmul_rows() - t0);
-    let rows = rows_at(row0);
+    let rows_a = rows_at(row0);
+    let rows_b = rows_at(row0 + ROWS);
     let n_chunks = params.n_in / 32u;
-    var acc: array<vec4<f32>, TOKENS>;
+    var acc_a: array<vec4<f32>, TOKENS>;
+    var acc_b: array<vec4<f32>, TOKENS>;
     for (var b = 0u; b < n_chunks; b++) {
-        let w0 = row_block(rows.x, b);
-        let w1 = row_block(rows.y, b);
-        let w2 = row_block(rows.z, b);
-        let w3 = row_block(rows.w, b);
+        let w0 = row_block(rows_a.x, b);
+        let w1 = row_block(rows_a.y, b);
+        let w2 = row_block(rows_a.z, b);
+        let w3 = row_block(rows_a.w, b);
+        let w4 = row_block(rows_b.x, b);
+        let w5 = row_block(rows_b.y, b);
+        let w6 = row_block(rows_b.z, b);
+        let w7 = row_block(rows_b.w, b);
         for (var t = 0u; t < n_t; t++) {
             let xb = ((t0 + t) * params.x_stride + b * 32u) >> 2u;
             let xs = array<vec4<f32>, 8>(x[xb], x[xb + 1u], x[xb + 2u], x[xb + 3u], x[xb + 4u],
                 x[xb + 5u], x[xb + 6u], x[xb + 7u]);
             let xt = block_x(xs);
-            acc[t] += vec4<f32>(row_block_dot(w0, xt), row_block_dot(w1, xt),
+            acc_a[t] += vec4<f32>(row_block_dot(w0, xt), row_block_dot(w1, xt),
                 row_block_dot(w2, xt), row_block_dot(w3, xt));
+            acc_b[t] += vec4<f32>(row_block_dot(w4, xt), row_block_dot(w5, xt),
+                row_block_dot(w6, xt), row_block_dot(w7, xt));
         }
     }
     for (var k = n_chunks * 32u; k < params.n_in; k += 4u) {
         for (var t = 0u; t < n_t; t++) {
-            acc[t] += rows_tail_dot(rows, k, x[((t0 + t) * params.x_stride + k) >> 2u]);
+            let xv = x[((t0 + t) * params.x_stride + k) >> 2u];
+            acc_a[t] += rows_tail_dot(rows_a, k, xv);
+            acc_b[t] += rows_tail_dot(rows_b, k, xv);
         }
     }
-    store_rows(row0, t0, n_t, acc);
+    store_rows(row0, t0, n_t, acc_a);
+    store_rows(row0 + ROWS, t0, n_t, acc_b);
 }

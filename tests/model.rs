@@ -164,6 +164,13 @@ fn gpu_matches_cpu_reference_forward() {
         dot4: true,
         ..Default::default()
     });
+    // The adapter without subgroups and f16: on a CPU adapter, the kernels a browser's
+    // compatibility-mode adapter runs (the eight-row rowwise product, an f32 cache).
+    let plain = gpu(GpuOptions {
+        disable_subgroups: true,
+        disable_f16: true,
+        ..Default::default()
+    });
     // The cooperative-matrix prefill is not among them: this 7-token prompt runs the decode
     // kernels; the perplexity test's 64-token chunks run it.
     for ctx in [
@@ -171,6 +178,7 @@ fn gpu_matches_cpu_reference_forward() {
         gpu_shaped,
         dot4,
         gpu_shaped_dot4,
+        plain,
     ] {
         check_forward_against_reference(ctx, &cfg, &file);
     }

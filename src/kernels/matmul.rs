@@ -47,6 +47,13 @@ const COOP_TILE_N: u32 = 64;
 const ROWWISE_WG: u32 = 64;
 /// Weight rows and tokens per invocation in `common/matmul_rowwise.wgsl` (consts there).
 const ROWWISE_ROWS: u32 = 4;
+/// Weight rows per invocation in `matmul_rowwise.wgsl` (no subgroups): two sets of ROWS, so each
+/// activation block, which every lane loads for itself there, serves twice the rows. Its
+/// workgroups have half the lanes, so that a workgroup still covers ROWWISE_WG * ROWWISE_ROWS
+/// rows: a CPU adapter runs a workgroup on one core, and larger ones left a core idle on
+/// products of a few hundred rows.
+const ROWWISE_PLAIN_ROWS: u32 = 2 * ROWWISE_ROWS;
+const ROWWISE_PLAIN_WG: u32 = ROWWISE_WG / 2;
 const ROWWISE_TOKENS: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +67,10 @@ enum Shape {
         tile_m: u32,
         tile_n: u32,
     },
-    Rowwise,
+    /// Weight rows per workgroup.
+    Rowwise {
+        rows_per_wg: u32,
+    },
 }
 
 /// Where x comes from and where y goes.
@@ -289,10 +299,15 @@ impl Matmul {
                 },
                 _ => Variant {
                     shader: "matmul_rowwise",
-                    constants: vec![w, wg],
+                    constants: vec![w, ("WG_SIZE", f64::from(ROWWISE_PLAIN_WG))],
                 },
             };
-            (variant, Shape::Rowwise)
+            let rows_per_wg = if variant.shader == "matmul_rowwise" {
+                ROWWISE_PLAIN_WG * ROWWISE_PLAIN_ROWS
+            } else {
+                ROWWISE_WG * ROWWISE_ROWS
+            };
+            (variant, Shape::Rowwise { rows_per_wg })
         } else if features.coop_matrix {
             (
                 Variant {
@@ -561,10 +576,9 @@ impl Matmul {
                     (outputs.div_ceil(rows_per_wg), tokens_per_wg)
                 }
                 Shape::Tiled { tile_m, tile_n } => (chunk.n_rows.div_ceil(tile_n), tile_m),
-                Shape::Rowwise => (
-                    chunk.n_rows.div_ceil(ROWWISE_WG * ROWWISE_ROWS),
-                    ROWWISE_TOKENS,
-                ),
+                Shape::Rowwise { rows_per_wg } => {
+                    (chunk.n_rows.div_ceil(rows_per_wg), ROWWISE_TOKENS)
+                }
             };
             let grid = if layout.out_rows {
                 Grid::Outputs { x: groups, tile }
