@@ -530,6 +530,12 @@ fn matmul_matches_reference_for_every_dtype() {
         // tiles runs.
         check_matmul(&ctx, label, tiled, DType::Q4_0, 130, 576, 130, 52);
         check_matmul(&ctx, label, tiled, DType::F16, 130, 160, 70, 53);
+        // Fewer outputs than an invocation's rows in the rowwise products (four, or eight
+        // without subgroups).
+        check_matmul(&ctx, label, tiled, DType::Q4_0, 3, 576, 5, 54);
+        check_matmul(&ctx, label, vector, DType::Q4_1, 1, 576, 3, 55);
+        // More outputs than a rowwise workgroup covers (256), so that a second workgroup runs.
+        check_matmul(&ctx, label, vector, DType::Q4_0, 1, 160, 600, 56);
         // A K that is not a multiple of the K tile (f32 rows need only be multiples of 4).
         check_matmul(&ctx, label, tiled, DType::F32, 33, 52, 70, 50);
         check_matmul(&ctx, label, vector, DType::F32, 2, 52, 70, 51);
@@ -539,11 +545,13 @@ fn matmul_matches_reference_for_every_dtype() {
 #[test]
 fn matmul_splits_weights_over_bindings() {
     let (vector, tiled) = (MatmulKernel::Vector, MatmulKernel::Tiled);
-    // Each buffer holds at most 24 KiB: the 200 x 576 matrices span several.
-    for gpu_kernels_on_cpu in [true, false] {
+    // Each buffer holds at most 24 KiB: the 200 x 576 matrices span several. The GPU shapes,
+    // the adapter's own, and (on a CPU adapter) the plain rowwise product.
+    for (gpu_kernels_on_cpu, disable_subgroups) in [(true, false), (false, false), (false, true)] {
         let ctx = gpu(GpuOptions {
             max_binding_size: Some(24 * 1024),
             gpu_kernels_on_cpu,
+            disable_subgroups,
             ..Default::default()
         });
         for (i, dtype) in DTYPES.into_iter().enumerate() {
