@@ -10,7 +10,7 @@
 // lanes never synchronize.
 
 override W_DTYPE: u32 = 0u;
-override WG_SIZE: u32 = 64u;
+override WG_SIZE: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks

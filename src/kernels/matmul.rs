@@ -282,32 +282,28 @@ impl Matmul {
         let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
         if features.cpu {
             // An activation block is broadcast from eight lanes, or four where subgroups are
-            // that small.
-            let wg = ("WG_SIZE", f64::from(ROWWISE_WG));
-            let variant = match features.subgroup_min_size {
-                _ if features.dot4 && has_q8_product(dtype) => Variant {
-                    shader: "matmul_rowwise_q8",
-                    constants: vec![w, wg],
-                },
-                8.. if features.subgroups => Variant {
-                    shader: "matmul_rowwise_subgroup",
-                    constants: vec![w, wg, ("SPREAD", 8.0)],
-                },
-                4.. if features.subgroups => Variant {
-                    shader: "matmul_rowwise_subgroup",
-                    constants: vec![w, wg, ("SPREAD", 4.0)],
-                },
-                _ => Variant {
-                    shader: "matmul_rowwise",
-                    constants: vec![w, ("WG_SIZE", f64::from(ROWWISE_PLAIN_WG))],
-                },
+            // that small; without subgroups each lane loads it for twice the rows.
+            let four_rows = (ROWWISE_WG, ROWWISE_ROWS);
+            let (shader, spread, (lanes, rows)) = match features.subgroup_min_size {
+                _ if features.dot4 && has_q8_product(dtype) => {
+                    ("matmul_rowwise_q8", None, four_rows)
+                }
+                8.. if features.subgroups => ("matmul_rowwise_subgroup", Some(8.0), four_rows),
+                4.. if features.subgroups => ("matmul_rowwise_subgroup", Some(4.0), four_rows),
+                _ => (
+                    "matmul_rowwise",
+                    None,
+                    (ROWWISE_PLAIN_WG, ROWWISE_PLAIN_ROWS),
+                ),
             };
-            let rows_per_wg = if variant.shader == "matmul_rowwise" {
-                ROWWISE_PLAIN_WG * ROWWISE_PLAIN_ROWS
-            } else {
-                ROWWISE_WG * ROWWISE_ROWS
-            };
-            (variant, Shape::Rowwise { rows_per_wg })
+            let mut constants = vec![w, ("WG_SIZE", f64::from(lanes))];
+            constants.extend(spread.map(|s| ("SPREAD", s)));
+            (
+                Variant { shader, constants },
+                Shape::Rowwise {
+                    rows_per_wg: lanes * rows,
+                },
+            )
         } else if features.coop_matrix {
             (
                 Variant {
