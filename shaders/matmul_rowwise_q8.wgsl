@@ -11,6 +11,8 @@
 
 override W_DTYPE: u32 = 2u;
 override WG_SIZE: u32 = 64u;
+// One token per invocation, its row blocks read as they are used (common/matmul_rowwise.wgsl).
+override ONE_TOKEN: bool = false;
 
 @group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
@@ -24,13 +26,24 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let row0 = ((wid.x + wid.z * nwg.x) * WG_SIZE + lid) * ROWS;
-    let t0 = wid.y * TOKENS;
+    let t0 = wid.y * token_tile();
     if (row0 >= params.n_out || t0 >= matmul_rows()) {
         return;
     }
-    let n_t = min(TOKENS, matmul_rows() - t0);
     let rows = rows_at(row0);
     let n_blocks = params.n_in / 32u;
+    if (ONE_TOKEN) {
+        var one = vec4<f32>();
+        for (var b = 0u; b < n_blocks; b++) {
+            let xt = q8_x(t0 * n_blocks + b);
+            one += vec4<f32>(q8_block_dot(q8_block(rows.x, b), xt),
+                q8_block_dot(q8_block(rows.y, b), xt), q8_block_dot(q8_block(rows.z, b), xt),
+                q8_block_dot(q8_block(rows.w, b), xt));
+        }
+        store_token_rows(row0, t0, one);
+        return;
+    }
+    let n_t = min(TOKENS, matmul_rows() - t0);
     var acc: array<vec4<f32>, TOKENS>;
     for (var b = 0u; b < n_blocks; b++) {
         let w0 = q8_block(rows.x, b);

@@ -4,12 +4,23 @@
 // and a tile of TOKENS tokens: each block of its rows is dequantized once into registers, and
 // each block of activations, which all lanes share, is read once for all ROWS rows. Four rows
 // took SmolLM2's decode on lavapipe from 1.4 to 3.1 tokens/s without subgroups (benches/RESULTS.md).
-// Needs common/weights.wgsl and the including shader's `x` binding.
+// Needs common/weights.wgsl, the including shader's `x` binding and its `ONE_TOKEN` override.
+//
+// With ONE_TOKEN set, the pipeline a one-row step (a decode step) runs, an invocation takes a
+// single token, and each of its row blocks is dequantized where it meets the token's activation
+// block instead of all of them first, held across the loop over the tile's tokens: far fewer
+// values are live at once, which LLVM on lavapipe otherwise spills (decode's products took 14 to
+// 24% less GPU time, benches/RESULTS.md). Each row's sum is the same float sum either way.
 
 // Weight rows per invocation: the accumulators are one vec4 per token.
 const ROWS: u32 = 4u;
 // Tokens per invocation; sizes the accumulator array, so a const.
 const TOKENS: u32 = 8u;
+
+// Tokens an invocation takes, and a workgroup row of the grid.
+fn token_tile() -> u32 {
+    return select(TOKENS, 1u, ONE_TOKEN);
+}
 
 // Chunk b (32 weights) of a row as the rowwise products read it: weight 4i + c is
 // d * q[i][c] * in_place_scale()[c] + m for Q4_0, Q4_1 and Q8_0, whose nibbles and bytes are
@@ -110,6 +121,13 @@ fn row_block_dot(w: RowBlock, x: BlockX) -> f32 {
     return s;
 }
 
+// The invocation's four rows at `rows` (see rows_at), block b, dotted with one token's
+// activations: each row block dequantized just before its product.
+fn rows_block_dot(rows: vec4<u32>, b: u32, xt: BlockX) -> vec4<f32> {
+    return vec4<f32>(row_block_dot(row_block(rows.x, b), xt), row_block_dot(row_block(rows.y, b), xt),
+        row_block_dot(row_block(rows.z, b), xt), row_block_dot(row_block(rows.w, b), xt));
+}
+
 // A dequantized block of 32 weights dotted with 32 activations. Every index is a constant:
 // compilers that do not unroll (SwiftShader's) keep a dynamically indexed private array in memory
 // and address it lane by lane. The sum's order is fixed, so a row's sum does not depend on the
@@ -134,13 +152,18 @@ fn rows_tail_dot(rows: vec4<u32>, k: u32, xv: vec4<f32>) -> vec4<f32> {
         dot(weights4(rows.z, k), xv), dot(weights4(rows.w, k), xv));
 }
 
+// Stores token t's sums of rows row0.. that exist.
+fn store_token_rows(row0: u32, t: u32, acc: vec4<f32>) {
+    for (var r = 0u; r < ROWS; r++) {
+        if (row0 + r < params.n_out) {
+            store_y(t * params.y_stride + params.out_col0 + row0 + r, acc[r]);
+        }
+    }
+}
+
 // Stores the sums of rows row0.. for tokens t0.. that exist.
 fn store_rows(row0: u32, t0: u32, n_t: u32, acc: array<vec4<f32>, TOKENS>) {
     for (var t = 0u; t < n_t; t++) {
-        for (var r = 0u; r < ROWS; r++) {
-            if (row0 + r < params.n_out) {
-                store_y((t0 + t) * params.y_stride + params.out_col0 + row0 + r, acc[t][r]);
-            }
-        }
+        store_token_rows(row0, t0 + t, acc[t]);
     }
 }

@@ -2,15 +2,17 @@
 //! `matvec.wgsl` (decode, reduction in workgroup memory, or one row per invocation on CPU
 //! adapters), `matvec_subgroup.wgsl` (decode, reduction with subgroupAdd, where the adapter has
 //! subgroups), `matmul.wgsl` (prefill, tiled through workgroup memory) and `matmul_rowwise.wgsl`
-//! (every step on CPU adapters: four rows and a tile of tokens per invocation), with
-//! `matmul_rowwise_subgroup.wgsl` its variant that shares activation loads across lanes.
+//! (every step on CPU adapters: four rows and a tile of tokens per invocation, or one token in
+//! the pipeline steps of one row run), with `matmul_rowwise_subgroup.wgsl` its variant that
+//! shares activation loads across lanes.
 //! Where `GpuFeatures::dot4` is set, Q4_0, Q4_1 and Q8_0 decode and rowwise products run their
 //! `_q8` variants instead: x is first quantized to two 8-bit planes (`quantize_q8.wgsl`) and
 //! multiplied with packed 4x8 integer dot products (`common/q8_dot.wgsl`).
 
 use super::quantize::{QuantizeQ8, q8_len};
 use super::{
-    Dispatch, Grid, Kernel, KernelError, Variant, check_len, check_weight_dtype, shape_error,
+    Dispatch, Grid, Kernel, KernelError, StepShape, Variant, check_len, check_weight_dtype,
+    shape_error,
 };
 use crate::format::DType;
 use crate::gpu::{GpuContext, GpuFeatures, WeightTensor};
@@ -118,6 +120,9 @@ pub enum MatmulKernel {
 
 pub struct Matmul {
     kernel: Kernel,
+    /// The rowwise products' pipeline for steps of one row (`ONE_TOKEN` in
+    /// `common/matmul_rowwise.wgsl`): `kernel` then serves the steps of several.
+    one_row: Option<Kernel>,
     dtype: DType,
     shape: Shape,
     /// Gated: the weight is a gate and an up projection joined by rows, and y gets
@@ -141,6 +146,32 @@ fn reads_q8(variant: &Variant) -> bool {
     Q8_SHADERS.contains(&variant.shader)
 }
 
+/// The pipeline a rowwise product runs for a step of one row, where each row block is
+/// dequantized as it meets the token's activations instead of once for a tile of tokens.
+fn one_row_variant(variant: &Variant, shape: Shape) -> Option<Variant> {
+    matches!(shape, Shape::Rowwise { .. }).then(|| {
+        let mut one = variant.clone();
+        one.constants.push(("ONE_TOKEN", 1.0));
+        one
+    })
+}
+
+fn one_token(s: &StepShape) -> bool {
+    s.n_tokens == 1
+}
+
+fn several_tokens(s: &StepShape) -> bool {
+    !one_token(s)
+}
+
+fn one_out_row(s: &StepShape) -> bool {
+    s.n_out == 1
+}
+
+fn several_out_rows(s: &StepShape) -> bool {
+    !one_out_row(s)
+}
+
 /// Weight types with a product against 8-bit activations (`common/q8_dot.wgsl`).
 fn has_q8_product(dtype: DType) -> bool {
     matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0)
@@ -159,8 +190,13 @@ impl Matmul {
         } else {
             None
         };
+        let one_row = match one_row_variant(variant, shape) {
+            Some(v) => Some(Kernel::new(ctx, &v).await?),
+            None => None,
+        };
         Ok(Matmul {
             kernel: Kernel::new(ctx, variant).await?,
+            one_row,
             dtype,
             shape,
             glu,
@@ -172,6 +208,11 @@ impl Matmul {
     /// Whether the kernel multiplies weights and activations rounded to f16 (with f32 sums).
     pub fn rounds_to_f16(&self) -> bool {
         self.f16_inputs
+    }
+
+    /// Whether a step of one row (one token, or one output row) runs a pipeline of its own.
+    pub fn has_one_row_kernel(&self) -> bool {
+        self.one_row.is_some()
     }
 
     /// Whether [`Matmul::bind_with_scratch`] quantizes x into a scratch buffer first.
@@ -338,10 +379,14 @@ impl Matmul {
     }
 
     pub fn variants(dtype: DType, features: GpuFeatures) -> Vec<Variant> {
-        let mut v = vec![
-            Self::vector_spec(dtype, features).0,
-            Self::tiled_spec(dtype, features).0,
-        ];
+        let mut v = Vec::new();
+        for (variant, shape) in [
+            Self::vector_spec(dtype, features),
+            Self::tiled_spec(dtype, features),
+        ] {
+            v.extend(one_row_variant(&variant, shape));
+            v.push(variant);
+        }
         v.extend(Self::batch_spec(dtype, features, false).map(|(variant, _)| variant));
         for kind in [MatmulKernel::Vector, MatmulKernel::VectorBatch] {
             v.extend(Self::gated_spec(kind, dtype, features).map(|(variant, _)| variant));
@@ -548,7 +593,7 @@ impl Matmul {
             }
             None => x,
         };
-        dispatches.extend(w.chunks.iter().map(|chunk| {
+        for chunk in &w.chunks {
             let params = MatmulParams {
                 n_in: w.row_len,
                 n_out: chunk.n_rows,
@@ -576,23 +621,40 @@ impl Matmul {
                     (chunk.n_rows.div_ceil(rows_per_wg), ROWWISE_TOKENS)
                 }
             };
-            let grid = if layout.out_rows {
-                Grid::Outputs { x: groups, tile }
-            } else {
-                Grid::Tokens { x: groups, tile }
+            let grid = |tile| {
+                if layout.out_rows {
+                    Grid::Outputs { x: groups, tile }
+                } else {
+                    Grid::Tokens { x: groups, tile }
+                }
             };
-            self.kernel.dispatch(
-                ctx,
-                &params,
+            let resources = || {
                 vec![
                     step.as_entire_binding(),
                     chunk.buffer.as_entire_binding(),
                     x.as_entire_binding(),
                     y.as_entire_binding(),
-                ],
-                grid,
-            )
-        }));
+                ]
+            };
+            let dispatch = self.kernel.dispatch(ctx, &params, resources(), grid(tile));
+            match &self.one_row {
+                Some(one_row) => {
+                    type When = fn(&StepShape) -> bool;
+                    let (one, several): (When, When) = if layout.out_rows {
+                        (one_out_row, several_out_rows)
+                    } else {
+                        (one_token, several_tokens)
+                    };
+                    dispatches.push(dispatch.only_when(several));
+                    dispatches.push(
+                        one_row
+                            .dispatch(ctx, &params, resources(), grid(1))
+                            .only_when(one),
+                    );
+                }
+                None => dispatches.push(dispatch),
+            }
+        }
         Ok(dispatches)
     }
 }

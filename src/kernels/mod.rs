@@ -380,7 +380,7 @@ impl Kernel {
             pipeline: Arc::clone(&self.pipeline),
             bind_group,
             grid,
-            when: None,
+            when: Vec::new(),
         }
     }
 }
@@ -393,21 +393,24 @@ pub struct Dispatch {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     grid: Grid,
-    /// Steps this dispatch runs in (all if `None`): one of two kernels for the same output.
-    when: Option<fn(&StepShape) -> bool>,
+    /// Steps this dispatch runs in: those for which every one of these holds (all steps if
+    /// there are none). It is then one of two kernels for the same output, chosen by the model
+    /// (per token or batched) or by the kernel itself (one row or several).
+    when: Vec<fn(&StepShape) -> bool>,
 }
 
 impl Dispatch {
-    /// This dispatch, recorded only in steps for which `when` holds.
+    /// This dispatch, recorded only in steps for which `when` holds as well as any condition it
+    /// already had.
     pub fn only_when(mut self, when: fn(&StepShape) -> bool) -> Self {
-        self.when = Some(when);
+        self.when.push(when);
         self
     }
 
     /// The workgroup counts this dispatch runs with in a step of `shape`, or `None` when it
     /// does not run in that step.
     pub fn workgroups(&self, shape: StepShape, max_per_dim: u32) -> Option<[u32; 3]> {
-        if self.when.is_some_and(|when| !when(&shape)) {
+        if !self.when.iter().all(|when| when(&shape)) {
             return None;
         }
         let size = self.grid.size(shape, max_per_dim);
