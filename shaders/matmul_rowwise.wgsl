@@ -13,6 +13,9 @@ override W_DTYPE: u32 = 0u;
 override WG_SIZE: u32 = 32u;
 // One token per invocation, its row blocks dequantized as they are used (common/matmul_rowwise.wgsl).
 override ONE_TOKEN: bool = false;
+// Gated: the weight holds n gate rows, then n up rows, and y gets silu(gate) * up. The two sets of
+// an invocation's rows are then four gate rows and their up rows, for four outputs.
+override GLU: bool = false;
 
 @group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
@@ -26,19 +29,31 @@ fn x_block(t: u32, b: u32) -> array<vec4<f32>, 8> {
         x[xb + 6u], x[xb + 7u]);
 }
 
+// Token t's sums of the two sets of rows from row0, or their gated outputs.
+fn store_token(row0: u32, t: u32, a: vec4<f32>, b: vec4<f32>) {
+    if (GLU) {
+        store_token_glu(row0, t, a, b, ROWS);
+    } else {
+        store_token_rows(row0, t, a);
+        store_token_rows(row0 + ROWS, t, b);
+    }
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row0 = ((wid.x + wid.z * nwg.x) * WG_SIZE + lid) * (2u * ROWS);
+    let invocation = (wid.x + wid.z * nwg.x) * WG_SIZE + lid;
+    // The first output: of eight rows, or of four gate and up pairs.
+    let row0 = invocation * select(2u * ROWS, ROWS, GLU);
     let t0 = wid.y * token_tile();
-    if (row0 >= params.n_out || t0 >= matmul_rows()) {
+    if (row0 >= n_outputs() || t0 >= matmul_rows()) {
         return;
     }
-    let rows_a = rows_at(row0);
-    let rows_b = rows_at(row0 + ROWS);
+    let rows_a = select(rows_at(row0), gate_rows(row0), GLU);
+    let rows_b = select(rows_at(row0 + ROWS), up_rows(row0), GLU);
     let n_chunks = params.n_in / 32u;
     if (ONE_TOKEN) {
         var one_a = vec4<f32>();
@@ -53,8 +68,7 @@ fn main(
             one_a += rows_tail_dot(rows_a, k, xv);
             one_b += rows_tail_dot(rows_b, k, xv);
         }
-        store_token_rows(row0, t0, one_a);
-        store_token_rows(row0 + ROWS, t0, one_b);
+        store_token(row0, t0, one_a, one_b);
         return;
     }
     let n_t = min(TOKENS, matmul_rows() - t0);
@@ -84,6 +98,7 @@ fn main(
             acc_b[t] += rows_tail_dot(rows_b, k, xv);
         }
     }
-    store_rows(row0, t0, n_t, acc_a);
-    store_rows(row0 + ROWS, t0, n_t, acc_b);
+    for (var t = 0u; t < n_t; t++) {
+        store_token(row0, t0 + t, acc_a[t], acc_b[t]);
+    }
 }

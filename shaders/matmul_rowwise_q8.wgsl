@@ -13,6 +13,8 @@ override W_DTYPE: u32 = 2u;
 override WG_SIZE: u32 = 64u;
 // One token per invocation, its row blocks read as they are used (common/matmul_rowwise.wgsl).
 override ONE_TOKEN: bool = false;
+// Never gated: Matmul::gated leaves the 8-bit products out.
+const GLU: bool = false;
 
 @group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks

@@ -19,6 +19,9 @@ override WG_SIZE: u32 = 64u;
 override SPREAD: u32 = 8u;
 // One token per invocation, its row blocks dequantized as they are used (common/matmul_rowwise.wgsl).
 override ONE_TOKEN: bool = false;
+// Gated: the weight holds n gate rows, then n up rows, and y gets silu(gate) * up. An invocation's
+// four rows are then two gate rows and their up rows, for two outputs.
+override GLU: bool = false;
 
 @group(0) @binding(0) var<uniform> params: MatmulParams;
 @group(0) @binding(2) var<storage, read> weights: array<u32>;  // (n_out, n_in) in W_DTYPE blocks
@@ -41,6 +44,19 @@ fn x_block(t: u32, b: u32, lane: u32) -> array<vec4<f32>, 8> {
         subgroupBroadcast(high, 1u), subgroupBroadcast(high, 2u), subgroupBroadcast(high, 3u));
 }
 
+// Token t's sums of the rows from row0, or their gated outputs; lanes past the last output
+// store nothing.
+fn store_token(row0: u32, t: u32, acc: vec4<f32>) {
+    if (row0 >= n_outputs()) {
+        return;
+    }
+    if (GLU) {
+        store_token_glu(row0, t, vec4<f32>(acc.xy, 0.0, 0.0), vec4<f32>(acc.zw, 0.0, 0.0), 2u);
+    } else {
+        store_token_rows(row0, t, acc);
+    }
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -48,13 +64,15 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let row0 = ((wid.x + wid.z * nwg.x) * WG_SIZE + lid) * ROWS;
+    let invocation = (wid.x + wid.z * nwg.x) * WG_SIZE + lid;
+    // The first output: of four rows, or of two gate and up pairs.
+    let row0 = invocation * select(ROWS, ROWS / 2u, GLU);
     let t0 = wid.y * token_tile();
     // The same for the whole workgroup, so no lane is left out of a broadcast.
     if (t0 >= matmul_rows()) {
         return;
     }
-    let rows = rows_at(row0);
+    let rows = select(rows_at(row0), vec4<u32>(gate_rows(row0).xy, up_rows(row0).xy), GLU);
     let n_chunks = params.n_in / 32u;
     if (ONE_TOKEN) {
         var one = vec4<f32>();
@@ -64,9 +82,7 @@ fn main(
         for (var k = n_chunks * 32u; k < params.n_in; k += 4u) {
             one += rows_tail_dot(rows, k, x[(t0 * params.x_stride + k) >> 2u]);
         }
-        if (row0 < params.n_out) {
-            store_token_rows(row0, t0, one);
-        }
+        store_token(row0, t0, one);
         return;
     }
     let n_t = min(TOKENS, matmul_rows() - t0);
@@ -87,7 +103,7 @@ fn main(
             acc[t] += rows_tail_dot(rows, k, x[((t0 + t) * params.x_stride + k) >> 2u]);
         }
     }
-    if (row0 < params.n_out) {
-        store_rows(row0, t0, n_t, acc);
+    for (var t = 0u; t < n_t; t++) {
+        store_token(row0, t0 + t, acc[t]);
     }
 }

@@ -466,27 +466,42 @@ fn matvec_matches_reference_for_every_dtype_and_path() {
     }
 }
 
-/// The gated decode kernels (gate and up rows in one buffer, SiLU in the epilogue), per token and
-/// batched, for every weight type; odd output counts leave a workgroup half full.
+/// The gated kernels (gate and up rows in one buffer, SiLU in the epilogue): GPUs' decode kernels,
+/// per token and batched, and CPU adapters' rowwise products, for every weight type; odd output
+/// counts leave a workgroup half full.
 #[test]
 fn gated_matvec_matches_reference_for_every_dtype() {
-    for (label, ctx) in contexts() {
-        // They exist exactly where the batched kernel does, so they are never left out there.
-        let expected = Matmul::has_batch(ctx.features());
+    let mut contexts = contexts();
+    // The rowwise products without subgroups, whose invocations take four gate and up pairs.
+    let cpu_plain = gpu(GpuOptions {
+        disable_subgroups: true,
+        ..Default::default()
+    });
+    if cpu_plain.features().cpu {
+        contexts.push(("cpu-plain", cpu_plain));
+    }
+    for (label, ctx) in contexts {
+        let f = ctx.features();
         for (i, dtype) in DTYPES.into_iter().chain(K_DTYPES).enumerate() {
             let n_in = if K_DTYPES.contains(&dtype) { 512 } else { 576 };
+            // The GPU kernels exist exactly where the batched kernel does, and the rowwise ones
+            // on every CPU adapter but for the 8-bit products: never left out there.
+            let rowwise =
+                f.cpu && !(f.dot4 && matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0));
+            let decode = Matmul::has_batch(f) || rowwise;
             let runs = [
-                (MatmulKernel::Vector, 1, 97),
-                (MatmulKernel::Vector, 3, 64),
-                (MatmulKernel::VectorBatch, 13, 77),
+                (MatmulKernel::Vector, 1, 97, decode),
+                (MatmulKernel::Vector, 3, 64, decode),
+                (MatmulKernel::VectorBatch, 13, 77, Matmul::has_batch(f)),
+                (MatmulKernel::Tiled, 13, 77, rowwise),
             ];
-            for (j, (kind, n, n_ff)) in runs.into_iter().enumerate() {
+            for (j, (kind, n, n_ff, expected)) in runs.into_iter().enumerate() {
                 let seed = 200 + 10 * i as u64 + j as u64;
                 let check = pollster::block_on(selftest::matmul_gated(
                     &ctx, kind, dtype, n, n_in, n_ff, seed,
                 ))
                 .unwrap();
-                assert_eq!(check.is_some(), expected, "{label} {kind:?}");
+                assert_eq!(check.is_some(), expected, "{label} {kind:?} {dtype}");
                 if let Some(check) = check {
                     assert!(check.passed, "{label}: {check:?}");
                 }

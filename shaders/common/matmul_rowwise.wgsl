@@ -137,12 +137,41 @@ fn block_dot(w: array<vec4<f32>, 8>, xs: array<vec4<f32>, 8>) -> f32 {
         + dot(w[4], xs[4]) + dot(w[5], xs[5]) + dot(w[6], xs[6]) + dot(w[7], xs[7]);
 }
 
-// Byte offsets of the invocation's rows from `row0`; rows past the last repeat it, so that every
-// lane runs the same code (a subgroup broadcast needs them all), and are not stored.
-fn rows_at(row0: u32) -> vec4<u32> {
-    let last = params.n_out - 1u;
+// Byte offsets of the four rows from `row0`; rows past `last` repeat it, so that every lane runs
+// the same code (a subgroup broadcast needs them all), and are not stored.
+fn rows_upto(row0: u32, last: u32) -> vec4<u32> {
     return vec4<u32>(min(row0, last), min(row0 + 1u, last), min(row0 + 2u, last),
         min(row0 + 3u, last)) * params.row_bytes;
+}
+
+fn rows_at(row0: u32) -> vec4<u32> {
+    return rows_upto(row0, params.n_out - 1u);
+}
+
+// Outputs the product writes: one per row, or (GLU, the including shader's override) one per
+// gate row and its up row, which sit n_out / 2 rows further on.
+fn n_outputs() -> u32 {
+    return select(params.n_out, params.n_out / 2u, GLU);
+}
+
+// Byte offsets of gate rows o.. and of their up rows.
+fn gate_rows(o: u32) -> vec4<u32> {
+    return rows_upto(o, n_outputs() - 1u);
+}
+
+fn up_rows(o: u32) -> vec4<u32> {
+    return rows_upto(n_outputs() + o, params.n_out - 1u);
+}
+
+// Stores token t's silu(gate) * up for outputs o.. that exist: the same expression as
+// silu_mul.wgsl, so the gated product writes what the product and SiluMul wrote.
+fn store_token_glu(o: u32, t: u32, gate: vec4<f32>, up: vec4<f32>, n: u32) {
+    for (var r = 0u; r < n; r++) {
+        if (o + r < n_outputs()) {
+            let g = gate[r];
+            y[t * params.y_stride + params.out_col0 + o + r] = g / (1.0 + exp(-g)) * up[r];
+        }
+    }
 }
 
 // Elements k..k+3 of the four rows (unquantized rows need only be multiples of 4 long) dotted

@@ -311,6 +311,15 @@ impl Matmul {
         dtype: DType,
         features: GpuFeatures,
     ) -> Option<(Variant, Shape)> {
+        if features.cpu && kind != MatmulKernel::VectorBatch {
+            // The rowwise products serve every step there, prefill too; the 8-bit one is not
+            // gated.
+            let (mut variant, shape) = Self::tiled_spec(dtype, features);
+            return (variant.shader != "matmul_rowwise_q8").then(|| {
+                variant.constants.push(("GLU", 1.0));
+                (variant, shape)
+            });
+        }
         match kind {
             MatmulKernel::Vector => (!features.cpu && features.subgroups)
                 .then(|| Self::subgroup_spec("matvec_subgroup", 1, dtype, features, true)),
@@ -389,7 +398,10 @@ impl Matmul {
         }
         v.extend(Self::batch_spec(dtype, features, false).map(|(variant, _)| variant));
         for kind in [MatmulKernel::Vector, MatmulKernel::VectorBatch] {
-            v.extend(Self::gated_spec(kind, dtype, features).map(|(variant, _)| variant));
+            if let Some((variant, shape)) = Self::gated_spec(kind, dtype, features) {
+                v.extend(one_row_variant(&variant, shape));
+                v.push(variant);
+            }
         }
         v
     }
@@ -440,11 +452,12 @@ impl Matmul {
         Self::build(ctx, &variant, dtype, shape, false).await
     }
 
-    /// The decode kernel of `kind` (per token or batched) for a gated product: `w` holds a gate
-    /// projection's n rows, then an up projection's, in one buffer, and
-    /// `y[t, col0 + r] = silu(x[t] . w[r]) * (x[t] . w[n + r])`. One dispatch does what two
-    /// products and `SiluMul` do, without writing and reading back both halves. `None` where
-    /// the adapter has no such kernel (CPU adapters, no subgroups, or the prefill kind).
+    /// The kernel of `kind` for a gated product: `w` holds a gate projection's n rows, then an
+    /// up projection's, in one buffer, and `y[t, col0 + r] = silu(x[t] . w[r]) * (x[t] . w[n + r])`.
+    /// One dispatch does what two products and `SiluMul` do, without writing and reading back
+    /// both halves. GPUs with subgroups have gated decode kernels (per token and batched); CPU
+    /// adapters have gated rowwise products, which serve every step, except with 8-bit
+    /// activations. `None` elsewhere.
     pub async fn gated(
         ctx: &GpuContext,
         kind: MatmulKernel,

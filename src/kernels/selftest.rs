@@ -426,8 +426,12 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
             let kind = MatmulKernel::VectorBatch;
             checks.push(matmul(ctx, kind, dtype, 11, n_in, 130, seed + 2).await?);
         }
-        // The gated decode products, where the adapter has them.
-        for (kind, n) in [(MatmulKernel::Vector, 1), (MatmulKernel::VectorBatch, 11)] {
+        // The gated products, where the adapter has them.
+        for (kind, n) in [
+            (MatmulKernel::Vector, 1),
+            (MatmulKernel::VectorBatch, 11),
+            (MatmulKernel::Tiled, 11),
+        ] {
             checks.extend(matmul_gated(ctx, kind, dtype, n, n_in, 65, seed + 3).await?);
         }
     }
@@ -527,28 +531,7 @@ pub async fn matmul(
     let d = op.bind(ctx, step.buffer(), &w, &xb, &y, layout)?;
     b.run(&d.iter().collect::<Vec<_>>(), &step, 0, n)?;
     let mut got = b.read(&y, n * n_out).await?;
-    // A token's sums must not depend on the step's other tokens (sequences batched together
-    // give what they give alone), though on CPU adapters a step of one row has a pipeline of its
-    // own: the first token alone must give the same floats.
-    let mut alone_differs = 0;
-    if n > 1 && op.has_one_row_kernel() {
-        let y1 = b.buffer(&vec![100.0; n_out]).await?;
-        let d = op.bind(
-            ctx,
-            step.buffer(),
-            &w,
-            &xb,
-            &y1,
-            MatmulLayout::rows(n_in as u32, n_out as u32, 1),
-        )?;
-        b.run(&d.iter().collect::<Vec<_>>(), &step, 0, 1)?;
-        let alone = b.read(&y1, n_out).await?;
-        alone_differs = alone
-            .iter()
-            .zip(&got)
-            .filter(|(a, g)| a.to_bits() != g.to_bits())
-            .count();
-    }
+    let alone_differs = first_token_alone(&b, &op, &step, &w, &xb, n, n_in, n_out, &got).await?;
     // Then added to what y holds (the residual add folded into a projection): y + y is 2 y
     // exactly, so the sum must be twice the product.
     layout.accumulate = true;
@@ -579,14 +562,48 @@ pub async fn matmul(
         2e-5 * (n_in as f32).sqrt(),
         1e-4,
     );
-    if alone_differs > 0 {
+    fail_if_alone_differs(&mut check, n, alone_differs);
+    Ok(check)
+}
+
+/// A token's outputs must not depend on the step's other tokens (sequences batched together give
+/// what they give alone), though on CPU adapters a step of one row has a pipeline of its own:
+/// runs the first of `n` tokens alone and counts its `width` outputs that differ, bit for bit,
+/// from `got`, its row among the `n`. 0 where the kernel has no such pipeline, or `n` is 1.
+#[allow(clippy::too_many_arguments)]
+async fn first_token_alone(
+    b: &Bench<'_>,
+    op: &Matmul,
+    step: &StepBuffer,
+    w: &WeightTensor,
+    xb: &wgpu::Buffer,
+    n: usize,
+    n_in: usize,
+    width: usize,
+    got: &[f32],
+) -> Result<usize> {
+    if n < 2 || !op.has_one_row_kernel() {
+        return Ok(0);
+    }
+    let y1 = b.buffer(&vec![100.0; width]).await?;
+    let layout = MatmulLayout::rows(n_in as u32, width as u32, 1);
+    let d = op.bind(b.ctx, step.buffer(), w, xb, &y1, layout)?;
+    b.run(&d.iter().collect::<Vec<_>>(), step, 0, 1)?;
+    let alone = b.read(&y1, width).await?;
+    Ok(alone
+        .iter()
+        .zip(got)
+        .filter(|(a, g)| a.to_bits() != g.to_bits())
+        .count())
+}
+
+fn fail_if_alone_differs(check: &mut Check, n: usize, differs: usize) {
+    if differs > 0 {
         check.passed = false;
         check.name += &format!(
-            "; the first token alone differs from its sums among {n} tokens in {alone_differs} \
-             outputs"
+            "; the first token alone differs from its outputs among {n} tokens in {differs} places"
         );
     }
-    Ok(check)
 }
 
 /// The gated decode product (`Matmul::gated`) of `n` tokens: `n_ff` gate rows and `n_ff` up
@@ -622,13 +639,16 @@ pub async fn matmul_gated(
     let d = op.bind(ctx, step.buffer(), &w, &xb, &y, layout)?;
     b.run(&d.iter().collect::<Vec<_>>(), &step, 0, n)?;
     let got = b.read(&y, n * n_ff).await?;
-    Ok(Some(compare(
+    let alone_differs = first_token_alone(&b, &op, &step, &w, &xb, n, n_in, n_ff, &got).await?;
+    let mut check = compare(
         format!("gated matmul {kind:?} {dtype} {n}x{n_in}x(2 x {n_ff})"),
         &got,
         &want,
         2e-5 * (n_in as f32).sqrt(),
         1e-4,
-    )))
+    );
+    fail_if_alone_differs(&mut check, n, alone_differs);
+    Ok(Some(check))
 }
 
 /// Attention of `n` tokens at positions `pos0..` over a contiguous cache of random K/V held as

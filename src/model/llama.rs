@@ -1084,10 +1084,11 @@ impl PlanBuilder<'_> {
         }
     }
 
-    /// The gated decode kernels (`Matmul::gated`) for the joined gate and up projections `ws`,
-    /// each with the steps it serves, where they cover every decode step: on GPUs with
-    /// subgroups, when gate and up share a type and fit one buffer. Else `None`, and two products
-    /// and `SiluMul` do the same.
+    /// The gated kernels (`Matmul::gated`) for the joined gate and up projections `ws`, each
+    /// with the steps it serves, where they cover every step of the layers (`vector`: decode):
+    /// when gate and up share a type and fit one buffer, on GPUs with subgroups (decode) and on
+    /// CPU adapters (the rowwise products, every step). Else `None`, and two products and
+    /// `SiluMul` do the same.
     async fn gated_kernels<'w>(
         &self,
         vector: bool,
@@ -1096,8 +1097,12 @@ impl PlanBuilder<'_> {
         let [w] = ws else {
             return Ok(None);
         };
-        if !vector || w.chunks.len() != 1 {
+        if w.chunks.len() != 1 {
             return Ok(None);
+        }
+        if !vector {
+            let tiled = Matmul::gated(self.ctx, MatmulKernel::Tiled, w.dtype).await?;
+            return Ok(tiled.map(|k| (vec![(k, None)], w)));
         }
         let single = Matmul::gated(self.ctx, MatmulKernel::Vector, w.dtype).await?;
         let batch = Matmul::gated(self.ctx, MatmulKernel::VectorBatch, w.dtype).await?;
@@ -1109,6 +1114,11 @@ impl PlanBuilder<'_> {
                 ],
                 w,
             )),
+            // No batched kernel at all (CPU adapters): the per-token one serves every step, as
+            // in `matmul_kernels`.
+            (Some(single), None) if !Matmul::has_batch(self.ctx.features()) => {
+                Some((vec![(single, None)], w))
+            }
             _ => None,
         })
     }
