@@ -3,7 +3,7 @@
 //! adapters), `matvec_subgroup.wgsl` (decode, reduction with subgroupAdd, where the adapter has
 //! subgroups), `matmul.wgsl` (prefill, tiled through workgroup memory) and `matmul_rowwise.wgsl`
 //! (every step on CPU adapters: four rows and a tile of tokens per invocation, or one token in
-//! the pipeline steps of one row run), with `matmul_rowwise_subgroup.wgsl` its variant that
+//! the pipeline that steps of one row run), with `matmul_rowwise_subgroup.wgsl` its variant that
 //! shares activation loads across lanes.
 //! Where `GpuFeatures::dot4` is set, Q4_0, Q4_1 and Q8_0 decode and rowwise products run their
 //! `_q8` variants instead: x is first quantized to two 8-bit planes (`quantize_q8.wgsl`) and
