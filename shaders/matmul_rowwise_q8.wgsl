@@ -58,5 +58,7 @@ fn main(
                 q8_block_dot(w3, xt));
         }
     }
-    store_rows(row0, t0, n_t, acc);
+    for (var t = 0u; t < n_t; t++) {
+        store_token_rows(row0, t0 + t, acc[t]);
+    }
 }

@@ -189,10 +189,3 @@ fn store_token_rows(row0: u32, t: u32, acc: vec4<f32>) {
         }
     }
 }
-
-// Stores the sums of rows row0.. for tokens t0.. that exist.
-fn store_rows(row0: u32, t0: u32, n_t: u32, acc: array<vec4<f32>, TOKENS>) {
-    for (var t = 0u; t < n_t; t++) {
-        store_token_rows(row0, t0 + t, acc[t]);
-    }
-}

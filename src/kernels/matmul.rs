@@ -315,7 +315,7 @@ impl Matmul {
             // The rowwise products serve every step there, prefill too; the 8-bit one is not
             // gated.
             let (mut variant, shape) = Self::tiled_spec(dtype, features);
-            return (variant.shader != "matmul_rowwise_q8").then(|| {
+            return (!reads_q8(&variant)).then(|| {
                 variant.constants.push(("GLU", 1.0));
                 (variant, shape)
             });

@@ -48,6 +48,18 @@ fn batched_matvec(s: &StepShape) -> bool {
     !per_token_matvec(s)
 }
 
+/// A decode product's per-token kernel and, where the adapter has one, its batched kernel, each
+/// with the steps it serves; without a batched kernel the per-token one serves every step.
+fn decode_choices(single: Matmul, batch: Option<Matmul>) -> Vec<MatmulChoice> {
+    match batch {
+        Some(batch) => vec![
+            (single, Some(per_token_matvec as fn(&StepShape) -> bool)),
+            (batch, Some(batched_matvec)),
+        ],
+        None => vec![(single, None)],
+    }
+}
+
 fn split_attention(s: &StepShape) -> bool {
     s.n_tokens < VECTOR_MAX_TOKENS
 }
@@ -1075,13 +1087,8 @@ impl PlanBuilder<'_> {
             return Ok(vec![(Matmul::tiled(self.ctx, dtype).await?, None)]);
         }
         let single = Matmul::vector(self.ctx, dtype).await?;
-        match Matmul::vector_batch(self.ctx, dtype).await? {
-            Some(batch) => Ok(vec![
-                (single, Some(per_token_matvec as fn(&StepShape) -> bool)),
-                (batch, Some(batched_matvec)),
-            ]),
-            None => Ok(vec![(single, None)]),
-        }
+        let batch = Matmul::vector_batch(self.ctx, dtype).await?;
+        Ok(decode_choices(single, batch))
     }
 
     /// The gated kernels (`Matmul::gated`) for the joined gate and up projections `ws`, each
@@ -1106,18 +1113,11 @@ impl PlanBuilder<'_> {
         }
         let single = Matmul::gated(self.ctx, MatmulKernel::Vector, w.dtype).await?;
         let batch = Matmul::gated(self.ctx, MatmulKernel::VectorBatch, w.dtype).await?;
+        // Where the adapter has a batched product but no gated one, the gated per-token kernel
+        // cannot serve every step.
         Ok(match (single, batch) {
-            (Some(single), Some(batch)) => Some((
-                vec![
-                    (single, Some(per_token_matvec as fn(&StepShape) -> bool)),
-                    (batch, Some(batched_matvec)),
-                ],
-                w,
-            )),
-            // No batched kernel at all (CPU adapters): the per-token one serves every step, as
-            // in `matmul_kernels`.
-            (Some(single), None) if !Matmul::has_batch(self.ctx.features()) => {
-                Some((vec![(single, None)], w))
+            (Some(single), batch) if batch.is_some() || !Matmul::has_batch(self.ctx.features()) => {
+                Some((decode_choices(single, batch), w))
             }
             _ => None,
         })
