@@ -8,11 +8,11 @@ alias kv_t = u32;
 
 //!include common/kv_store_io.wgsl
 
-// Element `e` of the K row at `src` in k_new (at position `pos`), rotated.
+// Element `e` of the K row at `src` in qkv (at position `pos`), rotated.
 fn rotated_k(src: u32, e: u32, pos: u32) -> f32 {
     let i = e % params.head_dim;
     if (i >= params.n_rot) {
-        return k_new[src + e];
+        return qkv[src + e];
     }
     let neox = params.neox == 1u;
     let half_rot = params.n_rot / 2u;
@@ -25,8 +25,8 @@ fn rotated_k(src: u32, e: u32, pos: u32) -> f32 {
     let pair = rope_pair(pair_index, params.n_rot, neox);
     let cs = rope_cos_sin(pos, pair_index, params.n_rot, params.freq_base, params.freq_scale);
     let head_at = src + e - i;
-    let k0 = k_new[head_at + pair.x];
-    let k1 = k_new[head_at + pair.y];
+    let k0 = qkv[head_at + pair.x];
+    let k1 = qkv[head_at + pair.y];
     // The same expressions as the f32 store, so both caches see the same rotated values.
     if (second) {
         return k0 * cs.y + k1 * cs.x;
@@ -34,15 +34,21 @@ fn rotated_k(src: u32, e: u32, pos: u32) -> f32 {
     return k0 * cs.x - k1 * cs.y;
 }
 
-// One invocation per two blocks of a row, so that each scale word has one writer.
+// One invocation per two blocks of a row, so that each scale word has one writer; then one per
+// rotated pair of Q.
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let t = wid.y;
     let n_blocks = params.kv_stride / 32u;
-    let first = 2u * gid.x;
-    if (t >= step.n_tokens || first >= n_blocks) {
+    let n_stores = (n_blocks + 1u) / 2u;
+    if (t >= step.n_tokens) {
         return;
     }
+    if (gid.x >= n_stores) {
+        rotate_q_pair(t, gid.x - n_stores);
+        return;
+    }
+    let first = 2u * gid.x;
     let pos = step_pos(t);
     let src_k = t * params.src_stride + params.k_col0;
     let src_v = t * params.src_stride + params.v_col0;
@@ -61,7 +67,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
             let e = block * 32u + j;
             k[j] = rotated_k(src_k, e, pos);
             k_max = max(k_max, abs(k[j]));
-            v_max = max(v_max, abs(v_new[src_v + e]));
+            v_max = max(v_max, abs(qkv[src_v + e]));
         }
         let k_d = k_max / 127.0;
         let v_d = v_max / 127.0;
@@ -71,7 +77,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
             let j = 4u * w;
             let e = src_v + block * 32u + j;
             let kq = vec4<f32>(k[j], k[j + 1u], k[j + 2u], k[j + 3u]) * k_id;
-            let vq = vec4<f32>(v_new[e], v_new[e + 1u], v_new[e + 2u], v_new[e + 3u]) * v_id;
+            let vq = vec4<f32>(qkv[e], qkv[e + 1u], qkv[e + 2u], qkv[e + 3u]) * v_id;
             k_cache[dst + block * 8u + w] = q8_pack(kq);
             v_cache[dst + block * 8u + w] = q8_pack(vq);
         }

@@ -159,6 +159,5 @@ fn params_layouts_match_wgsl() {
     check_layout::<matmul::MatmulParams>("matmul");
     check_layout::<matmul::MatmulParams>("matmul_rowwise");
     check_layout::<rms_norm::RmsNormParams>("rms_norm");
-    check_layout::<rope::RopeParams>("rope");
     check_layout::<silu_mul::SiluMulParams>("silu_mul");
 }

@@ -1,6 +1,7 @@
-//! K and V of a step into the cache at their positions, K rotated on the way:
-//! `shaders/kv_store.wgsl` (f32 cache), `shaders/kv_store_f16.wgsl` (f16 cache, where the
-//! adapter has shader-f16) and `shaders/kv_store_q8.wgsl` (Q8_0 cache, on every adapter).
+//! K and V of a step into the cache at their positions, K rotated on the way, and the step's Q
+//! rotated in place by the same dispatch: `shaders/kv_store.wgsl` (f32 cache),
+//! `shaders/kv_store_f16.wgsl` (f16 cache, where the adapter has shader-f16) and
+//! `shaders/kv_store_q8.wgsl` (Q8_0 cache, on every adapter).
 
 use std::fmt;
 use std::str::FromStr;
@@ -111,12 +112,13 @@ crate::gpu_params! {
         pub freq_base: f32,
         pub freq_scale: f32,
         pub kv_stride: u32,
-        /// Elements between rows of k_new and v_new, and the first column of K and of V in
-        /// them (k_new and v_new may be one buffer of q | k | v rows).
+        /// Elements between rows of qkv (q | k | v, Q from column 0), and the first column of
+        /// K and of V in them.
         pub src_stride: u32,
         pub k_col0: u32,
         pub v_col0: u32,
-        pub _pad0: u32,
+        /// Q heads (of head_dim) rotated in place; 0 leaves Q alone.
+        pub n_head: u32,
         pub _pad1: u32,
         pub _pad2: u32,
     }
@@ -152,16 +154,16 @@ impl KvStore {
         })
     }
 
-    /// Rotates the K of `k_new` and copies it and the V of `v_new` (max_tokens rows of
-    /// src_stride, K and V kv_stride long from k_col0 and v_col0) into rows pos0.. of the caches
-    /// (pool_rows, kv_stride): each token at its slot's page for its position.
+    /// Rotates the K of `qkv` and copies it and its V (max_tokens rows of src_stride, K and V
+    /// kv_stride long from k_col0 and v_col0) into rows pos0.. of the caches (pool_rows,
+    /// kv_stride), each token at its slot's page for its position; rotates the n_head Q heads at
+    /// the start of each row in place.
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
         ctx: &GpuContext,
         step: &wgpu::Buffer,
-        k_new: &wgpu::Buffer,
-        v_new: &wgpu::Buffer,
+        qkv: &wgpu::Buffer,
         k_cache: &wgpu::Buffer,
         v_cache: &wgpu::Buffer,
         params: KvStoreParams,
@@ -197,9 +199,23 @@ impl KvStore {
                 ));
             }
         }
-        let rows = u64::from(max_tokens) * u64::from(params.src_stride);
-        check_len(op, "k_new", k_new, rows)?;
-        check_len(op, "v_new", v_new, rows)?;
+        // Q is rotated in place while K and V are read: its columns must be neither.
+        let q_width = u64::from(params.n_head) * u64::from(params.head_dim);
+        if q_width > u64::from(params.k_col0.min(params.v_col0)) {
+            return Err(shape_error(
+                op,
+                format!(
+                    "{} Q heads of {} overlap K (from column {}) or V (from {})",
+                    params.n_head, params.head_dim, params.k_col0, params.v_col0
+                ),
+            ));
+        }
+        check_len(
+            op,
+            "qkv",
+            qkv,
+            u64::from(max_tokens) * u64::from(params.src_stride),
+        )?;
         let cache_bytes = u64::from(pool_rows) * self.kv_type.row_bytes(params.kv_stride);
         for (what, b) in [("k_cache", k_cache), ("v_cache", v_cache)] {
             if b.size() < cache_bytes {
@@ -209,24 +225,24 @@ impl KvStore {
                 ));
             }
         }
-        // Invocations: pairs of elements, or pairs of Q8_0 blocks.
-        let invocations = if self.kv_type == KvType::Q8_0 {
+        // Invocations: pairs of elements, or pairs of Q8_0 blocks; then Q's rotated pairs.
+        let stores = if self.kv_type == KvType::Q8_0 {
             (params.kv_stride / 32).div_ceil(2)
         } else {
             params.kv_stride / 2
         };
+        let q_pairs = params.n_head * (params.n_rot / 2);
         Ok(self.kernel.dispatch(
             ctx,
             &params,
             vec![
                 step.as_entire_binding(),
-                k_new.as_entire_binding(),
-                v_new.as_entire_binding(),
+                qkv.as_entire_binding(),
                 k_cache.as_entire_binding(),
                 v_cache.as_entire_binding(),
             ],
             Grid::Tokens {
-                x: invocations.div_ceil(WG_SIZE),
+                x: (stores + q_pairs).div_ceil(WG_SIZE),
                 tile: 1,
             },
         ))

@@ -11,7 +11,6 @@ pub mod matmul;
 pub mod profile;
 pub mod quantize;
 pub mod rms_norm;
-pub mod rope;
 pub mod selftest;
 pub mod silu_mul;
 pub mod source;
@@ -571,7 +570,6 @@ pub fn all_variants() -> Vec<Variant> {
         }
     }
     v.extend(rms_norm::RmsNorm::variants());
-    v.extend(rope::Rope::variants());
     v.extend(attention::Attention::variants());
     v.extend(kv_store::KvStore::variants());
     v.extend(silu_mul::SiluMul::variants());

@@ -11,7 +11,6 @@ use super::embed::Embed;
 use super::kv_store::{KvStore, KvStoreParams, KvType, q8_row_words};
 use super::matmul::{Matmul, MatmulKernel, MatmulLayout};
 use super::rms_norm::RmsNorm;
-use super::rope::{Rope, RopeParams};
 use super::silu_mul::SiluMul;
 use super::{Dispatch, KernelError, PagedLayout, StepBuffer, WEIGHT_DTYPES, encode_all};
 use crate::Result;
@@ -298,122 +297,116 @@ pub async fn run_all(ctx: &GpuContext) -> Result<Vec<Check>> {
         checks.push(compare("rms_norm".into(), &got, &want, 1e-5, 1e-5));
     }
 
-    // RoPE, both layouts.
-    for (neox, n_rot, pos0, n) in [(false, 64, 0u32, 5usize), (true, 48, 300, 3)] {
-        let (n_head, head_dim) = (3usize, 64usize);
-        let cfg = RopeConfig {
-            n_rot,
-            freq_base: 100_000.0,
-            freq_scale: 1.0,
-            neox,
-        };
-        let x = rng.vec(n * n_head * head_dim, 2.0);
-        let mut want = x.clone();
-        let positions: Vec<u32> = (pos0..pos0 + n as u32).collect();
-        reference::rope(&mut want, n_head, head_dim, &positions, cfg);
-        let xb = b.buffer(&x).await?;
-        let step = b.step(8).await?;
-        let params = RopeParams {
-            n_head: n_head as u32,
-            head_dim: head_dim as u32,
-            n_rot: n_rot as u32,
-            neox: u32::from(neox),
-            freq_base: cfg.freq_base,
-            freq_scale: cfg.freq_scale,
-            row_stride: (n_head * head_dim) as u32,
-            _pad: 0,
-        };
-        let d = Rope::new(ctx)
-            .await?
-            .bind(ctx, step.buffer(), &xb, params, n as u32)?;
-        b.run(&[&d], &step, pos0, n)?;
-        let got = b.read(&xb, x.len()).await?;
-        // WGSL bounds sin and cos only to 2^-11 absolute error, and browsers' software
-        // adapters use that room; each output sums two such terms of inputs up to 2.
-        checks.push(compare(
-            format!("rope neox={neox} n_rot={n_rot}"),
-            &got,
-            &want,
-            2.0 * 2.0 * 2f32.powi(-11),
-            1e-5,
-        ));
-    }
-
-    // K rotated and K/V stored at their positions, in every cache type the adapter has.
+    // K rotated and K/V stored at their positions, and Q rotated in place by the same dispatch,
+    // in every cache type the adapter has, in both RoPE layouts.
     for &kv_type in &kv_types {
-        let (n_head_kv, head_dim, pos0, n) = (3usize, 64usize, 9u32, 4usize);
-        let row = n_head_kv * head_dim;
-        let n_ctx = pos0 as usize + n + 2;
-        let cfg = RopeConfig {
-            n_rot: 64,
-            freq_base: 10_000.0,
-            freq_scale: 1.0,
-            neox: false,
-        };
-        let k_new = rng.vec(n * row, 2.0);
-        let v_new = rng.vec(n * row, 2.0);
-        let mut k_want = vec![0.0; n_ctx * row];
-        let mut v_want = k_want.clone();
-        let mut k_rot = k_new.clone();
-        let positions: Vec<u32> = (pos0..pos0 + n as u32).collect();
-        reference::rope(&mut k_rot, n_head_kv, head_dim, &positions, cfg);
-        let range = pos0 as usize * row..(pos0 as usize + n) * row;
-        k_want[range.clone()].copy_from_slice(&k_rot);
-        v_want[range].copy_from_slice(&v_new);
-        reference::round_kv(&mut k_want, kv_type);
-        reference::round_kv(&mut v_want, kv_type);
-        let zeros = vec![0.0; n_ctx * row];
-        let kc = b.kv_buffer(kv_type, &zeros, row).await?;
-        let vc = b.kv_buffer(kv_type, &zeros, row).await?;
-        let params = KvStoreParams {
-            n_head_kv: n_head_kv as u32,
-            head_dim: head_dim as u32,
-            n_rot: cfg.n_rot as u32,
-            neox: 0,
-            freq_base: cfg.freq_base,
-            freq_scale: cfg.freq_scale,
-            kv_stride: row as u32,
-            src_stride: row as u32,
-            ..Default::default()
-        };
-        let step = b.step(8).await?;
-        let (kb, vb) = (b.buffer(&k_new).await?, b.buffer(&v_new).await?);
-        let d = KvStore::new(ctx, kv_type).await?.bind(
-            ctx,
-            step.buffer(),
-            &kb,
-            &vb,
-            &kc,
-            &vc,
-            params,
-            n as u32,
-            n_ctx as u32,
-        )?;
-        b.run(&[&d], &step, pos0, n)?;
-        let k_got = b.read_kv(kv_type, &kc, n_ctx, row).await?;
-        let v_got = b.read_kv(kv_type, &vc, n_ctx, row).await?;
-        // K: the rotation's rounding, plus (f16) half an f16 step, or (Q8_0) a value that lands
-        // on the other side of a rounding boundary: one step of its block, at most 2.9 / 127.
-        // V is copied: the reference's rounding exactly, bar such a boundary in Q8_0.
-        let (k_atol, k_rtol, v_atol) = match kv_type {
-            KvType::F32 => (1e-3, 1e-5, 0.0),
-            KvType::F16 => (1e-3, 1e-3, 0.0),
-            KvType::Q8_0 => (2.9 / 127.0, 0.0, 2.9 / 127.0),
-        };
-        checks.push(compare(
-            format!("kv_store {kv_type} K"),
-            &k_got,
-            &k_want,
-            k_atol,
-            k_rtol,
-        ));
-        checks.push(compare(
-            format!("kv_store {kv_type} V"),
-            &v_got,
-            &v_want,
-            v_atol,
-            0.0,
-        ));
+        for (neox, n_rot, pos0) in [(false, 64, 9u32), (true, 48, 300)] {
+            let (n_head, n_head_kv, head_dim, n) = (5usize, 3usize, 64usize, 4usize);
+            let row = n_head_kv * head_dim;
+            let q_width = n_head * head_dim;
+            let src_stride = q_width + 2 * row;
+            let n_ctx = pos0 as usize + n + 2;
+            let cfg = RopeConfig {
+                n_rot,
+                freq_base: 10_000.0,
+                freq_scale: 1.0,
+                neox,
+            };
+            // Rows of q | k | v, as the projections write them.
+            let qkv = rng.vec(n * src_stride, 2.0);
+            let column = |t: usize, col0: usize, width: usize| {
+                &qkv[t * src_stride + col0..t * src_stride + col0 + width]
+            };
+            let positions: Vec<u32> = (pos0..pos0 + n as u32).collect();
+            let mut q_want = Vec::new();
+            let (mut k_rot, mut v_new) = (Vec::new(), Vec::new());
+            for t in 0..n {
+                q_want.extend_from_slice(column(t, 0, q_width));
+                k_rot.extend_from_slice(column(t, q_width, row));
+                v_new.extend_from_slice(column(t, q_width + row, row));
+            }
+            reference::rope(&mut q_want, n_head, head_dim, &positions, cfg);
+            reference::rope(&mut k_rot, n_head_kv, head_dim, &positions, cfg);
+            let mut k_want = vec![0.0; n_ctx * row];
+            let mut v_want = k_want.clone();
+            let range = pos0 as usize * row..(pos0 as usize + n) * row;
+            k_want[range.clone()].copy_from_slice(&k_rot);
+            v_want[range].copy_from_slice(&v_new);
+            reference::round_kv(&mut k_want, kv_type);
+            reference::round_kv(&mut v_want, kv_type);
+            let zeros = vec![0.0; n_ctx * row];
+            let kc = b.kv_buffer(kv_type, &zeros, row).await?;
+            let vc = b.kv_buffer(kv_type, &zeros, row).await?;
+            let params = KvStoreParams {
+                n_head_kv: n_head_kv as u32,
+                head_dim: head_dim as u32,
+                n_rot: n_rot as u32,
+                neox: u32::from(neox),
+                freq_base: cfg.freq_base,
+                freq_scale: cfg.freq_scale,
+                kv_stride: row as u32,
+                src_stride: src_stride as u32,
+                k_col0: q_width as u32,
+                v_col0: (q_width + row) as u32,
+                n_head: n_head as u32,
+                ..Default::default()
+            };
+            let step = b.step(8).await?;
+            let qkv_buffer = b.buffer(&qkv).await?;
+            let d = KvStore::new(ctx, kv_type).await?.bind(
+                ctx,
+                step.buffer(),
+                &qkv_buffer,
+                &kc,
+                &vc,
+                params,
+                n as u32,
+                n_ctx as u32,
+            )?;
+            b.run(&[&d], &step, pos0, n)?;
+            let k_got = b.read_kv(kv_type, &kc, n_ctx, row).await?;
+            let v_got = b.read_kv(kv_type, &vc, n_ctx, row).await?;
+            let qkv_got = b.read(&qkv_buffer, qkv.len()).await?;
+            let q_got: Vec<f32> = qkv_got
+                .chunks(src_stride)
+                .flat_map(|r| &r[..q_width])
+                .copied()
+                .collect();
+            let layout = format!("neox={neox} n_rot={n_rot}");
+            // WGSL bounds sin and cos only to 2^-11 absolute error, and browsers' software
+            // adapters use that room; each rotated value sums two such terms of inputs up to 2.
+            let rotation = 2.0 * 2.0 * 2f32.powi(-11);
+            // K: the rotation's rounding, plus (f16) half an f16 step, or (Q8_0) a value that
+            // lands on the other side of a rounding boundary: one step of its block, at most
+            // 2.9 / 127. V is copied: the reference's rounding exactly, bar such a boundary in
+            // Q8_0.
+            let (k_atol, k_rtol, v_atol) = match kv_type {
+                KvType::F32 => (rotation, 1e-5, 0.0),
+                KvType::F16 => (rotation, 1e-3, 0.0),
+                KvType::Q8_0 => (2.9 / 127.0, 0.0, 2.9 / 127.0),
+            };
+            checks.push(compare(
+                format!("kv_store {kv_type} Q {layout}"),
+                &q_got,
+                &q_want,
+                rotation,
+                1e-5,
+            ));
+            checks.push(compare(
+                format!("kv_store {kv_type} K {layout}"),
+                &k_got,
+                &k_want,
+                k_atol,
+                k_rtol,
+            ));
+            checks.push(compare(
+                format!("kv_store {kv_type} V {layout}"),
+                &v_got,
+                &v_want,
+                v_atol,
+                0.0,
+            ));
+        }
     }
 
     // Matrix products: the decode (vector) and prefill (tiled) kernels, every weight type.

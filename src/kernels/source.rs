@@ -55,7 +55,6 @@ pub const SHADER_FILES: &[(&str, &str)] = shader_files![
     "matvec_subgroup_q8.wgsl",
     "quantize_q8.wgsl",
     "rms_norm.wgsl",
-    "rope.wgsl",
     "silu_mul.wgsl",
 ];
 

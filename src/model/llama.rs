@@ -17,7 +17,6 @@ use crate::kernels::embed::Embed;
 use crate::kernels::kv_store::{KvStore, KvStoreParams};
 use crate::kernels::matmul::{Matmul, MatmulKernel, MatmulLayout};
 use crate::kernels::rms_norm::RmsNorm;
-use crate::kernels::rope::{Rope, RopeParams};
 use crate::kernels::silu_mul::SiluMul;
 use crate::kernels::{
     Dispatch, KernelError, KvType, PagedLayout, StepBuffer, StepInput, StepShape, encode_all,
@@ -166,7 +165,8 @@ struct TracePoint {
 #[derive(Debug)]
 struct Stage {
     dispatches: Vec<Dispatch>,
-    trace: Option<TracePoint>,
+    /// What a traced run reads back after the stage.
+    traces: Vec<TracePoint>,
 }
 
 /// Activation buffers, each (max_batch, width).
@@ -989,56 +989,34 @@ impl LlamaGpu {
         let mut out = Vec::new();
         let stages = layers
             .iter()
-            .map(|s| (&s.dispatches[..], s.trace.as_ref()))
-            .chain([(&tail[..], Some(&final_norm))]);
-        for (dispatches, trace) in stages {
+            .map(|s| (&s.dispatches[..], &s.traces[..]))
+            .chain([(&tail[..], std::slice::from_ref(&final_norm))]);
+        for (dispatches, traces) in stages {
             let mut encoder = self
                 .ctx
                 .device()
                 .create_command_encoder(&Default::default());
             encode_all(&self.ctx, &mut encoder, dispatches, shape);
-            let Some(tp) = trace else {
-                self.ctx.queue().submit([encoder.finish()]);
-                continue;
-            };
-            let row_bytes = tp.kv_type.row_bytes(tp.row_stride);
-            let offset = if tp.rows_at_pos {
-                u64::from(pos0) * row_bytes
-            } else {
-                0
-            };
-            let bytes = u64::from(n) * row_bytes;
-            // Copies move whole words; an f16 row of odd length ends mid-word.
-            let copy = bytes.next_multiple_of(4);
-            let rb = ReadbackBuffer::new(&self.ctx, "trace", copy).await?;
-            rb.copy_from(&mut encoder, &tp.buffer, offset, copy)?;
+            let mut copies = Vec::new();
+            for tp in traces {
+                let row_bytes = tp.kv_type.row_bytes(tp.row_stride);
+                let offset = if tp.rows_at_pos {
+                    u64::from(pos0) * row_bytes
+                } else {
+                    0
+                };
+                let bytes = u64::from(n) * row_bytes;
+                // Copies move whole words; an f16 row of odd length ends mid-word.
+                let copy = bytes.next_multiple_of(4);
+                let rb = ReadbackBuffer::new(&self.ctx, "trace", copy).await?;
+                rb.copy_from(&mut encoder, &tp.buffer, offset, copy)?;
+                copies.push((tp, rb, bytes, copy));
+            }
             self.ctx.queue().submit([encoder.finish()]);
-            let raw = rb.read(&self.ctx, copy).await?;
-            let values = match tp.kv_type {
-                KvType::F16 => raw
-                    .chunks_exact(2)
-                    .take((bytes / 2) as usize)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                KvType::F32 => {
-                    let rows: Vec<f32> = raw
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
-                    rows.chunks(tp.row_stride as usize)
-                        .flat_map(|row| &row[..tp.row_len as usize])
-                        .copied()
-                        .collect()
-                }
-                KvType::Q8_0 => {
-                    let words: Vec<u32> = raw
-                        .chunks_exact(4)
-                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
-                    crate::reference::kv_q8_decode(&words, tp.row_len)
-                }
-            };
-            out.push((tp.name.clone(), values));
+            for (tp, rb, bytes, copy) in copies {
+                let raw = rb.read(&self.ctx, copy).await?;
+                out.push((tp.name.clone(), trace_values(tp, &raw, bytes)));
+            }
         }
         let bytes = u64::from(n) * u64::from(self.cfg.n_vocab) * 4;
         let mut encoder = self
@@ -1198,7 +1176,7 @@ impl PlanBuilder<'_> {
     }
 
     /// An f32 activation of the step's rows, to read back in traced runs.
-    fn trace(&self, name: String, buffer: &wgpu::Buffer, row_len: u32) -> Option<TracePoint> {
+    fn trace(&self, name: String, buffer: &wgpu::Buffer, row_len: u32) -> TracePoint {
         self.trace_columns(name, buffer, row_len, row_len)
     }
 
@@ -1209,15 +1187,15 @@ impl PlanBuilder<'_> {
         buffer: &wgpu::Buffer,
         row_len: u32,
         row_stride: u32,
-    ) -> Option<TracePoint> {
-        Some(TracePoint {
+    ) -> TracePoint {
+        TracePoint {
             name,
             buffer: buffer.clone(),
             row_len,
             rows_at_pos: false,
             kv_type: KvType::F32,
             row_stride,
-        })
+        }
     }
 
     async fn layers(&self, vector: bool) -> Result<Vec<Stage>> {
@@ -1225,7 +1203,6 @@ impl PlanBuilder<'_> {
         let a = self.act;
         let (ctx, step, mb) = (self.ctx, self.step, self.max_batch);
         let rms = RmsNorm::new(ctx).await?;
-        let rope = Rope::new(ctx).await?;
         let attention = Attention::new(ctx, self.kv_type, c.head_dim).await?;
         let attention_split = if vector && self.act.attn_partials.is_some() {
             Some(Attention::split(ctx, self.kv_type).await?)
@@ -1243,18 +1220,8 @@ impl PlanBuilder<'_> {
 
         let mut stages = vec![Stage {
             dispatches: embed.bind(ctx, step, &self.weights.token_embd, &a.x, mb)?,
-            trace: self.trace("embd".into(), &a.x, c.n_embd),
+            traces: vec![self.trace("embd".into(), &a.x, c.n_embd)],
         }];
-        let q_rope = RopeParams {
-            n_head: c.n_head,
-            head_dim: c.head_dim,
-            n_rot: c.rope.n_rot as u32,
-            neox: u32::from(c.rope.neox),
-            freq_base: c.rope.freq_base,
-            freq_scale: c.rope.freq_scale,
-            row_stride: c.n_embd_qkv(),
-            _pad: 0,
-        };
         let kv_params = KvStoreParams {
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
@@ -1266,6 +1233,7 @@ impl PlanBuilder<'_> {
             src_stride: c.n_embd_qkv(),
             k_col0: c.n_embd_q(),
             v_col0: c.n_embd_q() + c.n_embd_kv(),
+            n_head: c.n_head,
             ..Default::default()
         };
         for (i, l) in self.weights.layers.iter().enumerate() {
@@ -1282,28 +1250,19 @@ impl PlanBuilder<'_> {
                     false,
                     mb,
                 )?],
-                trace: self.trace(format!("blk.{i}.attn_norm"), &a.xn, c.n_embd),
+                traces: vec![self.trace(format!("blk.{i}.attn_norm"), &a.xn, c.n_embd)],
             });
             stages.push(Stage {
                 dispatches: self
                     .matmul_joined(vector, &l.attn_qkv, &a.xn, &a.qkv, c.n_embd_qkv())
                     .await?,
-                trace: None,
+                traces: Vec::new(),
             });
-            stages.push(Stage {
-                dispatches: vec![rope.bind(ctx, step, &a.qkv, q_rope, mb)?],
-                trace: self.trace_columns(
-                    format!("blk.{i}.q_rope"),
-                    &a.qkv,
-                    c.n_embd_q(),
-                    c.n_embd_qkv(),
-                ),
-            });
+            // One dispatch rotates Q in place and K on its way into the cache.
             stages.push(Stage {
                 dispatches: vec![kv_store.bind(
                     ctx,
                     step,
-                    &a.qkv,
                     &a.qkv,
                     kc,
                     vc,
@@ -1311,14 +1270,22 @@ impl PlanBuilder<'_> {
                     mb,
                     self.pool_rows,
                 )?],
-                trace: Some(TracePoint {
-                    name: format!("blk.{i}.k_rope"),
-                    buffer: kc.clone(),
-                    row_len: c.n_embd_kv(),
-                    rows_at_pos: true,
-                    kv_type: self.kv_type,
-                    row_stride: c.n_embd_kv(),
-                }),
+                traces: vec![
+                    self.trace_columns(
+                        format!("blk.{i}.q_rope"),
+                        &a.qkv,
+                        c.n_embd_q(),
+                        c.n_embd_qkv(),
+                    ),
+                    TracePoint {
+                        name: format!("blk.{i}.k_rope"),
+                        buffer: kc.clone(),
+                        row_len: c.n_embd_kv(),
+                        rows_at_pos: true,
+                        kv_type: self.kv_type,
+                        row_stride: c.n_embd_kv(),
+                    },
+                ],
             });
             let attn_params = attention_params(c);
             let bind = |kernel: &Attention| {
@@ -1365,11 +1332,11 @@ impl PlanBuilder<'_> {
             }
             stages.push(Stage {
                 dispatches,
-                trace: self.trace(
+                traces: vec![self.trace(
                     format!("blk.{i}.attn_out_before_proj"),
                     &a.attn,
                     c.n_embd_q(),
-                ),
+                )],
             });
             // The residual add is folded into the output projection: x += attn W^T.
             let d = self
@@ -1377,7 +1344,7 @@ impl PlanBuilder<'_> {
                 .await?;
             stages.push(Stage {
                 dispatches: d,
-                trace: self.trace(format!("blk.{i}.after_attn_residual"), &a.x, c.n_embd),
+                traces: vec![self.trace(format!("blk.{i}.after_attn_residual"), &a.x, c.n_embd)],
             });
             let mut d = vec![rms.bind(
                 ctx,
@@ -1410,7 +1377,7 @@ impl PlanBuilder<'_> {
             );
             stages.push(Stage {
                 dispatches: d,
-                trace: self.trace(format!("blk.{i}.out"), &a.x, c.n_embd),
+                traces: vec![self.trace(format!("blk.{i}.out"), &a.x, c.n_embd)],
             });
         }
         Ok(stages)
@@ -1464,5 +1431,33 @@ impl PlanBuilder<'_> {
             Some(&a.xq),
         )?);
         Ok(d)
+    }
+}
+
+/// A trace point's rows as f32, from the bytes read back.
+fn trace_values(tp: &TracePoint, raw: &[u8], bytes: u64) -> Vec<f32> {
+    match tp.kv_type {
+        KvType::F16 => raw
+            .chunks_exact(2)
+            .take((bytes / 2) as usize)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        KvType::F32 => {
+            let rows: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            rows.chunks(tp.row_stride as usize)
+                .flat_map(|row| &row[..tp.row_len as usize])
+                .copied()
+                .collect()
+        }
+        KvType::Q8_0 => {
+            let words: Vec<u32> = raw
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            crate::reference::kv_q8_decode(&words, tp.row_len)
+        }
     }
 }
