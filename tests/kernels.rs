@@ -819,3 +819,67 @@ fn selftest_passes_on_every_kernel_shape() {
         assert!(failed.is_empty(), "{label}: {failed:#?}");
     }
 }
+
+/// On a CPU adapter with subgroups the loader times both rowwise products once per context and
+/// keeps the faster; the choice is written to the file given and read back, without measuring,
+/// by a later context on the same adapter. A pinned choice is never measured.
+#[test]
+fn cpu_products_are_measured_once_and_remembered() {
+    use sovereign::gpu::CpuProducts;
+    use sovereign::kernels::cpu_products;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cpu-products.json");
+    let context = |cpu_products| {
+        gpu(GpuOptions {
+            cpu_products,
+            cpu_products_file: Some(file.clone()),
+            ..Default::default()
+        })
+    };
+    let choose = |ctx: &GpuContext| {
+        pollster::block_on(cpu_products::choose(ctx, DType::Q4_1, 1536, 576)).unwrap()
+    };
+    let ctx = context(CpuProducts::Measure);
+    let f = ctx.features();
+    if !(f.cpu && f.subgroups) {
+        assert_eq!(
+            choose(&ctx),
+            None,
+            "nothing to choose on {}",
+            ctx.adapter_info().name
+        );
+        return;
+    }
+    let measured = choose(&ctx).expect("a CPU adapter with subgroups measures its products");
+    let (broadcast_ms, plain_ms) = measured.measured_ms.expect("measured, not read");
+    assert!(broadcast_ms > 0.0 && plain_ms > 0.0, "{measured:?}");
+    assert_eq!(measured.plain, plain_ms < broadcast_ms, "{measured:?}");
+    assert_eq!(ctx.features().cpu_broadcast, !measured.plain);
+    // Once per context.
+    assert_eq!(choose(&ctx), None);
+    let saved = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        saved.contains(if measured.plain {
+            "\"plain\""
+        } else {
+            "\"broadcast\""
+        }),
+        "{saved}"
+    );
+    // Read back by the next context, not measured again.
+    let again = context(CpuProducts::Measure);
+    let read = choose(&again).unwrap();
+    assert_eq!(read.plain, measured.plain);
+    assert_eq!(read.measured_ms, None);
+    assert_eq!(again.features().cpu_broadcast, !measured.plain);
+    // Another kind of product is measured for itself.
+    let other = context(CpuProducts::Measure);
+    let q8 = pollster::block_on(cpu_products::choose(&other, DType::Q8_0, 1024, 576)).unwrap();
+    assert!(q8.unwrap().measured_ms.is_some());
+    // Pinned choices.
+    for (products, broadcasts) in [(CpuProducts::Broadcast, true), (CpuProducts::Plain, false)] {
+        let pinned = context(products);
+        assert_eq!(choose(&pinned), None);
+        assert_eq!(pinned.features().cpu_broadcast, broadcasts);
+    }
+}

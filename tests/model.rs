@@ -710,3 +710,83 @@ fn q8_0_kv_cache_doubles_the_context_and_keeps_perplexity() {
         change * 100.0
     );
 }
+
+/// A CPU adapter's two rowwise products (activation blocks shared through subgroup broadcasts,
+/// or loaded by every lane) compute the same floats, so choosing between them by speed changes
+/// no output: a prompt's logits (the batched products) and the next token's (the one-token
+/// products) are equal bit for bit, for the test model and for synthetic models of every other
+/// weight type.
+#[test]
+fn cpu_products_with_and_without_broadcasts_give_the_same_logits() {
+    use sovereign::format::DType;
+    use sovereign::gpu::CpuProducts;
+    use sovereign::model::synthetic::{SyntheticSpec, synthetic_llama};
+    let context = |cpu_products| {
+        gpu(GpuOptions {
+            cpu_products,
+            ..Default::default()
+        })
+    };
+    let (broadcast, plain) = (context(CpuProducts::Broadcast), context(CpuProducts::Plain));
+    let f = broadcast.features();
+    if !f.cpu {
+        eprintln!(
+            "{}: not a CPU adapter, no rowwise products",
+            broadcast.adapter_info().name
+        );
+        return;
+    }
+    assert_eq!(f.cpu_broadcast, f.subgroups);
+    assert!(!plain.features().cpu_broadcast);
+    let mut files = vec![GgufFile::open(model_path()).unwrap()];
+    for (i, dtype) in [
+        DType::F16,
+        DType::Q4_0,
+        DType::Q8_0,
+        DType::Q5_1,
+        DType::Q4_K,
+        DType::Q6_K,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (n_embd, n_ff) = if dtype.block_len() == 256 {
+            (256, 512)
+        } else {
+            (128, 256)
+        };
+        let spec = SyntheticSpec {
+            dtype,
+            embd_dtype: dtype,
+            n_embd,
+            n_ff,
+            seed: 40 + i as u64,
+            ..Default::default()
+        };
+        files.push(GgufFile::from_bytes(synthetic_llama(&spec).unwrap().to_bytes()).unwrap());
+    }
+    let prompt = [1u32, 30, 200, 7, 5000, 12, 9];
+    for file in &files {
+        let run = |ctx: &Arc<GpuContext>| {
+            let mut model = load(Arc::clone(ctx), file, 16);
+            let n_vocab = model.config().n_vocab;
+            let tokens: Vec<u32> = prompt.iter().map(|t| t % n_vocab).collect();
+            let mut out = logits(&mut model, &tokens, 0, Output::AllLogits);
+            out.extend(logits(
+                &mut model,
+                &tokens[..1],
+                tokens.len() as u32,
+                Output::LastLogits,
+            ));
+            out
+        };
+        let (a, b) = (run(&broadcast), run(&plain));
+        assert_eq!(a.len(), b.len());
+        let differ = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{differ} of {} logits differ", a.len());
+    }
+}

@@ -4,6 +4,7 @@
 pub mod buffer;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use buffer::{ReadbackBuffer, WeightChunk, WeightTensor};
@@ -83,6 +84,39 @@ pub struct GpuOptions {
     /// Dispatches in a step's first command buffer (`SOVEREIGN_SUBMIT_FIRST`); 0 submits each
     /// step whole. `None`: [`DEFAULT_SUBMIT_FIRST`].
     pub submit_first: Option<u32>,
+    /// Which rowwise products a CPU adapter with subgroups runs (`SOVEREIGN_CPU_PRODUCTS`).
+    pub cpu_products: CpuProducts,
+    /// Where measured choices of [`CpuProducts`] are kept between runs (`cpu-products.json` in
+    /// the cache folder, from [`GpuOptions::from_env`]): a later load on the same adapter,
+    /// driver and kernels reads the choice instead of measuring again. `None`: not kept.
+    pub cpu_products_file: Option<std::path::PathBuf>,
+}
+
+/// The two rowwise products of a CPU adapter with subgroups: each lane loads every activation
+/// block itself (`matmul_rowwise`), or lanes share the loads through subgroup broadcasts
+/// (`matmul_rowwise_subgroup`). Which is faster depends on the driver: the broadcasts by 1.1x on
+/// Mesa 22.3's lavapipe and 1.4x on Mesa 25 with LLVM 19, the plain loads by 1.24x on Mesa 26
+/// (benches/RESULTS.md). Both compute the same floats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuProducts {
+    /// The broadcasts until a model loads, then whichever of the two the loader measured
+    /// faster on its weights (`kernels::cpu_products`), or found measured before.
+    #[default]
+    Measure,
+    Broadcast,
+    Plain,
+}
+
+impl CpuProducts {
+    /// `measure`, `broadcast` or `plain`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "measure" => Some(CpuProducts::Measure),
+            "broadcast" => Some(CpuProducts::Broadcast),
+            "plain" => Some(CpuProducts::Plain),
+            _ => None,
+        }
+    }
 }
 
 /// Dispatches in a step's first command buffer; each later one takes twice as many. The GPU
@@ -119,8 +153,32 @@ impl GpuOptions {
             page_subgroups: false,
             subgroup_min_size: None,
             submit_first: var("SOVEREIGN_SUBMIT_FIRST").and_then(|v| v.parse().ok()),
+            cpu_products: var("SOVEREIGN_CPU_PRODUCTS")
+                .and_then(|v| {
+                    let products = CpuProducts::from_name(&v);
+                    if products.is_none() {
+                        tracing::warn!(
+                            "SOVEREIGN_CPU_PRODUCTS={v:?} ignored: want measure, broadcast or plain"
+                        );
+                    }
+                    products
+                })
+                .unwrap_or_default(),
+            cpu_products_file: cpu_products_file(),
         }
     }
+}
+
+#[cfg(feature = "native")]
+fn cpu_products_file() -> Option<std::path::PathBuf> {
+    crate::fetch::cache_dir()
+        .ok()
+        .map(|dir| dir.join("cpu-products.json"))
+}
+
+#[cfg(not(feature = "native"))]
+fn cpu_products_file() -> Option<std::path::PathBuf> {
+    None
 }
 
 /// `M,N,K` tile sizes: multiples of 4, at most 1024 threads ((M/4)(N/4)) and 32 KiB of tiles.
@@ -182,6 +240,10 @@ pub struct GpuFeatures {
     /// Prefill matmul tiles chosen for this device (`GpuOptions::matmul_tiles`), if not the
     /// built-in ones.
     pub matmul_tiles: Option<[u32; 3]>,
+    /// A CPU adapter's products share activation loads through subgroup broadcasts
+    /// ([`CpuProducts`]); false where the adapter has no subgroups or the plain loads were
+    /// chosen.
+    pub cpu_broadcast: bool,
 }
 
 /// Whether `matmul_coop.wgsl` can run on `adapter` with the features in `wanted`: a GPU whose
@@ -350,6 +412,11 @@ pub struct GpuContext {
     max_binding_size: u64,
     shader_checks: ShaderChecks,
     submit_first: u32,
+    /// The CPU products still to be measured ([`CpuProducts::Measure`]), and then whether the
+    /// plain ones won.
+    cpu_products_pending: AtomicBool,
+    cpu_plain_chosen: AtomicBool,
+    cpu_products_file: Option<std::path::PathBuf>,
     errors: Arc<Mutex<ErrorSink>>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     #[cfg(not(target_arch = "wasm32"))]
@@ -508,6 +575,13 @@ impl GpuContext {
             dot4: options.dot4,
             coop_matrix,
             matmul_tiles: options.matmul_tiles,
+            cpu_broadcast: false,
+        };
+        let features = GpuFeatures {
+            cpu_broadcast: features.cpu
+                && features.subgroups
+                && options.cpu_products != CpuProducts::Plain,
+            ..features
         };
         let hard_cap = limits
             .max_storage_buffer_binding_size
@@ -532,6 +606,11 @@ impl GpuContext {
             max_binding_size,
             shader_checks: options.shader_checks,
             submit_first: options.submit_first.unwrap_or(DEFAULT_SUBMIT_FIRST),
+            cpu_products_pending: AtomicBool::new(
+                features.cpu_broadcast && options.cpu_products == CpuProducts::Measure,
+            ),
+            cpu_plain_chosen: AtomicBool::new(false),
+            cpu_products_file: options.cpu_products_file.clone(),
             errors,
             pipelines: Mutex::new(HashMap::new()),
             #[cfg(not(target_arch = "wasm32"))]
@@ -559,7 +638,71 @@ impl GpuContext {
     }
 
     pub fn features(&self) -> GpuFeatures {
-        self.features
+        let mut features = self.features;
+        if self.cpu_plain_chosen.load(Ordering::Acquire) {
+            features.cpu_broadcast = false;
+        }
+        features
+    }
+
+    /// Whether the CPU products are still to be measured; true once for the context, for the
+    /// caller that then measures them and reports with [`Self::choose_plain_cpu_products`].
+    pub fn take_cpu_products_to_measure(&self) -> bool {
+        self.cpu_products_pending.swap(false, Ordering::AcqRel)
+    }
+
+    /// From now on the CPU products load every activation block per lane
+    /// ([`GpuFeatures::cpu_broadcast`] false); kernels built before keep theirs.
+    pub fn choose_plain_cpu_products(&self) {
+        self.cpu_plain_chosen.store(true, Ordering::Release);
+    }
+
+    /// The CPU products measured before on this adapter and driver for `what` (the kernels
+    /// and the product measured): `Some(true)` where the plain ones won.
+    pub fn saved_cpu_products(&self, what: &str) -> Option<bool> {
+        let path = self.cpu_products_file.as_ref()?;
+        let saved = read_cpu_products(path);
+        match saved.get(&self.cpu_products_key(what))?.as_str()? {
+            "plain" => Some(true),
+            "broadcast" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Keeps a measured choice for [`Self::saved_cpu_products`]. A choice that cannot be
+    /// written is measured again next time.
+    pub fn save_cpu_products(&self, what: &str, plain: bool) {
+        let Some(path) = &self.cpu_products_file else {
+            return;
+        };
+        let mut saved = read_cpu_products(path);
+        saved.insert(
+            self.cpu_products_key(what),
+            serde_json::Value::from(if plain { "plain" } else { "broadcast" }),
+        );
+        let text = serde_json::Value::Object(saved).to_string();
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                // Written aside and renamed into place: a reader never sees half a file.
+                let tmp = path.with_extension(format!("json.{}", std::process::id()));
+                std::fs::write(&tmp, text)?;
+                std::fs::rename(&tmp, path)
+            });
+        if let Err(e) = written {
+            tracing::debug!(
+                "cannot keep the CPU products' choice in {}: {e}",
+                path.display()
+            );
+        }
+    }
+
+    fn cpu_products_key(&self, what: &str) -> String {
+        format!(
+            "{} | {} | {} | {what}",
+            self.info.name, self.info.driver, self.info.driver_info
+        )
     }
 
     /// Dispatches in a step's first command buffer ([`DEFAULT_SUBMIT_FIRST`]); 0: one command
@@ -869,4 +1012,12 @@ pub fn grid(n: u32, max_per_dim: u32) -> (u32, u32) {
         let y = n.div_ceil(max_per_dim);
         (n.div_ceil(y), y)
     }
+}
+
+/// The choices kept in `path`, or none where it cannot be read.
+fn read_cpu_products(path: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
 }

@@ -332,14 +332,14 @@ impl Matmul {
         let w = ("W_DTYPE", f64::from(dtype.ggml_id()));
         if features.cpu {
             // An activation block is broadcast from eight lanes, or four where subgroups are
-            // that small; without subgroups each lane loads it for twice the rows.
+            // that small; without the broadcasts each lane loads it for twice the rows.
             let four_rows = (ROWWISE_WG, ROWWISE_ROWS);
             let (shader, spread, (lanes, rows)) = match features.subgroup_min_size {
                 _ if features.dot4 && has_q8_product(dtype) => {
                     ("matmul_rowwise_q8", None, four_rows)
                 }
-                8.. if features.subgroups => ("matmul_rowwise_subgroup", Some(8.0), four_rows),
-                4.. if features.subgroups => ("matmul_rowwise_subgroup", Some(4.0), four_rows),
+                8.. if features.cpu_broadcast => ("matmul_rowwise_subgroup", Some(8.0), four_rows),
+                4.. if features.cpu_broadcast => ("matmul_rowwise_subgroup", Some(4.0), four_rows),
                 _ => (
                     "matmul_rowwise",
                     None,
@@ -411,6 +411,38 @@ impl Matmul {
         check_weight_dtype("matvec", dtype)?;
         let (variant, shape) = Self::vector_spec(dtype, ctx.features());
         Self::build(ctx, &variant, dtype, shape, false).await
+    }
+
+    /// [`Matmul::gated`]'s CPU rowwise product for steps of one token, with the subgroup
+    /// broadcasts or without, whichever the context has chosen (`cpu_products` measures both):
+    /// only the one-token pipeline is built, and it serves every step. `None` where there is no
+    /// such product.
+    pub(crate) async fn cpu_gated_one_token(
+        ctx: &GpuContext,
+        dtype: DType,
+        broadcast: bool,
+    ) -> Result<Option<Self>, KernelError> {
+        check_weight_dtype("matvec", dtype)?;
+        let features = GpuFeatures {
+            cpu_broadcast: broadcast,
+            ..ctx.features()
+        };
+        let Some((variant, shape)) = Self::gated_spec(MatmulKernel::Vector, dtype, features) else {
+            return Ok(None);
+        };
+        let Some(one_token) = one_row_variant(&variant, shape) else {
+            return Ok(None);
+        };
+        let kernel = Kernel::new(ctx, &one_token).await?;
+        Ok(Some(Matmul {
+            kernel: kernel.clone(),
+            one_row: Some(kernel),
+            dtype,
+            shape,
+            glu: true,
+            quantize: None,
+            f16_inputs: false,
+        }))
     }
 
     /// Whether `features` give a batched decode kernel.

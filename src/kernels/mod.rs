@@ -5,6 +5,7 @@
 
 pub mod argmax;
 pub mod attention;
+pub mod cpu_products;
 pub mod embed;
 pub mod kv_store;
 pub mod matmul;
@@ -525,6 +526,7 @@ pub fn all_variants() -> Vec<Variant> {
         dot4: false,
         coop_matrix: false,
         matmul_tiles: None,
+        cpu_broadcast: false,
     };
     let all_dot4 = GpuFeatures { dot4: true, ..all };
     let coop = GpuFeatures {
@@ -539,6 +541,7 @@ pub fn all_variants() -> Vec<Variant> {
         cpu: true,
         subgroup_min_size: 8,
         subgroup_max_size: 8,
+        cpu_broadcast: true,
         ..all
     };
     let cpu_4_lanes = GpuFeatures {

@@ -601,6 +601,12 @@ impl LlamaGpu {
         } else {
             VECTOR_MAX_TOKENS
         };
+        // On a CPU adapter, the rowwise products are measured on this model's gate|up type and
+        // shape before any product is built: the products follow the choice.
+        if let Some(gate_up) = weights.layers.first().and_then(|l| l.ffn_gate_up.first()) {
+            crate::kernels::cpu_products::choose(&ctx, gate_up.dtype, cfg.n_ff, gate_up.row_len)
+                .await?;
+        }
         let builder = PlanBuilder {
             ctx: &ctx,
             cfg: &cfg,
