@@ -55,9 +55,10 @@ def native(streams, p, n, model, env=None):
 
 # Chromium gives WebGPU the machine's lavapipe only through Dawn's OpenGL ES backend on ANGLE
 # on Vulkan: a WebGPU compatibility-mode adapter, made the default by --force-webgpu-compat. Its
-# own Vulkan backend leaves lavapipe out (Mesa 22.3 lacks dynamic indexing of image arrays, and
-# 22.3 and 25.0 both lack semaphores exported as file descriptors), so without these flags the
-# page gets SwiftShader. On Mesa 25 this route is the faster one (benches/RESULTS.md).
+# own Vulkan backend leaves lavapipe out (Mesa 22.3 lacks dynamic indexing of image arrays, 22.3
+# and 25.0 lack semaphores exported as file descriptors, and 26.1, which has them, still fails
+# Chromium's check for importing external images), so without these flags the page gets
+# SwiftShader. On Mesa 25 and 26 this route is the faster one (benches/RESULTS.md).
 # Mesa names the manifest with the architecture in some releases and without it in others.
 LAVAPIPE_ICDS = sorted(glob.glob("/usr/share/vulkan/icd.d/lvp_icd*.json"))
 LAVAPIPE_FLAGS = (
