@@ -138,35 +138,44 @@ impl GpuOptions {
             coop_matrix: flag("SOVEREIGN_COOP_MATRIX"),
             gpu_kernels_on_cpu: flag("SOVEREIGN_GPU_KERNELS"),
             matmul_tiles: var("SOVEREIGN_MATMUL_TILES").and_then(|v| parse_tiles(&v)),
-            shader_checks: var("SOVEREIGN_SHADER_CHECKS")
-                .and_then(|v| {
-                    let checks = ShaderChecks::from_name(&v);
-                    if checks.is_none() {
-                        tracing::warn!(
-                            "SOVEREIGN_SHADER_CHECKS={v:?} ignored: want full or no-loop-bound"
-                        );
-                    }
-                    checks
-                })
-                .unwrap_or_default(),
+            shader_checks: named(
+                "SOVEREIGN_SHADER_CHECKS",
+                var("SOVEREIGN_SHADER_CHECKS"),
+                ShaderChecks::from_name,
+                "full or no-loop-bound",
+            ),
             cpu_adapter: None,
             page_subgroups: false,
             subgroup_min_size: None,
             submit_first: var("SOVEREIGN_SUBMIT_FIRST").and_then(|v| v.parse().ok()),
-            cpu_products: var("SOVEREIGN_CPU_PRODUCTS")
-                .and_then(|v| {
-                    let products = CpuProducts::from_name(&v);
-                    if products.is_none() {
-                        tracing::warn!(
-                            "SOVEREIGN_CPU_PRODUCTS={v:?} ignored: want measure, broadcast or plain"
-                        );
-                    }
-                    products
-                })
-                .unwrap_or_default(),
+            cpu_products: named(
+                "SOVEREIGN_CPU_PRODUCTS",
+                var("SOVEREIGN_CPU_PRODUCTS"),
+                CpuProducts::from_name,
+                "measure, broadcast or plain",
+            ),
             cpu_products_file: cpu_products_file(),
         }
     }
+}
+
+/// The setting a variable names, its default where it is unset, and a warning where it names
+/// none of those `wanted`.
+fn named<T: Default>(
+    key: &str,
+    value: Option<String>,
+    from_name: fn(&str) -> Option<T>,
+    wanted: &str,
+) -> T {
+    value
+        .and_then(|v| {
+            let setting = from_name(&v);
+            if setting.is_none() {
+                tracing::warn!("{key}={v:?} ignored: want {wanted}");
+            }
+            setting
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(feature = "native")]
