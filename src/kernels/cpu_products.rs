@@ -14,8 +14,8 @@ use crate::reference;
 /// Rows of the measured product at most: enough to take about a millisecond on lavapipe.
 const MAX_ROWS: u32 = 3072;
 /// Products per timed submit, and timed submits per kind.
-const REPS: usize = 8;
-const ROUNDS: usize = 5;
+const REPS: usize = 16;
+const ROUNDS: usize = 7;
 
 /// Which products the context now runs, and the median milliseconds of one decode product of
 /// each kind (with the broadcasts, then without) where they were measured now rather than read
