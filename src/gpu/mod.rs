@@ -4,7 +4,7 @@
 pub mod buffer;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use buffer::{ReadbackBuffer, WeightChunk, WeightTensor};
@@ -140,7 +140,6 @@ impl GpuOptions {
             matmul_tiles: var("SOVEREIGN_MATMUL_TILES").and_then(|v| parse_tiles(&v)),
             shader_checks: named(
                 "SOVEREIGN_SHADER_CHECKS",
-                var("SOVEREIGN_SHADER_CHECKS"),
                 ShaderChecks::from_name,
                 "full or no-loop-bound",
             ),
@@ -150,7 +149,6 @@ impl GpuOptions {
             submit_first: var("SOVEREIGN_SUBMIT_FIRST").and_then(|v| v.parse().ok()),
             cpu_products: named(
                 "SOVEREIGN_CPU_PRODUCTS",
-                var("SOVEREIGN_CPU_PRODUCTS"),
                 CpuProducts::from_name,
                 "measure, broadcast or plain",
             ),
@@ -161,13 +159,10 @@ impl GpuOptions {
 
 /// The setting a variable names, its default where it is unset, and a warning where it names
 /// none of those `wanted`.
-fn named<T: Default>(
-    key: &str,
-    value: Option<String>,
-    from_name: fn(&str) -> Option<T>,
-    wanted: &str,
-) -> T {
-    value
+fn named<T: Default>(key: &str, from_name: fn(&str) -> Option<T>, wanted: &str) -> T {
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
         .and_then(|v| {
             let setting = from_name(&v);
             if setting.is_none() {
@@ -249,9 +244,9 @@ pub struct GpuFeatures {
     /// Prefill matmul tiles chosen for this device (`GpuOptions::matmul_tiles`), if not the
     /// built-in ones.
     pub matmul_tiles: Option<[u32; 3]>,
-    /// A CPU adapter's products share activation loads through subgroup broadcasts
-    /// ([`CpuProducts`]); false where the adapter has no subgroups or the plain loads were
-    /// chosen.
+    /// A CPU adapter's products share activation loads through subgroup broadcasts, which
+    /// needs subgroups of at least 4 lanes; false elsewhere, or where the plain loads were
+    /// chosen ([`CpuProducts`]).
     pub cpu_broadcast: bool,
 }
 
@@ -421,10 +416,8 @@ pub struct GpuContext {
     max_binding_size: u64,
     shader_checks: ShaderChecks,
     submit_first: u32,
-    /// The CPU products still to be measured ([`CpuProducts::Measure`]), and then whether the
-    /// plain ones won.
-    cpu_products_pending: AtomicBool,
-    cpu_plain_chosen: AtomicBool,
+    /// Where the choice of CPU products stands: one of the `CPU_PRODUCTS_*` states.
+    cpu_products: AtomicU8,
     cpu_products_file: Option<std::path::PathBuf>,
     errors: Arc<Mutex<ErrorSink>>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
@@ -586,10 +579,9 @@ impl GpuContext {
             matmul_tiles: options.matmul_tiles,
             cpu_broadcast: false,
         };
+        let broadcasts = features.cpu && features.subgroups && features.subgroup_min_size >= 4;
         let features = GpuFeatures {
-            cpu_broadcast: features.cpu
-                && features.subgroups
-                && options.cpu_products != CpuProducts::Plain,
+            cpu_broadcast: broadcasts && options.cpu_products != CpuProducts::Plain,
             ..features
         };
         let hard_cap = limits
@@ -615,10 +607,13 @@ impl GpuContext {
             max_binding_size,
             shader_checks: options.shader_checks,
             submit_first: options.submit_first.unwrap_or(DEFAULT_SUBMIT_FIRST),
-            cpu_products_pending: AtomicBool::new(
-                features.cpu_broadcast && options.cpu_products == CpuProducts::Measure,
+            cpu_products: AtomicU8::new(
+                if features.cpu_broadcast && options.cpu_products == CpuProducts::Measure {
+                    CPU_PRODUCTS_PENDING
+                } else {
+                    CPU_PRODUCTS_SETTLED
+                },
             ),
-            cpu_plain_chosen: AtomicBool::new(false),
             cpu_products_file: options.cpu_products_file.clone(),
             errors,
             pipelines: Mutex::new(HashMap::new()),
@@ -648,27 +643,42 @@ impl GpuContext {
 
     pub fn features(&self) -> GpuFeatures {
         let mut features = self.features;
-        if self.cpu_plain_chosen.load(Ordering::Acquire) {
+        if self.cpu_products.load(Ordering::Acquire) == CPU_PRODUCTS_PLAIN {
             features.cpu_broadcast = false;
         }
         features
     }
 
-    /// Whether the CPU products are still to be measured; true once for the context, for the
-    /// caller that then measures them and reports with [`Self::choose_plain_cpu_products`].
-    pub fn take_cpu_products_to_measure(&self) -> bool {
-        self.cpu_products_pending.swap(false, Ordering::AcqRel)
+    /// Whether the caller is to measure the CPU products now: true for one caller at a time
+    /// while they are still to be chosen. A model loading meanwhile on the same context builds
+    /// its products as the choice stands. The caller ends with
+    /// [`Self::finish_cpu_products`].
+    pub(crate) fn begin_cpu_products(&self) -> bool {
+        self.cpu_products
+            .compare_exchange(
+                CPU_PRODUCTS_PENDING,
+                CPU_PRODUCTS_MEASURING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
     }
 
-    /// From now on the CPU products load every activation block per lane
-    /// ([`GpuFeatures::cpu_broadcast`] false); kernels built before keep theirs.
-    pub fn choose_plain_cpu_products(&self) {
-        self.cpu_plain_chosen.store(true, Ordering::Release);
+    /// Ends a measurement: `Some(plain)` settles the choice, and with `Some(true)` kernels built
+    /// from now on load every activation block per lane ([`GpuFeatures::cpu_broadcast`] false);
+    /// `None` leaves it to the next load.
+    pub(crate) fn finish_cpu_products(&self, plain: Option<bool>) {
+        let state = match plain {
+            Some(true) => CPU_PRODUCTS_PLAIN,
+            Some(false) => CPU_PRODUCTS_SETTLED,
+            None => CPU_PRODUCTS_PENDING,
+        };
+        self.cpu_products.store(state, Ordering::Release);
     }
 
-    /// The CPU products measured before on this adapter and driver for `what` (the kernels
-    /// and the product measured): `Some(true)` where the plain ones won.
-    pub fn saved_cpu_products(&self, what: &str) -> Option<bool> {
+    /// The CPU products measured before on this adapter, driver and shader checks for `what`
+    /// (the kernels and the product measured): `Some(true)` where the plain ones won.
+    pub(crate) fn saved_cpu_products(&self, what: &str) -> Option<bool> {
         let path = self.cpu_products_file.as_ref()?;
         let saved = read_cpu_products(path);
         match saved.get(&self.cpu_products_key(what))?.as_str()? {
@@ -679,8 +689,9 @@ impl GpuContext {
     }
 
     /// Keeps a measured choice for [`Self::saved_cpu_products`]. A choice that cannot be
-    /// written is measured again next time.
-    pub fn save_cpu_products(&self, what: &str, plain: bool) {
+    /// written is measured again next time; so is one that another process overwrote at the
+    /// same moment.
+    pub(crate) fn save_cpu_products(&self, what: &str, plain: bool) {
         let Some(path) = &self.cpu_products_file else {
             return;
         };
@@ -689,17 +700,7 @@ impl GpuContext {
             self.cpu_products_key(what),
             serde_json::Value::from(if plain { "plain" } else { "broadcast" }),
         );
-        let text = serde_json::Value::Object(saved).to_string();
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| {
-                // Written aside and renamed into place: a reader never sees half a file.
-                let tmp = path.with_extension(format!("json.{}", std::process::id()));
-                std::fs::write(&tmp, text)?;
-                std::fs::rename(&tmp, path)
-            });
-        if let Err(e) = written {
+        if let Err(e) = write_whole(path, &serde_json::Value::Object(saved).to_string()) {
             tracing::debug!(
                 "cannot keep the CPU products' choice in {}: {e}",
                 path.display()
@@ -709,8 +710,12 @@ impl GpuContext {
 
     fn cpu_products_key(&self, what: &str) -> String {
         format!(
-            "{} | {} | {} | {what}",
-            self.info.name, self.info.driver, self.info.driver_info
+            "{} | {:?} | {} | {} | {:?} | {what}",
+            self.info.name,
+            self.info.backend,
+            self.info.driver,
+            self.info.driver_info,
+            self.shader_checks
         )
     }
 
@@ -1021,6 +1026,38 @@ pub fn grid(n: u32, max_per_dim: u32) -> (u32, u32) {
         let y = n.div_ceil(max_per_dim);
         (n.div_ceil(y), y)
     }
+}
+
+/// The states of [`GpuContext::begin_cpu_products`]: to be measured, being measured, settled
+/// (broadcasts or nothing to choose), and plain loads chosen.
+const CPU_PRODUCTS_PENDING: u8 = 0;
+const CPU_PRODUCTS_MEASURING: u8 = 1;
+const CPU_PRODUCTS_SETTLED: u8 = 2;
+const CPU_PRODUCTS_PLAIN: u8 = 3;
+
+/// Writes `text` to a file beside `path` and renames it into place, so that a reader never
+/// sees half a file; the file beside is removed if that fails.
+#[cfg(not(target_arch = "wasm32"))]
+fn write_whole(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::sync::atomic::AtomicU64;
+    // Unique within the process too: contexts on several threads may save at once.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("json.{}.{n}", std::process::id()));
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// A browser has no files to keep choices in.
+#[cfg(target_arch = "wasm32")]
+fn write_whole(_path: &std::path::Path, _text: &str) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 /// The choices kept in `path`, or none where it cannot be read.

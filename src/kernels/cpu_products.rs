@@ -29,44 +29,63 @@ pub struct CpuProductChoice {
 /// On a CPU adapter whose products are still to be chosen ([`crate::gpu::CpuProducts::Measure`],
 /// once per context), times one token's gated product (a model's gate|up projection: `dtype`
 /// weights, `n_ff` gate rows and as many up rows of `n_in`, up to [`MAX_ROWS`] rows in all and
-/// as many as one binding holds)
-/// with the broadcasts and without, alternating, and keeps the faster: kernels built afterwards
-/// follow the choice, and the winner's one-token pipeline is already built for the model. A
-/// choice measured before on the same adapter, driver, kernels and product is taken as it is
-/// ([`GpuContext::saved_cpu_products`]). `None` where there was nothing to choose.
+/// as many as one binding holds) with the broadcasts and without, alternating, and keeps the
+/// faster: kernels built afterwards follow the choice, and the winner's one-token pipeline is
+/// already built for the model. A choice measured before on the same adapter, driver, kernels
+/// and product is taken as it is ([`GpuContext::saved_cpu_products`]). `None` where there was
+/// nothing to choose; after an error, or where this product cannot be measured, the choice is
+/// left to the next load.
 pub async fn choose(
     ctx: &GpuContext,
     dtype: DType,
     n_ff: u32,
     n_in: u32,
 ) -> Result<Option<CpuProductChoice>, KernelError> {
-    if !ctx.take_cpu_products_to_measure() {
+    if !ctx.begin_cpu_products() {
         return Ok(None);
     }
+    let chosen = measure(ctx, dtype, n_ff, n_in).await;
+    ctx.finish_cpu_products(match &chosen {
+        Ok(Some(choice)) => Some(choice.plain),
+        _ => None,
+    });
+    chosen
+}
+
+async fn measure(
+    ctx: &GpuContext,
+    dtype: DType,
+    n_ff: u32,
+    n_in: u32,
+) -> Result<Option<CpuProductChoice>, KernelError> {
     // A gated product's gate and up rows sit in one binding: as many as fit one.
     let row_bytes = dtype.bytes_for(u64::from(n_in)).unwrap_or(u64::MAX).max(1);
     let fit = (ctx.max_binding_size() / row_bytes / 2).min(u64::from(MAX_ROWS / 2)) as u32;
     let n_ff = n_ff.min(fit);
-    if n_ff == 0 {
+    let (Some(broadcast), Some(plain)) = (
+        Matmul::cpu_gated_one_token_spec(ctx.features(), dtype, true),
+        Matmul::cpu_gated_one_token_spec(ctx.features(), dtype, false),
+    ) else {
+        return Ok(None);
+    };
+    if n_ff == 0 || broadcast.0.name() == plain.0.name() {
         return Ok(None);
     }
-    let what = format!("{dtype} {n_ff}x2x{n_in} {:016x}", kernels_digest()?);
+    let what = format!(
+        "{dtype} {n_ff}x2x{n_in} [{}] [{}] {:016x}",
+        broadcast.0.name(),
+        plain.0.name(),
+        kernels_digest()?
+    );
     if let Some(plain) = ctx.saved_cpu_products(&what) {
-        if plain {
-            ctx.choose_plain_cpu_products();
-        }
         tracing::info!("CPU adapter: {} (measured before)", describe(plain));
         return Ok(Some(CpuProductChoice {
             plain,
             measured_ms: None,
         }));
     }
-    let (Some(broadcast), Some(plain)) = (
-        Matmul::cpu_gated_one_token(ctx, dtype, true).await?,
-        Matmul::cpu_gated_one_token(ctx, dtype, false).await?,
-    ) else {
-        return Ok(None);
-    };
+    let broadcast = Matmul::cpu_gated_one_token(ctx, dtype, broadcast).await?;
+    let plain = Matmul::cpu_gated_one_token(ctx, dtype, plain).await?;
     let values = activations(2 * n_ff as usize * n_in as usize, 0x9e37_79b9);
     let bytes = reference::quantize(dtype, &values)?;
     let w = WeightTensor::upload(ctx, "cpu products", dtype, n_in, 2 * n_ff, &bytes).await?;
@@ -109,9 +128,6 @@ pub async fn choose(
         median(&mut p_ms) / REPS as f64,
     );
     let plain = plain_ms < broadcast_ms;
-    if plain {
-        ctx.choose_plain_cpu_products();
-    }
     ctx.save_cpu_products(&what, plain);
     tracing::info!(
         broadcast_ms,

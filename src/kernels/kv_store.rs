@@ -232,6 +232,15 @@ impl KvStore {
             params.kv_stride / 2
         };
         let q_pairs = params.n_head * (params.n_rot / 2);
+        let workgroups = (stores + q_pairs).div_ceil(WG_SIZE);
+        // The shaders index by x alone: a grid that spills into z would run invocations twice,
+        // and rotate Q twice.
+        if workgroups > ctx.limits().max_compute_workgroups_per_dimension {
+            return Err(shape_error(
+                op,
+                format!("{workgroups} workgroups a token: more than one grid row holds"),
+            ));
+        }
         Ok(self.kernel.dispatch(
             ctx,
             &params,
@@ -242,7 +251,7 @@ impl KvStore {
                 v_cache.as_entire_binding(),
             ],
             Grid::Tokens {
-                x: (stores + q_pairs).div_ceil(WG_SIZE),
+                x: workgroups,
                 tile: 1,
             },
         ))

@@ -59,7 +59,7 @@ const ROWWISE_PLAIN_WG: u32 = ROWWISE_WG / 2;
 const ROWWISE_TOKENS: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
+pub(crate) enum Shape {
     /// Rows per workgroup as the host counts them.
     Vector {
         rows_per_wg: u32,
@@ -132,6 +132,8 @@ pub struct Matmul {
     quantize: Option<QuantizeQ8>,
     /// The kernel rounds weights and activations to f16 before multiplying (the matrix units').
     f16_inputs: bool,
+    /// Built for steps of one token only ([`Matmul::cpu_gated_one_token`]): binds one row.
+    one_token_only: bool,
 }
 
 /// The products that read activations quantized to 8-bit planes (`quantize_q8.wgsl`).
@@ -202,6 +204,7 @@ impl Matmul {
             glu,
             quantize,
             f16_inputs: variant.shader == "matmul_coop",
+            one_token_only: false,
         })
     }
 
@@ -415,26 +418,31 @@ impl Matmul {
 
     /// [`Matmul::gated`]'s CPU rowwise product for steps of one token, with the subgroup
     /// broadcasts or without, whichever the context has chosen (`cpu_products` measures both):
-    /// only the one-token pipeline is built, and it serves every step. `None` where there is no
-    /// such product.
+    /// the variant of its one-token pipeline, and its shape. `None` where there is no such
+    /// product.
+    pub(crate) fn cpu_gated_one_token_spec(
+        features: GpuFeatures,
+        dtype: DType,
+        broadcast: bool,
+    ) -> Option<(Variant, Shape)> {
+        let features = GpuFeatures {
+            cpu_broadcast: broadcast,
+            ..features
+        };
+        let (variant, shape) = Self::gated_spec(MatmulKernel::Vector, dtype, features)?;
+        one_row_variant(&variant, shape).map(|one| (one, shape))
+    }
+
+    /// The product of [`Matmul::cpu_gated_one_token_spec`]: only its one-token pipeline is
+    /// built, and it binds x and y of one row only.
     pub(crate) async fn cpu_gated_one_token(
         ctx: &GpuContext,
         dtype: DType,
-        broadcast: bool,
-    ) -> Result<Option<Self>, KernelError> {
+        (variant, shape): (Variant, Shape),
+    ) -> Result<Self, KernelError> {
         check_weight_dtype("matvec", dtype)?;
-        let features = GpuFeatures {
-            cpu_broadcast: broadcast,
-            ..ctx.features()
-        };
-        let Some((variant, shape)) = Self::gated_spec(MatmulKernel::Vector, dtype, features) else {
-            return Ok(None);
-        };
-        let Some(one_token) = one_row_variant(&variant, shape) else {
-            return Ok(None);
-        };
-        let kernel = Kernel::new(ctx, &one_token).await?;
-        Ok(Some(Matmul {
+        let kernel = Kernel::new(ctx, &variant).await?;
+        Ok(Matmul {
             kernel: kernel.clone(),
             one_row: Some(kernel),
             dtype,
@@ -442,7 +450,8 @@ impl Matmul {
             glu: true,
             quantize: None,
             f16_inputs: false,
-        }))
+            one_token_only: true,
+        })
     }
 
     /// Whether `features` give a batched decode kernel.
@@ -539,6 +548,12 @@ impl Matmul {
         scratch: Option<&wgpu::Buffer>,
     ) -> Result<Vec<Dispatch>, KernelError> {
         let op = "matmul";
+        if self.one_token_only && (layout.x_rows != 1 || layout.y_rows != 1) {
+            return Err(shape_error(
+                op,
+                "a product built for one token binds x and y of one row",
+            ));
+        }
         if w.dtype != self.dtype {
             return Err(shape_error(
                 op,

@@ -331,10 +331,7 @@ pub struct Kernel {
 impl Kernel {
     pub async fn new(ctx: &GpuContext, variant: &Variant) -> Result<Self, KernelError> {
         let source = shader_source(variant.shader)?;
-        let mut name = variant.shader.to_string();
-        for (k, v) in &variant.constants {
-            name.push_str(&format!(" {k}={v}"));
-        }
+        let name = variant.name();
         let pipeline = ctx.pipeline(&name, &source, &variant.constants).await?;
         Ok(Kernel { name, pipeline })
     }
@@ -506,6 +503,15 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// The shader and its constants: the name of its kernel and pipeline.
+    pub fn name(&self) -> String {
+        let mut name = self.shader.to_string();
+        for (k, v) in &self.constants {
+            name.push_str(&format!(" {k}={v}"));
+        }
+        name
+    }
+
     /// A shader whose only knob is its workgroup size.
     pub fn sized(shader: &'static str, wg_size: u32) -> Self {
         Variant {
