@@ -23,7 +23,7 @@ fn capabilities(shader: &str) -> Capabilities {
     if shader.ends_with("_f16") {
         caps |= Capabilities::SHADER_FLOAT16;
     }
-    if shader.ends_with("_coop") {
+    if shader.starts_with("matmul_coop") {
         caps |= Capabilities::SHADER_FLOAT16
             | Capabilities::SUBGROUP
             | Capabilities::COOPERATIVE_MATRIX;

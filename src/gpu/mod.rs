@@ -241,6 +241,8 @@ pub struct GpuFeatures {
     pub dot4: bool,
     /// Prefill products through cooperative matrices (`GpuOptions::coop_matrix`).
     pub coop_matrix: bool,
+    /// Their fragments' side, 16 or 8 (0 without them).
+    pub coop_fragment: u32,
     /// Prefill matmul tiles chosen for this device (`GpuOptions::matmul_tiles`), if not the
     /// built-in ones.
     pub matmul_tiles: Option<[u32; 3]>,
@@ -250,38 +252,45 @@ pub struct GpuFeatures {
     pub cpu_broadcast: bool,
 }
 
-/// Whether `matmul_coop.wgsl` can run on `adapter` with the features in `wanted`: a GPU whose
-/// driver lists 16x16x16 f16 matrices with f32 sums, with shader-f16, and with subgroups of one
-/// size (the kernel's four subgroups are four times that many invocations).
-fn coop_matrix_usable(
+/// The fragment size `matmul_coop.wgsl` (16) or `matmul_coop8.wgsl` (8) can run with on
+/// `adapter` with the features in `wanted`, if any: a driver that lists 16x16x16 (preferred) or
+/// 8x8x8 f16 matrices with f32 sums, shader-f16, and subgroups of one size (the kernel's four
+/// subgroups are four times that many invocations).
+fn coop_matrix_fragment(
     adapter: &wgpu::Adapter,
     info: &wgpu::AdapterInfo,
     wanted: wgpu::Features,
-) -> bool {
+) -> Option<u32> {
     use wgpu::CooperativeScalarType as S;
-    info.device_type != wgpu::DeviceType::Cpu
-        && adapter
-            .features()
-            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    let usable = adapter
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
         && wanted.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
-        && info.subgroup_min_size == info.subgroup_max_size
-        && fits_coop_workgroup(&adapter.limits(), 4 * info.subgroup_max_size)
-        && adapter.cooperative_matrix_properties().iter().any(|p| {
-            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+        && info.subgroup_min_size == info.subgroup_max_size;
+    let listed = |n: u32| {
+        adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (n, n, n)
                 && p.ab_type == S::F16
                 && p.cr_type == S::F32
         })
+    };
+    [16, 8].into_iter().find(|&n| {
+        usable && listed(n) && fits_coop_workgroup(&adapter.limits(), 4 * info.subgroup_max_size, n)
+    })
 }
 
-/// Workgroup memory of `matmul_coop.wgsl`: its f16 x and W tiles (64 rows of 40) and its f32
-/// output tile (64 rows of 68).
-const COOP_WORKGROUP_BYTES: u32 = 2 * 64 * 40 * 2 + 64 * 68 * 4;
+/// Workgroup memory of the cooperative-matrix kernel with fragments of `frag`: its f16 x and W
+/// tiles (4 frag rows of 2 frag + 8) and its f32 output tile (4 frag rows of 4 frag + 4).
+fn coop_workgroup_bytes(frag: u32) -> u32 {
+    2 * (4 * frag) * (2 * frag + 8) * 2 + (4 * frag) * (4 * frag + 4) * 4
+}
 
-/// Whether `matmul_coop.wgsl`'s workgroup of `invocations` and its tiles fit the adapter.
-fn fits_coop_workgroup(limits: &wgpu::Limits, invocations: u32) -> bool {
+/// Whether the cooperative-matrix kernel's workgroup of `invocations` and its tiles fit the
+/// adapter.
+fn fits_coop_workgroup(limits: &wgpu::Limits, invocations: u32, frag: u32) -> bool {
     invocations <= limits.max_compute_invocations_per_workgroup
         && invocations <= limits.max_compute_workgroup_size_x
-        && COOP_WORKGROUP_BYTES <= limits.max_compute_workgroup_storage_size
+        && coop_workgroup_bytes(frag) <= limits.max_compute_workgroup_storage_size
 }
 
 /// One adapter as `sovereign devices` shows it.
@@ -495,17 +504,19 @@ impl GpuContext {
         if available.contains(wgpu::Features::SUBGROUP) && !options.disable_subgroups {
             wanted |= wgpu::Features::SUBGROUP;
         }
-        let coop_matrix = options.coop_matrix
-            && {
-                let usable = coop_matrix_usable(&adapter, &info, wanted);
-                if !usable {
-                    tracing::warn!(
-                        "cooperative matrices asked for but not used on {}: they need a GPU whose driver lists 16x16x16 f16 matrices with f32 sums, with shader-f16 and subgroups of one size",
-                        info.name
-                    );
-                }
-                usable
-            };
+        let coop_fragment = if options.coop_matrix {
+            let fragment = coop_matrix_fragment(&adapter, &info, wanted);
+            if fragment.is_none() {
+                tracing::warn!(
+                    "cooperative matrices asked for but not used on {}: they need a driver that lists 16x16x16 or 8x8x8 f16 matrices with f32 sums, with shader-f16 and subgroups of one size",
+                    info.name
+                );
+            }
+            fragment.unwrap_or(0)
+        } else {
+            0
+        };
+        let coop_matrix = coop_fragment > 0;
         if coop_matrix {
             wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
@@ -523,9 +534,9 @@ impl GpuContext {
                 required_limits: limits.clone(),
                 experimental_features: if coop_matrix {
                     // SAFETY: wgpu's experimental cooperative matrices are used by one kernel,
-                    // `matmul_coop.wgsl`, only with a shape and types the driver lists, and only
-                    // when asked for; its results are checked against the CPU reference by the
-                    // kernel tests and the self-test.
+                    // `matmul_coop[8].wgsl`, only with a shape and types the driver lists, and
+                    // only when asked for; its results are checked against the CPU reference by
+                    // the kernel tests and the self-test.
                     unsafe { wgpu::ExperimentalFeatures::enabled() }
                 } else {
                     wgpu::ExperimentalFeatures::disabled()
@@ -576,6 +587,7 @@ impl GpuContext {
             // had it since 2024 (WGSL's packed_4x8_integer_dot_product).
             dot4: options.dot4,
             coop_matrix,
+            coop_fragment,
             matmul_tiles: options.matmul_tiles,
             cpu_broadcast: false,
         };

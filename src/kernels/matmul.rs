@@ -43,9 +43,6 @@ const MATVEC_BATCH_TOKENS: u32 = 8;
 const TILE_M: u32 = 64;
 const TILE_N: u32 = 64;
 const TILE_K: u32 = 32;
-/// Tokens and output features per workgroup in `matmul_coop.wgsl` (consts there).
-const COOP_TILE_M: u32 = 64;
-const COOP_TILE_N: u32 = 64;
 const ROWWISE_WG: u32 = 64;
 /// Weight rows and tokens per invocation in `common/matmul_rowwise.wgsl` (consts there).
 const ROWWISE_ROWS: u32 = 4;
@@ -203,7 +200,7 @@ impl Matmul {
             shape,
             glu,
             quantize,
-            f16_inputs: variant.shader == "matmul_coop",
+            f16_inputs: variant.shader.starts_with("matmul_coop"),
             one_token_only: false,
         })
     }
@@ -358,9 +355,16 @@ impl Matmul {
                 },
             )
         } else if features.coop_matrix {
+            // Tokens and output features per workgroup: four fragments each way
+            // (common/matmul_coop.wgsl).
+            let tile = 4 * features.coop_fragment;
             (
                 Variant {
-                    shader: "matmul_coop",
+                    shader: if features.coop_fragment == 8 {
+                        "matmul_coop8"
+                    } else {
+                        "matmul_coop"
+                    },
                     constants: vec![
                         w,
                         // Four subgroups; the adapter's subgroups are all this size.
@@ -368,8 +372,8 @@ impl Matmul {
                     ],
                 },
                 Shape::Tiled {
-                    tile_m: COOP_TILE_M,
-                    tile_n: COOP_TILE_N,
+                    tile_m: tile,
+                    tile_n: tile,
                 },
             )
         } else {

@@ -531,15 +531,23 @@ pub fn all_variants() -> Vec<Variant> {
         subgroup_max_size: 128,
         dot4: false,
         coop_matrix: false,
+        coop_fragment: 0,
         matmul_tiles: None,
         cpu_broadcast: false,
     };
     let all_dot4 = GpuFeatures { dot4: true, ..all };
     let coop = GpuFeatures {
         coop_matrix: true,
+        coop_fragment: 16,
         subgroup_min_size: 32,
         subgroup_max_size: 32,
         ..all
+    };
+    let coop8 = GpuFeatures {
+        coop_fragment: 8,
+        subgroup_min_size: 8,
+        subgroup_max_size: 8,
+        ..coop
     };
     let mut v = Vec::new();
     // CPU adapters: with subgroups wide enough to share activation loads, and without.
@@ -568,6 +576,7 @@ pub fn all_variants() -> Vec<Variant> {
         all,
         all_dot4,
         coop,
+        coop8,
         cpu,
         cpu_4_lanes,
         cpu_plain,
