@@ -59,9 +59,11 @@ pub struct GpuOptions {
     /// (benches/RESULTS.md).
     pub dot4: bool,
     /// Prefill products on the GPU's matrix units through wgpu's experimental cooperative
-    /// matrices (`SOVEREIGN_COOP_MATRIX`), where the adapter has 16x16x16 f16 matrices with f32
-    /// sums, shader-f16 and subgroups of one fixed size. Off by default until a GPU has run its
-    /// tests and benchmarks (benches/RESULTS.md); no CPU driver here has cooperative matrices.
+    /// matrices (`SOVEREIGN_COOP_MATRIX`), where the driver lists 16x16x16 or 8x8x8 f16
+    /// matrices with f32 sums and the adapter has shader-f16 and subgroups of one fixed size.
+    /// A CPU adapter that has them (lavapipe since Mesa 26) uses them only with the GPU-shaped
+    /// kernels (`gpu_kernels_on_cpu`): its own products are rowwise. Off by default until a GPU
+    /// has run its tests and benchmarks (benches/RESULTS.md).
     pub coop_matrix: bool,
     /// Tile sizes (tokens, output features, K per step) of the prefill matmul instead of the
     /// built-in ones, for tuning on a new adapter (`SOVEREIGN_MATMUL_TILES=32,64,32`).
@@ -504,7 +506,17 @@ impl GpuContext {
         if available.contains(wgpu::Features::SUBGROUP) && !options.disable_subgroups {
             wanted |= wgpu::Features::SUBGROUP;
         }
-        let coop_fragment = if options.coop_matrix {
+        let cpu = options
+            .cpu_adapter
+            .unwrap_or(info.device_type == wgpu::DeviceType::Cpu)
+            && !options.gpu_kernels_on_cpu;
+        let coop_fragment = if options.coop_matrix && cpu {
+            tracing::warn!(
+                "cooperative matrices asked for but not used on {}: a CPU adapter runs its own rowwise products, unless SOVEREIGN_GPU_KERNELS=1",
+                info.name
+            );
+            0
+        } else if options.coop_matrix {
             let fragment = coop_matrix_fragment(&adapter, &info, wanted);
             if fragment.is_none() {
                 tracing::warn!(
@@ -569,10 +581,7 @@ impl GpuContext {
         });
 
         let features = GpuFeatures {
-            cpu: options
-                .cpu_adapter
-                .unwrap_or(info.device_type == wgpu::DeviceType::Cpu)
-                && !options.gpu_kernels_on_cpu,
+            cpu,
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP)
                 || (cfg!(target_arch = "wasm32")

@@ -355,16 +355,16 @@ impl Matmul {
                 },
             )
         } else if features.coop_matrix {
-            // Tokens and output features per workgroup: four fragments each way
-            // (common/matmul_coop.wgsl).
-            let tile = 4 * features.coop_fragment;
+            // 16x16x16 fragments unless the adapter has only 8x8x8 ones; tokens and output
+            // features per workgroup: four fragments each way (common/matmul_coop.wgsl).
+            let (shader, fragment) = match features.coop_fragment {
+                8 => ("matmul_coop8", 8),
+                _ => ("matmul_coop", 16),
+            };
+            let tile = 4 * fragment;
             (
                 Variant {
-                    shader: if features.coop_fragment == 8 {
-                        "matmul_coop8"
-                    } else {
-                        "matmul_coop"
-                    },
+                    shader,
                     constants: vec![
                         w,
                         // Four subgroups; the adapter's subgroups are all this size.
