@@ -580,16 +580,18 @@ impl GpuContext {
             }
         });
 
+        let subgroups = wanted.contains(wgpu::Features::SUBGROUP)
+            || (cfg!(target_arch = "wasm32")
+                && options.page_subgroups
+                && !options.disable_subgroups);
+        let subgroup_min_size = options
+            .subgroup_min_size
+            .map_or(info.subgroup_min_size, |n| n.min(info.subgroup_min_size));
         let features = GpuFeatures {
             cpu,
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
-            subgroups: wanted.contains(wgpu::Features::SUBGROUP)
-                || (cfg!(target_arch = "wasm32")
-                    && options.page_subgroups
-                    && !options.disable_subgroups),
-            subgroup_min_size: options
-                .subgroup_min_size
-                .map_or(info.subgroup_min_size, |n| n.min(info.subgroup_min_size)),
+            subgroups,
+            subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
             // Naga writes dot4I8Packed as the driver's integer dot product where it has one and
             // as shifts and multiplies where not, so every native adapter has it; browsers have
@@ -598,12 +600,10 @@ impl GpuContext {
             coop_matrix,
             coop_fragment,
             matmul_tiles: options.matmul_tiles,
-            cpu_broadcast: false,
-        };
-        let broadcasts = features.cpu && features.subgroups && features.subgroup_min_size >= 4;
-        let features = GpuFeatures {
-            cpu_broadcast: broadcasts && options.cpu_products != CpuProducts::Plain,
-            ..features
+            cpu_broadcast: cpu
+                && subgroups
+                && subgroup_min_size >= 4
+                && options.cpu_products != CpuProducts::Plain,
         };
         let hard_cap = limits
             .max_storage_buffer_binding_size

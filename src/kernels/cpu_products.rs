@@ -6,6 +6,7 @@
 use web_time::Instant;
 
 use super::matmul::{Matmul, MatmulLayout};
+use super::selftest::Rng;
 use super::{Dispatch, KernelError, PagedLayout, StepBuffer, StepShape, encode_all, shader_source};
 use crate::format::DType;
 use crate::gpu::{GpuContext, ReadbackBuffer, WeightTensor};
@@ -86,13 +87,14 @@ async fn measure(
     }
     let broadcast = Matmul::cpu_gated_one_token(ctx, dtype, broadcast).await?;
     let plain = Matmul::cpu_gated_one_token(ctx, dtype, plain).await?;
-    let values = activations(2 * n_ff as usize * n_in as usize, 0x9e37_79b9);
+    let mut rng = Rng::new(0x9e37_79b9);
+    let values = rng.vec(2 * n_ff as usize * n_in as usize, 1.0);
     let bytes = reference::quantize(dtype, &values)?;
     let w = WeightTensor::upload(ctx, "cpu products", dtype, n_in, 2 * n_ff, &bytes).await?;
     let x = ctx
         .storage_buffer_init(
             "cpu products",
-            bytemuck::cast_slice(&activations(n_in as usize, 0x85eb_ca6b)),
+            bytemuck::cast_slice(&rng.vec(n_in as usize, 1.0)),
         )
         .await?;
     let y = ctx
@@ -183,22 +185,4 @@ async fn time(
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// A small generator of arbitrary bits: the measurement needs values, not statistics.
-fn bits(n: usize, seed: u32) -> impl Iterator<Item = u32> {
-    let mut s = seed;
-    (0..n).map(move |_| {
-        s ^= s << 13;
-        s ^= s >> 17;
-        s ^= s << 5;
-        s
-    })
-}
-
-/// `n` values in [-1, 1).
-fn activations(n: usize, seed: u32) -> Vec<f32> {
-    bits(n, seed)
-        .map(|b| (b >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
-        .collect()
 }

@@ -30,14 +30,15 @@ pub struct Check {
 }
 
 /// A xorshift generator: the same inputs on every platform.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+    /// `n` values in [-scale, scale).
+    pub(crate) fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n)
             .map(|_| {
                 self.0 ^= self.0 << 13;
