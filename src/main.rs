@@ -245,6 +245,9 @@ enum SynthShape {
     /// Llama-3-8B (32 layers of 4096).
     #[value(name = "llama-3-8b")]
     Llama3_8B,
+    /// SmolLM2-135M (30 layers of 576, tied embedding): the test model's shape.
+    #[value(name = "smollm2-135m")]
+    Smollm2_135M,
     /// A small model (2 layers of 256) for trying the pipeline.
     Tiny,
 }
@@ -258,6 +261,10 @@ struct SynthArgs {
     /// Q5_K, Q6_K, F16, F32).
     #[arg(short = 't', long = "type", default_value = "Q4_0")]
     dtype: String,
+    /// Type of the token embedding (and of the output matrix where it has its own) instead of
+    /// --type: the test model keeps its embedding in Q8_0.
+    #[arg(long = "embd-type")]
+    embd_dtype: Option<String>,
     /// Fewer (or more) layers than the shape has.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=512))]
     layers: Option<u32>,
@@ -854,23 +861,30 @@ fn synth(args: SynthArgs) -> CliResult {
         name: name.into(),
         message,
     };
-    let dtype = sovereign::format::DType::from_name(&args.dtype)
-        .filter(|d| sovereign::kernels::WEIGHT_DTYPES.contains(d))
-        .ok_or_else(|| {
-            invalid(
-                "type",
-                format!(
-                    "{:?} is not a weight type the engine runs (one of: {})",
-                    args.dtype,
-                    sovereign::kernels::WEIGHT_DTYPES
-                        .map(|d| d.name())
-                        .join(", ")
-                ),
-            )
-        })?;
+    let weight_type = |option: &str, name: &str| {
+        sovereign::format::DType::from_name(name)
+            .filter(|d| sovereign::kernels::WEIGHT_DTYPES.contains(d))
+            .ok_or_else(|| {
+                invalid(
+                    option,
+                    format!(
+                        "{name:?} is not a weight type the engine runs (one of: {})",
+                        sovereign::kernels::WEIGHT_DTYPES
+                            .map(|d| d.name())
+                            .join(", ")
+                    ),
+                )
+            })
+    };
+    let dtype = weight_type("type", &args.dtype)?;
+    let embd_dtype = match &args.embd_dtype {
+        Some(name) => weight_type("embd-type", name)?,
+        None => dtype,
+    };
     let mut spec = match args.shape {
         SynthShape::Llama32_1B => SyntheticSpec::llama_3_2_1b(dtype),
         SynthShape::Llama3_8B => SyntheticSpec::llama_3_8b(dtype),
+        SynthShape::Smollm2_135M => SyntheticSpec::smollm2_135m(dtype),
         SynthShape::Tiny => SyntheticSpec {
             dtype,
             embd_dtype: dtype,
@@ -879,6 +893,7 @@ fn synth(args: SynthArgs) -> CliResult {
             ..Default::default()
         },
     };
+    spec.embd_dtype = embd_dtype;
     if let Some(n) = args.layers {
         spec.n_layer = n;
     }
@@ -890,6 +905,17 @@ fn synth(args: SynthArgs) -> CliResult {
             format!(
                 "{dtype} rows are multiples of {block}; this shape's are {} and {}",
                 spec.n_embd, spec.n_ff
+            ),
+        )
+        .into());
+    }
+    let embd_block = embd_dtype.block_len() as u32;
+    if !spec.n_embd.is_multiple_of(embd_block) {
+        return Err(invalid(
+            "embd-type",
+            format!(
+                "{embd_dtype} rows are multiples of {embd_block}; this shape's embedding rows are {}",
+                spec.n_embd
             ),
         )
         .into());

@@ -394,6 +394,52 @@ fn synth_writes_runnable_models() {
         std::fs::read(path("tiny-Q4_0.gguf")).unwrap()
     );
 
+    // The embedding may have a type of its own, as the test model's Q8_0 beside Q4_1 blocks.
+    let mixed = path("mixed.gguf");
+    let o = sovereign(&[
+        "synth",
+        "--shape",
+        "tiny",
+        "-t",
+        "Q4_1",
+        "--embd-type",
+        "Q8_0",
+        "--layers",
+        "1",
+        "-o",
+        &mixed,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&sovereign(&["inspect", &mixed]));
+    let type_of = |tensor: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(tensor))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        type_of("token_embd.weight").as_deref(),
+        Some("Q8_0"),
+        "{text}"
+    );
+    assert_eq!(
+        type_of("blk.0.ffn_up.weight").as_deref(),
+        Some("Q4_1"),
+        "{text}"
+    );
+    assert_fails(
+        &sovereign(&[
+            "synth",
+            "--shape",
+            "smollm2-135m",
+            "--embd-type",
+            "Q4_K",
+            "-o",
+            &path("k.gguf"),
+        ]),
+        "embedding rows are 576",
+    );
+
     let kept = path("kept.gguf");
     std::fs::write(&kept, "mine").unwrap();
     assert_fails(

@@ -87,6 +87,25 @@ impl SyntheticSpec {
         }
     }
 
+    /// SmolLM2-135M, the test model's shape: 30 layers of 576, GQA 9/3, FFN 1536, a
+    /// 49152-token vocabulary, the embedding tied to the output.
+    pub fn smollm2_135m(dtype: DType) -> Self {
+        SyntheticSpec {
+            n_vocab: 49_152,
+            n_embd: 576,
+            n_layer: 30,
+            n_head: 9,
+            n_head_kv: 3,
+            n_ff: 1536,
+            n_ctx_train: 8192,
+            dtype,
+            embd_dtype: dtype,
+            mixed_dtype: None,
+            tied: true,
+            seed: 1,
+        }
+    }
+
     /// Parameters (elements of every tensor).
     pub fn n_params(&self) -> u64 {
         let (e, ff, v) = (
