@@ -57,6 +57,12 @@ fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
         dot4: true,
         ..Default::default()
     });
+    // The GPU decode products with four lanes per 32-weight chunk.
+    let split = gpu(GpuOptions {
+        gpu_kernels_on_cpu: true,
+        matvec_split: true,
+        ..Default::default()
+    });
     let native = gpu(GpuOptions::default());
     let mut v = vec![("plain", plain)];
     if let Some(coop) = coop_matrix_gpu() {
@@ -67,6 +73,10 @@ fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
     }
     assert!(dot4.features().dot4 && cpu_dot4.features().dot4);
     v.push(("dot4", dot4));
+    // Only the subgroup decode products split their chunks (lavapipe has subgroups: the
+    // batched-kernel check below fails where they would not run).
+    assert!(split.features().matvec_split);
+    v.push(("split", split));
     if native.features().cpu {
         v.push(("cpu", native));
         v.push(("cpu-dot4", cpu_dot4));
@@ -403,7 +413,7 @@ fn matvec_matches_reference_for_every_dtype_and_path() {
         let has_batch = Matmul::has_batch(ctx.features());
         assert_eq!(
             has_batch,
-            ["features", "dot4", "coop"].contains(&label) && ctx.features().subgroups,
+            ["features", "dot4", "split", "coop"].contains(&label) && ctx.features().subgroups,
             "{label}"
         );
         for (i, dtype) in DTYPES.into_iter().enumerate() {

@@ -164,6 +164,12 @@ fn gpu_matches_cpu_reference_forward() {
         dot4: true,
         ..Default::default()
     });
+    // The GPU decode products with four lanes per 32-weight chunk.
+    let gpu_shaped_split = gpu(GpuOptions {
+        gpu_kernels_on_cpu: true,
+        matvec_split: true,
+        ..Default::default()
+    });
     // The adapter without subgroups and f16: on a CPU adapter, the kernels a browser's
     // compatibility-mode adapter runs (the eight-row rowwise product, an f32 cache).
     let plain = gpu(GpuOptions {
@@ -178,6 +184,7 @@ fn gpu_matches_cpu_reference_forward() {
         gpu_shaped,
         dot4,
         gpu_shaped_dot4,
+        gpu_shaped_split,
         plain,
     ] {
         check_forward_against_reference(ctx, &cfg, &file);

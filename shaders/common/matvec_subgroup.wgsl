@@ -7,7 +7,8 @@
 // each chunk comes from memory once and from the cache for the other tokens. Needs
 // common/step.wgsl, common/matmul.wgsl, common/weights.wgsl, and how x is read: the f32 rows of
 // common/matvec_x_f32.wgsl or the 8-bit planes of common/matvec_x_q8.wgsl (x binding, XChunk,
-// x_chunk, row_chunk_dot, row_tail_dot).
+// x_chunk, row_chunk_dot, row_tail_dot, and CHUNK_LANES, x_part, row_part_dot: how many lanes
+// share a chunk).
 
 override W_DTYPE: u32 = 0u;
 override WG_SIZE: u32 = 128u;
@@ -59,13 +60,16 @@ fn main(
     var acc: array<vec4<f32>, TOKENS>;
     if (in_range) {
         let n_chunks = params.n_in / 32u;
-        for (var b = lid; b < n_chunks; b += WG_SIZE) {
+        // Each lane takes a part of a chunk: a whole one, or a quarter (CHUNK_LANES).
+        for (var p = lid; p < n_chunks * CHUNK_LANES; p += WG_SIZE) {
+            let b = p / CHUNK_LANES;
+            let s = p % CHUNK_LANES;
             for (var tt = 0u; tt < TOKENS; tt++) {
                 if (t0 + tt < n_rows) {
-                    let xs = x_chunk(t0 + tt, b);
-                    acc[tt] += vec4<f32>(row_chunk_dot(rows.x, b, xs),
-                        row_chunk_dot(rows.y, b, xs), row_chunk_dot(rows.z, b, xs),
-                        row_chunk_dot(rows.w, b, xs));
+                    let xs = x_part(t0 + tt, b, s);
+                    acc[tt] += vec4<f32>(row_part_dot(rows.x, b, s, xs),
+                        row_part_dot(rows.y, b, s, xs), row_part_dot(rows.z, b, s, xs),
+                        row_part_dot(rows.w, b, s, xs));
                 }
             }
         }

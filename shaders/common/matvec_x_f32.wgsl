@@ -28,6 +28,39 @@ fn row_chunk_dot(row: u32, b: u32, xs: XChunk) -> f32 {
         + dot(w[4], xs[4]) + dot(w[5], xs[5]) + dot(w[6], xs[6]) + dot(w[7], xs[7]);
 }
 
+// Lanes per chunk of 32: 1, each lane dots whole chunks (x as eight vec4s of its own), or 4,
+// lane s of a chunk's four dots elements 4s..4s+3 and 16+4s..16+4s+3 (a Q4 block's quant word
+// s, low and high nibbles). With 4, a subgroup's loads of x and of the weights each cover a
+// contiguous span instead of one 128-byte line per lane (GpuFeatures::matvec_split).
+override CHUNK_LANES: u32 = 1u;
+
+// Part `s` of chunk `b` of token row `t`: the whole chunk, or with four lanes per chunk its
+// elements 4s.. and 16+4s.. in the first two vec4s.
+fn x_part(t: u32, b: u32, s: u32) -> XChunk {
+    if (CHUNK_LANES == 1u) {
+        return x_chunk(t, b);
+    }
+    let xb = t * params.x_stride + b * 32u + s * 4u;
+    var xs: XChunk;
+    xs[0] = x4(xb);
+    xs[1] = x4(xb + 16u);
+    return xs;
+}
+
+// Part `s` of chunk `b` of row `row` dotted with the matching part of x from x_part; 0 past the
+// last row.
+fn row_part_dot(row: u32, b: u32, s: u32, xs: XChunk) -> f32 {
+    if (CHUNK_LANES == 1u) {
+        return row_chunk_dot(row, b, xs);
+    }
+    if (row >= params.n_out) {
+        return 0.0;
+    }
+    let row_at = row * params.row_bytes;
+    let k = b * 32u + s * 4u;
+    return dot(weights4(row_at, k), xs[0]) + dot(weights4(row_at, k + 16u), xs[1]);
+}
+
 // Elements k..k+3 of row `row` past its whole chunks, dotted with x; 0 past the last row.
 fn row_tail_dot(row: u32, k: u32, x_at: u32) -> f32 {
     if (row >= params.n_out) {

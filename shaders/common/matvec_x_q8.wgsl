@@ -18,6 +18,18 @@ fn row_chunk_dot(row: u32, b: u32, xs: XChunk) -> f32 {
     return q8_block_dot(q8_block(row * params.row_bytes, b), xs);
 }
 
+// One lane per chunk: each lane takes a whole activation block (common/matvec_x_f32.wgsl can
+// spread a chunk over four).
+const CHUNK_LANES: u32 = 1u;
+
+fn x_part(t: u32, b: u32, s: u32) -> XChunk {
+    return x_chunk(t, b);
+}
+
+fn row_part_dot(row: u32, b: u32, s: u32, xs: XChunk) -> f32 {
+    return row_chunk_dot(row, b, xs);
+}
+
 // These weight types come in whole blocks of 32: no row has a tail.
 fn row_tail_dot(row: u32, k: u32, x_at: u32) -> f32 {
     return 0.0;

@@ -58,6 +58,11 @@ pub struct GpuOptions {
     /// kernels on lavapipe and SwiftShader, and not yet measured on a GPU
     /// (benches/RESULTS.md).
     pub dot4: bool,
+    /// Spread each 32-weight chunk of the GPU decode products (f32 activations) over four lanes
+    /// instead of one (`SOVEREIGN_MATVEC_SPLIT`), so that a subgroup's loads of x and of the
+    /// weights each cover one contiguous span rather than a 128-byte line per lane. Off by
+    /// default until a GPU has measured it against the default (benches/RESULTS.md).
+    pub matvec_split: bool,
     /// Prefill products on the GPU's matrix units through wgpu's experimental cooperative
     /// matrices (`SOVEREIGN_COOP_MATRIX`), where the driver lists 16x16x16 or 8x8x8 f16
     /// matrices with f32 sums and the adapter has shader-f16 and subgroups of one fixed size.
@@ -137,6 +142,7 @@ impl GpuOptions {
             disable_f16: flag("SOVEREIGN_NO_F16"),
             disable_subgroups: flag("SOVEREIGN_NO_SUBGROUPS"),
             dot4: flag("SOVEREIGN_DOT4"),
+            matvec_split: flag("SOVEREIGN_MATVEC_SPLIT"),
             coop_matrix: flag("SOVEREIGN_COOP_MATRIX"),
             gpu_kernels_on_cpu: flag("SOVEREIGN_GPU_KERNELS"),
             matmul_tiles: var("SOVEREIGN_MATMUL_TILES").and_then(|v| parse_tiles(&v)),
@@ -241,6 +247,8 @@ pub struct GpuFeatures {
     /// Q4_0, Q4_1 and Q8_0 products against activations quantized to 8-bit planes, through
     /// WGSL's packed 4x8 integer dot products (`GpuOptions::dot4`).
     pub dot4: bool,
+    /// Four lanes per 32-weight chunk in the GPU decode products (`GpuOptions::matvec_split`).
+    pub matvec_split: bool,
     /// Prefill products through cooperative matrices (`GpuOptions::coop_matrix`).
     pub coop_matrix: bool,
     /// Their fragments' side, 16 or 8 (0 without them).
@@ -597,6 +605,7 @@ impl GpuContext {
             // as shifts and multiplies where not, so every native adapter has it; browsers have
             // had it since 2024 (WGSL's packed_4x8_integer_dot_product).
             dot4: options.dot4,
+            matvec_split: options.matvec_split,
             coop_matrix,
             coop_fragment,
             matmul_tiles: options.matmul_tiles,

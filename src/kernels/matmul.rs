@@ -34,6 +34,8 @@ const MATVEC_WG: u32 = 64;
 const MATVEC_ROW_THREADS: u32 = 16;
 /// Rows per workgroup in `common/matvec_subgroup.wgsl` (a const there).
 const MATVEC_SUBGROUP_ROWS: u32 = 4;
+/// Lanes per 32-weight chunk in `common/matvec_x_f32.wgsl` with `GpuFeatures::matvec_split`.
+const MATVEC_SPLIT_LANES: u32 = 4;
 /// Smallest workgroup of the subgroup matrix-vector kernels.
 const MATVEC_SUBGROUP_WG: u32 = 128;
 /// Tokens per workgroup in `matvec_subgroup_batch.wgsl` (a const there).
@@ -276,6 +278,10 @@ impl Matmul {
         ];
         if glu {
             constants.push(("GLU", 1.0));
+        }
+        // The 8-bit activation planes keep one lane per chunk (a const in their shaders).
+        if features.matvec_split && !shader.ends_with("_q8") {
+            constants.push(("CHUNK_LANES", f64::from(MATVEC_SPLIT_LANES)));
         }
         (
             Variant { shader, constants },

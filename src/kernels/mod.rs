@@ -530,12 +530,17 @@ pub fn all_variants() -> Vec<Variant> {
         subgroup_min_size: 4,
         subgroup_max_size: 128,
         dot4: false,
+        matvec_split: false,
         coop_matrix: false,
         coop_fragment: 0,
         matmul_tiles: None,
         cpu_broadcast: false,
     };
     let all_dot4 = GpuFeatures { dot4: true, ..all };
+    let all_split = GpuFeatures {
+        matvec_split: true,
+        ..all
+    };
     let coop = GpuFeatures {
         coop_matrix: true,
         coop_fragment: 16,
@@ -575,6 +580,7 @@ pub fn all_variants() -> Vec<Variant> {
         GpuFeatures::default(),
         all,
         all_dot4,
+        all_split,
         coop,
         coop8,
         cpu,
