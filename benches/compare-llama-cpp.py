@@ -11,8 +11,9 @@ unmeasured warm-up, then --repetitions measured runs of random tokens from an em
 
 Each --variant runs Sovereign once more with those environment variables (for example
 `--variant coop:SOVEREIGN_COOP_MATRIX=1`), in the same run as the others, so that a kernel switch
-is measured against the default and against llama.cpp on one machine at one time. Without
-llama.cpp (--no-llama-cpp) the ratios are against Sovereign's first row.
+is measured against the default and against llama.cpp on one machine at one time; a variant
+that fails is reported and left out of the table. Without llama.cpp (--no-llama-cpp) the ratios
+are against Sovereign's first row.
 
 llama.cpp ignores CPU Vulkan devices such as lavapipe unless GGML_VK_VISIBLE_DEVICES names them;
 this script sets it to 0 when it is unset.
@@ -81,7 +82,12 @@ def sovereign_bench(binary, model, n_prompt, n_gen, reps, adapter, json_out, env
         cmd += ["--adapter", adapter]
     run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if run.returncode != 0:
-        sys.exit(f"{shlex.join(cmd)} failed (status {run.returncode}):\n{run.stderr}")
+        message = f"{shlex.join(cmd)} failed (status {run.returncode}):\n{run.stderr}"
+        if env:
+            # A variant that fails is reported and left out; the others still compare.
+            print(f"{' '.join(f'{k}={v}' for k, v in env.items())} {message}", file=sys.stderr)
+            return None, None
+        sys.exit(message)
     out = run.stdout
     tests = json.loads(out)
     if json_out:
@@ -140,11 +146,14 @@ def main():
               file=sys.stderr)
 
     runs = [("default", {})] + args.variant
-    ours, adapters = {}, {}
+    ours, adapters, failed = {}, {}, []
     for i, (label, env) in enumerate(runs):
         json_out = args.json_out if i == 0 else None
         results, adapters[label] = sovereign_bench(args.sovereign, args.model, args.n_prompt, args.n_gen,
                                                    args.repetitions, args.adapter, json_out, env)
+        if results is None:
+            failed.append(label)
+            continue
         ours[label] = results
         # Shown at once: the llama.cpp half of a run on a slow adapter takes minutes.
         for test, samples in results.items():
@@ -158,8 +167,10 @@ def main():
 
     peer_text = f"llama-cpp-python {version} (Vulkan)" if version else "no llama.cpp"
     print(f"- Date: {datetime.date.today()}; adapter: {adapters['default']}; {peer_text}")
+    for label in failed:
+        print(f"- Variant {label} failed (its error is on stderr) and has no rows")
     for label, _ in args.variant:
-        if adapters[label] != adapters["default"]:
+        if label not in failed and adapters[label] != adapters["default"]:
             print(f"- Variant {label} ran on another adapter: {adapters[label]}")
     print(f"- Model: {os.path.basename(args.model)}; {args.repetitions} repetitions after a warm-up")
     command = ["benches/compare-llama-cpp.py", "-m", os.path.basename(args.model), "-p", str(args.n_prompt),
@@ -183,7 +194,7 @@ def main():
             continue
         b, b_text = fmt(theirs[test])
         for label, _ in runs:
-            if test not in ours[label]:
+            if test not in ours.get(label, {}):
                 continue
             a, a_text = fmt(ours[label][test])
             if len(runs) == 1:
