@@ -12,7 +12,7 @@ unmeasured warm-up, then --repetitions measured runs of random tokens from an em
 Each --variant runs Sovereign once more with those environment variables (for example
 `--variant coop:SOVEREIGN_COOP_MATRIX=1`), in the same run as the others, so that a kernel switch
 is measured against the default and against llama.cpp on one machine at one time; a variant
-that fails is reported and left out of the table. Without llama.cpp (--no-llama-cpp) the ratios
+that fails is reported and left out of the table, and the script then exits with status 3. Without llama.cpp (--no-llama-cpp) the ratios
 are against Sovereign's first row.
 
 llama.cpp ignores CPU Vulkan devices such as lavapipe unless GGML_VK_VISIBLE_DEVICES names them;
@@ -201,6 +201,8 @@ def main():
                 print(f"| {test} | {a_text} | {b_text} | {a / b:.2f}x |")
             else:
                 print(f"| {test} | {label} | {a_text} | {b_text} | {a / b:.2f}x |")
+    if failed:
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -257,8 +257,8 @@ struct SynthArgs {
     /// The model's shape.
     #[arg(long, value_enum, default_value = "llama-3.2-1b")]
     shape: SynthShape,
-    /// Type of every weight matrix, the embedding included: Q4_0, Q4_K or Q8_0 (also Q4_1,
-    /// Q5_K, Q6_K, F16, F32).
+    /// Type of every weight matrix, the embedding included unless --embd-type is given: Q4_0,
+    /// Q4_K or Q8_0 (also Q4_1, Q5_K, Q6_K, F16, F32).
     #[arg(short = 't', long = "type", default_value = "Q4_0")]
     dtype: String,
     /// Type of the token embedding (and of the output matrix where it has its own) instead of
@@ -931,7 +931,7 @@ fn synth(args: SynthArgs) -> CliResult {
         .into());
     }
     eprintln!(
-        "writing {:.2} B parameters as {dtype} ({} layers) to {}",
+        "writing {:.2} B parameters as {dtype}, the embedding as {embd_dtype} ({} layers) to {}",
         spec.n_params() as f64 / 1e9,
         spec.n_layer,
         args.output.display()

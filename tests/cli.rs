@@ -422,6 +422,8 @@ fn synth_writes_runnable_models() {
         Some("Q8_0"),
         "{text}"
     );
+    // The tiny shape's output matrix is its own, and takes the embedding's type.
+    assert_eq!(type_of("output.weight").as_deref(), Some("Q8_0"), "{text}");
     assert_eq!(
         type_of("blk.0.ffn_up.weight").as_deref(),
         Some("Q4_1"),

@@ -73,10 +73,14 @@ fn contexts() -> Vec<(&'static str, Arc<GpuContext>)> {
     }
     assert!(dot4.features().dot4 && cpu_dot4.features().dot4);
     v.push(("dot4", dot4));
-    // Only the subgroup decode products split their chunks (lavapipe has subgroups: the
-    // batched-kernel check below fails where they would not run).
+    // Only the subgroup decode products split their chunks. CPU adapters (lavapipe in CI) have
+    // subgroups, so there the split kernels always run.
     assert!(split.features().matvec_split);
-    v.push(("split", split));
+    assert!(
+        split.features().subgroups || !split.features().cpu,
+        "a CPU adapter without subgroups: the split decode products would not run"
+    );
+    v.push(("matvec-split", split));
     if native.features().cpu {
         v.push(("cpu", native));
         v.push(("cpu-dot4", cpu_dot4));
@@ -413,7 +417,8 @@ fn matvec_matches_reference_for_every_dtype_and_path() {
         let has_batch = Matmul::has_batch(ctx.features());
         assert_eq!(
             has_batch,
-            ["features", "dot4", "split", "coop"].contains(&label) && ctx.features().subgroups,
+            ["features", "dot4", "matvec-split", "coop"].contains(&label)
+                && ctx.features().subgroups,
             "{label}"
         );
         for (i, dtype) in DTYPES.into_iter().enumerate() {
@@ -527,6 +532,19 @@ fn matmul_matches_reference_for_every_dtype() {
         // A K that is not a multiple of the K tile (f32 rows need only be multiples of 4).
         check_matmul(&ctx, label, tiled, DType::F32, 33, 52, 70, 50);
         check_matmul(&ctx, label, vector, DType::F32, 2, 52, 70, 51);
+        check_matmul(&ctx, label, vector, DType::F16, 1, 52, 70, 57);
+        if Matmul::has_batch(ctx.features()) {
+            check_matmul(
+                &ctx,
+                label,
+                MatmulKernel::VectorBatch,
+                DType::F32,
+                9,
+                52,
+                70,
+                58,
+            );
+        }
     }
 }
 

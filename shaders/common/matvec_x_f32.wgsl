@@ -28,10 +28,12 @@ fn row_chunk_dot(row: u32, b: u32, xs: XChunk) -> f32 {
         + dot(w[4], xs[4]) + dot(w[5], xs[5]) + dot(w[6], xs[6]) + dot(w[7], xs[7]);
 }
 
-// Lanes per chunk of 32: 1, each lane dots whole chunks (x as eight vec4s of its own), or 4,
-// lane s of a chunk's four dots elements 4s..4s+3 and 16+4s..16+4s+3 (a Q4 block's quant word
-// s, low and high nibbles). With 4, a subgroup's loads of x and of the weights each cover a
-// contiguous span instead of one 128-byte line per lane (GpuFeatures::matvec_split).
+// Lanes per chunk of 32, 1 or 4 (no other value): with 1, each lane dots whole chunks (x as
+// eight vec4s of its own); with 4, lane s of a chunk's four dots elements 4s..4s+3 and
+// 16+4s..16+4s+3 (a Q4 block's quant word s, low and high nibbles). With 4, a subgroup's two
+// loads of x together cover one contiguous span, and its loads of a weight row one contiguous
+// run of blocks, where with 1 each lane's loads fall on a 128-byte line of their own
+// (GpuFeatures::matvec_split).
 override CHUNK_LANES: u32 = 1u;
 
 // Part `s` of chunk `b` of token row `t`: the whole chunk, or with four lanes per chunk its

@@ -18,8 +18,8 @@ fn row_chunk_dot(row: u32, b: u32, xs: XChunk) -> f32 {
     return q8_block_dot(q8_block(row * params.row_bytes, b), xs);
 }
 
-// One lane per chunk: each lane takes a whole activation block (common/matvec_x_f32.wgsl can
-// spread a chunk over four).
+// One lane per chunk: the 8-bit block dot scales whole blocks of x and of the weights, so it
+// takes a whole activation block (common/matvec_x_f32.wgsl can spread a chunk over four).
 const CHUNK_LANES: u32 = 1u;
 
 fn x_part(t: u32, b: u32, s: u32) -> XChunk {

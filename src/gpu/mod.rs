@@ -60,7 +60,7 @@ pub struct GpuOptions {
     pub dot4: bool,
     /// Spread each 32-weight chunk of the GPU decode products (f32 activations) over four lanes
     /// instead of one (`SOVEREIGN_MATVEC_SPLIT`), so that a subgroup's loads of x and of the
-    /// weights each cover one contiguous span rather than a 128-byte line per lane. Off by
+    /// weights cover contiguous spans rather than a 128-byte line per lane. Off by
     /// default until a GPU has measured it against the default (benches/RESULTS.md).
     pub matvec_split: bool,
     /// Prefill products on the GPU's matrix units through wgpu's experimental cooperative

@@ -279,8 +279,9 @@ impl Matmul {
         if glu {
             constants.push(("GLU", 1.0));
         }
-        // The 8-bit activation planes keep one lane per chunk (a const in their shaders).
-        if features.matvec_split && !shader.ends_with("_q8") {
+        // The 8-bit products keep one lane per chunk (a const in their shaders): their block
+        // dot takes a whole activation block.
+        if features.matvec_split && !Q8_SHADERS.contains(&shader) {
             constants.push(("CHUNK_LANES", f64::from(MATVEC_SPLIT_LANES)));
         }
         (

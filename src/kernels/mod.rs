@@ -541,6 +541,11 @@ pub fn all_variants() -> Vec<Variant> {
         matvec_split: true,
         ..all
     };
+    // The 8-bit decode products ignore the split; their variants must still build.
+    let all_dot4_split = GpuFeatures {
+        matvec_split: true,
+        ..all_dot4
+    };
     let coop = GpuFeatures {
         coop_matrix: true,
         coop_fragment: 16,
@@ -581,6 +586,7 @@ pub fn all_variants() -> Vec<Variant> {
         all,
         all_dot4,
         all_split,
+        all_dot4_split,
         coop,
         coop8,
         cpu,
