@@ -887,7 +887,6 @@ fn synth(args: SynthArgs) -> CliResult {
         SynthShape::Smollm2_135M => SyntheticSpec::smollm2_135m(dtype),
         SynthShape::Tiny => SyntheticSpec {
             dtype,
-            embd_dtype: dtype,
             n_embd: 256,
             n_ff: 512,
             ..Default::default()
@@ -898,28 +897,23 @@ fn synth(args: SynthArgs) -> CliResult {
         spec.n_layer = n;
     }
     spec.seed = args.seed;
-    let block = dtype.block_len() as u32;
-    if !spec.n_embd.is_multiple_of(block) || !spec.n_ff.is_multiple_of(block) {
-        return Err(invalid(
-            "type",
+    // Every row of a matrix is a whole number of its type's blocks.
+    let rows_fit = |option: &str, dtype: sovereign::format::DType, what: &str, lens: &[u32]| {
+        let block = dtype.block_len() as u32;
+        if lens.iter().all(|n| n.is_multiple_of(block)) {
+            return Ok(());
+        }
+        let lens: Vec<String> = lens.iter().map(u32::to_string).collect();
+        Err(invalid(
+            option,
             format!(
-                "{dtype} rows are multiples of {block}; this shape's are {} and {}",
-                spec.n_embd, spec.n_ff
+                "{dtype} rows are multiples of {block}; this shape's {what} are {}",
+                lens.join(" and ")
             ),
-        )
-        .into());
-    }
-    let embd_block = embd_dtype.block_len() as u32;
-    if !spec.n_embd.is_multiple_of(embd_block) {
-        return Err(invalid(
-            "embd-type",
-            format!(
-                "{embd_dtype} rows are multiples of {embd_block}; this shape's embedding rows are {}",
-                spec.n_embd
-            ),
-        )
-        .into());
-    }
+        ))
+    };
+    rows_fit("type", dtype, "rows", &[spec.n_embd, spec.n_ff])?;
+    rows_fit("embd-type", embd_dtype, "embedding rows", &[spec.n_embd])?;
     if args.output.exists() && !args.force {
         return Err(invalid(
             "output",
