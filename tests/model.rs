@@ -9,7 +9,7 @@ use common::{coop_matrix_gpu, gpu, greedy_cases, model_path, reference_path};
 use sovereign::format::GgufFile;
 use sovereign::gpu::{GpuContext, GpuOptions};
 use sovereign::kernels::KvType;
-use sovereign::kernels::attention::Attention;
+use sovereign::kernels::attention::{Attention, SPLIT_KEYS};
 use sovereign::model::llama::Forward;
 use sovereign::model::{LlamaConfig, LlamaGpu, LoadOptions, Output};
 use sovereign::reference::llama::ReferenceLlama;
@@ -146,8 +146,9 @@ fn activations_match_the_layer_dump() {
 fn gpu_matches_cpu_reference_forward() {
     let file = GgufFile::open(model_path()).unwrap();
     let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
-    // The adapter's own kernels, and the GPU-shaped ones, whose decode steps split each token's
-    // keys (flash-decoding) at this context of 1024.
+    // The adapter's own kernels, and the GPU-shaped ones. Their decode steps here attend to
+    // fewer keys than one split holds, so they run the unsplit kernel; the next test crosses
+    // into flash-decoding.
     let gpu_shaped = gpu(GpuOptions {
         gpu_kernels_on_cpu: true,
         ..Default::default()
@@ -188,6 +189,58 @@ fn gpu_matches_cpu_reference_forward() {
         plain,
     ] {
         check_forward_against_reference(ctx, &cfg, &file);
+    }
+}
+
+/// Decode steps of a GPU-shaped context run the unsplit attention kernel while a token's keys fit
+/// in one split, and flash-decoding (with its merge pass) past that; the logits match the CPU
+/// reference on both sides of the switch.
+#[test]
+fn decode_attention_splits_past_one_split_of_keys() {
+    let file = GgufFile::open(model_path()).unwrap();
+    let cfg = LlamaConfig::from_metadata(file.metadata(), &file).unwrap();
+    let ctx = gpu(GpuOptions {
+        gpu_kernels_on_cpu: true,
+        ..Default::default()
+    });
+    assert!(Attention::split_pays(&ctx, 1024));
+    let mut model = load(ctx, &file, 64);
+    assert!(
+        model.set_profiling(true),
+        "the adapter has no timestamp queries to tell which kernels ran"
+    );
+    let mut cpu = ReferenceLlama::load(&cfg, &file)
+        .unwrap()
+        .with_kv_type(model.kv_type());
+    let case = &greedy_cases()[3];
+    let tokens: Vec<u32> = ["prompt_tokens", "tokens"]
+        .iter()
+        .flat_map(|k| case[*k].as_array().unwrap())
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    // Decode steps at positions 62..=66 attend to 63..=67 keys.
+    let (prompt, cont) = tokens.split_at(SPLIT_KEYS as usize - 2);
+    cpu.forward(prompt, None);
+    logits(&mut model, prompt, 0, Output::LastLogits);
+    model.take_profile();
+    for (pos, &t) in (prompt.len() as u32..).zip(&cont[..5]) {
+        let want = cpu.forward(&[t], None);
+        let got = logits(&mut model, &[t], pos, Output::LastLogits);
+        assert_eq!(top(&got, 1), top(&want, 1), "position {pos}: top-1 differs");
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 0.02, "position {pos}: logits differ by up to {err}");
+        let merged = model
+            .take_profile()
+            .iter()
+            .any(|k| k.kernel.starts_with("attention_merge"));
+        assert_eq!(
+            merged,
+            pos + 1 > SPLIT_KEYS,
+            "position {pos}: whether the merge pass ran"
+        );
     }
 }
 

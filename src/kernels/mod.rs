@@ -143,6 +143,8 @@ pub struct StepShape {
     /// Runs of consecutive tokens of one sequence: 1 for a prompt, n_tokens for a batched
     /// decode step.
     pub n_runs: u32,
+    /// The most keys one of the step's tokens attends to: its position plus one.
+    pub n_keys: u32,
 }
 
 impl StepShape {
@@ -266,10 +268,12 @@ impl StepBuffer {
         ctx.queue()
             .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&words[..end]));
         let n_runs = 1 + input.slots.windows(2).filter(|w| w[0] != w[1]).count();
+        let n_keys = input.positions.iter().max().map_or(0, |&p| p + 1);
         Ok(StepShape {
             n_tokens: n as u32,
             n_out: n_out as u32,
             n_runs: n_runs as u32,
+            n_keys,
         })
     }
 
