@@ -105,7 +105,7 @@ struct SamplingArgs {
     /// Top-k sampling; 0 disables.
     #[arg(long, default_value_t = 40)]
     top_k: usize,
-    /// Top-p (nucleus) sampling; 1 disables.
+    /// Top-p (nucleus) sampling; 1 disables, 0 keeps only the most likely token.
     #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     top_p: f32,
     /// Min-p sampling; 0 disables.
@@ -307,7 +307,8 @@ struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = sovereign::server::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
-    /// Requests that may wait for the engine; more are answered 429.
+    /// Requests that may wait for a sequence slot beside the --parallel running ones; more are
+    /// answered 429 (0: a request runs at once or is refused).
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
     /// Sequences decoded together in one batched step; more requests wait in the queue.

@@ -542,7 +542,10 @@ fn bad_input_gives_one_line_errors() {
         &sovereign(&["run", "-m", m, "--temp", "-1", "hi"]),
         "temperature",
     );
-    assert_fails(&sovereign(&["run", "-m", m, "--top-p", "0", "hi"]), "top_p");
+    assert_fails(
+        &sovereign(&["run", "-m", m, "--top-p", "1.5", "hi"]),
+        "top_p",
+    );
     assert_fails(&sovereign(&["run", "-m", m, ""]), "prompt is empty");
     assert_fails(
         &sovereign(&[

@@ -139,12 +139,46 @@ fn main_server() -> Arc<Server> {
     })
 }
 
-/// A server whose queue takes nothing, with every other setting at its default.
-fn full_server() -> Arc<Server> {
-    static SLOT: Mutex<Weak<Server>> = Mutex::new(Weak::new());
-    shared(&SLOT, || {
-        Server::start("full", &["--alias", MODEL, "--max-queue", "0"])
-    })
+/// A server of one sequence slot and no queue, with every other setting at its default; each
+/// test that fills it has its own, so that no other test frees or takes its slot.
+fn full_server(name: &str) -> Server {
+    Server::start(
+        name,
+        &["--alias", MODEL, "--max-queue", "0", "--parallel", "1"],
+    )
+}
+
+/// Starts a long streamed completion and returns its connection once the first token has come:
+/// the request holds a sequence slot until the connection is dropped.
+fn hold_a_slot(port: u16) -> TcpStream {
+    let body =
+        json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 900, "stream": true});
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    stream
+        .write_all(&raw(
+            "POST",
+            "/v1/completions",
+            &[],
+            Some(&body.to_string()),
+        ))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\ndata: {") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&seen);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stream
 }
 
 /// Tests that read the engine's gauges or time it must not share it with each other.
@@ -356,6 +390,27 @@ fn bad_requests_get_openai_errors_and_never_reach_the_engine() {
         );
         assert_eq!(r.status, 401, "{what}");
     }
+    let r = http(
+        port,
+        &raw(
+            "GET",
+            "/v1/models",
+            &[("Authorization", "Basic dXNlcg==")],
+            None,
+        ),
+    );
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not of the Bearer scheme"))
+    );
+    // The scheme's name is case-insensitive.
+    let upper = format!("BEARER {API_KEY}");
+    let r = http(
+        port,
+        &raw("GET", "/v1/models", &[("Authorization", &upper)], None),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     let r = http(port, &raw("GET", "/v1/models", &[], None));
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["data"][0]["id"], MODEL);
@@ -533,7 +588,7 @@ fn bad_requests_get_openai_errors_and_never_reach_the_engine() {
             "temperature",
             "invalid_value",
         ),
-        (chat(json!({"top_p": 0})), "top_p", "invalid_value"),
+        (chat(json!({"top_p": -0.1})), "top_p", "invalid_value"),
         (chat(json!({"top_p": 1.5})), "top_p", "invalid_value"),
         (chat(json!({"min_p": -0.5})), "min_p", "invalid_value"),
         (chat(json!({"top_k": -1})), "top_k", "invalid_value"),
@@ -754,10 +809,73 @@ fn bad_requests_get_openai_errors_and_never_reach_the_engine() {
     assert!(counted >= 40.0, "400s counted: {counted}");
 }
 
+/// Byte-level tokens that hold part of a character: their `bytes` rebuild the text, and the
+/// legacy offsets count characters of the text.
+#[test]
+fn logprobs_keep_the_bytes_of_characters_split_across_tokens() {
+    let server = main_server();
+    let _engine = exclusive();
+    let port = server.port;
+    let r = post(
+        port,
+        "/v1/chat/completions",
+        &chat(json!({
+            "messages": [{"role": "user", "content": "Reply with only emoji: 🎉🎉🎉"}],
+            "max_tokens": 4, "temperature": 0, "logprobs": true,
+        })),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let tokens: Vec<Vec<u8>> = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| serde_json::from_value(t["bytes"].clone()).unwrap())
+        .collect();
+    assert!(
+        tokens.iter().any(|b| std::str::from_utf8(b).is_err()),
+        "no token holds part of a character: {content:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&tokens.concat()), content);
+
+    let prompt = "Party time! 🎉🎉🎉🎉 Pizza! 🍕🍕🍕🍕🍕 Yes! 🎉🎉🎉";
+    let r = post(
+        port,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": prompt, "max_tokens": 6, "temperature": 0, "logprobs": 1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let text: Vec<char> = v["choices"][0]["text"].as_str().unwrap().chars().collect();
+    let lp = &v["choices"][0]["logprobs"];
+    let offsets: Vec<usize> = serde_json::from_value(lp["text_offset"].clone()).unwrap();
+    let pieces: Vec<String> = serde_json::from_value(lp["tokens"].clone()).unwrap();
+    assert!(
+        pieces.iter().any(|p| p.contains('\u{fffd}')),
+        "no token holds part of a character: {pieces:?}"
+    );
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    for (piece, &at) in pieces.iter().zip(&offsets) {
+        assert!(
+            at < text.len(),
+            "offset {at} past {} characters",
+            text.len()
+        );
+        // A whole token's text is found at its offset.
+        if !piece.contains('\u{fffd}') {
+            let found: String = text[at..].iter().take(piece.chars().count()).collect();
+            assert_eq!(&found, piece, "at {at} of {text:?}");
+        }
+    }
+}
+
 #[test]
 fn a_full_queue_answers_429_and_defaults_are_closed() {
-    let server = full_server();
+    let server = full_server("full");
     let port = server.port;
+    // No queue, but a free slot: the first request runs.
+    let held = hold_a_slot(port);
     let r = post(port, "/v1/chat/completions", &chat(json!({})));
     assert_error(
         "queue full",
@@ -775,6 +893,22 @@ fn a_full_queue_answers_429_and_defaults_are_closed() {
     );
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(metric(port, "sovereign_requests_total{outcome=\"rejected\"}") >= 2.0);
+    // Closing the held stream cancels it, and its slot takes the next request.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = post(
+            port,
+            "/v1/chat/completions",
+            &chat(json!({"max_tokens": 2})),
+        );
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(Instant::now() < deadline, "the slot was not given back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // No key configured: none needed.
     let r = http(
         port,
@@ -846,7 +980,7 @@ fn openai_client_chat_and_completions() {
 
 #[test]
 fn openai_client_error_classes() {
-    let full = full_server();
+    let full = full_server("full-python");
     python("errors", &["--full-base-url", &full.url()]);
 }
 

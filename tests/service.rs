@@ -178,6 +178,55 @@ fn cancelling_stops_generation_and_bad_requests_fail_at_submit() {
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
 }
 
+/// The queue bound counts requests beside the running ones: with no queue, requests that find
+/// a free slot run, the next is refused, and a slot given back takes a request again.
+#[test]
+fn a_queue_of_none_runs_as_many_requests_as_there_are_slots() {
+    let engine = engine_with(
+        EngineOptions {
+            max_queue: 0,
+            ..Default::default()
+        },
+        2,
+        None,
+    );
+    let h = engine.handle();
+    let long = || Request {
+        prompt: Prompt::Text("Once upon a time".into()),
+        params: greedy(500),
+        logprobs: None,
+    };
+    let first = h.submit(long()).unwrap();
+    let second = h.submit(long()).unwrap();
+    let e = h.submit(long()).err().unwrap();
+    assert!(
+        e.to_string()
+            .contains("queue is full (2 requests running, 0 waiting)"),
+        "{e}"
+    );
+    first.cancel();
+    let (_, _, end) = collect(first);
+    assert!(
+        matches!(
+            end,
+            Event::Finished {
+                stop: StopReason::Cancelled,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    // The cancelled request's slot is free by the time its stream ends.
+    let third = h.submit(long()).unwrap();
+    second.cancel();
+    third.cancel();
+    for stream in [second, third] {
+        let (_, _, end) = collect(stream);
+        assert!(matches!(end, Event::Finished { .. }), "{end:?}");
+    }
+    assert_eq!(h.metrics().requests_rejected, 1);
+}
+
 fn prompts() -> Vec<String> {
     [
         "The capital of France is",

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use web_time::{Duration, Instant};
 
 pub use sampler::{Sampler, SamplingParams};
-pub use sequence::{Advance, Logits, SequenceState, TokenLogprob};
+pub use sequence::{Advance, Logits, SequenceState, TokenLogprob, TopToken};
 
 use crate::Result;
 use crate::format::GgufFile;
@@ -33,8 +33,8 @@ pub enum EngineError {
         "the prompt has {n_prompt} tokens but the context holds only {n_ctx} (raise it with --ctx-size)"
     )]
     PromptTooLong { n_prompt: usize, n_ctx: u32 },
-    #[error("the queue is full ({max} requests waiting); try again later")]
-    QueueFull { max: usize },
+    #[error("the queue is full ({running} requests running, {max} waiting); try again later")]
+    QueueFull { max: usize, running: usize },
     #[error("{0}")]
     Stopped(String),
 }

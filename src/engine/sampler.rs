@@ -73,8 +73,9 @@ impl SamplingParams {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return bad("temperature", self.temperature, "[0, inf)");
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p", self.top_p, "(0, 1]");
+        // 0 keeps only the most likely token, as in llama.cpp and OpenAI's API.
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return bad("top_p", self.top_p, "[0, 1]");
         }
         if !(0.0..=1.0).contains(&self.min_p) {
             return bad("min_p", self.min_p, "[0, 1]");
@@ -311,6 +312,16 @@ mod tests {
         };
         let d = draws(p, 300);
         assert!(d.iter().all(|&t| [1, 2, 3].contains(&t)), "{d:?}");
+        // Nothing but the most likely token (the lower id of the two tied at the top).
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.0,
+            min_p: 0.0,
+            seed: Some(4),
+            ..Default::default()
+        };
+        assert_eq!(draws(p, 50), vec![1; 50]);
         let p = SamplingParams {
             temperature: 1.0,
             top_k: 0,
@@ -345,7 +356,11 @@ mod tests {
                 ..Default::default()
             },
             SamplingParams {
-                top_p: 0.0,
+                top_p: -0.1,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 1.5,
                 ..Default::default()
             },
             SamplingParams {

@@ -23,9 +23,32 @@ pub enum Logits<'a> {
 pub struct TokenLogprob {
     pub id: u32,
     pub text: String,
+    /// The token's bytes: a token holding part of a character shows U+FFFD in `text`.
+    pub bytes: Vec<u8>,
     pub logprob: f32,
-    /// (id, text, logprob), most likely first.
-    pub top: Vec<(u32, String, f32)>,
+    /// The most likely tokens at the step, most likely first.
+    pub top: Vec<TopToken>,
+}
+
+/// One of the most likely tokens at a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopToken {
+    pub id: u32,
+    pub text: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+impl TopToken {
+    fn new(tokenizer: &Tokenizer, id: u32, logprob: f32) -> TopToken {
+        let bytes = tokenizer.decode_bytes(&[id]).unwrap_or_default();
+        TopToken {
+            id,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+            logprob,
+        }
+    }
 }
 
 /// The outcome of one step for one sequence.
@@ -174,7 +197,6 @@ impl SequenceState {
 
 fn token_logprob(tokenizer: &Tokenizer, row: &[f32], token: u32, n: usize) -> TokenLogprob {
     let lp = crate::reference::log_softmax(row);
-    let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
     let mut top: Vec<u32> = Vec::new();
     if n > 0 {
         let mut idx: Vec<u32> = (0..row.len() as u32).collect();
@@ -186,13 +208,19 @@ fn token_logprob(tokenizer: &Tokenizer, row: &[f32], token: u32, n: usize) -> To
         idx.sort_unstable_by(by_logit);
         top = idx;
     }
+    let chosen = TopToken::new(
+        tokenizer,
+        token,
+        lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+    );
     TokenLogprob {
         id: token,
-        text: text(token),
-        logprob: lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+        text: chosen.text,
+        bytes: chosen.bytes,
+        logprob: chosen.logprob,
         top: top
             .into_iter()
-            .map(|id| (id, text(id), lp[id as usize]))
+            .map(|id| TopToken::new(tokenizer, id, lp[id as usize]))
             .collect(),
     }
 }

@@ -132,7 +132,8 @@ pub struct ModelInfo {
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Requests waiting beyond the running ones; more are refused with `QueueFull`.
+    /// Requests that may wait beside those the model's sequence slots run; more are refused
+    /// with `QueueFull`.
     pub max_queue: usize,
     /// Most prompt tokens one step runs while other sequences are decoding, so a long prompt
     /// delays their next token by one chunk, not by the whole prompt. With nothing decoding a
@@ -155,6 +156,17 @@ struct Job {
     events: mpsc::UnboundedSender<Event>,
     cancelled: Arc<AtomicBool>,
     submitted: Instant,
+    /// Counts the request as in flight until the engine lets go of it, however it ends.
+    _in_flight: InFlight,
+}
+
+/// One request's share of [`Shared::in_flight`], given back on drop.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 enum Command {
@@ -165,9 +177,14 @@ enum Command {
 
 struct Shared {
     commands: mpsc::UnboundedSender<Command>,
-    /// Requests submitted and not yet started: the bounded queue. Counted here, not in the
-    /// metrics, so the check and the increment are one atomic step.
+    /// Requests submitted and not yet started (the queue depth of the metrics).
     queued: AtomicUsize,
+    /// Requests submitted and not yet ended, running or waiting: the bound on them is the
+    /// sequence slots plus `max_queue`, checked and counted in one atomic step, so a burst on
+    /// an idle engine fills the free slots before anything counts as queued.
+    in_flight: Arc<AtomicUsize>,
+    /// Sequences the model runs at once.
+    n_slots: usize,
     tokenizer: Arc<Tokenizer>,
     info: ModelInfo,
     options: EngineOptions,
@@ -213,6 +230,8 @@ impl Engine {
         let shared = Arc::new(Shared {
             commands: tx,
             queued: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            n_slots: llama.n_seq() as usize,
             tokenizer: model.shared_tokenizer(),
             info,
             options,
@@ -321,17 +340,19 @@ impl EngineHandle {
         // Sampling settings and stop strings are checked here so a bad one fails the call; the
         // state travels with the job.
         let state = SequenceState::new(&tokens, request.params, request.logprobs)?;
-        let max = self.shared.options.max_queue;
-        let admitted = self
-            .shared
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < max).then_some(q + 1)
-            });
+        let (max, running) = (self.shared.options.max_queue, self.shared.n_slots);
+        let admitted =
+            self.shared
+                .in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < running.saturating_add(max)).then_some(n + 1)
+                });
         if admitted.is_err() {
             self.update(|m| m.requests_rejected += 1);
-            return Err(EngineError::QueueFull { max }.into());
+            return Err(EngineError::QueueFull { max, running }.into());
         }
+        let in_flight = InFlight(Arc::clone(&self.shared.in_flight));
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
         let (events, rx) = mpsc::unbounded();
         let cancelled = Arc::new(AtomicBool::new(false));
         let job = Job {
@@ -339,6 +360,7 @@ impl EngineHandle {
             events,
             cancelled: Arc::clone(&cancelled),
             submitted: Instant::now(),
+            _in_flight: in_flight,
         };
         self.update(|m| {
             m.requests_submitted += 1;

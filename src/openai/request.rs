@@ -306,7 +306,7 @@ fn common(f: &Fields, default_max_tokens: Option<u32>) -> Result<Parsed, ApiErro
         temperature: f
             .f32_in("temperature", 0.0, 2.0, false)?
             .unwrap_or(d.temperature),
-        top_p: f.f32_in("top_p", 0.0, 1.0, true)?.unwrap_or(d.top_p),
+        top_p: f.f32_in("top_p", 0.0, 1.0, false)?.unwrap_or(d.top_p),
         top_k: f
             .int_in("top_k", 0, i128::from(u32::MAX))?
             .map_or(d.top_k, |k| k as usize),
@@ -521,7 +521,7 @@ mod tests {
                 {"role": "developer", "content": "be brief"},
                 {"role": "user", "content": [{"type": "text", "text": "hi"}]}
             ],
-            "temperature": 0, "top_p": 0.5, "max_completion_tokens": 7, "stop": "x",
+            "temperature": 0, "top_p": 0, "max_completion_tokens": 7, "stop": "x",
             "seed": -1, "n": 1, "logprobs": true, "top_logprobs": 3,
             "stream": true, "stream_options": {"include_usage": true}, "user": "ignored"
         }))
@@ -537,7 +537,8 @@ mod tests {
         let params = &p.request.params;
         assert_eq!(params.max_tokens, Some(7));
         assert_eq!(params.sampling.temperature, 0.0);
-        assert_eq!(params.sampling.top_p, 0.5);
+        // 0 is in OpenAI's range: the most likely token only.
+        assert_eq!(params.sampling.top_p, 0.0);
         assert_eq!(params.sampling.seed, Some(u64::MAX));
         assert_eq!(params.stop, vec!["x".to_string()]);
         assert_eq!(p.request.logprobs, Some(3));
@@ -562,7 +563,8 @@ mod tests {
                 "temperature",
                 "invalid_value",
             ),
-            (with("top_p", json!(0)), "top_p", "invalid_value"),
+            (with("top_p", json!(1.5)), "top_p", "invalid_value"),
+            (with("top_p", json!(-0.1)), "top_p", "invalid_value"),
             (with("max_tokens", json!(0)), "max_tokens", "invalid_value"),
             (with("max_tokens", json!(1.5)), "max_tokens", "invalid_type"),
             (with("n", json!(2)), "n", "invalid_value"),

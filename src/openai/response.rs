@@ -79,14 +79,14 @@ impl From<&TokenLogprob> for ChatTokenLogprob {
         ChatTokenLogprob {
             token: t.text.clone(),
             logprob: finite(t.logprob),
-            bytes: t.text.as_bytes().to_vec(),
+            bytes: t.bytes.clone(),
             top_logprobs: t
                 .top
                 .iter()
-                .map(|(_, text, lp)| TopLogprob {
-                    token: text.clone(),
-                    logprob: finite(*lp),
-                    bytes: text.as_bytes().to_vec(),
+                .map(|top| TopLogprob {
+                    token: top.text.clone(),
+                    logprob: finite(top.logprob),
+                    bytes: top.bytes.clone(),
                 })
                 .collect(),
         }
@@ -161,18 +161,64 @@ pub struct TextLogprobs {
 }
 
 impl TextLogprobs {
-    /// Appends one token whose text starts at byte `offset` of the completion.
-    pub fn push(&mut self, t: &TokenLogprob, offset: usize) {
+    /// Appends one token, whose text starts at `offsets`' next character of the completion.
+    pub fn push(&mut self, t: &TokenLogprob, offsets: &mut TextOffsets) {
         self.tokens.push(t.text.clone());
         self.token_logprobs.push(finite(t.logprob));
         let mut top = Map::new();
-        for (_, text, lp) in &t.top {
+        for alt in &t.top {
             // Two ids can share a text; the first (most likely) one names it.
-            top.entry(text.clone())
-                .or_insert_with(|| serde_json::Value::from(finite(*lp)));
+            top.entry(alt.text.clone())
+                .or_insert_with(|| serde_json::Value::from(finite(alt.logprob)));
         }
         self.top_logprobs.push(top);
-        self.text_offset.push(offset);
+        self.text_offset.push(offsets.push(&t.bytes));
+    }
+}
+
+/// Where each token of a completion starts in its text, in characters (as a client indexes the
+/// string): at the character its first byte belongs to, so every token of a character split
+/// across tokens starts at that character.
+#[derive(Debug, Default)]
+pub struct TextOffsets {
+    /// Characters complete so far.
+    chars: usize,
+    /// Bytes of a character not yet complete.
+    pending: Vec<u8>,
+}
+
+impl TextOffsets {
+    /// The offset of a token of `bytes`, which then count toward the next one's.
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        let offset = self.chars;
+        self.pending.extend_from_slice(bytes);
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    self.chars += s.chars().count();
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    self.chars += String::from_utf8_lossy(&rest[..valid]).chars().count();
+                    match e.error_len() {
+                        // Bytes that can never be a character are one U+FFFD, as in the text.
+                        Some(bad) => {
+                            self.chars += 1;
+                            rest = &rest[valid + bad..];
+                        }
+                        None => {
+                            rest = &rest[valid..];
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.pending = rest.to_vec();
+        offset
     }
 }
 
@@ -216,6 +262,7 @@ pub struct ModelList {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::TopToken;
 
     #[test]
     fn usage_and_chunks_have_openai_shape() {
@@ -242,12 +289,41 @@ mod tests {
         assert!(v["usage"].is_null() && v.get("usage").is_some());
         let t = TokenLogprob {
             id: 1,
-            text: "a".into(),
+            text: "\u{fffd}".into(),
+            bytes: vec![0xf0, 0x9f],
             logprob: f32::NEG_INFINITY,
-            top: vec![(1, "a".into(), -0.5)],
+            top: vec![TopToken {
+                id: 1,
+                text: "a".into(),
+                bytes: vec![97],
+                logprob: -0.5,
+            }],
         };
         let v = serde_json::to_value(ChatTokenLogprob::from(&t)).unwrap();
         assert_eq!(v["logprob"], -9999.0);
+        assert_eq!(v["bytes"], serde_json::json!([0xf0, 0x9f]));
         assert_eq!(v["top_logprobs"][0]["bytes"], serde_json::json!([97]));
+    }
+
+    #[test]
+    fn text_offsets_count_characters_and_split_ones_start_where_they_begin() {
+        let mut o = TextOffsets::default();
+        // " P", "izza", "!", then 🍕 (f0 9f 8d 95) in three tokens, then "é" and a stray byte.
+        let tokens: [&[u8]; 9] = [
+            b" P",
+            b"izza",
+            b"!",
+            &[0x20, 0xf0],
+            &[0x9f, 0x8d],
+            &[0x95],
+            "é".as_bytes(),
+            &[0xff],
+            b"x",
+        ];
+        let offsets: Vec<usize> = tokens.iter().map(|t| o.push(t)).collect();
+        assert_eq!(offsets, vec![0, 2, 6, 7, 8, 8, 9, 10, 11]);
+        let text = String::from_utf8_lossy(&tokens.concat()).into_owned();
+        assert_eq!(text.chars().count(), 12);
+        assert_eq!(text.chars().nth(8), Some('🍕'));
     }
 }

@@ -146,23 +146,33 @@ pub async fn check_api_key(
     if is_public(request.uri().path()) {
         return next.run(request).await;
     }
-    let given = request
+    let sent = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match given {
-        Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => next.run(request).await,
-        Some(_) => ApiError::unauthorized("Incorrect API key provided.").into_response(),
-        None => ApiError::unauthorized(
+        .map(|v| v.to_str().unwrap_or("?").trim())
+        .filter(|v| !v.is_empty());
+    match (sent, sent.and_then(bearer_token)) {
+        (_, Some(g)) if constant_time_eq(g.as_bytes(), key.as_bytes()) => next.run(request).await,
+        (_, Some(_)) => ApiError::unauthorized("Incorrect API key provided.").into_response(),
+        (Some(_), None) => ApiError::unauthorized(
+            "The Authorization header is not of the Bearer scheme. Send the key as \
+             'Authorization: Bearer KEY'.",
+        )
+        .into_response(),
+        (None, None) => ApiError::unauthorized(
             "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
         )
         .into_response(),
     }
+}
+
+/// The credentials of a Bearer `Authorization` value; the scheme's name is case-insensitive
+/// (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// CORS for the given origins (`*`: any); `None` when there are none, so browsers on other

@@ -186,10 +186,9 @@ fn chat_body(done: Collected, meta: Meta) -> ChatCompletion {
 fn text_body(done: Collected, meta: Meta) -> TextCompletion {
     let logprobs = meta.logprobs.then(|| {
         let mut lp = TextLogprobs::default();
-        let mut offset = 0;
+        let mut offsets = TextOffsets::default();
         for t in &done.logprobs {
-            lp.push(t, offset);
-            offset += t.text.len();
+            lp.push(t, &mut offsets);
         }
         lp
     });
@@ -217,8 +216,8 @@ struct Streamer {
     endpoint: Endpoint,
     include_usage: bool,
     role_sent: bool,
-    /// Bytes of completion text so far (the legacy logprobs' `text_offset`).
-    offset: usize,
+    /// Where the next token starts in the completion (the legacy logprobs' `text_offset`).
+    offsets: TextOffsets,
     done: bool,
 }
 
@@ -318,8 +317,7 @@ impl Streamer {
             Endpoint::Completions => {
                 let logprobs = logprob.map(|t| {
                     let mut lp = TextLogprobs::default();
-                    lp.push(&t, self.offset);
-                    self.offset += t.text.len();
+                    lp.push(&t, &mut self.offsets);
                     lp
                 });
                 self.text_chunk(text, logprobs, None)
@@ -414,7 +412,7 @@ fn stream(
         endpoint,
         include_usage,
         role_sent: false,
-        offset: 0,
+        offsets: TextOffsets::default(),
         done: false,
     };
     let chunks = futures_util::stream::unfold(streamer, |mut s| async move {

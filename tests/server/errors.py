@@ -88,9 +88,12 @@ def main():
     rebound = client(args, default_headers={"Host": "evil.example"})
     expect(openai.PermissionDeniedError, lambda: rebound.models.list(), 403, "host_not_allowed")
 
-    # A full queue: 429.
+    # A full queue: 429. The server has one slot and no queue: a long stream takes the slot
+    # (an idle server runs a request even with no queue), then nothing more gets in.
     if args.full_base_url:
         full = client(args, base_url=args.full_base_url)
+        held = full.completions.create(model=model, prompt="Once upon a time", max_tokens=900, stream=True)
+        next(iter(held))
         expect(
             openai.RateLimitError,
             lambda: full.chat.completions.create(model=model, messages=hi, max_tokens=2),
@@ -102,6 +105,7 @@ def main():
             lambda: list(full.completions.create(model=model, prompt="x", max_tokens=2, stream=True)),
             429,
         )
+        held.close()
     else:
         raise AssertionError("--full-base-url is required for the RateLimitError check")
     print("errors: ok")

@@ -11,7 +11,7 @@ use sovereign::openai::request;
 pub use sovereign::openai::request::Endpoint;
 use sovereign::openai::response::{
     ChatChunk, ChatChunkChoice, ChatLogprobs, ChatTokenLogprob, Delta, TextChoice, TextCompletion,
-    TextLogprobs, UsageBody, finish_reason,
+    TextLogprobs, TextOffsets, UsageBody, finish_reason,
 };
 
 const FINGERPRINT: &str = concat!("sovereign-web-", env!("CARGO_PKG_VERSION"));
@@ -24,8 +24,8 @@ pub struct Generation {
     created: u64,
     model: String,
     role_sent: bool,
-    /// Bytes of text so far (the legacy logprobs' `text_offset`).
-    offset: usize,
+    /// Where the next token starts in the text (the legacy logprobs' `text_offset`).
+    offsets: TextOffsets,
     done: bool,
 }
 
@@ -66,7 +66,7 @@ pub fn submit(
         created: unix_now(),
         model: loaded,
         role_sent: false,
-        offset: 0,
+        offsets: TextOffsets::default(),
         done: false,
     })
 }
@@ -172,7 +172,6 @@ impl Generation {
                             None,
                         ));
                     }
-                    let len = text.len();
                     let mut chunk = match self.endpoint {
                         Endpoint::Chat => self.chunk(
                             Some(Delta {
@@ -191,13 +190,12 @@ impl Generation {
                             }),
                             Endpoint::Completions => {
                                 let mut l = TextLogprobs::default();
-                                l.push(lp, self.offset);
+                                l.push(lp, &mut self.offsets);
                                 serde_json::to_value(l)
                             }
                         };
                         chunk["choices"][0]["logprobs"] = value.unwrap_or(Value::Null);
                     }
-                    self.offset += len;
                     chunk["sovereign"] =
                         json!({ "token_ids": token.into_iter().collect::<Vec<_>>() });
                     out.push(chunk);
