@@ -14,6 +14,21 @@ use sovereign::gpu::{GpuContext, GpuOptions};
 use sovereign::model::LoadOptions;
 use sovereign::tokenizer::ChatMessage;
 
+/// `println!` for a command's output: a failed write (a full disk, a closed pipe) ends the
+/// command with an error instead of a panic; `main` ends a closed pipe quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*).map_err(output_error)?
+    };
+}
+
+fn output_error(source: std::io::Error) -> sovereign::Error {
+    sovereign::Error::Io {
+        what: "writing the output".into(),
+        source,
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "sovereign",
@@ -84,11 +99,12 @@ struct ModelArgs {
     /// GGUF model file; default: SmolLM2-135M-Instruct Q4_1, fetched into the cache on first use.
     #[arg(short, long)]
     model: Option<PathBuf>,
-    /// Context (KV cache) length in tokens; default: the model's, at most 4096.
+    /// Context (KV cache) length in tokens; default (or 0): the model's, at most 4096.
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<u32>,
     /// Most tokens per forward step; longer prompts are prefilled in batches of this.
-    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
     /// How the KV cache holds K and V: f32, f16 (needs shader-f16) or q8_0 (about half of f16's
     /// memory, so nearly twice the context); default: f16 where the adapter has shader-f16, else
@@ -103,7 +119,7 @@ struct SamplingArgs {
     #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f32,
     /// Top-k sampling; 0 disables.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, allow_negative_numbers = true)]
     top_k: usize,
     /// Top-p (nucleus) sampling; 1 disables, 0 keeps only the most likely token.
     #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
@@ -115,11 +131,12 @@ struct SamplingArgs {
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     repeat_penalty: f32,
     /// How many recent tokens the repeat penalty looks at.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     repeat_last_n: usize,
-    /// Random seed; the same seed gives the same output.
-    #[arg(short, long)]
-    seed: Option<u64>,
+    /// Random seed; the same seed gives the same output. Default (or -1): a random one.
+    #[arg(short, long, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-1..))]
+    seed: Option<i64>,
     /// Stop before this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
@@ -144,7 +161,7 @@ impl SamplingArgs {
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
-            seed: self.seed,
+            seed: self.seed.and_then(|s| u64::try_from(s).ok()),
             ..Default::default()
         }
     }
@@ -342,7 +359,13 @@ fn main() -> ExitCode {
         // SAFETY: nothing else runs yet: no thread has started that could read the environment.
         unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // -c 0 asks for the default context, as in llama.cpp.
+    if let Some(m) = cli.command.model_args()
+        && m.ctx_size == Some(0)
+    {
+        m.ctx_size = None;
+    }
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -353,6 +376,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let result = match cli.command {
@@ -370,6 +394,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`| head`) is a normal way to stop reading.
+        Err(sovereign::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let message = sovereign::error::describe(&e);
             let _ = std::io::stdout().flush();
@@ -380,6 +410,20 @@ fn main() -> ExitCode {
 }
 
 type CliResult = Result<(), sovereign::Error>;
+
+impl Command {
+    fn model_args(&mut self) -> Option<&mut ModelArgs> {
+        match self {
+            Command::Run(a) => Some(&mut a.model),
+            Command::Chat(a) => Some(&mut a.model),
+            Command::Bench(a) => Some(&mut a.model),
+            Command::Perplexity(a) => Some(&mut a.model),
+            #[cfg(feature = "server")]
+            Command::Serve(a) => Some(&mut a.model),
+            _ => None,
+        }
+    }
+}
 
 fn model_path(args: &ModelArgs) -> Result<PathBuf, sovereign::Error> {
     match &args.model {
@@ -428,7 +472,14 @@ fn load_with(
         bar.set_position(p.done);
     }));
     bar.finish_and_clear();
-    model
+    let model = model?;
+    let (n_ctx, n_ctx_train) = (model.llama().n_ctx(), model.config().n_ctx_train);
+    if n_ctx_train > 0 && n_ctx > n_ctx_train {
+        tracing::warn!(
+            "the context of {n_ctx} tokens is longer than the {n_ctx_train} the model was trained on: expect worse text past that"
+        );
+    }
+    Ok(model)
 }
 
 fn run(adapter: Option<String>, args: RunArgs) -> CliResult {
@@ -459,17 +510,19 @@ fn run(adapter: Option<String>, args: RunArgs) -> CliResult {
                 }
             }),
         )?;
-    // A closed pipe (`| head`) is a normal way to stop reading.
     if let Some(e) = write_error {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("error: writing the output: {e}");
-        }
-        return Ok(());
+        return Err(output_error(e));
     }
     if std::io::stdout().is_terminal() {
-        println!();
+        out!();
     }
     report(&completion);
+    if completion.stop == StopReason::ContextFull {
+        eprintln!(
+            "(the context is full: generation stopped after {} tokens; raise it with --ctx-size)",
+            completion.tokens.len()
+        );
+    }
     Ok(())
 }
 
@@ -488,79 +541,181 @@ fn report(c: &sovereign::engine::Completion) {
 }
 
 fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let mut model = load(adapter, &args.model)?;
+    let n_ctx = model.llama().n_ctx() as usize;
     let mut session = Session::new();
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(ChatMessage::new("system", system));
     }
+    // Ctrl-C stops the reply being written and keeps the conversation; at the prompt it quits.
+    let replying = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let (replying, interrupted) = (Arc::clone(&replying), Arc::clone(&interrupted));
+        let handler = ctrlc::set_handler(move || {
+            if replying.load(Ordering::Acquire) {
+                interrupted.store(true, Ordering::Release);
+            } else {
+                eprintln!();
+                std::process::exit(130);
+            }
+        });
+        if let Err(e) = handler {
+            tracing::warn!("Ctrl-C will end the chat, not only the reply: {e}");
+        }
+    }
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
-            "{} ready. Type a message; /reset starts over, /exit or Ctrl-D quits.",
+            "{} ready. Type a message; /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply.",
             model.name()
         );
     }
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    // When old turns must go, the room left for the reply: the -n limit, or a quarter of the
+    // context.
+    let reply_room = match usize::try_from(args.n_predict) {
+        Ok(n) => n.min(n_ctx / 2),
+        Err(_) => n_ctx / 4,
+    };
+    let mut input = std::io::stdin().lock();
+    let mut line = Vec::new();
     loop {
         if interactive {
             eprint!("> ");
         }
-        let Some(line) = lines.next() else { break };
-        let line = line.map_err(|e| sovereign::engine::EngineError::InvalidParameter {
-            name: "input".into(),
-            message: e.to_string(),
-        })?;
-        let line = line.trim();
-        match line {
+        line.clear();
+        let read = input
+            .read_until(b'\n', &mut line)
+            .map_err(|source| sovereign::Error::Io {
+                what: "reading the input".into(),
+                source,
+            })?;
+        if read == 0 {
+            break;
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            eprintln!("error: the message is not valid UTF-8; it was not sent");
+            continue;
+        };
+        let text = text.trim();
+        match text {
             "" => continue,
-            "/exit" | "/quit" => break,
+            "/exit" | "/quit" | "/bye" => break,
             "/reset" => {
                 messages.retain(|m: &ChatMessage| m.role == "system");
                 session.reset();
                 continue;
             }
+            "/help" | "/?" => {
+                eprintln!("/reset starts over, /exit (or Ctrl-D) quits, Ctrl-C stops a reply");
+                continue;
+            }
+            command if command.starts_with('/') && !command.contains(char::is_whitespace) => {
+                eprintln!("unknown command {command}; /help lists them");
+                continue;
+            }
             _ => {}
         }
-        messages.push(ChatMessage::new("user", line));
-        let prompt = model.encode_chat(&messages)?;
+        messages.push(ChatMessage::new("user", text));
+        let Some(prompt) = fit_conversation(&model, &mut messages, n_ctx, reply_room)? else {
+            messages.pop();
+            continue;
+        };
         let params = args.sampling.generate(args.n_predict);
         let mut stdout = std::io::stdout().lock();
-        let completion =
-            pollster::block_on(session.generate(&mut model, &prompt, &params, &mut |text| {
-                let _ = stdout
-                    .write_all(text.as_bytes())
-                    .and_then(|()| stdout.flush());
-                ControlFlow::Continue(())
-            }))?;
-        let _ = writeln!(stdout);
+        let mut write_error = None;
+        interrupted.store(false, Ordering::Release);
+        replying.store(true, Ordering::Release);
+        let result =
+            pollster::block_on(
+                session.run(&mut model, &prompt, &params, None, &mut |step| {
+                    if write_error.is_none()
+                        && !step.text.is_empty()
+                        && let Err(e) = stdout
+                            .write_all(step.text.as_bytes())
+                            .and_then(|()| stdout.flush())
+                    {
+                        write_error = Some(e);
+                    }
+                    if interrupted.load(Ordering::Acquire) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                }),
+            );
+        replying.store(false, Ordering::Release);
+        let completion = result?;
+        if let Some(e) = write_error.or_else(|| writeln!(stdout).err()) {
+            return Err(output_error(e));
+        }
         report(&completion);
-        if completion.stop == StopReason::ContextFull {
-            eprintln!("(the context is full; /reset to start over)");
+        match completion.stop {
+            StopReason::ContextFull => {
+                eprintln!(
+                    "(the context is full: the reply was cut short; older turns make room for the next)"
+                )
+            }
+            StopReason::Cancelled => eprintln!("(stopped)"),
+            _ => {}
         }
         messages.push(ChatMessage::new("assistant", &completion.text));
     }
     Ok(())
 }
 
+/// The conversation's tokens, with the oldest turns dropped until `reply_room` positions are
+/// left for the reply (at least one); `None`, with the reason on stderr, when the last message
+/// alone does not fit.
+fn fit_conversation(
+    model: &Model,
+    messages: &mut Vec<ChatMessage>,
+    n_ctx: usize,
+    reply_room: usize,
+) -> Result<Option<Vec<u32>>, sovereign::Error> {
+    loop {
+        let prompt = model.encode_chat(messages)?;
+        let first = messages
+            .iter()
+            .position(|m| m.role != "system")
+            .unwrap_or(messages.len());
+        let only_this_message = messages.len() - first <= 1;
+        if prompt.len() + reply_room.max(1) <= n_ctx || only_this_message {
+            if prompt.len() >= n_ctx {
+                eprintln!(
+                    "error: this message takes {} tokens in the chat template, and the context holds {n_ctx} (raise it with --ctx-size); it was not sent",
+                    prompt.len()
+                );
+                return Ok(None);
+            }
+            return Ok(Some(prompt));
+        }
+        // The oldest turn: its user message and the replies up to the next user message.
+        let end = messages[first + 1..]
+            .iter()
+            .position(|m| m.role == "user")
+            .map_or(messages.len(), |i| first + 1 + i);
+        messages.drain(first..end);
+        eprintln!("(the oldest turn was dropped to keep the conversation within {n_ctx} tokens)");
+    }
+}
+
 fn inspect(path: &PathBuf) -> CliResult {
     let file = GgufFile::open(path)?;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
+    out!(
         "{}: GGUF version {}, {} bytes",
         path.display(),
         file.version,
         file.file_len()
     );
-    let _ = writeln!(
-        out,
+    out!(
         "alignment {}, data at byte {}",
         file.alignment,
         file.data_offset()
     );
-    let _ = writeln!(out, "\n{} metadata entries:", file.metadata().len());
+    out!("\n{} metadata entries:", file.metadata().len());
     for (key, value) in file.metadata().iter() {
         let mut shown = value.to_string();
         if shown.len() > 200 {
@@ -570,25 +725,26 @@ fn inspect(path: &PathBuf) -> CliResult {
             }
             shown = format!("{}... ({} chars)", &shown[..cut], shown.len());
         }
-        let _ = writeln!(
-            out,
+        out!(
             "  {key} = {} [{}]",
             shown.replace('\n', "\\n"),
             value.value_type().name()
         );
     }
-    let _ = writeln!(out, "\n{} tensors:", file.tensors().len());
-    let _ = writeln!(
-        out,
+    out!("\n{} tensors:", file.tensors().len());
+    out!(
         "  {:<40} {:<8} {:<22} {:>12} {:>12}",
-        "name", "type", "shape", "bytes", "offset"
+        "name",
+        "type",
+        "shape",
+        "bytes",
+        "offset"
     );
     let mut params = 0u64;
     for t in file.tensors() {
         params += t.n_elements;
         let shape = format!("{:?}", t.dims);
-        let _ = writeln!(
-            out,
+        out!(
             "  {:<40} {:<8} {:<22} {:>12} {:>12}",
             t.name,
             t.dtype.name(),
@@ -597,20 +753,19 @@ fn inspect(path: &PathBuf) -> CliResult {
             t.offset
         );
     }
-    let _ = writeln!(out, "\n{:.2} M parameters", params as f64 / 1e6);
-    drop(out);
+    out!("\n{:.2} M parameters", params as f64 / 1e6);
 
     // The file parsed; now check that it is a model this build can run.
     let arch = file
         .metadata()
         .get_str("general.architecture")
         .unwrap_or("");
+    // The tables above are shown either way; a model this build cannot run fails the check.
     if !sovereign::model::arch::LLAMA_LIKE.contains(&arch) && !arch.is_empty() {
-        println!("architecture {arch:?}: not runnable by this build");
-        return Ok(());
+        return Err(sovereign::model::ModelError::UnsupportedArchitecture(arch.to_string()).into());
     }
     let (cfg, tokenizer) = Model::check(&file)?;
-    println!(
+    out!(
         "{} layers, {} heads ({} K/V), embedding {}, feed-forward {}, vocabulary {} ({} tokenizer entries), trained context {}: runnable",
         cfg.n_layer,
         cfg.n_head,
@@ -630,16 +785,16 @@ fn devices() -> CliResult {
         return Err(sovereign::gpu::GpuError::NoAdapter.into());
     }
     for a in adapters {
-        println!("{}: {} ({}, {})", a.index, a.name, a.backend, a.device_type);
-        println!("   driver: {}", a.driver);
-        println!(
+        out!("{}: {} ({}, {})", a.index, a.name, a.backend, a.device_type);
+        out!("   driver: {}", a.driver);
+        out!(
             "   features: shader-f16 {}, subgroups {} (sizes {}..{})",
             yes(a.shader_f16),
             yes(a.subgroups),
             a.subgroup_sizes.0,
             a.subgroup_sizes.1
         );
-        println!(
+        out!(
             "   limits: storage binding {} MiB, buffer {} MiB, workgroup memory {} KiB, {} invocations per workgroup",
             a.max_storage_binding >> 20,
             a.max_buffer >> 20,
@@ -651,7 +806,7 @@ fn devices() -> CliResult {
         } else {
             a.cooperative_shapes.join(", ")
         };
-        println!(
+        out!(
             "   cooperative matrices: {} in wgpu; driver: {shapes}",
             yes(a.cooperative_matrix)
         );
@@ -673,6 +828,13 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
     }
     if !args.streams.is_empty() {
         return bench_streams(adapter, args);
+    }
+    if args.n_prompt == 0 && args.n_gen == 0 {
+        return Err(sovereign::engine::EngineError::InvalidParameter {
+            name: "n-prompt".into(),
+            message: "nothing to measure: -p and -n are both 0".into(),
+        }
+        .into());
     }
     let mut margs = args.model.clone();
     let needed = args.n_prompt.max(args.n_gen);
@@ -750,13 +912,13 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(tests));
+        out!("{}", serde_json::Value::Array(tests));
         return Ok(());
     }
-    println!("| model | size | params | backend | adapter | test | t/s |");
-    println!("| --- | ---: | ---: | --- | --- | ---: | ---: |");
+    out!("| model | size | params | backend | adapter | test | t/s |");
+    out!("| --- | ---: | ---: | --- | --- | ---: | ---: |");
     for r in &results {
-        println!(
+        out!(
             "| {label} | {size:.2} MiB | {:.2} M | wgpu/{:?} | {} | {} | {:.2} ± {:.2} |",
             params as f64 / 1e6,
             info.backend,
@@ -766,10 +928,10 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
             r.stddev()
         );
     }
-    println!();
+    // Like llama-bench, the table alone on stdout; the host's share goes with the diagnostics.
     for r in &results {
         let (host, step) = r.host_and_step_seconds();
-        println!(
+        eprintln!(
             "{}: host {:.3} ms of {:.3} ms per forward step ({:.2}%: check, step buffer write, encode, submit), {} steps",
             r.test,
             host * 1e3,
@@ -779,26 +941,26 @@ fn bench(adapter: Option<String>, args: BenchArgs) -> CliResult {
         );
     }
     for r in results.iter().filter(|r| !r.profile.is_empty()) {
-        print_profile(r);
+        print_profile(r)?;
     }
     Ok(())
 }
 
 /// The kernels of a profiled run, the costliest first.
-fn print_profile(r: &sovereign::bench::BenchResult) {
+fn print_profile(r: &sovereign::bench::BenchResult) -> CliResult {
     let total: f64 = r.profile.iter().map(|k| k.gpu_time.as_secs_f64()).sum();
     let dispatches: u64 = r.profile.iter().map(|k| k.dispatches).sum();
-    println!();
-    println!(
+    out!();
+    out!(
         "{}: GPU time per kernel over one profiled run (each dispatch in its own pass): {:.3} ms in {dispatches} dispatches",
         r.test,
         total * 1e3
     );
-    println!("| kernel | workgroups | dispatches | GPU ms | share |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    out!("| kernel | workgroups | dispatches | GPU ms | share |");
+    out!("| --- | ---: | ---: | ---: | ---: |");
     for k in &r.profile {
         let t = k.gpu_time.as_secs_f64();
-        println!(
+        out!(
             "| {} | {}x{}x{} | {} | {:.3} | {:.1}% |",
             k.kernel,
             k.workgroups[0],
@@ -809,6 +971,7 @@ fn print_profile(r: &sovereign::bench::BenchResult) {
             100.0 * t / total.max(f64::MIN_POSITIVE)
         );
     }
+    Ok(())
 }
 
 fn perplexity(adapter: Option<String>, args: PerplexityArgs) -> CliResult {
@@ -824,11 +987,12 @@ fn perplexity(adapter: Option<String>, args: PerplexityArgs) -> CliResult {
     let tokenizer = model.tokenizer();
     let tokens = tokenizer.encode(&text, true)?;
     let bos = tokenizer.add_bos().then(|| tokenizer.bos()).flatten();
+    let n_chunks = tokens.len() / n_ctx as usize;
     eprintln!(
-        "{} tokens; {} chunks of {n_ctx}{}",
+        "{} tokens; {n_chunks} chunks of {n_ctx}{}",
         tokens.len(),
-        tokens.len() / n_ctx as usize,
         args.chunks
+            .filter(|&c| (c as usize) < n_chunks)
             .map_or(String::new(), |c| format!(", scoring {c}"))
     );
     let options = PerplexityOptions {
@@ -837,6 +1001,7 @@ fn perplexity(adapter: Option<String>, args: PerplexityArgs) -> CliResult {
         bos,
     };
     let mut out = std::io::stdout();
+    let mut write_error = None;
     let result = pollster::block_on(perplexity(model.llama_mut(), &tokens, options, &mut |e| {
         if e.chunk == 1 {
             eprintln!(
@@ -845,13 +1010,22 @@ fn perplexity(adapter: Option<String>, args: PerplexityArgs) -> CliResult {
                 e.seconds * e.n_chunks as f64 / 60.0
             );
         }
-        let _ = write!(out, "[{}]{:.4},", e.chunk, e.ppl);
-        let _ = out.flush();
+        if write_error.is_none()
+            && let Err(e) = write!(out, "[{}]{:.4},", e.chunk, e.ppl).and_then(|()| out.flush())
+        {
+            write_error = Some(e);
+        }
     }))?;
-    println!();
-    println!(
+    if let Some(e) = write_error {
+        return Err(output_error(e));
+    }
+    out!();
+    out!(
         "Final estimate: PPL = {:.4} +/- {:.5} ({} chunks, {} tokens scored)",
-        result.ppl, result.ppl_stderr, result.n_chunks, result.n_scored
+        result.ppl,
+        result.ppl_stderr,
+        result.n_chunks,
+        result.n_scored
     );
     Ok(())
 }
@@ -925,13 +1099,6 @@ fn synth(args: SynthArgs) -> CliResult {
         )
         .into());
     }
-    eprintln!(
-        "writing {:.2} B parameters as {dtype}, the embedding as {embd_dtype} ({} layers) to {}",
-        spec.n_params() as f64 / 1e9,
-        spec.n_layer,
-        args.output.display()
-    );
-    let writer = synthetic_llama(&spec)?;
     // Written beside the target and renamed into place: an interrupted run leaves no
     // half-written model under the output name.
     let dir = match args.output.parent() {
@@ -942,6 +1109,24 @@ fn synth(args: SynthArgs) -> CliResult {
         what: format!("writing {}", args.output.display()),
         source,
     };
+    if !dir.is_dir() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the directory {} does not exist", dir.display()),
+        )));
+    }
+    let n_params = spec.n_params() as f64;
+    eprintln!(
+        "writing {} parameters as {dtype}, the embedding as {embd_dtype} ({} layers) to {}",
+        if n_params >= 1e9 {
+            format!("{:.2} B", n_params / 1e9)
+        } else {
+            format!("{:.2} M", n_params / 1e6)
+        },
+        spec.n_layer,
+        args.output.display()
+    );
+    let writer = synthetic_llama(&spec)?;
     let mut builder = tempfile::Builder::new();
     builder.prefix(".synth-");
     // Temporary files are private (0600); a model file is as readable as any other output.
@@ -1004,10 +1189,10 @@ fn bench_streams(adapter: Option<String>, args: BenchArgs) -> CliResult {
         "{} ({:?}), KV pool of {pool} positions in pages of {}, prompts of {} tokens, {} generated per stream",
         info.name, info.backend, args.kv_page_size, args.n_prompt, args.n_gen
     );
-    println!(
+    out!(
         "| streams | decode t/s (all streams) | t/s per stream | vs 1 stream | KV allocated | KV used | KV waste |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    out!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut single = None;
     for (i, &n) in args.streams.iter().enumerate() {
         let r = pollster::block_on(sovereign::bench::streams(
@@ -1032,7 +1217,7 @@ fn bench_streams(adapter: Option<String>, args: BenchArgs) -> CliResult {
         }
         let ratio = single.map_or_else(|| "-".to_string(), |one| format!("{:.2}x", tps / one));
         let samples = r.kv_samples.max(1) as f64;
-        println!(
+        out!(
             "| {n} | {tps:.2} | {:.2} | {ratio} | {:.0} | {:.0} | {:.2}% |",
             tps / f64::from(n),
             r.kv_allocated as f64 / samples,

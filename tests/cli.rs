@@ -183,6 +183,53 @@ fn chat_command_keeps_the_conversation() {
     );
 }
 
+/// A conversation longer than the context drops its oldest turns instead of ending the chat; a
+/// message that cannot be sent (too long, not UTF-8) or an unknown command is reported and
+/// the chat goes on.
+#[test]
+fn chat_goes_on_past_a_full_context_and_bad_messages() {
+    use std::io::Write;
+    let model = model_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sovereign"))
+        .args([
+            "chat",
+            "-m",
+            model.to_str().unwrap(),
+            "--temp",
+            "0",
+            "-n",
+            "40",
+            "-c",
+            "96",
+        ])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = b"Tell me a story.\nAnother one.\n".to_vec();
+    input.extend_from_slice(b"bad \xff byte\n/foo\n");
+    input.extend_from_slice("word ".repeat(200).as_bytes());
+    input.extend_from_slice(b"\nAnd another one.\n");
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let out = stdout(&o);
+    let replies: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(replies.len(), 3, "{replies:?}\n{err}");
+    for words in [
+        "the oldest turn was dropped",
+        "not valid UTF-8",
+        "unknown command /foo",
+        "the context holds 96",
+    ] {
+        assert!(err.contains(words), "no {words:?} in {err}");
+    }
+    assert!(!err.contains("error: the prompt has"), "{err}");
+}
+
 #[test]
 fn inspect_shows_metadata_and_tensors() {
     let model = model_path();
@@ -248,10 +295,16 @@ fn bench_prints_pp_and_tg() {
             .unwrap();
         assert!(rate > 0.0, "{line}");
     }
-    let host_line = out
+    // Like llama-bench's, stdout holds the table alone; the host's share goes to stderr.
+    assert!(
+        out.lines().all(|l| l.is_empty() || l.starts_with('|')),
+        "{out}"
+    );
+    let err = stderr(&o);
+    let host_line = err
         .lines()
         .find(|l| l.starts_with("tg4: host "))
-        .unwrap_or_else(|| panic!("no host time in {out}"));
+        .unwrap_or_else(|| panic!("no host time in {err}"));
     assert!(host_line.ends_with(", 4 steps"), "{host_line}");
 }
 
@@ -577,6 +630,69 @@ fn bad_input_gives_one_line_errors() {
     );
 }
 
+/// Values at the edges do what llama.cpp does with them, or fail with one line; output that
+/// cannot be written fails the command.
+#[test]
+fn edge_values_and_unwritable_output() {
+    let model = model_path();
+    let m = model.to_str().unwrap();
+    let prompt = "The capital of France is";
+    // -n 0 runs the prompt and generates nothing.
+    let o = sovereign(&["run", "-m", m, "-n", "0", "--temp", "0", prompt]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    // -c 0 is the default context; --seed -1 a random seed.
+    let o = sovereign(&["run", "-m", m, "-c", "0", "-n", "2", "--seed", "-1", prompt]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).is_empty());
+    let o = sovereign(&["run", "-m", m, "-b", "0", prompt]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--batch-size"), "{}", stderr(&o));
+    // A number names an adapter by its index only: "256" is in llvmpipe's name.
+    assert_fails(
+        &sovereign(&["run", "--adapter", "256", "-m", m, "hi"]),
+        "no adapter matches \"256\"",
+    );
+    let dir = std::env::temp_dir();
+    assert_fails(
+        &sovereign(&["run", "-m", dir.to_str().unwrap(), "hi"]),
+        "is a directory, not a GGUF file",
+    );
+    assert_fails(
+        &sovereign(&["bench", "-m", m, "-p", "0", "-n", "0"]),
+        "nothing to measure",
+    );
+    // -c 0 gives perplexity its default chunks of 512 (it divided by zero).
+    let short = dir.join("sovereign-short.txt");
+    std::fs::write(&short, "one two three").unwrap();
+    assert_fails_after_output(
+        &sovereign(&[
+            "perplexity",
+            "-m",
+            m,
+            "-c",
+            "0",
+            "-f",
+            short.to_str().unwrap(),
+        ]),
+        "chunks of 512 needs at least 1024",
+    );
+    // A full disk: the streaming command and a printing one both fail with one line.
+    for args in [vec!["run", "-m", m, "-n", "2", prompt], vec!["devices"]] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_sovereign"))
+            .args(&args)
+            .env("XDG_RUNTIME_DIR", &dir)
+            .stdout(full)
+            .output()
+            .unwrap();
+        assert_fails(&o, "writing the output: no space left on device");
+    }
+}
+
 /// Every file of the bad-GGUF corpus (broken files) and of the model corpus (valid GGUF, not a
 /// runnable model): non-zero exit and an error naming the problem, from `inspect` (parsing and
 /// model checks) and from `run`.
@@ -727,6 +843,11 @@ fn model_corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "rope_scaling_unknown",
             base().set("llama.rope.scaling.type", Value::String("warp".into())),
             "rope scaling \"warp\" is not supported",
+        ),
+        (
+            "architecture_unsupported",
+            base().set("general.architecture", Value::String("gemma".into())),
+            "architecture \"gemma\" is not supported",
         ),
     ];
     cases

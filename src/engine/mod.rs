@@ -262,6 +262,18 @@ impl Session {
         let prefill_time = start.elapsed();
 
         let start = Instant::now();
+        // -n 0 runs the prompt (into the cache) and samples nothing, as in llama.cpp.
+        if params.max_tokens == Some(0) {
+            return Ok(Completion {
+                text: String::new(),
+                tokens: Vec::new(),
+                stop: StopReason::MaxTokens,
+                n_prompt: prompt.len(),
+                n_reused: reuse,
+                prefill_time,
+                decode_time: start.elapsed(),
+            });
+        }
         let stop = loop {
             let logits = match &result {
                 Forward::Token(t) => Logits::Argmax(*t),

@@ -48,6 +48,8 @@ pub enum GgufError {
         "not a GGUF file: it starts with the bytes {found:02x?} instead of the magic bytes \"GGUF\""
     )]
     BadMagic { found: Vec<u8> },
+    #[error("{path} is a directory, not a GGUF file")]
+    IsDirectory { path: String },
     #[error("big-endian GGUF files are not supported (this is a little-endian reader)")]
     BigEndian,
     #[error("unsupported version {0} of the GGUF format (versions 2 and 3 are supported)")]
@@ -603,6 +605,12 @@ impl GgufFile {
             source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
+        // Mapping a directory fails with the unhelpful "No such device".
+        if file.metadata().map_err(io)?.is_dir() {
+            return Err(GgufError::IsDirectory {
+                path: path.display().to_string(),
+            });
+        }
         // SAFETY: the map is read-only and private to this process. Another process truncating the
         // file while it is mapped would fault on access, as it does in every mmap-based loader; we
         // accept that for the zero-copy load.

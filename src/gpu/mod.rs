@@ -478,12 +478,15 @@ impl GpuContext {
                 if all.is_empty() {
                     return Err(GpuError::NoAdapter);
                 }
-                let by_index = wanted.parse::<usize>().ok().filter(|&i| i < all.len());
-                let needle = wanted.to_lowercase();
-                let found = by_index.or_else(|| {
-                    all.iter()
-                        .position(|a| a.get_info().name.to_lowercase().contains(&needle))
-                });
+                // A number is an index only: "1" must not pick "LLVM 15.0.6" by its name.
+                let needle = wanted.trim().to_lowercase();
+                let found = match needle.parse::<usize>() {
+                    Ok(i) => (i < all.len()).then_some(i),
+                    Err(_) if needle.is_empty() => None,
+                    Err(_) => all
+                        .iter()
+                        .position(|a| a.get_info().name.to_lowercase().contains(&needle)),
+                };
                 match found {
                     Some(i) => all.into_iter().nth(i).ok_or(GpuError::NoAdapter)?,
                     None => {
