@@ -666,39 +666,35 @@ fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
     Ok(())
 }
 
-/// The conversation's tokens, with the oldest turns dropped until `reply_room` positions are
-/// left for the reply (at least one); `None`, with the reason on stderr, when the last message
-/// alone does not fit.
+/// The conversation's tokens, with its oldest turns dropped to leave `reply_room` positions for
+/// the reply (saying so); `None`, with the reason on stderr, when the last message alone does
+/// not fit.
 fn fit_conversation(
     model: &Model,
     messages: &mut Vec<ChatMessage>,
     n_ctx: usize,
     reply_room: usize,
 ) -> Result<Option<Vec<u32>>, sovereign::Error> {
-    loop {
-        let prompt = model.encode_chat(messages)?;
-        let first = messages
-            .iter()
-            .position(|m| m.role != "system")
-            .unwrap_or(messages.len());
-        let only_this_message = messages.len() - first <= 1;
-        if prompt.len() + reply_room.max(1) <= n_ctx || only_this_message {
-            if prompt.len() >= n_ctx {
+    use sovereign::engine::EngineError;
+    match sovereign::engine::fit_conversation(messages, n_ctx, reply_room, |m| model.encode_chat(m))
+    {
+        Ok(fit) => {
+            // Kept dropped, so the next turn's prompt starts as this one's and reuses its cache.
+            *messages = fit.messages;
+            if fit.dropped > 0 {
                 eprintln!(
-                    "error: this message takes {} tokens in the chat template, and the context holds {n_ctx} (raise it with --ctx-size); it was not sent",
-                    prompt.len()
+                    "(the oldest turn was dropped to keep the conversation within {n_ctx} tokens)"
                 );
-                return Ok(None);
             }
-            return Ok(Some(prompt));
+            Ok(Some(fit.tokens))
         }
-        // The oldest turn: its user message and the replies up to the next user message.
-        let end = messages[first + 1..]
-            .iter()
-            .position(|m| m.role == "user")
-            .map_or(messages.len(), |i| first + 1 + i);
-        messages.drain(first..end);
-        eprintln!("(the oldest turn was dropped to keep the conversation within {n_ctx} tokens)");
+        Err(sovereign::Error::Engine(EngineError::PromptTooLong { n_prompt, .. })) => {
+            eprintln!(
+                "error: this message takes {n_prompt} tokens in the chat template, and the context holds {n_ctx} (raise it with --ctx-size); it was not sent"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 

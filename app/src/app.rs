@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use eframe::egui::{self, Key, Modifiers, RichText};
 use egui_commonmark::{CommonMarkCache, CommonMarkViewer};
 use sovereign::engine::service::{EngineHandle, Event, ModelInfo, Prompt, Request};
-use sovereign::engine::{GenerateParams, SamplingParams, StopReason};
+use sovereign::engine::{EngineError, GenerateParams, SamplingParams, StopReason};
 use sovereign::gpu::AdapterSummary;
 use sovereign::tokenizer::ChatMessage;
 
@@ -59,6 +59,8 @@ struct ActiveReply {
 pub struct Notice {
     pub text: String,
     pub error: bool,
+    /// The conversation it is about (shown only there), or `None` for the whole app.
+    pub conversation: Option<String>,
 }
 
 enum Action {
@@ -127,16 +129,20 @@ impl ChatApp {
                 loaded.problems.join("; ")
             ),
             error: true,
+            conversation: None,
         });
+        let mut settings = loaded.settings;
+        // The unsent message of the last session goes back into the box.
+        let input = std::mem::take(&mut settings.draft);
         let mut app = ChatApp {
             worker: Worker::start(Arc::clone(&repaint)),
             repaint,
             store,
-            saved_settings: loaded.settings.clone(),
-            settings: loaded.settings,
+            saved_settings: settings.clone(),
+            settings,
             conversations,
             current: 0,
-            input: String::new(),
+            input,
             engine: None,
             loading: None,
             reply: None,
@@ -199,8 +205,14 @@ impl ChatApp {
         self.engine.as_ref().map(|(h, _)| h.model_info())
     }
 
+    /// What the message box holds.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+
+    /// The notice shown now: the app's, or the current conversation's.
     pub fn notice(&self) -> Option<&Notice> {
-        self.notice.as_ref()
+        self.visible_notice()
     }
 
     /// Loads a model file, as the Open dialog or a dropped file does.
@@ -234,7 +246,37 @@ impl ChatApp {
 
     fn error(&mut self, text: String) {
         tracing::warn!("{text}");
-        self.notice = Some(Notice { text, error: true });
+        self.notice = Some(Notice {
+            text,
+            error: true,
+            conversation: None,
+        });
+    }
+
+    /// An error about the current conversation, shown while it is the one on screen.
+    fn conversation_error(&mut self, text: String) {
+        tracing::warn!("{text}");
+        self.notice = Some(Notice {
+            text,
+            error: true,
+            conversation: Some(self.conversations[self.current].id.clone()),
+        });
+    }
+
+    /// Whether the reply in progress belongs to the conversation on screen.
+    fn replying_here(&self) -> bool {
+        self.reply
+            .as_ref()
+            .is_some_and(|r| r.conversation == self.conversations[self.current].id)
+    }
+
+    /// The notice to show with the current conversation on screen.
+    fn visible_notice(&self) -> Option<&Notice> {
+        self.notice.as_ref().filter(|n| {
+            n.conversation
+                .as_ref()
+                .is_none_or(|c| *c == self.conversations[self.current].id)
+        })
     }
 
     /// The whole window, drawn into `ui`.
@@ -256,16 +298,22 @@ impl ChatApp {
         self.dropped_files(&ctx, &mut actions);
 
         egui::Panel::top("top_bar").show(ui, |ui| self.top_bar(ui, &mut actions));
-        if self.loading.is_some() || self.notice.is_some() {
+        if self.loading.is_some() || self.visible_notice().is_some() {
             egui::Panel::top("status").show(ui, |ui| self.status_bar(ui, &mut actions));
         }
-        egui::Panel::left("conversations")
-            .default_size(240.0)
-            .size_range(180.0..=420.0)
-            .show(ui, |ui| self.conversation_list(ui, &mut actions));
+        // Below this width the conversation list gives way to the settings, so the chat and its
+        // message box keep room.
+        let narrow = ui.max_rect().width() < 900.0;
+        if !(narrow && self.show_settings) {
+            egui::Panel::left("conversations")
+                .default_size(240.0)
+                .size_range(180.0..=420.0)
+                .show(ui, |ui| self.conversation_list(ui, &mut actions));
+        }
         if self.show_settings {
             egui::Panel::right("settings")
                 .default_size(300.0)
+                .size_range(220.0..=420.0)
                 .show(ui, |ui| self.settings_panel(ui, &mut actions));
         }
         egui::Panel::bottom("composer").show(ui, |ui| self.composer(ui, &mut actions));
@@ -298,6 +346,7 @@ impl ChatApp {
     /// Saves what is on screen; called when the window closes.
     pub fn shutdown(&mut self) {
         self.stop();
+        self.settings.draft = self.input.clone();
         let _ = self.store.save_settings(&self.settings);
     }
 
@@ -483,7 +532,17 @@ impl ChatApp {
 
     fn send(&mut self) {
         let text = self.input.trim().to_string();
-        if text.is_empty() || self.reply.is_some() {
+        if text.is_empty() {
+            return;
+        }
+        if self.reply.is_some() {
+            if !self.replying_here() {
+                self.notice = Some(Notice {
+                    text: "Another chat is still replying: wait for it or stop it there. Your message is kept.".into(),
+                    error: false,
+                    conversation: None,
+                });
+            }
             return;
         }
         if self.engine.is_none() {
@@ -511,7 +570,29 @@ impl ChatApp {
             self.error("No model is loaded: open one from the model menu.".into());
             return;
         };
-        let messages = chat_messages(&self.settings, &self.conversations[self.current]);
+        let conversation = chat_messages(&self.settings, &self.conversations[self.current]);
+        let n_ctx = handle.model_info().n_ctx as usize;
+        // A conversation longer than the context goes to the model as its newest turns, with
+        // room for a reply (the reply limit, at most half the context); the window keeps all.
+        let reply_room = (self.settings.max_tokens as usize).min(n_ctx / 2);
+        let fit = sovereign::engine::fit_conversation(&conversation, n_ctx, reply_room, |m| {
+            handle.tokenize(&Prompt::Chat(m.to_vec()))
+        });
+        let messages = match fit {
+            Ok(fit) => fit.messages,
+            Err(sovereign::Error::Engine(EngineError::PromptTooLong { n_prompt, .. })) => {
+                let back = self.unsend_last_message();
+                self.conversation_error(format!(
+                    "This message takes {n_prompt} tokens with the chat template, more than the context of {n_ctx} tokens holds: shorten it, or raise the context size in Settings.{}",
+                    if back { " It is back in the message box." } else { "" }
+                ));
+                return;
+            }
+            Err(e) => {
+                self.conversation_error(format!("The model cannot answer: {e}."));
+                return;
+            }
+        };
         let s = &self.settings;
         let request = Request {
             prompt: Prompt::Chat(messages),
@@ -549,10 +630,23 @@ impl ChatApp {
                     last_saved: Instant::now(),
                 });
             }
-            Err(e) => self.error(format!(
-                "The model cannot answer: {e}. Start a new chat (Ctrl+N) or shorten the conversation."
-            )),
+            Err(e) => self.conversation_error(format!("The model cannot answer: {e}.")),
         }
+    }
+
+    /// Takes the unanswered user message at the end of the conversation back into the empty
+    /// message box, so a message that cannot be sent is not left behind as if it had been.
+    /// Returns whether it did.
+    fn unsend_last_message(&mut self) -> bool {
+        let c = &mut self.conversations[self.current];
+        if !self.input.trim().is_empty() || c.messages.last().is_none_or(|m| m.role != Role::User) {
+            return false;
+        }
+        if let Some(m) = c.messages.pop() {
+            self.input = m.content;
+        }
+        self.save_current();
+        true
     }
 
     fn apply(&mut self, action: Action) {
@@ -697,6 +791,7 @@ impl ChatApp {
         self.notice = Some(Notice {
             text: "Copied to the clipboard.".into(),
             error: false,
+            conversation: None,
         });
     }
 
@@ -791,15 +886,15 @@ impl ChatApp {
                 }
                 if let Some((h, _)) = &self.engine {
                     let info = h.model_info();
-                    ui.label(
-                        RichText::new(format!(
-                            "{} · {} · {} on the GPU",
-                            info.adapter,
-                            info.backend,
-                            format_bytes(info.gpu_bytes)
-                        ))
-                        .weak(),
+                    let text = format!(
+                        "{} · {} · {} on the GPU",
+                        info.adapter,
+                        info.backend,
+                        format_bytes(info.gpu_bytes)
                     );
+                    // Cut short (whole on hover) rather than drawn over the model menu.
+                    ui.add(egui::Label::new(RichText::new(&text).weak()).truncate())
+                        .on_hover_text(text);
                 }
             });
         });
@@ -824,7 +919,7 @@ impl ChatApp {
                 ui.add(bar.desired_width(ui.available_width().min(420.0)));
             });
         }
-        if let Some(n) = &self.notice {
+        if let Some(n) = self.visible_notice() {
             let color = if n.error {
                 ui.visuals().error_fg_color
             } else {
@@ -980,22 +1075,33 @@ impl ChatApp {
                     Modifiers::SHIFT,
                     Key::Enter,
                 )));
-            let response = ui.add(edit);
+            // A long paste scrolls inside the box instead of pushing the box and its button off
+            // the window.
+            let response = egui::ScrollArea::vertical()
+                .id_salt("composer_scroll")
+                .max_height(160.0)
+                .show(ui, |ui| ui.add(edit))
+                .inner;
             label_for_accessibility(ui, response.id, "Message");
             if self.focus_composer {
                 response.request_focus();
                 self.focus_composer = false;
             }
             let size = [button_width, 36.0];
-            if self.reply.is_some() {
+            if self.replying_here() {
                 let stop = ui.add_sized(size, egui::Button::new("Stop"));
                 label_for_accessibility(ui, stop.id, "Stop");
                 if stop.on_hover_text("Escape").clicked() {
                     actions.push(Action::Stop);
                 }
             } else {
-                let ready = self.engine.is_some() && !self.input.trim().is_empty();
-                let send = ui.add_enabled(ready, egui::Button::new("Send").min_size(size.into()));
+                let elsewhere = self.reply.is_some();
+                let ready = self.engine.is_some() && !self.input.trim().is_empty() && !elsewhere;
+                let mut send =
+                    ui.add_enabled(ready, egui::Button::new("Send").min_size(size.into()));
+                if elsewhere {
+                    send = send.on_disabled_hover_text("Another chat is replying");
+                }
                 label_for_accessibility(ui, send.id, "Send");
                 if send.clicked() {
                     actions.push(Action::Send);
@@ -1137,10 +1243,17 @@ impl ChatApp {
             );
             ui.label(RichText::new(format!("{used} / {n_ctx} tokens in context")).weak());
         });
-        if share >= CONTEXT_WARNING {
+        if share >= 1.0 {
             ui.label(
                 RichText::new(format!(
-                    "Warning: this conversation is near the context limit ({used} of {n_ctx} tokens): replies will be cut short. Start a new chat (Ctrl+N) or raise the context size in Settings."
+                    "This conversation ({used} tokens) is longer than the context of {n_ctx}: the model sees only its latest messages. Raise the context size in Settings to keep more."
+                ))
+                .color(ui.visuals().warn_fg_color),
+            );
+        } else if share >= CONTEXT_WARNING {
+            ui.label(
+                RichText::new(format!(
+                    "This conversation is near the context limit ({used} of {n_ctx} tokens): from here on its oldest messages are left out of what the model sees. Raise the context size in Settings to keep them."
                 ))
                 .color(ui.visuals().warn_fg_color),
             );

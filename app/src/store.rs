@@ -146,6 +146,8 @@ pub struct Settings {
     pub theme: Theme,
     /// Most recent first.
     pub recent_models: Vec<PathBuf>,
+    /// A message typed and not sent when the window closed.
+    pub draft: String,
 }
 
 impl Default for Settings {
@@ -163,6 +165,7 @@ impl Default for Settings {
             context_size: 2048,
             theme: Theme::Dark,
             recent_models: Vec::new(),
+            draft: String::new(),
         }
     }
 }

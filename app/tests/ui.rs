@@ -437,6 +437,77 @@ fn conversations_are_created_renamed_and_deleted_and_settings_kept() {
     assert_eq!(files.len(), 1);
 }
 
+/// A conversation longer than the context goes on (the model gets its newest turns); a message
+/// that alone does not fit comes back into the box with an error; an unsent message survives a
+/// restart.
+#[test]
+fn a_conversation_outgrows_the_context_and_a_message_too_long_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        context_size: 256,
+        max_tokens: 4,
+        temperature: 0.0,
+        ..Settings::default()
+    };
+    Store::open(dir.path())
+        .unwrap()
+        .save_settings(&settings)
+        .unwrap();
+    let mut h = app(dir.path(), Some(model_path()));
+    wait_for_model(&mut h);
+    assert_eq!(h.state().model().unwrap().n_ctx, 256);
+
+    let too_long = "word ".repeat(300);
+    type_and_send(&mut h, &too_long);
+    let notice = h.state().notice().cloned().expect("an error is shown");
+    assert!(notice.error);
+    assert!(
+        notice.text.contains("more than the context of 256"),
+        "{}",
+        notice.text
+    );
+    assert_eq!(h.state().input(), too_long.trim());
+    assert!(h.state().current_conversation().messages.is_empty());
+    click(&mut h, "Dismiss");
+    h.get_by_label("Message").focus();
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.key_press(egui::Key::Backspace);
+    h.step();
+    assert_eq!(h.state().input(), "");
+
+    // About 60 tokens a message: by the fourth the whole conversation is past 256.
+    let paragraph = "Tell me about the history of the river and the bridge and the old mill \
+        by the water, the town that grew around it, the market on the square, the church with \
+        its tall tower, the school, the harbour and the ships that came in every spring.";
+    for turn in 0..5 {
+        type_and_send(&mut h, &format!("{turn}. {paragraph}"));
+        wait_for(&mut h, "a reply", Duration::from_secs(120), |a| {
+            !a.is_generating() && !last_reply(a).is_empty()
+        });
+        assert!(
+            h.state().notice().is_none_or(|n| !n.error),
+            "turn {turn}: {:?}",
+            h.state().notice()
+        );
+    }
+    assert_eq!(h.state().current_conversation().messages.len(), 10);
+    assert!(
+        h.query_by_label_contains("the model sees only its latest messages")
+            .is_some()
+    );
+
+    // An unsent message is there again after a restart.
+    h.get_by_label("Message").focus();
+    h.step();
+    h.get_by_label("Message").type_text("not sent yet");
+    h.step();
+    h.state_mut().shutdown();
+    drop(h);
+    let h = app(dir.path(), None);
+    assert_eq!(h.state().input(), "not sent yet");
+}
+
 #[derive(Debug)]
 struct Dropped(PathBuf);
 

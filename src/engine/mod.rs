@@ -5,6 +5,7 @@ pub mod sampler;
 pub mod sequence;
 #[cfg(any(feature = "native", target_arch = "wasm32"))]
 pub mod service;
+mod window;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use web_time::{Duration, Instant};
 
 pub use sampler::{Sampler, SamplingParams};
 pub use sequence::{Advance, Logits, SequenceState, TokenLogprob, TopToken};
+pub use window::{FittedConversation, fit_conversation};
 
 use crate::Result;
 use crate::format::GgufFile;
