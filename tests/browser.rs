@@ -181,8 +181,12 @@ fn demo_page_in_chromium_matches_the_native_engine() {
 
     // A browser without a WebGPU adapter gets the page's notice, not a broken page.
     let without = &report["without_webgpu"];
+    // This Chromium has WebGPU without the flag, but no adapter for it: the page says which,
+    // and hides the chat it cannot run.
     assert_eq!(without["notice"], true, "{without}");
-    assert_eq!(without["adapter"], "no WebGPU");
+    assert_eq!(without["adapter"], "no GPU adapter", "{without}");
+    assert_eq!(without["title"], "WebGPU has no GPU adapter here", "{without}");
+    assert_eq!(without["chat_hidden"], true, "{without}");
 
     // Every kernel check passed on the browser's adapter.
     let kernels = &report["kernels"];

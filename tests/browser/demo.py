@@ -174,7 +174,8 @@ def main():
                 driver,
                 "await window.sovereignReady;"
                 "return { notice: !document.getElementById('no-webgpu').hidden,"
-                " detail: document.getElementById('no-webgpu-detail').textContent,"
+                " title: document.getElementById('no-webgpu-title').textContent,"
+                " chat_hidden: document.querySelector('main').hidden,"
                 " adapter: document.getElementById('adapter').textContent };",
                 120,
             )

@@ -6,6 +6,10 @@ const $ = (id) => document.getElementById(id);
 const conversation = [];
 let engine = null;
 let current = null;
+let loading = false;
+// Counts conversations: a reply still streaming when "New conversation" is clicked belongs to
+// the old one and is not added to the new one.
+let generation = 0;
 
 function showError(error) {
   $('error').textContent = error ? `${error.message}${error.code ? ` (${error.code})` : ''}` : '';
@@ -23,29 +27,73 @@ function setProgress({ phase, loaded, total }) {
   $('progress-text').textContent = `${verb}: ${megabytes(loaded)}${total ? ` of ${megabytes(total)}` : ''}`;
 }
 
-function setBusy(busy) {
-  $('send').disabled = busy || !engine?.model;
-  $('prompt').disabled = !engine?.model;
-  $('stop').hidden = !busy;
+/** Enables what can be used now: nothing new while a model loads, Stop only during a reply. */
+function updateControls() {
+  const ready = Boolean(engine?.model) && !loading;
+  $('send').disabled = !ready || Boolean(current);
+  $('prompt').disabled = !ready;
+  $('stop').hidden = !current;
+  if (!current) {
+    $('stop').disabled = false;
+    $('stop').textContent = 'Stop';
+  }
+  $('load').disabled = loading || !engine;
+  $('model-file').disabled = loading || !engine;
+  document.querySelector('.file-button').classList.toggle('disabled', loading || !engine);
+}
+
+function stop() {
+  if (!current) return;
+  current.cancel();
+  // A long prompt finishes its current step first: say that the stop was heard.
+  $('stop').disabled = true;
+  $('stop').textContent = 'Stopping…';
 }
 
 async function load(source) {
+  if (loading) return;
   showError(null);
-  setBusy(true);
-  $('prompt').disabled = true;
+  loading = true;
+  updateControls();
   try {
     const model = await engine.load(source, { onProgress: setProgress });
     $('model-info').textContent = `${model.name}: ${model.n_ctx} tokens of context, ` +
       `${megabytes(model.weight_bytes)} of weights on the GPU` + (model.cached ? ', loaded from browser storage' : '');
     $('progress').hidden = true;
-    conversation.length = 0;
-    $('messages').replaceChildren();
+    newConversation();
   } catch (error) {
     showError(error);
     $('progress').hidden = true;
   }
-  setBusy(false);
+  loading = false;
+  updateControls();
   if (engine.model) $('prompt').focus();
+}
+
+function newConversation() {
+  generation += 1;
+  current?.cancel();
+  conversation.length = 0;
+  $('messages').replaceChildren();
+  $('stats').textContent = '';
+  showError(null);
+}
+
+/** Whether the page shows its end, so new text should keep it in view. */
+function atBottom() {
+  return window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 80;
+}
+
+/** Where the turn after the one starting at `from` starts (the next user message), or -1. */
+function nextTurn(from) {
+  for (let i = from + 1; i < conversation.length; i += 1) {
+    if (conversation[i].role === 'user') return i;
+  }
+  return -1;
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
 
 function bubble(role, text) {
@@ -59,52 +107,97 @@ function bubble(role, text) {
 
 async function send() {
   const text = $('prompt').value.trim();
-  if (!text || current) return;
-  $('prompt').value = '';
+  if (!text || current || loading || !engine?.model) return;
   showError(null);
+  const temperature = Number.parseFloat($('temperature').value);
+  const maxTokens = Number($('max-tokens').value);
+  if (!(temperature >= 0 && temperature <= 2)) {
+    showError({ message: 'Temperature must be a number from 0 to 2 (Settings).' });
+    return;
+  }
+  if (!(Number.isInteger(maxTokens) && maxTokens >= 1)) {
+    showError({ message: 'Max tokens must be a whole number of at least 1 (Settings).' });
+    return;
+  }
+  const turn = generation;
+  const mine = () => turn === generation;
   conversation.push({ role: 'user', content: text });
-  bubble('user', text);
+  const question = bubble('user', text);
   const reply = bubble('assistant', '');
   reply.classList.add('streaming');
-  setBusy(true);
-  const messages = [{ role: 'system', content: $('system').value }, ...conversation];
+  $('prompt').value = '';
   let content = '';
   try {
-    current = await engine.chat.completions.create({
-      messages,
-      stream: true,
-      temperature: Number($('temperature').value),
-      max_tokens: Number($('max-tokens').value),
-    });
+    // A conversation longer than the context goes to the model as its newest turns: the
+    // oldest are left out until the rest fits, and the reply says so.
+    let from = 0;
+    for (;;) {
+      try {
+        current = await engine.chat.completions.create({
+          messages: [{ role: 'system', content: $('system').value }, ...conversation.slice(from)],
+          stream: true,
+          temperature,
+          max_tokens: maxTokens,
+        });
+        break;
+      } catch (error) {
+        const next = nextTurn(from);
+        if (error.code !== 'context_length_exceeded' || next < 0 || !mine()) throw error;
+        from = next;
+      }
+    }
+    updateControls();
+    const note = from > 0
+      ? `The ${plural(from, 'oldest message')} no longer fit the context and ${from === 1 ? 'was' : 'were'} left out.`
+      : '';
     for await (const chunk of current) {
+      const follow = atBottom();
       content += chunk.choices[0].delta?.content ?? '';
       reply.textContent = content;
+      if (note) {
+        const span = document.createElement('span');
+        span.className = 'note';
+        span.textContent = note;
+        reply.prepend(span);
+      }
       if (chunk.usage) {
         const t = chunk.sovereign?.timings ?? {};
         const meta = document.createElement('span');
         meta.className = 'meta';
         const rate = t.decode_tokens_per_second ? `${t.decode_tokens_per_second.toFixed(1)} tokens/s` : '';
         meta.textContent = [
-          `${chunk.usage.completion_tokens} tokens`,
+          plural(chunk.usage.completion_tokens, 'token'),
           rate,
           t.time_to_first_token_ms != null ? `first token after ${(t.time_to_first_token_ms / 1000).toFixed(2)} s` : '',
           chunk.sovereign?.cancelled ? 'stopped' : '',
+          chunk.choices[0]?.finish_reason === 'length' ? 'cut at Max tokens' : '',
         ].filter(Boolean).join(' · ');
         reply.append(meta);
-        $('stats').textContent = `${chunk.usage.prompt_tokens + chunk.usage.completion_tokens} tokens in context` +
-          (rate ? ` · ${rate}` : '');
+        if (mine()) {
+          $('stats').textContent = `${chunk.usage.prompt_tokens + chunk.usage.completion_tokens} tokens in context` +
+            (rate ? ` · ${rate}` : '');
+        }
       }
-      reply.scrollIntoView({ block: 'end' });
+      // Only a reader at the end is taken along; one scrolled up to read stays there.
+      if (follow) reply.scrollIntoView({ block: 'end' });
     }
-    conversation.push({ role: 'assistant', content });
+    if (mine()) conversation.push({ role: 'assistant', content });
   } catch (error) {
-    showError(error);
-    // A refused turn is taken back, so the conversation stays one the model can continue.
-    conversation.pop();
+    if (mine()) {
+      // A refused turn is taken back, so the conversation stays one the model can continue,
+      // and a message that never reached the model goes back into the box.
+      conversation.pop();
+      if (!content) {
+        question.remove();
+        reply.remove();
+        if (!$('prompt').value) $('prompt').value = text;
+      }
+      showError(error);
+    }
   } finally {
     reply.classList.remove('streaming');
     current = null;
-    setBusy(false);
+    updateControls();
   }
 }
 
@@ -132,20 +225,26 @@ async function main() {
   $('chat-form').addEventListener('submit', (e) => { e.preventDefault(); send(); });
   $('prompt').addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); send(); }
-    if (e.key === 'Escape') current?.cancel();
+    if (e.key === 'Escape') stop();
   });
-  $('stop').addEventListener('click', () => current?.cancel());
-  $('clear').addEventListener('click', () => {
-    current?.cancel();
-    conversation.length = 0;
-    $('messages').replaceChildren();
-  });
+  $('stop').addEventListener('click', stop);
+  $('clear').addEventListener('click', newConversation);
+  updateControls();
 
   const noWebGPU = (detail) => {
     $('no-webgpu').hidden = false;
-    if (detail) $('no-webgpu-detail').textContent = detail;
-    $('adapter').textContent = 'no WebGPU';
+    if (detail) {
+      // WebGPU is there, but the browser gives the page no GPU adapter.
+      $('no-webgpu-title').textContent = 'WebGPU has no GPU adapter here';
+      $('no-webgpu-help').textContent = 'This browser has WebGPU but gave the page no GPU to run on: '
+        + 'hardware acceleration may be off in its settings, or the GPU blocked. Turn it on, or try another browser, then reload.';
+      $('no-webgpu-detail').textContent = '';
+      $('adapter').textContent = 'no GPU adapter';
+    } else {
+      $('adapter').textContent = 'no WebGPU';
+    }
     $('model-bar').hidden = true;
+    document.querySelector('main').hidden = true;
   };
   if (!hasWebGPU()) {
     noWebGPU();
@@ -166,10 +265,11 @@ async function main() {
   const a = engine.adapter;
   const name = a.name || [a.vendor, a.architecture].filter(Boolean).join(' ') || 'WebGPU adapter';
   $('adapter').textContent = `${name}${a.cpu ? ' (CPU)' : ''}${a.shader_f16 ? ' · f16' : ''}${a.subgroups ? ' · subgroups' : ''}`;
+  updateControls();
   const url = await defaultModel();
   $('model-url').value = url;
   if (url) await load(url);
-  setBusy(false);
+  updateControls();
 }
 
 // Tests and embedding pages wait on this.
