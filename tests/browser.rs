@@ -185,7 +185,10 @@ fn demo_page_in_chromium_matches_the_native_engine() {
     // and hides the chat it cannot run.
     assert_eq!(without["notice"], true, "{without}");
     assert_eq!(without["adapter"], "no GPU adapter", "{without}");
-    assert_eq!(without["title"], "WebGPU has no GPU adapter here", "{without}");
+    assert_eq!(
+        without["title"], "WebGPU has no GPU adapter here",
+        "{without}"
+    );
     assert_eq!(without["chat_hidden"], true, "{without}");
 
     // Every kernel check passed on the browser's adapter.

@@ -146,33 +146,29 @@ fn chat_flag_applies_the_template() {
     assert_eq!(stdout(&o), case["text_stable"].as_str().unwrap());
 }
 
-#[test]
-fn chat_command_keeps_the_conversation() {
+/// `sovereign chat -m MODEL --temp 0 ARGS` with `input` on stdin, run to its end.
+fn chat_session(args: &[&str], input: &[u8]) -> Output {
     use std::io::Write;
     let model = model_path();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sovereign"))
-        .args([
-            "chat",
-            "-m",
-            model.to_str().unwrap(),
-            "--temp",
-            "0",
-            "-n",
-            "12",
-        ])
+        .args(["chat", "-m", model.to_str().unwrap(), "--temp", "0"])
+        .args(args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"What is the tallest mountain on Earth?\nAnd the second tallest?\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn chat_command_keeps_the_conversation() {
+    let o = chat_session(
+        &["-n", "12"],
+        b"What is the tallest mountain on Earth?\nAnd the second tallest?\n",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     let replies: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -188,32 +184,11 @@ fn chat_command_keeps_the_conversation() {
 /// the chat goes on.
 #[test]
 fn chat_goes_on_past_a_full_context_and_bad_messages() {
-    use std::io::Write;
-    let model = model_path();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sovereign"))
-        .args([
-            "chat",
-            "-m",
-            model.to_str().unwrap(),
-            "--temp",
-            "0",
-            "-n",
-            "40",
-            "-c",
-            "96",
-        ])
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let mut input = b"Tell me a story.\nAnother one.\n".to_vec();
     input.extend_from_slice(b"bad \xff byte\n/foo\n");
     input.extend_from_slice("word ".repeat(200).as_bytes());
     input.extend_from_slice(b"\nAnd another one.\n");
-    child.stdin.take().unwrap().write_all(&input).unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = chat_session(&["-n", "40", "-c", "96"], &input);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     let out = stdout(&o);

@@ -226,12 +226,7 @@ fn decode_attention_splits_past_one_split_of_keys() {
     for (pos, &t) in (prompt.len() as u32..).zip(&cont[..5]) {
         let want = cpu.forward(&[t], None);
         let got = logits(&mut model, &[t], pos, Output::LastLogits);
-        assert_eq!(top(&got, 1), top(&want, 1), "position {pos}: top-1 differs");
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err < 0.02, "position {pos}: logits differ by up to {err}");
+        assert_logits_match(&want, &got, pos as usize);
         let merged = model
             .take_profile()
             .iter()
@@ -278,13 +273,19 @@ fn check_forward_against_reference(ctx: Arc<GpuContext>, cfg: &LlamaConfig, file
         rows.push((want, got));
     }
     for (i, (want, got)) in rows.iter().enumerate() {
-        assert_eq!(top(got, 1), top(want, 1), "position {i}: top-1 differs");
-        let err = got
-            .iter()
-            .zip(want)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err < 0.02, "position {i}: logits differ by up to {err}");
+        assert_logits_match(want, got, i);
     }
+}
+
+/// The GPU's logits at `pos` against the CPU reference's: the same top-1, every logit close.
+#[track_caller]
+fn assert_logits_match(want: &[f32], got: &[f32], pos: usize) {
+    assert_eq!(top(got, 1), top(want, 1), "position {pos}: top-1 differs");
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err < 0.02, "position {pos}: logits differ by up to {err}");
 }
 
 /// Teacher-forced over each reference continuation: the engine's top-1 is among llama.cpp's
