@@ -549,14 +549,15 @@ fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
     if let Some(system) = &args.system {
         messages.push(ChatMessage::new("system", system));
     }
-    // Ctrl-C stops the reply being written and keeps the conversation; at the prompt it quits.
+    // Ctrl-C stops the reply being written and keeps the conversation; at the prompt, or a
+    // second time before the reply stops (a long prompt finishes its step first), it quits.
     let replying = Arc::new(AtomicBool::new(false));
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let (replying, interrupted) = (Arc::clone(&replying), Arc::clone(&interrupted));
         let handler = ctrlc::set_handler(move || {
-            if replying.load(Ordering::Acquire) {
-                interrupted.store(true, Ordering::Release);
+            if replying.load(Ordering::Acquire) && !interrupted.swap(true, Ordering::AcqRel) {
+                eprint!(" (stopping)");
             } else {
                 eprintln!();
                 std::process::exit(130);
@@ -639,7 +640,8 @@ fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
                     {
                         write_error = Some(e);
                     }
-                    if interrupted.load(Ordering::Acquire) {
+                    // Output that cannot be written ends the reply as Ctrl-C does.
+                    if write_error.is_some() || interrupted.load(Ordering::Acquire) {
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())

@@ -151,8 +151,11 @@ fn full_server(name: &str) -> Server {
 /// Starts a long streamed completion and returns its connection once the first token has come:
 /// the request holds a sequence slot until the connection is dropped.
 fn hold_a_slot(port: u16) -> TcpStream {
-    let body =
-        json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 900, "stream": true});
+    // It must not end on its own while the test runs: no end-of-generation token stops it.
+    let body = json!({
+        "model": MODEL, "prompt": "Once upon a time", "max_tokens": 900, "stream": true,
+        "temperature": 0, "ignore_eos": true,
+    });
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))

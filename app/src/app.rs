@@ -581,15 +581,13 @@ impl ChatApp {
         let messages = match fit {
             Ok(fit) => fit.messages,
             Err(sovereign::Error::Engine(EngineError::PromptTooLong { n_prompt, .. })) => {
-                let back = self.unsend_last_message();
-                self.conversation_error(format!(
-                    "This message takes {n_prompt} tokens with the chat template, more than the context of {n_ctx} tokens holds: shorten it, or raise the context size in Settings.{}",
-                    if back { " It is back in the message box." } else { "" }
+                self.refuse(format!(
+                    "This message takes {n_prompt} tokens with the chat template, more than the context of {n_ctx} tokens holds: shorten it, or raise the context size in Settings."
                 ));
                 return;
             }
             Err(e) => {
-                self.conversation_error(format!("The model cannot answer: {e}."));
+                self.refuse(format!("The model cannot answer: {e}."));
                 return;
             }
         };
@@ -630,8 +628,21 @@ impl ChatApp {
                     last_saved: Instant::now(),
                 });
             }
-            Err(e) => self.conversation_error(format!("The model cannot answer: {e}.")),
+            Err(e) => self.refuse(format!("The model cannot answer: {e}.")),
         }
+    }
+
+    /// A reply that cannot start: the error, and the unanswered message back in the box.
+    fn refuse(&mut self, text: String) {
+        let back = self.unsend_last_message();
+        self.conversation_error(format!(
+            "{text}{}",
+            if back {
+                " Your message is back in the message box."
+            } else {
+                ""
+            }
+        ));
     }
 
     /// Takes the unanswered user message at the end of the conversation back into the empty
@@ -643,6 +654,10 @@ impl ChatApp {
             return false;
         }
         if let Some(m) = c.messages.pop() {
+            // A conversation named after this message alone gets its untouched name back.
+            if c.messages.is_empty() && c.title == title_from(&m.content) {
+                c.title = Conversation::new(String::new()).title;
+            }
             self.input = m.content;
         }
         self.save_current();

@@ -41,7 +41,12 @@ pub struct TopToken {
 
 impl TopToken {
     fn new(tokenizer: &Tokenizer, id: u32, logprob: f32) -> TopToken {
-        let bytes = tokenizer.decode_bytes(&[id]).unwrap_or_default();
+        // The token's own bytes, a SentencePiece word's leading space included: generated text
+        // keeps that space (decoding the token alone would take it off as a text's first).
+        let bytes = tokenizer
+            .token_bytes(id)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         TopToken {
             id,
             text: String::from_utf8_lossy(&bytes).into_owned(),

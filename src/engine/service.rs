@@ -578,8 +578,10 @@ impl Scheduler {
             for &i in failed.iter().rev() {
                 let r = self.running.swap_remove(i);
                 handle.update(|m| m.requests_failed += 1);
-                let _ = r.job.events.unbounded_send(Event::Failed(message.clone()));
+                // Slot, pages and queue place first: whoever sees the stream end sees them free.
+                let events = r.job.events.clone();
                 self.retire(r);
+                let _ = events.unbounded_send(Event::Failed(message.clone()));
             }
         }
         self.publish(handle);
@@ -640,7 +642,7 @@ impl Scheduler {
                 i += 1;
             }
         }
-        let mut dropped = 0;
+        let mut ended = Vec::new();
         self.waiting.retain(|w| {
             if !gone(&w.job) {
                 return true;
@@ -648,21 +650,28 @@ impl Scheduler {
             if w.progress.started.is_none() {
                 handle.shared.queued.fetch_sub(1, Ordering::AcqRel);
             }
-            dropped += 1;
             // Waiting (new, or preempted) requests end the way running ones do.
-            let _ = w.job.events.unbounded_send(Event::Finished {
-                stop: StopReason::Cancelled,
-                usage: Usage {
-                    prompt_tokens: w.job.n_prompt,
-                    completion_tokens: w.state.generated().len(),
-                    cached_tokens: w.progress.cached_prompt,
+            ended.push((
+                w.job.events.clone(),
+                Event::Finished {
+                    stop: StopReason::Cancelled,
+                    usage: Usage {
+                        prompt_tokens: w.job.n_prompt,
+                        completion_tokens: w.state.generated().len(),
+                        cached_tokens: w.progress.cached_prompt,
+                    },
+                    timings: w.progress.timings(&w.job),
                 },
-                timings: w.progress.timings(&w.job),
-            });
+            ));
             false
         });
-        if dropped > 0 {
-            handle.update(|m| m.requests_cancelled += dropped);
+        // Sent once the jobs are dropped: whoever sees the stream end sees its place free.
+        if !ended.is_empty() {
+            handle.update(|m| m.requests_cancelled += ended.len() as u64);
+            self.publish(handle);
+        }
+        for (events, event) in ended {
+            let _ = events.unbounded_send(event);
         }
     }
 
@@ -685,7 +694,9 @@ impl Scheduler {
                 Ok(n) => n,
                 Err(e) => {
                     handle.update(|m| m.requests_failed += 1);
-                    let _ = w.job.events.unbounded_send(Event::Failed(e.to_string()));
+                    let events = w.job.events.clone();
+                    drop(w.job);
+                    let _ = events.unbounded_send(Event::Failed(e.to_string()));
                     continue;
                 }
             };

@@ -92,7 +92,11 @@ def main():
     # (an idle server runs a request even with no queue), then nothing more gets in.
     if args.full_base_url:
         full = client(args, base_url=args.full_base_url)
-        held = full.completions.create(model=model, prompt="Once upon a time", max_tokens=900, stream=True)
+        # Greedy, and no end-of-generation token stops it while the checks run.
+        held = full.completions.create(
+            model=model, prompt="Once upon a time", max_tokens=900, stream=True, temperature=0,
+            extra_body={"ignore_eos": True},
+        )
         next(iter(held))
         expect(
             openai.RateLimitError,

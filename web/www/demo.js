@@ -10,6 +10,8 @@ let loading = false;
 // Counts conversations: a reply still streaming when "New conversation" is clicked belongs to
 // the old one and is not added to the new one.
 let generation = 0;
+// The first message the model still gets: older turns no longer fit the context.
+let keptFrom = 0;
 
 function showError(error) {
   $('error').textContent = error ? `${error.message}${error.code ? ` (${error.code})` : ''}` : '';
@@ -74,6 +76,7 @@ function newConversation() {
   generation += 1;
   current?.cancel();
   conversation.length = 0;
+  keptFrom = 0;
   $('messages').replaceChildren();
   $('stats').textContent = '';
   showError(null);
@@ -121,19 +124,26 @@ async function send() {
   }
   const turn = generation;
   const mine = () => turn === generation;
+  // Busy from here: the request takes a round trip to the worker (several, when old turns
+  // must go) before its stream exists, and Stop or "New conversation" may come meanwhile.
+  let cancelled = false;
+  const pending = { cancel() { cancelled = true; } };
+  current = pending;
+  updateControls();
   conversation.push({ role: 'user', content: text });
   const question = bubble('user', text);
   const reply = bubble('assistant', '');
   reply.classList.add('streaming');
   $('prompt').value = '';
   let content = '';
+  let stream = null;
   try {
     // A conversation longer than the context goes to the model as its newest turns: the
     // oldest are left out until the rest fits, and the reply says so.
-    let from = 0;
+    let from = keptFrom;
     for (;;) {
       try {
-        current = await engine.chat.completions.create({
+        stream = await engine.chat.completions.create({
           messages: [{ role: 'system', content: $('system').value }, ...conversation.slice(from)],
           stream: true,
           temperature,
@@ -146,11 +156,13 @@ async function send() {
         from = next;
       }
     }
-    updateControls();
+    if (current === pending) current = stream;
+    if (cancelled || !mine()) stream.cancel();
+    if (mine()) keptFrom = from;
     const note = from > 0
       ? `The ${plural(from, 'oldest message')} no longer fit the context and ${from === 1 ? 'was' : 'were'} left out.`
       : '';
-    for await (const chunk of current) {
+    for await (const chunk of stream) {
       const follow = atBottom();
       content += chunk.choices[0].delta?.content ?? '';
       reply.textContent = content;
@@ -161,6 +173,13 @@ async function send() {
         reply.prepend(span);
       }
       if (chunk.usage) {
+        // Cut short before Max tokens: the context filled up. The next message makes room for
+        // its reply by leaving out the oldest turn.
+        const full = chunk.choices[0]?.finish_reason === 'length' && chunk.usage.completion_tokens < maxTokens;
+        if (full && mine()) {
+          const next = nextTurn(keptFrom);
+          if (next >= 0) keptFrom = next;
+        }
         const t = chunk.sovereign?.timings ?? {};
         const meta = document.createElement('span');
         meta.className = 'meta';
@@ -170,7 +189,8 @@ async function send() {
           rate,
           t.time_to_first_token_ms != null ? `first token after ${(t.time_to_first_token_ms / 1000).toFixed(2)} s` : '',
           chunk.sovereign?.cancelled ? 'stopped' : '',
-          chunk.choices[0]?.finish_reason === 'length' ? 'cut at Max tokens' : '',
+          full ? 'the context is full: the next message leaves out the oldest turn'
+            : chunk.choices[0]?.finish_reason === 'length' ? 'cut at Max tokens' : '',
         ].filter(Boolean).join(' · ');
         reply.append(meta);
         if (mine()) {
@@ -196,7 +216,7 @@ async function send() {
     }
   } finally {
     reply.classList.remove('streaming');
-    current = null;
+    if (current === pending || current === stream) current = null;
     updateControls();
   }
 }
