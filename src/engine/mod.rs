@@ -265,35 +265,28 @@ impl Session {
 
         let start = Instant::now();
         // -n 0 runs the prompt (into the cache) and samples nothing, as in llama.cpp.
-        if params.max_tokens == Some(0) {
-            return Ok(Completion {
-                text: String::new(),
-                tokens: Vec::new(),
-                stop: StopReason::MaxTokens,
-                n_prompt: prompt.len(),
-                n_reused: reuse,
-                prefill_time,
-                decode_time: start.elapsed(),
-            });
-        }
-        let stop = loop {
-            let logits = match &result {
-                Forward::Token(t) => Logits::Argmax(*t),
-                Forward::Logits(l) => Logits::Row(l),
-                Forward::Tokens(_) | Forward::Nothing => {
-                    return Err(EngineError::NoCandidates.into());
+        let stop = if params.max_tokens == Some(0) {
+            StopReason::MaxTokens
+        } else {
+            loop {
+                let logits = match &result {
+                    Forward::Token(t) => Logits::Argmax(*t),
+                    Forward::Logits(l) => Logits::Row(l),
+                    Forward::Tokens(_) | Forward::Nothing => {
+                        return Err(EngineError::NoCandidates.into());
+                    }
+                };
+                let step = seq.advance(&model.tokenizer, logits, pos < n_ctx)?;
+                if on_step(&step).is_break() {
+                    break StopReason::Cancelled;
                 }
-            };
-            let step = seq.advance(&model.tokenizer, logits, pos < n_ctx)?;
-            if on_step(&step).is_break() {
-                break StopReason::Cancelled;
+                let (None, Some(token)) = (step.finished.clone(), step.token) else {
+                    break step.finished.unwrap_or(StopReason::EndOfGeneration);
+                };
+                result = model.llama.forward(&[token], pos as u32, output).await?;
+                self.cached.push(token);
+                pos += 1;
             }
-            let (None, Some(token)) = (step.finished.clone(), step.token) else {
-                break step.finished.unwrap_or(StopReason::EndOfGeneration);
-            };
-            result = model.llama.forward(&[token], pos as u32, output).await?;
-            self.cached.push(token);
-            pos += 1;
         };
         Ok(Completion {
             text: seq.text().to_string(),

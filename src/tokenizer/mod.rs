@@ -614,18 +614,12 @@ impl Tokenizer {
     /// The text of `ids`. Control tokens render as nothing; bytes that do not form valid UTF-8
     /// become U+FFFD. A SentencePiece model's prefix space is taken off the front.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        Ok(String::from_utf8_lossy(&self.decode_bytes(ids)?).into_owned())
-    }
-
-    /// The bytes [`Self::decode`] makes its text of: a byte-level token that holds part of a
-    /// character keeps its bytes here, where the text has U+FFFD.
-    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, TokenizerError> {
         let mut bytes = Vec::new();
         let mut started = false;
         for &id in ids {
             self.append_piece(id, &mut started, &mut bytes)?;
         }
-        Ok(bytes)
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Appends the bytes of one token. `started` says whether any text came before: the first
