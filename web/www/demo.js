@@ -159,19 +159,17 @@ async function send() {
     if (current === pending) current = stream;
     if (cancelled || !mine()) stream.cancel();
     if (mine()) keptFrom = from;
-    const note = from > 0
-      ? `The ${plural(from, 'oldest message')} no longer fit the context and ${from === 1 ? 'was' : 'were'} left out.`
-      : '';
+    let note = null;
+    if (from > 0) {
+      note = document.createElement('span');
+      note.className = 'note';
+      note.textContent = `The ${plural(from, 'oldest message')} no longer fit the context and ${from === 1 ? 'was' : 'were'} left out.`;
+    }
     for await (const chunk of stream) {
       const follow = atBottom();
       content += chunk.choices[0].delta?.content ?? '';
       reply.textContent = content;
-      if (note) {
-        const span = document.createElement('span');
-        span.className = 'note';
-        span.textContent = note;
-        reply.prepend(span);
-      }
+      if (note) reply.prepend(note);
       if (chunk.usage) {
         // Cut short before Max tokens: the context filled up. The next message makes room for
         // its reply by leaving out the oldest turn.
