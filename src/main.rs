@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use sovereign::engine::{GenerateParams, Model, SamplingParams, Session, StopReason};
+use sovereign::engine::{
+    Constraint, EngineError, GenerateParams, Model, SamplingParams, Session, StopReason,
+};
 use sovereign::format::GgufFile;
 use sovereign::gpu::{GpuContext, GpuOptions};
 use sovereign::model::LoadOptions;
@@ -140,16 +142,67 @@ struct SamplingArgs {
     /// Stop before this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Constrain the output to one JSON object.
+    #[arg(long, group = "constraint")]
+    json: bool,
+    /// Constrain the output to JSON valid against this JSON schema (`{}`: any JSON value).
+    #[arg(short = 'j', long, value_name = "SCHEMA", group = "constraint")]
+    json_schema: Option<String>,
+    /// As --json-schema, with the schema read from a file.
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    json_schema_file: Option<PathBuf>,
+    /// Constrain the output to this grammar, in llguidance's Lark syntax (`start: ...`; not
+    /// llama.cpp's GBNF).
+    #[arg(long, value_name = "GRAMMAR", group = "constraint")]
+    grammar: Option<String>,
+    /// As --grammar, with the grammar read from a file.
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    grammar_file: Option<PathBuf>,
 }
 
 impl SamplingArgs {
     /// The generation settings of `run` and `chat`; `n_predict` < 0 generates until the end.
-    fn generate(&self, n_predict: i64) -> GenerateParams {
+    fn generate(&self, n_predict: i64, constraint: Option<Constraint>) -> GenerateParams {
         GenerateParams {
             max_tokens: u32::try_from(n_predict).ok(),
             sampling: self.params(),
             stop: self.stop.clone(),
             ignore_eos: false,
+            constraint,
+        }
+    }
+
+    /// The constraint the flags ask for, with its files read and its schema parsed: a bad one
+    /// fails before the model loads. The grammar itself is compiled against the vocabulary
+    /// when generation starts.
+    fn constraint(&self) -> Result<Option<Constraint>, sovereign::Error> {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|source| sovereign::Error::Io {
+                what: format!("cannot read {}", path.display()),
+                source,
+            })
+        };
+        let schema = |text: &str, source: &str| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .map(|schema| Some(Constraint::JsonSchema(schema)))
+                .map_err(|e| {
+                    sovereign::Error::from(EngineError::Grammar(format!(
+                        "{source} is not JSON: {e}"
+                    )))
+                })
+        };
+        if self.json {
+            Ok(Some(Constraint::JsonObject))
+        } else if let Some(text) = &self.json_schema {
+            schema(text, "the --json-schema")
+        } else if let Some(path) = &self.json_schema_file {
+            schema(&read(path)?, &path.display().to_string())
+        } else if let Some(grammar) = &self.grammar {
+            Ok(Some(Constraint::Lark(grammar.clone())))
+        } else if let Some(path) = &self.grammar_file {
+            Ok(Some(Constraint::Lark(read(path)?)))
+        } else {
+            Ok(None)
         }
     }
 
@@ -483,6 +536,7 @@ fn load_with(
 }
 
 fn run(adapter: Option<String>, args: RunArgs) -> CliResult {
+    let constraint = args.sampling.constraint()?;
     let mut model = load(adapter, &args.model)?;
     let prompt = if args.chat {
         let mut messages = Vec::new();
@@ -494,7 +548,7 @@ fn run(adapter: Option<String>, args: RunArgs) -> CliResult {
     } else {
         model.encode(&args.prompt)?
     };
-    let params = args.sampling.generate(args.n_predict);
+    let params = args.sampling.generate(args.n_predict, constraint);
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
     let completion =
@@ -542,7 +596,12 @@ fn report(c: &sovereign::engine::Completion) {
 
 fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
     use std::sync::atomic::{AtomicBool, Ordering};
+    let constraint = args.sampling.constraint()?;
     let mut model = load(adapter, &args.model)?;
+    if let Some(c) = &constraint {
+        // A grammar that cannot compile fails now, not at the first message.
+        model.grammars().parser(c)?;
+    }
     let n_ctx = model.llama().n_ctx() as usize;
     let mut session = Session::new();
     let mut messages = Vec::new();
@@ -624,7 +683,7 @@ fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
             messages.pop();
             continue;
         };
-        let params = args.sampling.generate(args.n_predict);
+        let params = args.sampling.generate(args.n_predict, constraint.clone());
         let mut stdout = std::io::stdout().lock();
         let mut write_error = None;
         interrupted.store(false, Ordering::Release);

@@ -658,9 +658,28 @@ fn bad_requests_get_openai_errors_and_never_reach_the_engine() {
             "unsupported_parameter",
         ),
         (
-            chat(json!({"response_format": {"type": "json_object"}})),
+            chat(json!({"response_format": {"type": "xml"}})),
+            "response_format.type",
+            "invalid_value",
+        ),
+        (
+            chat(json!({"response_format": {"type": "json_schema"}})),
+            "response_format.json_schema",
+            "missing_required_parameter",
+        ),
+        (
+            chat(json!({"response_format": {"type": "json_schema",
+                "json_schema": {"name": "x", "schema": "{}"}}})),
+            "response_format.json_schema.schema",
+            "invalid_type",
+        ),
+        // Compiled against the vocabulary at submit: a schema llguidance cannot read is the
+        // request's fault, and nothing is queued.
+        (
+            chat(json!({"response_format": {"type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "strnig"}}}})),
             "response_format",
-            "unsupported_parameter",
+            "invalid_value",
         ),
     ];
     for (body, param, code) in chat_cases {

@@ -6,7 +6,7 @@ use common::{gpu, greedy_cases, model_path};
 use sovereign::engine::service::{
     Engine, EngineHandle, EngineOptions, Event, Prompt, Request, RequestStream,
 };
-use sovereign::engine::{GenerateParams, Model, SamplingParams, StopReason};
+use sovereign::engine::{Constraint, GenerateParams, Model, SamplingParams, StopReason};
 use sovereign::format::GgufFile;
 use sovereign::gpu::GpuOptions;
 use sovereign::model::LoadOptions;
@@ -394,4 +394,81 @@ fn a_shared_prefix_hits_the_prefix_cache() {
     );
     assert!(h.metrics().prefix_cache_hits >= 1);
     assert!(h.metrics().kv_pages_cached > 0);
+}
+
+/// A request held to a JSON schema answers in it, batched beside free ones that still produce
+/// exactly their solo runs (the step reads back logits rather than argmax ids for all of them).
+#[test]
+fn a_request_held_to_a_schema_beside_free_ones() {
+    let engine = engine_with(EngineOptions::default(), 4, None);
+    let h = engine.handle();
+    let prompts = prompts();
+    let alone: Vec<String> = prompts[..3].iter().map(|p| run_alone(&h, p, 12)).collect();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "country": {"type": "string"},
+            // Unbounded, this model's digits never end.
+            "population": {"type": "integer", "minimum": 0, "maximum": 100000000}
+        },
+        "required": ["city", "country", "population"],
+        "additionalProperties": false
+    });
+    let constrained = Request {
+        prompt: Prompt::Chat(vec![sovereign::tokenizer::ChatMessage::new(
+            "user",
+            "Describe the capital of France as JSON.",
+        )]),
+        params: GenerateParams {
+            max_tokens: Some(60),
+            constraint: Some(Constraint::JsonSchema(schema)),
+            ..greedy(60)
+        },
+        logprobs: None,
+    };
+    let json_stream = h.submit(constrained).unwrap();
+    let free: Vec<_> = prompts[..3]
+        .iter()
+        .map(|p| {
+            h.submit(Request {
+                prompt: Prompt::Text(p.clone()),
+                params: greedy(12),
+                logprobs: None,
+            })
+            .unwrap()
+        })
+        .collect();
+    let (text, _, end) = collect(json_stream);
+    let together: Vec<String> = free.into_iter().map(|s| collect(s).0).collect();
+    assert_eq!(together, alone);
+    assert!(
+        matches!(
+            end,
+            Event::Finished {
+                stop: StopReason::EndOfGeneration,
+                ..
+            }
+        ),
+        "{end:?}: {text:?}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["city", "country", "population"], "{text}");
+    assert!(v["city"].is_string() && v["population"].is_i64(), "{text}");
+    println!("{text}");
+
+    // A schema the grammar engine cannot read fails the submit; nothing is queued.
+    let bad = Request {
+        prompt: Prompt::Text("x".into()),
+        params: GenerateParams {
+            constraint: Some(Constraint::JsonSchema(serde_json::json!({"type": 5}))),
+            ..greedy(4)
+        },
+        logprobs: None,
+    };
+    let e = h.submit(bad).err().expect("a bad schema was queued");
+    assert!(e.to_string().starts_with("invalid grammar: "), "{e}");
+    assert_eq!(h.metrics().requests_submitted, 7);
 }

@@ -607,6 +607,7 @@ impl ChatApp {
                 },
                 stop: Vec::new(),
                 ignore_eos: false,
+                constraint: None,
             },
             logprobs: None,
         };

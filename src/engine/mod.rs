@@ -1,6 +1,7 @@
 //! Sessions, sampling and generation on top of a loaded model: the small API every surface
 //! (CLI, server, apps) talks to.
 
+mod grammar;
 pub mod sampler;
 pub mod sequence;
 #[cfg(any(feature = "native", target_arch = "wasm32"))]
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use web_time::{Duration, Instant};
 
+pub use grammar::{Constraint, GrammarState, Grammars};
 pub use sampler::{Sampler, SamplingParams};
 pub use sequence::{Advance, Logits, SequenceState, TokenLogprob, TopToken};
 pub use window::{FittedConversation, fit_conversation};
@@ -39,12 +41,15 @@ pub enum EngineError {
     QueueFull { max: usize, running: usize },
     #[error("{0}")]
     Stopped(String),
+    #[error("invalid grammar: {0}")]
+    Grammar(String),
 }
 
 /// A model on the GPU with its tokenizer.
 pub struct Model {
     llama: LlamaGpu,
     tokenizer: Arc<Tokenizer>,
+    grammars: Arc<Grammars>,
     name: String,
 }
 
@@ -87,9 +92,11 @@ impl Model {
             .unwrap_or(cfg.arch.as_str())
             .to_string();
         let llama = LlamaGpu::load(ctx, cfg, file, options, on_progress).await?;
+        let tokenizer = Arc::new(tokenizer);
         Ok(Model {
             llama,
-            tokenizer: Arc::new(tokenizer),
+            grammars: Arc::new(Grammars::new(Arc::clone(&tokenizer))),
+            tokenizer,
             name,
         })
     }
@@ -105,6 +112,11 @@ impl Model {
     /// The tokenizer, to share with threads that prepare requests.
     pub fn shared_tokenizer(&self) -> Arc<Tokenizer> {
         Arc::clone(&self.tokenizer)
+    }
+
+    /// Compiles the grammars of constrained requests against this model's vocabulary.
+    pub fn grammars(&self) -> Arc<Grammars> {
+        Arc::clone(&self.grammars)
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -139,8 +151,11 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Generation stops before any of these strings; they are not part of the output.
     pub stop: Vec<String>,
-    /// Keep going past end-of-generation tokens (benchmarks).
+    /// Keep going past end-of-generation tokens (benchmarks). A complete grammar still ends
+    /// generation.
     pub ignore_eos: bool,
+    /// What the generated text must be (JSON, a grammar); `None` leaves the model free.
+    pub constraint: Option<Constraint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,7 +246,7 @@ impl Session {
             }
             .into());
         }
-        let mut seq = SequenceState::new(prompt, params.clone(), logprobs)?;
+        let mut seq = SequenceState::new(prompt, params.clone(), logprobs, &model.grammars)?;
         // On the GPU, greedy decoding reads back one token id instead of the logits.
         let output = if seq.argmax_suffices() {
             Output::Argmax

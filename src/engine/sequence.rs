@@ -1,6 +1,7 @@
 //! One sequence's generation state: sampling, the text released so far, stop conditions. The
 //! single-session path and the batching scheduler both drive sequences through this.
 
+use super::grammar::{GrammarState, Grammars};
 use super::sampler::Sampler;
 use super::{EngineError, GenerateParams, StopReason};
 use crate::Result;
@@ -74,6 +75,10 @@ pub struct SequenceState {
     /// Top alternatives to report per token (0: logprobs off).
     logprobs: Option<usize>,
     sampler: Sampler,
+    /// Where generation stands in the request's grammar, if it has one.
+    grammar: Option<GrammarState>,
+    /// Reused between steps: the logits with the grammar's mask applied.
+    masked: Vec<f32>,
     /// Prompt and generated tokens: what the penalties see.
     history: Vec<u32>,
     n_prompt: usize,
@@ -83,7 +88,13 @@ pub struct SequenceState {
 }
 
 impl SequenceState {
-    pub fn new(prompt: &[u32], params: GenerateParams, logprobs: Option<usize>) -> Result<Self> {
+    /// Checks the request and compiles its grammar (if any) against the model's vocabulary.
+    pub fn new(
+        prompt: &[u32],
+        params: GenerateParams,
+        logprobs: Option<usize>,
+        grammars: &Grammars,
+    ) -> Result<Self> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt.into());
         }
@@ -101,8 +112,15 @@ impl SequenceState {
             }
             .into());
         }
+        let sampler = Sampler::new(params.sampling.clone())?;
+        let grammar = match &params.constraint {
+            Some(c) => Some(grammars.parser(c)?),
+            None => None,
+        };
         Ok(SequenceState {
-            sampler: Sampler::new(params.sampling.clone())?,
+            sampler,
+            grammar,
+            masked: Vec::new(),
             params,
             logprobs,
             history: prompt.to_vec(),
@@ -114,10 +132,11 @@ impl SequenceState {
         })
     }
 
-    /// Whether the GPU's argmax is all this sequence needs (greedy, no penalties, no logprobs).
+    /// Whether the GPU's argmax is all this sequence needs (greedy, no penalties, no logprobs,
+    /// no grammar).
     pub fn argmax_suffices(&self) -> bool {
         let s = &self.params.sampling;
-        s.is_greedy() && !s.has_penalties() && self.logprobs.is_none()
+        s.is_greedy() && !s.has_penalties() && self.logprobs.is_none() && self.grammar.is_none()
     }
 
     /// Generated tokens so far.
@@ -142,9 +161,28 @@ impl SequenceState {
         logits: Logits<'_>,
         room: bool,
     ) -> Result<Advance> {
-        let token = match logits {
-            Logits::Argmax(t) => t,
-            Logits::Row(row) => self.sampler.sample(row, &self.history)?,
+        let token = match (logits, &mut self.grammar) {
+            (Logits::Argmax(t), None) => t,
+            (Logits::Row(row), None) => self.sampler.sample(row, &self.history)?,
+            (Logits::Argmax(_), Some(_)) => {
+                return Err(EngineError::Grammar(
+                    "the step gave one token id where the grammar needs every logit".into(),
+                )
+                .into());
+            }
+            (Logits::Row(row), Some(grammar)) => {
+                self.masked.clear();
+                self.masked.extend_from_slice(row);
+                grammar.mask(&mut self.masked)?;
+                self.sampler
+                    .sample(&self.masked, &self.history)
+                    .map_err(|e| match e {
+                        EngineError::NoCandidates => EngineError::Grammar(
+                            "no token of the vocabulary continues the grammar here".into(),
+                        ),
+                        other => other,
+                    })?
+            }
         };
         let logprob = match (logits, self.logprobs) {
             (Logits::Row(row), Some(n)) => Some(token_logprob(tokenizer, row, token, n)),
@@ -154,7 +192,9 @@ impl SequenceState {
             logprob,
             ..Default::default()
         };
-        if !self.params.ignore_eos && tokenizer.is_end_of_generation(token) {
+        // Under a grammar an end-of-generation token was allowed only where the grammar may end.
+        let ends = !self.params.ignore_eos || self.grammar.is_some();
+        if ends && tokenizer.is_end_of_generation(token) {
             self.text.push_str(&self.decoder.finish());
             out.text = self.text[self.sent..].to_string();
             self.sent = self.text.len();
@@ -164,6 +204,9 @@ impl SequenceState {
         self.history.push(token);
         out.token = Some(token);
         self.text.push_str(&self.decoder.push(tokenizer, token)?);
+        if let Some(grammar) = &mut self.grammar {
+            grammar.accept(token)?;
+        }
 
         if let Some((at, s)) = find_stop(&self.text, self.sent, &self.params.stop) {
             self.text.truncate(at);
@@ -173,7 +216,10 @@ impl SequenceState {
             return Ok(out);
         }
         let n_generated = self.history.len() - self.n_prompt;
-        let finished = if self
+        let finished = if self.grammar.as_ref().is_some_and(GrammarState::is_complete) {
+            // Nothing may follow: the text is whole, as if the model had ended it.
+            Some(StopReason::EndOfGeneration)
+        } else if self
             .params
             .max_tokens
             .is_some_and(|m| n_generated >= m as usize)

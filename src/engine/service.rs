@@ -12,7 +12,7 @@ use futures_channel::mpsc;
 use web_time::{Duration, Instant};
 
 use super::sequence::{Logits, SequenceState, TokenLogprob};
-use super::{EngineError, GenerateParams, Model, StopReason};
+use super::{EngineError, GenerateParams, Grammars, Model, StopReason};
 use crate::Result;
 use crate::kernels::StepInput;
 use crate::kv::{KvCache, SeqId};
@@ -186,6 +186,7 @@ struct Shared {
     /// Sequences the model runs at once.
     n_slots: usize,
     tokenizer: Arc<Tokenizer>,
+    grammars: Arc<Grammars>,
     info: ModelInfo,
     options: EngineOptions,
     metrics: Mutex<Metrics>,
@@ -233,6 +234,7 @@ impl Engine {
             in_flight: Arc::new(AtomicUsize::new(0)),
             n_slots: llama.n_seq() as usize,
             tokenizer: model.shared_tokenizer(),
+            grammars: model.grammars(),
             info,
             options,
             metrics: Mutex::new(Metrics::default()),
@@ -339,7 +341,12 @@ impl EngineHandle {
         }
         // Sampling settings and stop strings are checked here so a bad one fails the call; the
         // state travels with the job.
-        let state = SequenceState::new(&tokens, request.params, request.logprobs)?;
+        let state = SequenceState::new(
+            &tokens,
+            request.params,
+            request.logprobs,
+            &self.shared.grammars,
+        )?;
         let (max, running) = (self.shared.options.max_queue, self.shared.n_slots);
         let admitted =
             self.shared

@@ -154,6 +154,7 @@ impl ApiError {
             E::Engine(EngineError::InvalidParameter { name, message }) => {
                 Self::invalid_value(&name, message)
             }
+            E::Engine(e @ EngineError::Grammar(_)) => Self::invalid_value("response_format", e),
             E::Engine(EngineError::EmptyPrompt) => {
                 Self::invalid_value(prompt_param, "the prompt is empty")
             }

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use crate::engine::service::{Prompt, Request};
-use crate::engine::{GenerateParams, SamplingParams};
+use crate::engine::{Constraint, GenerateParams, SamplingParams};
 use crate::tokenizer::ChatMessage;
 
 /// Most stop strings per request.
@@ -183,15 +183,6 @@ fn reject_unsupported(f: &Fields) -> Result<(), ApiError> {
             "this server does not support tools.",
         ));
     }
-    if let Some(format) = f.get("response_format") {
-        let kind = Fields::of(format, "response_format")?.str("type")?;
-        if kind != Some("text") {
-            return Err(ApiError::unsupported(
-                "response_format",
-                "only {\"type\": \"text\"} is supported.",
-            ));
-        }
-    }
     if let Some(bias) = f.get("logit_bias") {
         match bias {
             Value::Object(m) if m.is_empty() => {}
@@ -232,6 +223,39 @@ fn reject_unsupported(f: &Fields) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// `response_format`: text, any JSON object, or JSON valid against a schema. llama.cpp's
+/// server also takes a schema beside `json_object`; so does this one.
+fn response_format(f: &Fields) -> Result<Option<Constraint>, ApiError> {
+    let Some(format) = f.get("response_format") else {
+        return Ok(None);
+    };
+    let format = Fields::of(format, "response_format")?;
+    let schema = |fields: &Fields| -> Result<Option<Constraint>, ApiError> {
+        Ok(match fields.get("schema") {
+            None => None,
+            Some(schema @ Value::Object(_)) => Some(Constraint::JsonSchema(schema.clone())),
+            Some(_) => return Err(ApiError::invalid_type(&fields.path("schema"), "an object")),
+        })
+    };
+    match format.str("type")? {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(schema(&format)?.unwrap_or(Constraint::JsonObject))),
+        Some("json_schema") => {
+            let spec = Fields::of(format.required("json_schema")?, &format.path("json_schema"))?;
+            spec.str("name")?;
+            spec.str("description")?;
+            spec.bool("strict")?;
+            // A schema left out allows any JSON object, as llama.cpp's server does.
+            Ok(Some(schema(&spec)?.unwrap_or(Constraint::JsonObject)))
+        }
+        Some(other) => Err(ApiError::invalid_value(
+            &format.path("type"),
+            format!("{other:?} is not one of \"text\", \"json_object\" or \"json_schema\"."),
+        )),
+        None => Err(ApiError::missing(&format.path("type"))),
+    }
 }
 
 fn stop_strings(f: &Fields) -> Result<Vec<String>, ApiError> {
@@ -331,6 +355,7 @@ fn common(f: &Fields, default_max_tokens: Option<u32>) -> Result<Parsed, ApiErro
         sampling,
         stop: stop_strings(f)?,
         ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
+        constraint: response_format(f)?,
     };
     Ok(Parsed {
         model,

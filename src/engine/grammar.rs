@@ -1,0 +1,204 @@
+//! Constrained sampling: a grammar (any JSON object, a JSON schema, a Lark grammar or a regular
+//! expression) decides at every step which tokens may come next, and the sampler draws only
+//! among those. The grammar engine is llguidance; this module gives it the model's vocabulary
+//! and keeps one parser per sequence.
+
+use std::sync::{Arc, OnceLock};
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::Value;
+
+use super::EngineError;
+use crate::tokenizer::{TokenType, Tokenizer};
+
+/// What generated text must be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Constraint {
+    /// Any JSON object (OpenAI's `json_object` response format).
+    JsonObject,
+    /// A JSON value valid against this JSON schema.
+    JsonSchema(Value),
+    /// Text derived from this grammar in llguidance's Lark syntax (`start: ...`).
+    Lark(String),
+    /// Text that matches this regular expression whole.
+    Regex(String),
+}
+
+/// JSON is written on one line with a space after `,` and `:`. Free whitespace lets a small
+/// model fill its output with newlines and never close the object.
+fn compact_json() -> Value {
+    serde_json::json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ",
+        "key_separator": ": ",
+    })
+}
+
+impl Constraint {
+    fn top_level(&self) -> Result<TopLevelGrammar, EngineError> {
+        Ok(match self {
+            Constraint::JsonObject => {
+                let mut schema = serde_json::json!({ "type": "object" });
+                schema["x-guidance"] = compact_json();
+                TopLevelGrammar::from_json_schema(schema)
+            }
+            Constraint::JsonSchema(schema) => {
+                let Value::Object(fields) = schema else {
+                    return Err(EngineError::Grammar(
+                        "a JSON schema must be an object".into(),
+                    ));
+                };
+                let mut fields = fields.clone();
+                // A schema that says how to lay out its JSON (llguidance's own key) keeps its say.
+                fields.entry("x-guidance").or_insert_with(compact_json);
+                TopLevelGrammar::from_json_schema(Value::Object(fields))
+            }
+            Constraint::Lark(grammar) => {
+                if grammar.trim().is_empty() {
+                    return Err(EngineError::Grammar("the grammar is empty".into()));
+                }
+                TopLevelGrammar::from_lark(grammar.clone())
+            }
+            Constraint::Regex(rx) => TopLevelGrammar::from_regex(rx),
+        })
+    }
+}
+
+/// The model's vocabulary as the grammar engine sees it, built on first use (a pass over every
+/// token) and shared by every sequence of the model.
+pub struct Grammars {
+    tokenizer: Arc<Tokenizer>,
+    factory: OnceLock<Result<Arc<ParserFactory>, String>>,
+}
+
+impl std::fmt::Debug for Grammars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grammars")
+            .field("built", &self.factory.get().is_some())
+            .finish()
+    }
+}
+
+impl Grammars {
+    pub fn new(tokenizer: Arc<Tokenizer>) -> Self {
+        Grammars {
+            tokenizer,
+            factory: OnceLock::new(),
+        }
+    }
+
+    fn factory(&self) -> Result<&Arc<ParserFactory>, EngineError> {
+        self.factory
+            .get_or_init(|| build_factory(&self.tokenizer))
+            .as_ref()
+            .map_err(|e| EngineError::Grammar(e.clone()))
+    }
+
+    /// Compiles `constraint` into a parser for one sequence. Errors name what is wrong with the
+    /// grammar or schema.
+    pub fn parser(&self, constraint: &Constraint) -> Result<GrammarState, EngineError> {
+        let factory = self.factory()?;
+        let grammar = constraint.top_level()?;
+        let parser = factory
+            .create_parser(grammar)
+            .map_err(|e| EngineError::Grammar(e.to_string()))?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(EngineError::Grammar(e));
+        }
+        Ok(GrammarState {
+            matcher,
+            end_of_generation: self.tokenizer.end_of_generation_ids().to_vec(),
+        })
+    }
+}
+
+fn build_factory(tokenizer: &Tokenizer) -> Result<Arc<ParserFactory>, String> {
+    let n_vocab = tokenizer.n_vocab();
+    let eos = tokenizer
+        .eot()
+        .or(tokenizer.eos())
+        .or_else(|| tokenizer.end_of_generation_ids().first().copied())
+        .ok_or("the model has no end-of-generation token, so no grammar can end")?;
+    let words: Vec<Vec<u8>> = (0..n_vocab as u32)
+        .map(|id| {
+            let bytes = tokenizer.token_bytes(id).unwrap_or_default();
+            let special = matches!(
+                tokenizer.token_type(id),
+                Some(TokenType::Control | TokenType::Unknown)
+            ) || bytes.is_empty();
+            if special {
+                // The engine's mark for a token that text never spells: grammars see it only by
+                // name, and byte-level matching never produces it.
+                let name = tokenizer.token_text(id).unwrap_or_default();
+                let mut word = vec![TokTrie::SPECIAL_TOKEN_MARKER];
+                word.extend_from_slice(name.as_bytes());
+                word
+            } else {
+                bytes.to_vec()
+            }
+        })
+        .collect();
+    let mut info = TokRxInfo::new(n_vocab as u32, eos);
+    info.tok_bos = tokenizer.bos();
+    info.tok_unk = tokenizer.unk();
+    info.tok_pad = tokenizer.pad();
+    info.tok_end_of_turn = tokenizer.eot();
+    let trie = TokTrie::from(&info, &words);
+    let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+    let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+    // Warnings go to the error the caller sees, not to standard error.
+    factory.quiet();
+    Ok(Arc::new(factory))
+}
+
+/// One sequence's place in its grammar.
+pub struct GrammarState {
+    matcher: Matcher,
+    end_of_generation: Vec<u32>,
+}
+
+impl std::fmt::Debug for GrammarState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrammarState")
+            .field("stopped", &self.matcher.is_stopped())
+            .finish()
+    }
+}
+
+impl GrammarState {
+    /// Whether the grammar is complete and allows nothing more: generation ends here.
+    pub fn is_complete(&self) -> bool {
+        self.matcher.is_stopped()
+    }
+
+    /// Sets the logit of every token the grammar does not allow next to minus infinity. Every
+    /// end-of-generation token is allowed exactly when the grammar may end here.
+    pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), EngineError> {
+        let mask = self
+            .matcher
+            .compute_mask()
+            .map_err(|e| EngineError::Grammar(e.to_string()))?;
+        let may_end = self.matcher.is_accepting().unwrap_or(false);
+        for (id, logit) in logits.iter_mut().enumerate() {
+            let allowed = if self.end_of_generation.binary_search(&(id as u32)).is_ok() {
+                may_end
+            } else {
+                mask.is_allowed(id as u32)
+            };
+            if !allowed {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves past a sampled token (one the mask allowed).
+    pub fn accept(&mut self, token: u32) -> Result<(), EngineError> {
+        self.matcher
+            .consume_token(token)
+            .map_err(|e| EngineError::Grammar(e.to_string()))
+    }
+}
