@@ -169,6 +169,18 @@ fn demo_page_in_chromium_matches_the_native_engine() {
     assert_eq!(bad["param"], "temperature");
     assert_eq!(bad["type"], "invalid_request_error");
 
+    // Structured output in the browser: only the schema's JSON, ended by the grammar.
+    let structured = &report["structured"];
+    assert_eq!(structured["finish_reason"], "stop", "{structured}");
+    let content = structured["content"].as_str().unwrap_or_default();
+    assert!(
+        content == r#"{"answer": "yes"}"# || content == r#"{"answer": "no"}"#,
+        "{structured}"
+    );
+    let bad = &report["bad_schema"];
+    assert_eq!(bad["status"], 400, "{bad}");
+    assert_eq!(bad["param"], "response_format", "{bad}");
+
     // The chat reply streamed in through the page and stopped at the Stop button.
     let before = report["streamed_before_stop"].as_str().unwrap();
     let after = report["reply_after_stop"].as_str().unwrap();

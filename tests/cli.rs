@@ -879,3 +879,112 @@ fn chunked_prefill_matches_one_batch() {
     assert!(!whole.is_empty());
     assert_eq!(run("16"), whole);
 }
+
+/// `--json-schema`, `--json-schema-file`, `--json` and `--grammar` hold the output to what they
+/// describe, in `run` and in each reply of `chat`; a bad one fails before the model loads, or
+/// (a grammar the vocabulary cannot serve) before anything is generated.
+#[test]
+fn constrained_output_follows_its_schema_or_grammar() {
+    let model = model_path();
+    let m = model.to_str().unwrap();
+    let schema = r#"{"type": "object", "properties": {"name": {"type": "string", "maxLength": 30},
+        "age": {"type": "integer", "minimum": 0, "maximum": 130}},
+        "required": ["name", "age"], "additionalProperties": false}"#;
+    let check_person = |text: &str| {
+        let v: serde_json::Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        let o = v.as_object().unwrap();
+        assert_eq!(o.len(), 2, "{text}");
+        assert!(o["name"].is_string() && o["age"].is_u64(), "{text}");
+    };
+    let prompt = "Describe a person as JSON.";
+    let o = sovereign(&[
+        "run", "-m", m, "--temp", "0", "-n", "60", "--chat", "-j", schema, prompt,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    check_person(&stdout(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("person.json");
+    std::fs::write(&file, schema).unwrap();
+    let from_file = sovereign(&[
+        "run",
+        "-m",
+        m,
+        "--temp",
+        "0",
+        "-n",
+        "60",
+        "--chat",
+        "--json-schema-file",
+        file.to_str().unwrap(),
+        prompt,
+    ]);
+    assert!(from_file.status.success(), "{}", stderr(&from_file));
+    assert_eq!(stdout(&from_file), stdout(&o));
+
+    let o = sovereign(&[
+        "run",
+        "-m",
+        m,
+        "--seed",
+        "4",
+        "-n",
+        "80",
+        "--chat",
+        "--json",
+        "Tell me about dogs.",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with('{'), "{out:?}");
+
+    let o = sovereign(&[
+        "run",
+        "-m",
+        m,
+        "--temp",
+        "0",
+        "-n",
+        "20",
+        "--grammar",
+        r#"start: ("yes" | "no") "!""#,
+        "Is the sky blue? Answer:",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out == "yes!" || out == "no!", "{out:?}");
+
+    // Each chat reply follows the schema; the conversation goes on.
+    let o = chat_session(
+        &["-n", "60", "--json-schema", schema],
+        b"Describe a person as JSON.\nAnother person, older.\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let replies: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(replies.len(), 2, "{out:?}");
+    for r in replies {
+        check_person(r.trim());
+    }
+
+    // Bad constraints: caught before loading (no model needed), or at compile time.
+    let missing = dir.path().join("missing.json");
+    for (args, words) in [
+        (vec!["-j", "{not json"], "the --json-schema is not JSON"),
+        (
+            vec!["--json-schema-file", missing.to_str().unwrap()],
+            "cannot read",
+        ),
+        (vec!["--json", "-j", "{}"], "cannot be used with"),
+        (vec!["-j", r#"{"type": "strnig"}"#], "strnig"),
+        (vec!["--grammar", "start: ("], "invalid grammar"),
+    ] {
+        let mut full = vec!["run", "-m", m, "-n", "4"];
+        full.extend(args.iter());
+        full.push("x");
+        assert_fails(&sovereign(&full), words);
+    }
+    let o = chat_session(&["--grammar", "start: ("], b"hi\n");
+    assert_fails(&o, "invalid grammar");
+}

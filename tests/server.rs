@@ -1012,6 +1012,11 @@ fn openai_client_concurrent_streams_match_solo_runs() {
 }
 
 #[test]
+fn openai_client_structured_outputs() {
+    python("structured", &[]);
+}
+
+#[test]
 fn openai_client_cancel_frees_the_sequence() {
     python("cancel", &[]);
 }

@@ -570,6 +570,64 @@ mod tests {
     }
 
     #[test]
+    fn response_formats_map_to_constraints() {
+        let constraint = |format: Value| {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                "response_format": format});
+            chat(&body).unwrap().request.params.constraint
+        };
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        assert_eq!(constraint(json!({"type": "text"})), None);
+        assert_eq!(constraint(Value::Null), None);
+        assert_eq!(
+            constraint(json!({"type": "json_object"})),
+            Some(Constraint::JsonObject)
+        );
+        // llama.cpp's server takes a schema beside json_object.
+        assert_eq!(
+            constraint(json!({"type": "json_object", "schema": schema})),
+            Some(Constraint::JsonSchema(schema.clone()))
+        );
+        assert_eq!(
+            constraint(json!({"type": "json_schema",
+                "json_schema": {"name": "a", "strict": true, "schema": schema}})),
+            Some(Constraint::JsonSchema(schema.clone()))
+        );
+        assert_eq!(
+            constraint(json!({"type": "json_schema", "json_schema": {"name": "a"}})),
+            Some(Constraint::JsonObject)
+        );
+        let body = json!({"model": "m", "prompt": "x", "response_format": {"type": "json_object"}});
+        assert_eq!(
+            completion(&body).unwrap().request.params.constraint,
+            Some(Constraint::JsonObject)
+        );
+        for (format, param) in [
+            (json!("json"), "response_format"),
+            (json!({}), "response_format.type"),
+            (json!({"type": 1}), "response_format.type"),
+            (
+                json!({"type": "json_schema", "json_schema": []}),
+                "response_format.json_schema",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": 5}}),
+                "response_format.json_schema.name",
+            ),
+            (
+                json!({"type": "json_object", "schema": true}),
+                "response_format.schema",
+            ),
+        ] {
+            let e = chat_err(
+                json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                "response_format": format}),
+            );
+            assert_eq!(e.param.as_deref(), Some(param), "{format}: {e:?}");
+        }
+    }
+
+    #[test]
     fn bad_fields_name_their_param() {
         let base = || json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         let with = |k: &str, v: Value| {

@@ -93,6 +93,34 @@ def check_page(driver, args, out):
         "return { accepted: true };",
     )
 
+    # Structured output: the grammar engine runs in the worker too, and a bad schema is refused
+    # as the server refuses it.
+    answer = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "answer",
+            "schema": {
+                "type": "object",
+                "properties": {"answer": {"enum": ["yes", "no"]}},
+                "required": ["answer"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    out["structured"] = run_async(
+        driver,
+        "const r = await window.sovereign.chat.completions.create({ messages: [{ role: 'user',"
+        " content: 'Is the sky blue? Answer in JSON.' }], max_tokens: 16, temperature: 0,"
+        f" response_format: {json.dumps(answer)} }});"
+        "return { content: r.choices[0].message.content, finish_reason: r.choices[0].finish_reason };",
+    )
+    out["bad_schema"] = run_async(
+        driver,
+        "await window.sovereign.chat.completions.create({ messages: [{ role: 'user', content: 'hi' }],"
+        " response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'strnig' } } } });"
+        "return { accepted: true };",
+    )
+
     # The chat UI: send with Enter, watch the reply stream in, stop it with the Stop button.
     prompt = driver.find_element(By.ID, "prompt")
     prompt.send_keys(args.chat)

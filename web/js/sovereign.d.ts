@@ -69,6 +69,11 @@ export interface SamplingFields {
   stop?: string | string[];
   logprobs?: boolean;
   stream?: boolean;
+  /** Structured output: any JSON object, or JSON valid against a schema. */
+  response_format?:
+    | { type: 'text' }
+    | { type: 'json_object'; schema?: object }
+    | { type: 'json_schema'; json_schema: { name?: string; description?: string; schema?: object; strict?: boolean } };
 }
 
 export interface ChatRequest extends SamplingFields {
