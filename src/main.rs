@@ -158,6 +158,11 @@ struct SamplingArgs {
     /// As --grammar, with the grammar read from a file.
     #[arg(long, value_name = "FILE", group = "constraint")]
     grammar_file: Option<PathBuf>,
+    /// Draft up to N tokens a step by prompt lookup (the tokens that followed the last few
+    /// tokens where they appeared before) and check them in one step: faster where the reply
+    /// repeats its prompt, the same output; 0 is off.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    draft: usize,
 }
 
 impl SamplingArgs {
@@ -169,6 +174,7 @@ impl SamplingArgs {
             stop: self.stop.clone(),
             ignore_eos: false,
             constraint,
+            draft: self.draft,
         }
     }
 
@@ -402,6 +408,10 @@ struct ServeArgs {
     /// tokens flowing during a long prompt, larger prefills faster.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     prefill_chunk: u32,
+    /// Draft up to N tokens a step for each request by prompt lookup and check them in the same
+    /// step (as `run --draft`): faster replies that repeat their prompt, the same text; 0 is off.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    draft: usize,
 }
 
 fn main() -> ExitCode {
@@ -592,6 +602,13 @@ fn report(c: &sovereign::engine::Completion) {
         per_s(c.tokens.len(), c.decode_time),
         c.stop
     );
+    if c.n_drafted > 0 {
+        tracing::info!(
+            "drafts: {} of {} tokens drafted by prompt lookup were sampled",
+            c.n_draft_accepted,
+            c.n_drafted
+        );
+    }
 }
 
 fn chat(adapter: Option<String>, args: ChatArgs) -> CliResult {
@@ -1366,6 +1383,7 @@ fn serve(adapter: Option<String>, args: ServeArgs) -> CliResult {
         EngineOptions {
             max_queue: args.max_queue,
             prefill_chunk: args.prefill_chunk as usize,
+            draft: args.draft,
         },
     )?;
     let addr = server.local_addr()?;

@@ -48,11 +48,11 @@ fn assert_fails_after_output(o: &Output, words: &str) {
 }
 
 /// `sovereign run -m MODEL -n <n_stable> --temp 0 PROMPT` prints exactly `text_stable`, with the
-/// default KV cache and with the 8-bit one.
+/// default KV cache, with the 8-bit one, and drafting by prompt lookup.
 #[test]
 fn greedy_runs_print_the_reference_text() {
     let model = model_path();
-    for cache in [None, Some("q8_0")] {
+    for (cache, draft) in [(None, "0"), (Some("q8_0"), "0"), (None, "5")] {
         for case in greedy_cases() {
             let prompt = case["prompt"].as_str().unwrap();
             let n = case["n_stable"].as_u64().unwrap().to_string();
@@ -64,6 +64,8 @@ fn greedy_runs_print_the_reference_text() {
                 &n,
                 "--temp",
                 "0",
+                "--draft",
+                draft,
             ];
             if let Some(cache) = cache {
                 args.extend(["--cache-type", cache]);
@@ -74,7 +76,7 @@ fn greedy_runs_print_the_reference_text() {
             assert_eq!(
                 stdout(&o),
                 case["text_stable"].as_str().unwrap(),
-                "{prompt:?} with cache {cache:?}"
+                "{prompt:?} with cache {cache:?}, drafting {draft}"
             );
         }
     }

@@ -608,6 +608,7 @@ impl ChatApp {
                 stop: Vec::new(),
                 ignore_eos: false,
                 constraint: None,
+                draft: 0,
             },
             logprobs: None,
         };

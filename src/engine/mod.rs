@@ -1,6 +1,7 @@
 //! Sessions, sampling and generation on top of a loaded model: the small API every surface
 //! (CLI, server, apps) talks to.
 
+mod draft;
 mod grammar;
 pub mod sampler;
 pub mod sequence;
@@ -156,6 +157,10 @@ pub struct GenerateParams {
     pub ignore_eos: bool,
     /// What the generated text must be (JSON, a grammar); `None` leaves the model free.
     pub constraint: Option<Constraint>,
+    /// Most tokens to draft per step by prompt lookup, checked all in one step (0: none). The
+    /// output is what it would be without drafts: a draft is kept only where the token sampled
+    /// before it, with the sampler's own draw, is that token.
+    pub draft: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +188,9 @@ pub struct Completion {
     pub n_reused: usize,
     pub prefill_time: Duration,
     pub decode_time: Duration,
+    /// Tokens drafted by prompt lookup, and how many of them the model went on to sample.
+    pub n_drafted: usize,
+    pub n_draft_accepted: usize,
 }
 
 /// One sequence in the model's KV cache. Tokens it has already run stay cached: a request that
@@ -279,26 +287,76 @@ impl Session {
         let prefill_time = start.elapsed();
 
         let start = Instant::now();
+        // A step with drafted tokens wants an output row for each of them.
+        let output_all = if output == Output::Argmax {
+            Output::AllArgmax
+        } else {
+            Output::AllLogits
+        };
+        let max_rows = model.llama.max_logit_rows().min(model.llama.max_batch()) as usize;
+        let vocab = model.config().n_vocab as usize;
+        // Tokens the last step ran after its first, as guesses: row j of its output comes
+        // after drafts[..j].
+        let mut drafts: Vec<u32> = Vec::new();
+        let (mut n_drafted, mut n_draft_accepted) = (0, 0);
         // -n 0 runs the prompt (into the cache) and samples nothing, as in llama.cpp.
         let stop = if params.max_tokens == Some(0) {
             StopReason::MaxTokens
         } else {
-            loop {
-                let logits = match &result {
-                    Forward::Token(t) => Logits::Argmax(*t),
-                    Forward::Logits(l) => Logits::Row(l),
-                    Forward::Tokens(_) | Forward::Nothing => {
-                        return Err(EngineError::NoCandidates.into());
+            'steps: loop {
+                let mut next = None;
+                let mut accepted = 0;
+                for j in 0..=drafts.len() {
+                    let logits = match &result {
+                        Forward::Token(t) if j == 0 => Logits::Argmax(*t),
+                        Forward::Tokens(ids) => match ids.get(j) {
+                            Some(&t) => Logits::Argmax(t),
+                            None => return Err(EngineError::NoCandidates.into()),
+                        },
+                        Forward::Logits(l) => match l.get(j * vocab..(j + 1) * vocab) {
+                            Some(row) => Logits::Row(row),
+                            None => return Err(EngineError::NoCandidates.into()),
+                        },
+                        _ => return Err(EngineError::NoCandidates.into()),
+                    };
+                    // Row j's token would be run at `pos`: the accepted drafts before it moved
+                    // `pos` on.
+                    let step = seq.advance(&model.tokenizer, logits, pos < n_ctx)?;
+                    if on_step(&step).is_break() {
+                        break 'steps StopReason::Cancelled;
                     }
-                };
-                let step = seq.advance(&model.tokenizer, logits, pos < n_ctx)?;
-                if on_step(&step).is_break() {
-                    break StopReason::Cancelled;
+                    let (None, Some(token)) = (step.finished.clone(), step.token) else {
+                        break 'steps step.finished.unwrap_or(StopReason::EndOfGeneration);
+                    };
+                    match drafts.get(j) {
+                        // The draft was what the model sampled: its K/V are already in place.
+                        Some(&d) if d == token => {
+                            self.cached.push(d);
+                            pos += 1;
+                            accepted += 1;
+                            n_draft_accepted += 1;
+                        }
+                        _ => {
+                            next = Some(token);
+                            break;
+                        }
+                    }
                 }
-                let (None, Some(token)) = (step.finished.clone(), step.token) else {
-                    break step.finished.unwrap_or(StopReason::EndOfGeneration);
+                let Some(token) = next else {
+                    return Err(EngineError::NoCandidates.into());
                 };
-                result = model.llama.forward(&[token], pos as u32, output).await?;
+                seq.drafts_checked(drafts.len(), accepted);
+                drafts = seq.draft(n_ctx.saturating_sub(pos + 1).min(max_rows - 1));
+                n_drafted += drafts.len();
+                let mut run = Vec::with_capacity(1 + drafts.len());
+                run.push(token);
+                run.extend_from_slice(&drafts);
+                let out = if drafts.is_empty() {
+                    output
+                } else {
+                    output_all
+                };
+                result = model.llama.forward(&run, pos as u32, out).await?;
                 self.cached.push(token);
                 pos += 1;
             }
@@ -311,6 +369,8 @@ impl Session {
             n_reused: reuse,
             prefill_time,
             decode_time: start.elapsed(),
+            n_drafted,
+            n_draft_accepted,
         })
     }
 }

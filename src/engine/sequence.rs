@@ -79,6 +79,10 @@ pub struct SequenceState {
     grammar: Option<GrammarState>,
     /// Reused between steps: the logits with the grammar's mask applied.
     masked: Vec<f32>,
+    /// How many tokens to draft next, between 1 and `params.draft`: twice as many after drafts
+    /// taken whole, one more than were taken after the others. Runs copied from the prompt end
+    /// where a guess fails, and text that copies nothing wastes one drafted token a step.
+    draft_len: usize,
     /// Prompt and generated tokens: what the penalties see.
     history: Vec<u32>,
     n_prompt: usize,
@@ -121,6 +125,7 @@ impl SequenceState {
             sampler,
             grammar,
             masked: Vec::new(),
+            draft_len: params.draft,
             params,
             logprobs,
             history: prompt.to_vec(),
@@ -137,6 +142,28 @@ impl SequenceState {
     pub fn argmax_suffices(&self) -> bool {
         let s = &self.params.sampling;
         s.is_greedy() && !s.has_penalties() && self.logprobs.is_none() && self.grammar.is_none()
+    }
+
+    /// Tokens to run after the last sampled one in the same step, as guesses at what the model
+    /// will sample next (prompt lookup); at most `room` of them, and no more than generation
+    /// may still use.
+    pub fn draft(&self, room: usize) -> Vec<u32> {
+        let left = self.params.max_tokens.map_or(usize::MAX, |m| {
+            (m as usize).saturating_sub(self.generated().len() + 1)
+        });
+        super::draft::lookup(&self.history, self.draft_len.min(room).min(left))
+    }
+
+    /// Tells the sequence how its last drafts fared: `accepted` of `drafted` were sampled.
+    pub fn drafts_checked(&mut self, drafted: usize, accepted: usize) {
+        if drafted == 0 {
+            return;
+        }
+        self.draft_len = if accepted >= drafted {
+            (drafted * 2).min(self.params.draft)
+        } else {
+            (accepted + 1).min(self.params.draft)
+        };
     }
 
     /// Generated tokens so far.

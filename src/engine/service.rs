@@ -98,6 +98,9 @@ pub struct Metrics {
     pub prompt_tokens: u64,
     pub cached_prompt_tokens: u64,
     pub generated_tokens: u64,
+    /// Tokens drafted by prompt lookup, and those of them the model sampled.
+    pub draft_tokens: u64,
+    pub draft_tokens_accepted: u64,
     pub prefix_cache_hits: u64,
     pub time_to_first_token_seconds_sum: f64,
     pub time_to_first_token_count: u64,
@@ -139,6 +142,9 @@ pub struct EngineOptions {
     /// delays their next token by one chunk, not by the whole prompt. With nothing decoding a
     /// step takes as many as the model's batch allows.
     pub prefill_chunk: usize,
+    /// Most tokens to draft per step by prompt lookup for requests that do not say
+    /// (`GenerateParams::draft` 0); 0: none.
+    pub draft: usize,
 }
 
 impl Default for EngineOptions {
@@ -146,6 +152,7 @@ impl Default for EngineOptions {
         EngineOptions {
             max_queue: 64,
             prefill_chunk: 256,
+            draft: 0,
         }
     }
 }
@@ -341,12 +348,11 @@ impl EngineHandle {
         }
         // Sampling settings and stop strings are checked here so a bad one fails the call; the
         // state travels with the job.
-        let state = SequenceState::new(
-            &tokens,
-            request.params,
-            request.logprobs,
-            &self.shared.grammars,
-        )?;
+        let mut params = request.params;
+        if params.draft == 0 {
+            params.draft = self.shared.options.draft;
+        }
+        let state = SequenceState::new(&tokens, params, request.logprobs, &self.shared.grammars)?;
         let (max, running) = (self.shared.options.max_queue, self.shared.n_slots);
         let admitted =
             self.shared
@@ -504,6 +510,9 @@ struct Entry {
     tokens: Vec<u32>,
     start: usize,
     output: bool,
+    /// Tokens after the first that are drafted guesses (a decoding sequence's); each of the
+    /// entry's tokens then has an output row.
+    drafted: usize,
 }
 
 /// Iteration-level scheduling over a paged KV cache: every step runs the next token of each
@@ -776,10 +785,24 @@ impl Scheduler {
                         tokens: vec![token],
                         start: r.n_cached,
                         output: true,
+                        drafted: 0,
                     });
                     budget -= 1;
                     n_out += 1;
                 }
+            }
+            // Then their drafts, in what the batch has left after every sequence's next token.
+            for e in entries.iter_mut() {
+                let r = &self.running[e.index];
+                let room = (self.n_ctx - 1)
+                    .saturating_sub(e.start)
+                    .min(budget)
+                    .min(self.max_out - n_out);
+                let drafts = r.state.draft(room);
+                budget -= drafts.len();
+                n_out += drafts.len();
+                e.drafted = drafts.len();
+                e.tokens.extend(drafts);
             }
             // Then prompts, in arrival order, in chunks that fill the rest of the batch.
             if !entries.is_empty() {
@@ -800,6 +823,7 @@ impl Scheduler {
                     tokens: r.tokens[r.n_cached..r.n_cached + n].to_vec(),
                     start: r.n_cached,
                     output,
+                    drafted: 0,
                 });
                 budget -= n;
                 n_out += usize::from(output);
@@ -842,7 +866,8 @@ impl Scheduler {
                 slots.push(r.slot);
             }
             if e.output {
-                out_rows.push((tokens.len() - 1) as u32);
+                let n = tokens.len() as u32;
+                out_rows.extend(n - 1 - e.drafted as u32..n);
             }
         }
         let tables: Vec<(u32, &[u32])> = entries
@@ -872,62 +897,92 @@ impl Scheduler {
         let forward = self.model.llama_mut().step(&input, copies, output).await?;
         let seconds = start.elapsed().as_secs_f64();
 
-        for e in entries {
-            let r = &mut self.running[e.index];
-            self.kv
-                .commit(r.id, &e.tokens)
-                .map_err(|e| EngineError::Stopped(e.to_string()))?;
-            r.n_cached += e.tokens.len();
-            if r.pending.take().is_some() {
-                r.tokens.extend_from_slice(&e.tokens);
-            }
-        }
         let vocab = self.model.config().n_vocab as usize;
         let mut finished = Vec::new();
         let mut n_generated = 0u64;
+        let (mut n_drafted, mut n_draft_accepted) = (0u64, 0u64);
         let tokenizer = self.model.shared_tokenizer();
-        for (row, e) in entries.iter().filter(|e| e.output).enumerate() {
-            let logits = match &forward {
-                Forward::Tokens(ids) => Logits::Argmax(ids.get(row).copied().unwrap_or(0)),
-                Forward::Logits(l) => {
-                    Logits::Row(l.get(row * vocab..(row + 1) * vocab).unwrap_or(&[]))
-                }
-                _ => return Err(EngineError::NoCandidates.into()),
-            };
+        let mut row = 0;
+        for e in entries {
             let r = &mut self.running[e.index];
-            let step = r
-                .state
-                .advance(&tokenizer, logits, r.n_cached < self.n_ctx)?;
-            let now = Instant::now();
-            if step.token.is_some() {
-                n_generated += 1;
-                match r.progress.last_token {
-                    None => handle.update(|m| {
-                        m.time_to_first_token_seconds_sum += (now - r.job.submitted).as_secs_f64();
-                        m.time_to_first_token_count += 1;
-                    }),
-                    Some(last) => handle.update(|m| {
-                        m.inter_token_seconds_sum += (now - last).as_secs_f64();
-                        m.inter_token_count += 1;
-                    }),
+            // Everything but the drafts is kept; a draft is kept once the model samples it.
+            let kept = &e.tokens[..e.tokens.len() - e.drafted];
+            self.kv
+                .commit(r.id, kept)
+                .map_err(|e| EngineError::Stopped(e.to_string()))?;
+            r.n_cached += kept.len();
+            if r.pending.take().is_some() {
+                r.tokens.extend_from_slice(kept);
+            }
+            if !e.output {
+                continue;
+            }
+            let mut accepted = 0;
+            for j in 0..=e.drafted {
+                let logits = match &forward {
+                    Forward::Tokens(ids) => Logits::Argmax(ids.get(row + j).copied().unwrap_or(0)),
+                    Forward::Logits(l) => Logits::Row(
+                        l.get((row + j) * vocab..(row + j + 1) * vocab)
+                            .unwrap_or(&[]),
+                    ),
+                    _ => return Err(EngineError::NoCandidates.into()),
+                };
+                let step = r
+                    .state
+                    .advance(&tokenizer, logits, r.n_cached < self.n_ctx)?;
+                let now = Instant::now();
+                if step.token.is_some() {
+                    n_generated += 1;
+                    match r.progress.last_token {
+                        None => handle.update(|m| {
+                            m.time_to_first_token_seconds_sum +=
+                                (now - r.job.submitted).as_secs_f64();
+                            m.time_to_first_token_count += 1;
+                        }),
+                        Some(last) => handle.update(|m| {
+                            m.inter_token_seconds_sum += (now - last).as_secs_f64();
+                            m.inter_token_count += 1;
+                        }),
+                    }
+                    r.progress.first_token.get_or_insert(now);
+                    r.progress.last_token = Some(now);
                 }
-                r.progress.first_token.get_or_insert(now);
-                r.progress.last_token = Some(now);
+                if step.token.is_some() || !step.text.is_empty() {
+                    let _ = r.job.events.unbounded_send(Event::Delta {
+                        token: step.token,
+                        text: step.text,
+                        logprob: step.logprob,
+                    });
+                }
+                if let Some(stop) = step.finished {
+                    finished.push((e.index, stop));
+                    break;
+                }
+                match (step.token, e.tokens.get(1 + j)) {
+                    // The model sampled the draft the step ran next: its K/V are in place.
+                    (Some(token), Some(&draft)) if j < e.drafted && token == draft => {
+                        self.kv
+                            .commit(r.id, &[draft])
+                            .map_err(|e| EngineError::Stopped(e.to_string()))?;
+                        r.n_cached += 1;
+                        r.tokens.push(draft);
+                        accepted += 1;
+                    }
+                    (token, _) => {
+                        r.pending = token;
+                        break;
+                    }
+                }
             }
-            if step.token.is_some() || !step.text.is_empty() {
-                let _ = r.job.events.unbounded_send(Event::Delta {
-                    token: step.token,
-                    text: step.text,
-                    logprob: step.logprob,
-                });
-            }
-            match step.finished {
-                Some(stop) => finished.push((e.index, stop)),
-                None => r.pending = step.token,
-            }
+            row += e.drafted + 1;
+            r.state.drafts_checked(e.drafted, accepted);
+            n_drafted += e.drafted as u64;
+            n_draft_accepted += accepted as u64;
         }
         handle.update(|m| {
             m.generated_tokens += n_generated;
+            m.draft_tokens += n_drafted;
+            m.draft_tokens_accepted += n_draft_accepted;
             if seconds > 0.0 && n_generated > 0 {
                 m.decode_tokens_per_second = n_generated as f64 / seconds;
             }

@@ -136,6 +136,8 @@ pub enum Output {
     LastLogits,
     /// The logits after every position: (n_tokens, n_vocab).
     AllLogits,
+    /// The most likely next token after every position (greedy checks of drafted tokens).
+    AllArgmax,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -930,7 +932,7 @@ impl LlamaGpu {
     /// `pos0..` and returns its output rows.
     fn single_rows(&self, tokens: &[u32], pos0: u32, output: Output) -> Result<Vec<u32>> {
         let n = tokens.len() as u64;
-        let max = if output == Output::AllLogits {
+        let max = if matches!(output, Output::AllLogits | Output::AllArgmax) {
             self.logit_rows
         } else {
             self.max_batch
@@ -954,7 +956,7 @@ impl LlamaGpu {
         Ok(match output {
             Output::Nothing => Vec::new(),
             Output::Argmax | Output::LastLogits => vec![n - 1],
-            Output::AllLogits => (0..n).collect(),
+            Output::AllLogits | Output::AllArgmax => (0..n).collect(),
         })
     }
 
@@ -967,11 +969,13 @@ impl LlamaGpu {
         let shape = self.step.write_single(&self.ctx, pos0, tokens, &out_rows)?;
         let step_output = match output {
             Output::Nothing => StepOutput::Nothing,
-            Output::Argmax => StepOutput::Argmax,
+            Output::Argmax | Output::AllArgmax => StepOutput::Argmax,
             Output::LastLogits | Output::AllLogits => StepOutput::Logits,
         };
         Ok(match self.run(start, shape, &[], step_output).await? {
-            Forward::Tokens(ids) => Forward::Token(ids.first().copied().unwrap_or(0)),
+            Forward::Tokens(ids) if output == Output::Argmax => {
+                Forward::Token(ids.first().copied().unwrap_or(0))
+            }
             other => other,
         })
     }

@@ -356,6 +356,8 @@ fn common(f: &Fields, default_max_tokens: Option<u32>) -> Result<Parsed, ApiErro
         stop: stop_strings(f)?,
         ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
         constraint: response_format(f)?,
+        // The engine's setting (`sovereign serve --draft`), not the request's.
+        draft: 0,
     };
     Ok(Parsed {
         model,

@@ -189,6 +189,18 @@ pub fn render(
         m.generated_tokens as f64,
     );
     o.one(
+        "sovereign_draft_tokens_total",
+        "counter",
+        "Tokens drafted by prompt lookup (--draft).",
+        m.draft_tokens as f64,
+    );
+    o.one(
+        "sovereign_draft_tokens_accepted_total",
+        "counter",
+        "Drafted tokens that the model sampled.",
+        m.draft_tokens_accepted as f64,
+    );
+    o.one(
         "sovereign_prefix_cache_hits_total",
         "counter",
         "Requests that reused cached prompt K/V.",
