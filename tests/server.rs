@@ -658,6 +658,26 @@ fn bad_requests_get_openai_errors_and_never_reach_the_engine() {
             "unsupported_parameter",
         ),
         (
+            chat(json!({"logit_bias": {"x": 1}})),
+            "logit_bias",
+            "invalid_value",
+        ),
+        (
+            chat(json!({"logit_bias": {"5": 101}})),
+            "logit_bias.5",
+            "invalid_value",
+        ),
+        (
+            chat(json!({"logit_bias": {"5": "1"}})),
+            "logit_bias.5",
+            "invalid_type",
+        ),
+        (
+            chat(json!({"logit_bias": {"4000000": 1}})),
+            "logit_bias",
+            "invalid_value",
+        ),
+        (
             chat(json!({"response_format": {"type": "xml"}})),
             "response_format.type",
             "invalid_value",
@@ -833,6 +853,35 @@ fn bad_requests_get_openai_errors_and_never_reach_the_engine() {
 
 /// Byte-level tokens that hold part of a character: their `bytes` rebuild the text, and the
 /// legacy offsets count characters of the text.
+/// `logit_bias` bans a token (-100) and forces one (+100), greedy or not.
+#[test]
+fn logit_bias_bans_and_forces_tokens() {
+    let server = main_server();
+    let _engine = exclusive();
+    let file = sovereign::format::GgufFile::open(common::model_path()).unwrap();
+    let tokenizer = sovereign::tokenizer::Tokenizer::from_gguf(file.metadata()).unwrap();
+    let id = |text: &str| tokenizer.encode(text, false).unwrap()[0];
+    let complete = |bias: Value, temperature: f64| {
+        let r = post(
+            server.port,
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 1,
+                "temperature": temperature, "seed": 1, "logit_bias": bias}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    assert_eq!(complete(json!({}), 0.0), " Paris");
+    let banned = complete(json!({ id(" Paris").to_string(): -100 }), 0.0);
+    assert!(!banned.is_empty() && banned != " Paris", "{banned:?}");
+    for temperature in [0.0, 1.0] {
+        assert_eq!(
+            complete(json!({ id(" banana").to_string(): 100 }), temperature),
+            " banana"
+        );
+    }
+}
+
 #[test]
 fn logprobs_keep_the_bytes_of_characters_split_across_tokens() {
     let server = main_server();

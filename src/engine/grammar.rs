@@ -89,6 +89,11 @@ impl Grammars {
         }
     }
 
+    /// Tokens in the vocabulary the grammars are compiled against.
+    pub fn n_vocab(&self) -> usize {
+        self.tokenizer.n_vocab()
+    }
+
     fn factory(&self) -> Result<&Arc<ParserFactory>, EngineError> {
         self.factory
             .get_or_init(|| build_factory(&self.tokenizer))

@@ -27,6 +27,9 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Seed of the generator; `None` picks one.
     pub seed: Option<u64>,
+    /// Added to the logits of these tokens before anything else (OpenAI's `logit_bias`, each in
+    /// [-100, 100]; -100 all but bans a token, 100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -41,6 +44,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -58,8 +62,12 @@ impl SamplingParams {
         self.temperature <= 0.0
     }
 
+    /// Whether anything changes the logits before the sampler looks at them.
     pub fn has_penalties(&self) -> bool {
-        self.repeat_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+        self.repeat_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || !self.logit_bias.is_empty()
     }
 
     /// Rejects settings that cannot mean anything.
@@ -88,6 +96,13 @@ impl SamplingParams {
         }
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
             return bad("frequency_penalty", self.frequency_penalty, "[-2, 2]");
+        }
+        if let Some(&(_, b)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return bad("logit_bias", b, "[-100, 100]");
         }
         Ok(())
     }
@@ -229,6 +244,11 @@ fn softmax(logits: impl Iterator<Item = f32> + Clone) -> Vec<f64> {
 /// llama.cpp's repetition penalty and OpenAI's presence/frequency penalties over the last
 /// `repeat_last_n` tokens of `history`.
 fn apply_penalties(logits: &mut [f32], history: &[u32], p: &SamplingParams) {
+    for &(t, b) in &p.logit_bias {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l += b;
+        }
+    }
     let window = &history[history.len().saturating_sub(p.repeat_last_n)..];
     let mut counts: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
     for &t in window {
@@ -346,6 +366,31 @@ mod tests {
         // 1 and 3 tie at 3.0; penalizing both leaves 2 (2.0) ahead of 1.5.
         assert_eq!(s.sample(&logits(), &[1, 3]).unwrap(), 2);
         assert_eq!(s.sample(&logits(), &[]).unwrap(), 1);
+    }
+
+    #[test]
+    fn logit_bias_bans_and_favours_tokens() {
+        let with = |bias: Vec<(u32, f32)>| SamplingParams {
+            temperature: 0.0,
+            logit_bias: bias,
+            ..Default::default()
+        };
+        // 1 and 3 tie at the top: banning 1 leaves 3; lifting 4 (-1.0) by 5 puts it first.
+        assert_eq!(draws(with(vec![(1, -100.0)]), 2), vec![3, 3]);
+        assert_eq!(draws(with(vec![(4, 5.0)]), 2), vec![4, 4]);
+        // An id past the logits changes nothing.
+        assert_eq!(draws(with(vec![(99, 100.0)]), 1), vec![1]);
+        assert!(Sampler::new(with(vec![(1, 101.0)])).is_err());
+        let sampled = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: Some(5),
+            logit_bias: vec![(1, -100.0), (3, -100.0)],
+            ..Default::default()
+        };
+        assert!(draws(sampled, 200).iter().all(|&t| t != 1 && t != 3));
     }
 
     #[test]

@@ -116,6 +116,19 @@ impl SequenceState {
             }
             .into());
         }
+        let n_vocab = grammars.n_vocab();
+        if let Some((id, _)) = params
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= n_vocab)
+        {
+            return Err(EngineError::InvalidParameter {
+                name: "logit_bias".into(),
+                message: format!("token id {id} is outside the vocabulary of {n_vocab} tokens"),
+            }
+            .into());
+        }
         let sampler = Sampler::new(params.sampling.clone())?;
         let grammar = match &params.constraint {
             Some(c) => Some(grammars.parser(c)?),

@@ -183,18 +183,6 @@ fn reject_unsupported(f: &Fields) -> Result<(), ApiError> {
             "this server does not support tools.",
         ));
     }
-    if let Some(bias) = f.get("logit_bias") {
-        match bias {
-            Value::Object(m) if m.is_empty() => {}
-            Value::Object(_) => {
-                return Err(ApiError::unsupported(
-                    "logit_bias",
-                    "this server does not support it.",
-                ));
-            }
-            _ => return Err(ApiError::invalid_type("logit_bias", "an object")),
-        }
-    }
     if let Some(modalities) = f.get("modalities") {
         let text_only = modalities
             .as_array()
@@ -223,6 +211,40 @@ fn reject_unsupported(f: &Fields) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// `logit_bias`: token ids (as strings) to a bias in [-100, 100]. Ids past the vocabulary are
+/// refused when the request is submitted.
+fn logit_bias(f: &Fields) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(bias) = f.get("logit_bias") else {
+        return Ok(Vec::new());
+    };
+    let Value::Object(map) = bias else {
+        return Err(ApiError::invalid_type("logit_bias", "an object"));
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        let Ok(id) = key.parse::<u32>() else {
+            return Err(ApiError::invalid_value(
+                "logit_bias",
+                format!("{key:?} is not a token id."),
+            ));
+        };
+        let Some(b) = value.as_f64() else {
+            return Err(ApiError::invalid_type(
+                &format!("logit_bias.{key}"),
+                "a number",
+            ));
+        };
+        if !(-100.0..=100.0).contains(&b) {
+            return Err(ApiError::invalid_value(
+                &format!("logit_bias.{key}"),
+                format!("{b} is outside [-100, 100]."),
+            ));
+        }
+        out.push((id, b as f32));
+    }
+    Ok(out)
 }
 
 /// `response_format`: text, any JSON object, or JSON valid against a schema. llama.cpp's
@@ -349,6 +371,7 @@ fn common(f: &Fields, default_max_tokens: Option<u32>) -> Result<Parsed, ApiErro
             .unwrap_or(d.frequency_penalty),
         // Negative seeds are valid OpenAI seeds; any 64 bits name one generator.
         seed: f.integer("seed")?.map(|s| s as u64),
+        logit_bias: logit_bias(f)?,
     };
     let params = GenerateParams {
         max_tokens,
