@@ -263,6 +263,8 @@ fn bad_grammars_are_refused_with_their_reason() {
     assert!(e.contains("nowhere"), "{e}");
     let e = refused(Constraint::Lark("start: (".into()));
     assert!(e.starts_with("invalid grammar: "), "{e}");
+    let e = refused(Constraint::Lark(r#"root ::= "yes" | "no""#.into()));
+    assert!(e.contains("looks like GBNF"), "{e}");
     let e = refused(Constraint::Lark("  \n".into()));
     assert!(e.contains("empty"), "{e}");
     let e = refused(Constraint::Regex("(unclosed".into()));

@@ -106,9 +106,16 @@ impl Grammars {
     pub fn parser(&self, constraint: &Constraint) -> Result<GrammarState, EngineError> {
         let factory = self.factory()?;
         let grammar = constraint.top_level()?;
-        let parser = factory
-            .create_parser(grammar)
-            .map_err(|e| EngineError::Grammar(e.to_string()))?;
+        let parser = factory.create_parser(grammar).map_err(|e| {
+            let mut message = e.to_string();
+            if matches!(constraint, Constraint::Lark(g) if g.contains("::=")) {
+                // llama.cpp's grammars are GBNF; the message alone would not say so.
+                message.push_str(
+                    " (this looks like GBNF: rules here are Lark's `name: ...`, starting at `start`)",
+                );
+            }
+            EngineError::Grammar(message)
+        })?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(EngineError::Grammar(e));
