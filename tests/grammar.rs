@@ -156,6 +156,20 @@ fn random_logits_sample_only_what_the_schema_allows() {
 }
 
 #[test]
+fn the_schema_true_allows_any_json_value() {
+    for seed in 0..3 {
+        let (text, _, stop) = generate_biased(
+            sampled(seed, Constraint::JsonSchema(json!(true))),
+            200 + seed,
+            0.0,
+            b"\"}]",
+        );
+        assert_eq!(stop, StopReason::EndOfGeneration, "{text:?}");
+        serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    }
+}
+
+#[test]
 fn any_json_object_is_one_object_on_one_line() {
     for seed in 0..8 {
         // Random tokens open more than they close: here quotes and closing brackets come up
@@ -201,6 +215,13 @@ fn the_end_waits_for_the_grammar_and_comes_when_it_is_complete() {
     let repeated = || Constraint::Lark(r#"start: ("ab")+"#.into());
     let (text, _, stop) = generate(sampled(1, repeated()), 1, 50.0);
     assert_eq!((text.as_str(), stop), ("ab", StopReason::EndOfGeneration));
+    // With `ignore_eos` an end token wanted at every step waits for a grammar that nothing
+    // may follow; this one may always go on.
+    let mut params = sampled(1, repeated());
+    params.ignore_eos = true;
+    params.max_tokens = Some(10);
+    let (text, n, stop) = generate(params, 1, 50.0);
+    assert_eq!((n, stop), (10, StopReason::MaxTokens), "{text:?}");
     let mut params = sampled(1, repeated());
     params.max_tokens = Some(6);
     let (text, n, stop) = generate(params, 1, -50.0);
@@ -210,6 +231,18 @@ fn the_end_waits_for_the_grammar_and_comes_when_it_is_complete() {
         text.len() >= 6 && "ab".repeat(text.len()).starts_with(&text),
         "{text:?}"
     );
+}
+
+/// A grammar may spell out an end-of-generation token itself: it is sampled where the grammar
+/// puts it, though the grammar cannot end before it.
+#[test]
+fn a_grammar_may_name_an_end_token() {
+    let (text, _, stop) = generate(
+        sampled(2, Constraint::Lark("start: \"a\" <|im_end|>".into())),
+        2,
+        0.0,
+    );
+    assert_eq!((text.as_str(), stop), ("a", StopReason::EndOfGeneration));
 }
 
 #[test]
@@ -257,6 +290,8 @@ fn bad_grammars_are_refused_with_their_reason() {
     );
     let e = refused(Constraint::JsonSchema(json!([1, 2])));
     assert!(e.contains("must be an object"), "{e}");
+    let e = refused(Constraint::JsonSchema(json!(false)));
+    assert!(e.contains("allows no value"), "{e}");
     let e = refused(Constraint::JsonSchema(
         json!({"type": "object", "required": ["a"], "properties": {"a": {"$ref": "#/$defs/nowhere"}}}),
     ));

@@ -851,8 +851,6 @@ fn bad_requests_get_openai_errors_and_never_reach_the_engine() {
     assert!(counted >= 40.0, "400s counted: {counted}");
 }
 
-/// Byte-level tokens that hold part of a character: their `bytes` rebuild the text, and the
-/// legacy offsets count characters of the text.
 /// `logit_bias` bans a token (-100) and forces one (+100), greedy or not.
 #[test]
 fn logit_bias_bans_and_forces_tokens() {
@@ -882,6 +880,8 @@ fn logit_bias_bans_and_forces_tokens() {
     }
 }
 
+/// Byte-level tokens that hold part of a character: their `bytes` rebuild the text, and the
+/// legacy offsets count characters of the text.
 #[test]
 fn logprobs_keep_the_bytes_of_characters_split_across_tokens() {
     let server = main_server();

@@ -45,12 +45,21 @@ impl Constraint {
                 TopLevelGrammar::from_json_schema(schema)
             }
             Constraint::JsonSchema(schema) => {
-                let Value::Object(fields) = schema else {
-                    return Err(EngineError::Grammar(
-                        "a JSON schema must be an object".into(),
-                    ));
+                let mut fields = match schema {
+                    Value::Object(fields) => fields.clone(),
+                    // `true` is the schema every value is valid against.
+                    Value::Bool(true) => serde_json::Map::new(),
+                    Value::Bool(false) => {
+                        return Err(EngineError::Grammar(
+                            "the schema false allows no value at all".into(),
+                        ));
+                    }
+                    _ => {
+                        return Err(EngineError::Grammar(
+                            "a JSON schema must be an object (or true)".into(),
+                        ));
+                    }
                 };
-                let mut fields = fields.clone();
                 // A schema that says how to lay out its JSON (llguidance's own key) keeps its say.
                 fields.entry("x-guidance").or_insert_with(compact_json);
                 TopLevelGrammar::from_json_schema(Value::Object(fields))
@@ -123,6 +132,7 @@ impl Grammars {
         Ok(GrammarState {
             matcher,
             end_of_generation: self.tokenizer.end_of_generation_ids().to_vec(),
+            may_end: false,
         })
     }
 }
@@ -170,6 +180,9 @@ fn build_factory(tokenizer: &Tokenizer) -> Result<Arc<ParserFactory>, String> {
 pub struct GrammarState {
     matcher: Matcher,
     end_of_generation: Vec<u32>,
+    /// Whether the grammar could end where the last mask was computed: an end-of-generation
+    /// token sampled there ends generation; elsewhere the grammar itself asked for it.
+    may_end: bool,
 }
 
 impl std::fmt::Debug for GrammarState {
@@ -186,25 +199,49 @@ impl GrammarState {
         self.matcher.is_stopped()
     }
 
-    /// Sets the logit of every token the grammar does not allow next to minus infinity. Every
-    /// end-of-generation token is allowed exactly when the grammar may end here.
-    pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), EngineError> {
+    /// Writes `row` into `out` with minus infinity for every token the grammar does not allow
+    /// next. End-of-generation tokens are allowed where the grammar may end (with `ignore_eos`,
+    /// only if nothing else may follow) and where the grammar names them itself.
+    pub fn mask(
+        &mut self,
+        row: &[f32],
+        out: &mut Vec<f32>,
+        ignore_eos: bool,
+    ) -> Result<(), EngineError> {
         let mask = self
             .matcher
             .compute_mask()
             .map_err(|e| EngineError::Grammar(e.to_string()))?;
-        let may_end = self.matcher.is_accepting().unwrap_or(false);
-        for (id, logit) in logits.iter_mut().enumerate() {
-            let allowed = if self.end_of_generation.binary_search(&(id as u32)).is_ok() {
-                may_end
+        self.may_end = self.matcher.is_accepting().unwrap_or(false);
+        out.clear();
+        out.resize(row.len(), f32::NEG_INFINITY);
+        // Masks are sparse: copy the allowed logits rather than test every token.
+        let end_of_generation = &self.end_of_generation;
+        let mut others = false;
+        mask.iter_set_entries(|id| {
+            if let (Some(o), Some(&l)) = (out.get_mut(id), row.get(id)) {
+                *o = l;
+                others |= end_of_generation.binary_search(&(id as u32)).is_err();
+            }
+        });
+        for &id in end_of_generation {
+            let allowed = if self.may_end {
+                !ignore_eos || !others
             } else {
-                mask.is_allowed(id as u32)
+                // A grammar that spells out an end token (`... <|im_end|>`) gets it.
+                mask.is_allowed(id)
             };
-            if !allowed {
-                *logit = f32::NEG_INFINITY;
+            if let (Some(o), Some(&l)) = (out.get_mut(id as usize), row.get(id as usize)) {
+                *o = if allowed { l } else { f32::NEG_INFINITY };
             }
         }
         Ok(())
+    }
+
+    /// Whether an end-of-generation token sampled from the last mask ends generation (the
+    /// grammar could end there) rather than being one of the grammar's own tokens.
+    pub fn ends_here(&self) -> bool {
+        self.may_end
     }
 
     /// Moves past a sampled token (one the mask allowed).

@@ -211,9 +211,7 @@ impl SequenceState {
                 .into());
             }
             (Logits::Row(row), Some(grammar)) => {
-                self.masked.clear();
-                self.masked.extend_from_slice(row);
-                grammar.mask(&mut self.masked)?;
+                grammar.mask(row, &mut self.masked, self.params.ignore_eos)?;
                 self.sampler
                     .sample(&self.masked, &self.history)
                     .map_err(|e| match e {
@@ -232,8 +230,13 @@ impl SequenceState {
             logprob,
             ..Default::default()
         };
-        // Under a grammar an end-of-generation token was allowed only where the grammar may end.
-        let ends = !self.params.ignore_eos || self.grammar.is_some();
+        // Under a grammar an end-of-generation token ends generation where the grammar may end
+        // (the mask allowed it there only if nothing else may follow, with `ignore_eos`);
+        // elsewhere the grammar spelled it out, and it is one of its tokens.
+        let ends = match &self.grammar {
+            Some(g) => g.ends_here(),
+            None => !self.params.ignore_eos,
+        };
         if ends && tokenizer.is_end_of_generation(token) {
             self.text.push_str(&self.decoder.finish());
             out.text = self.text[self.sent..].to_string();

@@ -899,6 +899,7 @@ impl Scheduler {
 
         let vocab = self.model.config().n_vocab as usize;
         let mut finished = Vec::new();
+        let mut failed = Vec::new();
         let mut n_generated = 0u64;
         let (mut n_drafted, mut n_draft_accepted) = (0u64, 0u64);
         let tokenizer = self.model.shared_tokenizer();
@@ -927,9 +928,15 @@ impl Scheduler {
                     ),
                     _ => return Err(EngineError::NoCandidates.into()),
                 };
-                let step = r
-                    .state
-                    .advance(&tokenizer, logits, r.n_cached < self.n_ctx)?;
+                // A sequence that cannot go on (its grammar failed) fails alone; the step's
+                // other sequences keep what they got.
+                let step = match r.state.advance(&tokenizer, logits, r.n_cached < self.n_ctx) {
+                    Ok(step) => step,
+                    Err(err) => {
+                        failed.push((e.index, err.to_string()));
+                        break;
+                    }
+                };
                 let now = Instant::now();
                 if step.token.is_some() {
                     n_generated += 1;
@@ -987,10 +994,26 @@ impl Scheduler {
                 m.decode_tokens_per_second = n_generated as f64 / seconds;
             }
         });
-        finished.sort_unstable_by_key(|(i, _)| *i);
-        for (i, stop) in finished.into_iter().rev() {
+        let mut leaving: Vec<(usize, Result<StopReason, String>)> = finished
+            .into_iter()
+            .map(|(i, stop)| (i, Ok(stop)))
+            .chain(failed.into_iter().map(|(i, e)| (i, Err(e))))
+            .collect();
+        leaving.sort_unstable_by_key(|(i, _)| *i);
+        for (i, end) in leaving.into_iter().rev() {
             let r = self.running.swap_remove(i);
-            self.finish(handle, r, stop);
+            match end {
+                Ok(stop) => self.finish(handle, r, stop),
+                Err(message) => {
+                    tracing::warn!("request failed: {message}");
+                    handle.update(|m| m.requests_failed += 1);
+                    let events = r.job.events.clone();
+                    // Slot and pages first: whoever sees the stream end sees them free.
+                    self.retire(r);
+                    self.publish(handle);
+                    let _ = events.unbounded_send(Event::Failed(message));
+                }
+            }
         }
         Ok(())
     }

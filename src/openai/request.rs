@@ -244,6 +244,11 @@ fn logit_bias(f: &Fields) -> Result<Vec<(u32, f32)>, ApiError> {
         }
         out.push((id, b as f32));
     }
+    // "5" and "05" name one token: the later says its bias, as for a repeated key.
+    out.reverse();
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|(id, _)| seen.insert(*id));
+    out.reverse();
     Ok(out)
 }
 
@@ -592,6 +597,18 @@ mod tests {
         assert_eq!(params.sampling.seed, Some(u64::MAX));
         assert_eq!(params.stop, vec!["x".to_string()]);
         assert_eq!(p.request.logprobs, Some(3));
+    }
+
+    #[test]
+    fn logit_bias_maps_ids_once() {
+        let p = chat(
+            &json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "logit_bias": {"5": -100, "07": 3.5, "7": 1}}),
+        )
+        .unwrap();
+        let mut bias = p.request.params.sampling.logit_bias;
+        bias.sort_by_key(|b| b.0);
+        assert_eq!(bias, vec![(5, -100.0), (7, 1.0)]);
     }
 
     #[test]

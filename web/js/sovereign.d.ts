@@ -69,6 +69,8 @@ export interface SamplingFields {
   stop?: string | string[];
   logprobs?: boolean;
   stream?: boolean;
+  /** Token id (as a string) to a bias in [-100, 100] added to its logit. */
+  logit_bias?: Record<string, number>;
   /** Structured output: any JSON object, or JSON valid against a schema. */
   response_format?:
     | { type: 'text' }
