@@ -16,10 +16,16 @@ use sovereign::model::LoadOptions;
 use sovereign::tokenizer::ChatMessage;
 
 fn model(n_seq: u32) -> Model {
+    model_with(n_seq, 512)
+}
+
+/// `n_seq` sequence slots sharing a KV pool of one context of `n_ctx` positions.
+fn model_with(n_seq: u32, n_ctx: u32) -> Model {
     let file = GgufFile::open(model_path()).unwrap();
     let load = LoadOptions {
-        n_ctx: Some(512),
+        n_ctx: Some(n_ctx),
         n_seq,
+        kv_tokens: Some(n_ctx),
         ..Default::default()
     };
     pollster::block_on(Model::load(
@@ -74,6 +80,7 @@ fn run(
 fn drafts_change_nothing_but_the_number_of_steps() {
     let mut model = model(1);
     let copy = chat(&model, COPY);
+    // 16 asks for more than a step keeps exact: the engine drafts at most max_exact_run - 1.
     for sampling in [SamplingParams::greedy(), sampled(3), sampled(11)] {
         let plain = run(
             &mut model,
@@ -85,7 +92,7 @@ fn drafts_change_nothing_but_the_number_of_steps() {
             &mut model,
             &mut Session::new(),
             &copy,
-            &params(8, sampling.clone(), 64),
+            &params(16, sampling.clone(), 64),
         );
         assert_eq!(drafted.text, plain.text, "{sampling:?}");
         assert_eq!(drafted.tokens, plain.tokens);
@@ -252,4 +259,60 @@ fn batched_drafts_keep_every_stream_exact() {
     );
     assert_eq!(m.running_sequences, 0);
     assert_eq!(m.kv_pages_used, 0, "finished sequences still hold pages");
+}
+
+/// With the pages short, drafts take only what is free: they preempt no one, and every page
+/// taken for a draft that was not kept goes back.
+#[test]
+fn drafts_take_no_page_another_sequence_needs() {
+    let run_all = |draft: usize| {
+        let engine = Engine::start(
+            model_with(2, 128),
+            EngineOptions {
+                draft,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let h = engine.handle();
+        let prompts = [COPY, COPY];
+        let streams: Vec<RequestStream> = prompts
+            .iter()
+            .map(|p| {
+                h.submit(Request {
+                    prompt: Prompt::Chat(vec![ChatMessage::new("user", *p)]),
+                    params: params(0, SamplingParams::greedy(), 40),
+                    logprobs: None,
+                })
+                .unwrap()
+            })
+            .collect();
+        let mut texts = Vec::new();
+        for mut stream in streams {
+            let mut text = String::new();
+            loop {
+                match pollster::block_on(stream.next()).unwrap() {
+                    Event::Delta { text: t, .. } => text.push_str(&t),
+                    Event::Finished { .. } => break,
+                    Event::Failed(e) => panic!("{e}"),
+                    Event::Started { .. } => {}
+                }
+            }
+            texts.push(text);
+        }
+        let m = h.metrics();
+        assert_eq!(m.kv_pages_used, 0, "finished sequences still hold pages");
+        (texts, m.requests_preempted, m.draft_tokens_accepted)
+    };
+    let (plain, preempted_plain, _) = run_all(0);
+    let (drafted, preempted, accepted) = run_all(6);
+    assert_eq!(drafted, plain);
+    // Two sequences of about 90 positions (the first 3 pages shared) in 8 pages of 16: they
+    // take turns either way.
+    assert!(preempted_plain > 0, "the pool was not short");
+    assert!(
+        preempted <= preempted_plain,
+        "drafts preempted: {preempted} against {preempted_plain}"
+    );
+    assert!(accepted > 0);
 }

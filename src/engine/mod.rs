@@ -293,7 +293,13 @@ impl Session {
         } else {
             Output::AllLogits
         };
-        let max_rows = model.llama.max_logit_rows().min(model.llama.max_batch()) as usize;
+        // A drafted step stays as short as the kernels keep exact (the logits of one-token steps).
+        let max_run = model
+            .llama
+            .max_logit_rows()
+            .min(model.llama.max_batch())
+            .min(model.llama.max_exact_run())
+            .min(model.llama.max_exact_step()) as usize;
         let vocab = model.config().n_vocab as usize;
         // Tokens the last step ran after its first, as guesses: row j of its output comes
         // after drafts[..j].
@@ -322,6 +328,11 @@ impl Session {
                     // Row j's token would be run at `pos`: the accepted drafts before it moved
                     // `pos` on.
                     let step = seq.advance(&model.tokenizer, logits, pos < n_ctx)?;
+                    // Row j checks draft j (if any) against its token; rows after an end check
+                    // nothing.
+                    if step.finished.is_none() {
+                        n_drafted += usize::from(j < drafts.len());
+                    }
                     if on_step(&step).is_break() {
                         break 'steps StopReason::Cancelled;
                     }
@@ -346,8 +357,7 @@ impl Session {
                     return Err(EngineError::NoCandidates.into());
                 };
                 seq.drafts_checked(drafts.len(), accepted);
-                drafts = seq.draft(n_ctx.saturating_sub(pos + 1).min(max_rows - 1));
-                n_drafted += drafts.len();
+                drafts = seq.draft(n_ctx.saturating_sub(pos + 1).min(max_run.saturating_sub(1)));
                 let mut run = Vec::with_capacity(1 + drafts.len());
                 run.push(token);
                 run.extend_from_slice(&drafts);

@@ -791,19 +791,7 @@ impl Scheduler {
                     n_out += 1;
                 }
             }
-            // Then their drafts, in what the batch has left after every sequence's next token.
-            for e in entries.iter_mut() {
-                let r = &self.running[e.index];
-                let room = (self.n_ctx - 1)
-                    .saturating_sub(e.start)
-                    .min(budget)
-                    .min(self.max_out - n_out);
-                let drafts = r.state.draft(room);
-                budget -= drafts.len();
-                n_out += drafts.len();
-                e.drafted = drafts.len();
-                e.tokens.extend(drafts);
-            }
+
             // Then prompts, in arrival order, in chunks that fill the rest of the batch.
             if !entries.is_empty() {
                 budget = budget.min(self.prefill_chunk);
@@ -846,7 +834,57 @@ impl Scheduler {
                     }
                 }
             }
+            self.add_drafts(&mut entries, &mut copies, n_out);
             return Some((entries, copies));
+        }
+    }
+
+    /// Drafts for the decoding sequences of a step that holds nothing else, in what the batch,
+    /// the logit rows and the free pages leave: a draft never takes a page another sequence
+    /// needs (nothing is preempted for one), and the step stays one the kernels run as exactly
+    /// as one-token steps (runs of up to `max_exact_run` tokens, a step of at most
+    /// `max_exact_step`), so drafts change no sequence's logits.
+    fn add_drafts(&mut self, entries: &mut [Entry], copies: &mut Vec<PageCopy>, n_out: usize) {
+        if entries
+            .iter()
+            .any(|e| self.running[e.index].pending.is_none())
+        {
+            return;
+        }
+        let llama = self.model.llama();
+        let max_run = llama.max_exact_run() as usize;
+        let mut room_in_step = (llama.max_exact_step() as usize)
+            .min(self.max_batch)
+            .saturating_sub(entries.len());
+        let mut rows = self.max_out.saturating_sub(n_out);
+        let page_size = self.kv.page_size();
+        for e in entries.iter_mut() {
+            let r = &self.running[e.index];
+            let room = (self.n_ctx - 1)
+                .saturating_sub(e.start)
+                .min(max_run.saturating_sub(1))
+                .min(room_in_step)
+                .min(rows);
+            if room == 0 {
+                continue;
+            }
+            let mut drafts = r.state.draft(room);
+            if drafts.is_empty() {
+                continue;
+            }
+            // Pages the sequence holds beyond its next token first; new ones only if free.
+            let held = self.kv.pages(r.id).map_or(0, |p| p.len()) * page_size;
+            let end = e.start + 1 + drafts.len();
+            if end > held {
+                match self.kv.reserve(r.id, end) {
+                    Ok(c) => copies.extend(c),
+                    Err(_) => drafts.truncate(held.saturating_sub(e.start + 1)),
+                }
+            }
+            room_in_step -= drafts.len();
+            rows -= drafts.len();
+            e.drafted = drafts.len();
+            e.tokens.extend(drafts);
         }
     }
 
@@ -918,7 +956,7 @@ impl Scheduler {
             if !e.output {
                 continue;
             }
-            let mut accepted = 0;
+            let (mut accepted, mut checked) = (0, 0);
             for j in 0..=e.drafted {
                 let logits = match &forward {
                     Forward::Tokens(ids) => Logits::Argmax(ids.get(row + j).copied().unwrap_or(0)),
@@ -937,6 +975,10 @@ impl Scheduler {
                         break;
                     }
                 };
+                // Row j checks draft j (if any); rows after an end check nothing.
+                if step.finished.is_none() && j < e.drafted {
+                    checked += 1;
+                }
                 let now = Instant::now();
                 if step.token.is_some() {
                     n_generated += 1;
@@ -982,8 +1024,14 @@ impl Scheduler {
                 }
             }
             row += e.drafted + 1;
+            if e.drafted > 0 {
+                // Pages taken only for drafts that were not kept go back to the pool.
+                self.kv
+                    .trim(r.id)
+                    .map_err(|e| EngineError::Stopped(e.to_string()))?;
+            }
             r.state.drafts_checked(e.drafted, accepted);
-            n_drafted += e.drafted as u64;
+            n_drafted += checked as u64;
             n_draft_accepted += accepted as u64;
         }
         handle.update(|m| {

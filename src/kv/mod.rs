@@ -305,6 +305,22 @@ impl KvCache {
         Ok(())
     }
 
+    /// Gives back the pages `id` holds past its last position (taken for drafted tokens that
+    /// were not kept).
+    pub fn trim(&mut self, id: SeqId) -> Result<(), KvError> {
+        let page_size = self.page_size;
+        let seq = self.seqs.get_mut(&id).ok_or(KvError::UnknownSequence(id))?;
+        let keep = seq.tokens.len().div_ceil(page_size);
+        if seq.pages.len() <= keep {
+            return Ok(());
+        }
+        let dropped: Vec<u32> = seq.pages.drain(keep..).collect();
+        for p in dropped {
+            self.drop_ref(p);
+        }
+        Ok(())
+    }
+
     /// Shrinks `id` back to `len` positions (dropping what a step wrote but the sequence did
     /// not keep). Pages past the new end are released.
     pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<(), KvError> {
@@ -375,6 +391,25 @@ mod tests {
         // Two full pages stay cached for reuse, the partial one is free again.
         let s = kv.stats();
         assert_eq!((s.pages_used, s.pages_cached, s.pages_free), (0, 2, 6));
+    }
+
+    #[test]
+    fn pages_reserved_past_the_end_go_back_on_trim() {
+        let mut kv = KvCache::new(8, 4, 8);
+        kv.add_sequence(1, &toks(0..5)).unwrap();
+        kv.reserve(1, 5).unwrap();
+        kv.commit(1, &toks(0..5)).unwrap();
+        // Room for six drafted positions past the fifth: two more pages.
+        kv.reserve(1, 12).unwrap();
+        assert_eq!(kv.pages(1).unwrap().len(), 3);
+        // One draft kept: six positions need the two pages held before the drafts.
+        kv.commit(1, &[5]).unwrap();
+        kv.trim(1).unwrap();
+        assert_eq!(kv.pages(1).unwrap().len(), 2);
+        assert_eq!(kv.stats().pages_free, 6);
+        kv.trim(1).unwrap();
+        assert_eq!(kv.pages(1).unwrap().len(), 2);
+        assert!(kv.trim(9).is_err());
     }
 
     #[test]

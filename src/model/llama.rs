@@ -714,6 +714,18 @@ impl LlamaGpu {
         self.logit_rows
     }
 
+    /// The most tokens of one sequence a step runs with the logits of one-token steps: longer
+    /// runs take the prefill attention, which sums in another order. Drafted steps stay within.
+    pub fn max_exact_run(&self) -> u32 {
+        VECTOR_MAX_TOKENS - 1
+    }
+
+    /// The most tokens a step of one-token and drafted runs may hold and still take the decode
+    /// layers: past it the prefill products take over, which round differently on GPUs.
+    pub fn max_exact_step(&self) -> u32 {
+        self.decode_below.saturating_sub(1).max(1)
+    }
+
     /// Pages in the KV pool.
     pub fn n_pages(&self) -> u32 {
         self.n_pages
