@@ -304,6 +304,8 @@ impl Session {
         // Tokens the last step ran after its first, as guesses: row j of its output comes
         // after drafts[..j].
         let mut drafts: Vec<u32> = Vec::new();
+        // The next step's tokens: the sampled one and its drafts (one buffer for every step).
+        let mut run = Vec::new();
         let (mut n_drafted, mut n_draft_accepted) = (0, 0);
         // -n 0 runs the prompt (into the cache) and samples nothing, as in llama.cpp.
         let stop = if params.max_tokens == Some(0) {
@@ -313,18 +315,8 @@ impl Session {
                 let mut next = None;
                 let mut accepted = 0;
                 for j in 0..=drafts.len() {
-                    let logits = match &result {
-                        Forward::Token(t) if j == 0 => Logits::Argmax(*t),
-                        Forward::Tokens(ids) => match ids.get(j) {
-                            Some(&t) => Logits::Argmax(t),
-                            None => return Err(EngineError::NoCandidates.into()),
-                        },
-                        Forward::Logits(l) => match l.get(j * vocab..(j + 1) * vocab) {
-                            Some(row) => Logits::Row(row),
-                            None => return Err(EngineError::NoCandidates.into()),
-                        },
-                        _ => return Err(EngineError::NoCandidates.into()),
-                    };
+                    let logits =
+                        Logits::of_row(&result, j, vocab).ok_or(EngineError::NoCandidates)?;
                     // Row j's token would be run at `pos`: the accepted drafts before it moved
                     // `pos` on.
                     let step = seq.advance(&model.tokenizer, logits, pos < n_ctx)?;
@@ -358,7 +350,7 @@ impl Session {
                 };
                 seq.drafts_checked(drafts.len(), accepted);
                 drafts = seq.draft(n_ctx.saturating_sub(pos + 1).min(max_run.saturating_sub(1)));
-                let mut run = Vec::with_capacity(1 + drafts.len());
+                run.clear();
                 run.push(token);
                 run.extend_from_slice(&drafts);
                 let out = if drafts.is_empty() {

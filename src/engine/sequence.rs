@@ -5,6 +5,7 @@ use super::grammar::{GrammarState, Grammars};
 use super::sampler::Sampler;
 use super::{EngineError, GenerateParams, StopReason};
 use crate::Result;
+use crate::model::llama::Forward;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Most alternatives a request may ask logprobs for (OpenAI's limit).
@@ -17,6 +18,18 @@ pub enum Logits<'a> {
     Argmax(u32),
     /// The whole row of logits.
     Row(&'a [f32]),
+}
+
+impl<'a> Logits<'a> {
+    /// Output row `row` of a step whose rows hold `vocab` logits each, if the step has it.
+    pub fn of_row(forward: &'a Forward, row: usize, vocab: usize) -> Option<Self> {
+        match forward {
+            Forward::Token(t) if row == 0 => Some(Logits::Argmax(*t)),
+            Forward::Tokens(ids) => ids.get(row).map(|&t| Logits::Argmax(t)),
+            Forward::Logits(l) => l.get(row * vocab..(row + 1) * vocab).map(Logits::Row),
+            _ => None,
+        }
+    }
 }
 
 /// A generated token's log-probability and the most likely alternatives at its step.

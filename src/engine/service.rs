@@ -16,7 +16,7 @@ use super::{EngineError, GenerateParams, Grammars, Model, StopReason};
 use crate::Result;
 use crate::kernels::StepInput;
 use crate::kv::{KvCache, SeqId};
-use crate::model::llama::{Forward, PageCopy, StepOutput};
+use crate::model::llama::{PageCopy, StepOutput};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 /// What to run.
@@ -958,14 +958,8 @@ impl Scheduler {
             }
             let (mut accepted, mut checked) = (0, 0);
             for j in 0..=e.drafted {
-                let logits = match &forward {
-                    Forward::Tokens(ids) => Logits::Argmax(ids.get(row + j).copied().unwrap_or(0)),
-                    Forward::Logits(l) => Logits::Row(
-                        l.get((row + j) * vocab..(row + j + 1) * vocab)
-                            .unwrap_or(&[]),
-                    ),
-                    _ => return Err(EngineError::NoCandidates.into()),
-                };
+                let logits =
+                    Logits::of_row(&forward, row + j, vocab).ok_or(EngineError::NoCandidates)?;
                 // A sequence that cannot go on (its grammar failed) fails alone; the step's
                 // other sequences keep what they got.
                 let step = match r.state.advance(&tokenizer, logits, r.n_cached < self.n_ctx) {
