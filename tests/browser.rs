@@ -177,6 +177,21 @@ fn demo_page_in_chromium_matches_the_native_engine() {
         content == r#"{"answer": "yes"}"# || content == r#"{"answer": "no"}"#,
         "{structured}"
     );
+    // A tool call in the browser, gathered from the stream by the JS API.
+    let tool_call = &report["tool_call"];
+    assert_eq!(tool_call["finish_reason"], "tool_calls", "{tool_call}");
+    assert!(tool_call["message"]["content"].is_null(), "{tool_call}");
+    let call = &tool_call["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather", "{tool_call}");
+    let args: serde_json::Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("arguments are not JSON ({e}): {tool_call}"));
+    assert!(args["city"].is_string(), "{tool_call}");
+    assert!(
+        call["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("call_"))
+    );
     let bad = &report["bad_schema"];
     assert_eq!(bad["status"], 400, "{bad}");
     assert_eq!(bad["param"], "response_format", "{bad}");

@@ -654,8 +654,45 @@ fn bad_requests_get_openai_errors_and_never_reach_the_engine() {
         ),
         (
             chat(json!({"tools": [{"type": "function"}]})),
-            "tools",
+            "tools[0].function",
+            "missing_required_parameter",
+        ),
+        (
+            chat(json!({"tools": [{"type": "function", "function": {"name": "a b"}}]})),
+            "tools[0].function.name",
+            "invalid_value",
+        ),
+        (
+            chat(
+                json!({"tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            ),
+            "tool_choice.function.name",
+            "invalid_value",
+        ),
+        (
+            chat(json!({"tool_choice": "required"})),
+            "tool_choice",
+            "invalid_value",
+        ),
+        (
+            chat(json!({"messages": [{"role": "tool", "tool_call_id": "x", "content": "1"}]})),
+            "messages[0].tool_call_id",
+            "invalid_value",
+        ),
+        (
+            chat(json!({"functions": [{"name": "f"}]})),
+            "functions",
             "unsupported_parameter",
+        ),
+        // A tool's schema that the grammar engine cannot read names the tools.
+        (
+            chat(
+                json!({"tools": [{"type": "function", "function": {"name": "f",
+                "parameters": {"type": "strnig"}}}]}),
+            ),
+            "tools",
+            "invalid_value",
         ),
         (
             chat(json!({"logit_bias": {"x": 1}})),
@@ -880,6 +917,145 @@ fn logit_bias_bans_and_forces_tokens() {
     }
 }
 
+/// Tools: a call with arguments valid against the tool's schema, whole or streamed; the
+/// result of a call answered in words; a named tool called even where another fits better.
+#[test]
+fn tools_are_called_and_their_results_answered() {
+    let server = main_server();
+    let _engine = exclusive();
+    let port = server.port;
+    let weather = json!({"type": "function", "function": {"name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"]}}});
+    let time = json!({"type": "function", "function": {"name": "get_time",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 30}},
+            "required": ["zone"]}}});
+    let ask = json!([{"role": "user", "content": "What is the weather like in Paris?"}]);
+    let body = |choice: Value, stream: bool| {
+        chat(
+            json!({"messages": ask, "tools": [weather, time], "tool_choice": choice,
+            "temperature": 0, "max_tokens": 60, "stream": stream}),
+        )
+    };
+    let check_call = |call: &Value, name: &str| -> Value {
+        assert_eq!(call["type"], "function", "{call}");
+        assert!(
+            call["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("call_")),
+            "{call}"
+        );
+        assert_eq!(call["function"]["name"], name, "{call}");
+        let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("arguments are not JSON ({e}): {call}"));
+        args
+    };
+
+    let r = post(
+        port,
+        "/v1/chat/completions",
+        &body(json!("required"), false),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    assert!(choice["message"]["content"].is_null(), "{v}");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{v}");
+    let args = check_call(&calls[0], "get_weather");
+    let keys: Vec<&String> = args.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["city", "unit"], "{args}");
+    assert!(args["city"].as_str().unwrap().contains("Paris"), "{args}");
+    assert!(["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()));
+
+    // Streamed: the same call in one delta with its index, then the finish reason.
+    let r = post(port, "/v1/chat/completions", &body(json!("required"), true));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chunks: Vec<Value> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(deltas.len(), 1, "{}", r.body);
+    assert_eq!(deltas[0]["index"], 0);
+    assert_eq!(check_call(deltas[0], "get_weather"), args);
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+    let streamed_text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed_text, "", "{}", r.body);
+
+    // A named tool is the one called.
+    let named = json!({"type": "function", "function": {"name": "get_time"}});
+    let r = post(port, "/v1/chat/completions", &body(named, false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    let args = check_call(call, "get_time");
+    assert!(args["zone"].is_string(), "{v}");
+
+    // The call and its result go back; the model answers in words, streamed as it comes, and
+    // the stream's text is the whole reply's.
+    let mut messages = ask.as_array().unwrap().clone();
+    messages.push(
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+        "type": "function", "function": {"name": "get_weather",
+        "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}}]}),
+    );
+    messages.push(json!({"role": "tool", "tool_call_id": "call_1",
+        "content": "{\"temperature\": 21, \"sky\": \"sunny\"}"}));
+    let answer = |stream: bool| {
+        post(
+            port,
+            "/v1/chat/completions",
+            &chat(
+                json!({"messages": messages, "tools": [weather, time], "temperature": 0,
+                "max_tokens": 60, "stream": stream}),
+            ),
+        )
+    };
+    let r = answer(false);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let message = &v["choices"][0]["message"];
+    assert!(message.get("tool_calls").is_none(), "{v}");
+    let text = message["content"].as_str().unwrap();
+    assert!(!text.is_empty() && !text.contains("\"response\""), "{v}");
+    assert!(text.contains("21"), "the result is not in the answer: {v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    let r = answer(true);
+    let streamed: Vec<String> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| {
+            let c: Value = serde_json::from_str(d).unwrap();
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert!(streamed.len() > 1, "not streamed: {}", r.body);
+    assert_eq!(streamed.concat(), text);
+}
+
 /// Byte-level tokens that hold part of a character: their `bytes` rebuild the text, and the
 /// legacy offsets count characters of the text.
 #[test]
@@ -1063,6 +1239,11 @@ fn openai_client_concurrent_streams_match_solo_runs() {
 #[test]
 fn openai_client_structured_outputs() {
     python("structured", &[]);
+}
+
+#[test]
+fn openai_client_tool_calls() {
+    python("tools", &[]);
 }
 
 #[test]

@@ -146,15 +146,16 @@ impl ApiError {
         Self::new(500, ErrorType::ServerError, message)
     }
 
-    /// A refused submission, named after the request field the prompt came from
-    /// (`messages` or `prompt`).
-    pub fn from_submit(error: crate::Error, prompt_param: &str) -> Self {
+    /// A refused submission, named after the request field at fault: `prompt_param` for the
+    /// prompt (`messages` or `prompt`), `constraint_param` for a grammar (`response_format` or
+    /// `tools`).
+    pub fn from_submit(error: crate::Error, prompt_param: &str, constraint_param: &str) -> Self {
         use crate::Error as E;
         match error {
             E::Engine(EngineError::InvalidParameter { name, message }) => {
                 Self::invalid_value(&name, message)
             }
-            E::Engine(e @ EngineError::Grammar(_)) => Self::invalid_value("response_format", e),
+            E::Engine(e @ EngineError::Grammar(_)) => Self::invalid_value(constraint_param, e),
             E::Engine(EngineError::EmptyPrompt) => {
                 Self::invalid_value(prompt_param, "the prompt is empty")
             }

@@ -5,5 +5,6 @@
 pub mod error;
 pub mod request;
 pub mod response;
+pub mod tools;
 
 pub use error::{ApiError, ErrorType};

@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::tools::{self, Tool, ToolChoice, Tools};
 use crate::engine::service::{Prompt, Request};
 use crate::engine::{Constraint, GenerateParams, SamplingParams};
 use crate::tokenizer::ChatMessage;
@@ -23,6 +24,19 @@ pub struct Parsed {
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk with the usage.
     pub include_usage: bool,
+    /// The tools the reply may call (chat only); the reply is read back into calls.
+    pub tools: Option<Tools>,
+}
+
+impl Parsed {
+    /// The request field a grammar error is about.
+    pub fn constraint_param(&self) -> &'static str {
+        if self.tools.is_some() {
+            "tools"
+        } else {
+            "response_format"
+        }
+    }
 }
 
 /// The two generation endpoints.
@@ -167,7 +181,7 @@ impl<'a> Fields<'a> {
 /// answering something else than was asked.
 fn reject_unsupported(f: &Fields) -> Result<(), ApiError> {
     let set = |key: &str| f.get(key).is_some();
-    for key in ["tools", "functions", "function_call", "audio", "prediction"] {
+    for key in ["audio", "prediction"] {
         if set(key) {
             return Err(ApiError::unsupported(
                 key,
@@ -175,13 +189,13 @@ fn reject_unsupported(f: &Fields) -> Result<(), ApiError> {
             ));
         }
     }
-    if let Some(choice) = f.get("tool_choice")
-        && choice.as_str() != Some("none")
-    {
-        return Err(ApiError::unsupported(
-            "tool_choice",
-            "this server does not support tools.",
-        ));
+    for key in ["functions", "function_call"] {
+        if set(key) {
+            return Err(ApiError::unsupported(
+                key,
+                "the deprecated functions are not supported; use 'tools'.",
+            ));
+        }
     }
     if let Some(modalities) = f.get("modalities") {
         let text_only = modalities
@@ -396,7 +410,180 @@ fn common(f: &Fields, default_max_tokens: Option<u32>) -> Result<Parsed, ApiErro
         },
         stream,
         include_usage,
+        tools: None,
     })
+}
+
+/// Longest tool name OpenAI takes.
+const MAX_TOOL_NAME: usize = 64;
+
+/// `tools`, `tool_choice` and `parallel_tool_calls`: the tools in play, if any. `response` is
+/// what `response_format` asked of a direct reply.
+fn tools(f: &Fields, response: Option<&Constraint>) -> Result<Option<Tools>, ApiError> {
+    let list = match f.get("tools") {
+        None => Vec::new(),
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(ApiError::invalid_value(
+                "tools",
+                "an empty array: leave 'tools' out instead.",
+            ));
+        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| tool(item, &format!("tools[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(ApiError::invalid_type("tools", "an array")),
+    };
+    for (i, t) in list.iter().enumerate() {
+        if list[..i].iter().any(|o| o.name == t.name) {
+            return Err(ApiError::invalid_value(
+                &format!("tools[{i}].function.name"),
+                format!("{:?} names two tools.", t.name),
+            ));
+        }
+    }
+    let parallel = f.bool("parallel_tool_calls")?.unwrap_or(false);
+    let choice = match f.get("tool_choice") {
+        None if list.is_empty() => return Ok(None),
+        None => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => return Ok(None),
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::invalid_value(
+                    "tool_choice",
+                    format!(
+                        "{other:?} is not one of \"none\", \"auto\", \"required\" or a function."
+                    ),
+                ));
+            }
+        },
+        Some(choice @ Value::Object(_)) => {
+            let c = Fields::of(choice, "tool_choice")?;
+            match c.str("type")? {
+                Some("function") => {}
+                Some(other) => {
+                    return Err(ApiError::unsupported(
+                        &c.path("type"),
+                        format!("{other:?}: only functions can be chosen."),
+                    ));
+                }
+                None => return Err(ApiError::missing(&c.path("type"))),
+            }
+            let function = Fields::of(c.required("function")?, &c.path("function"))?;
+            let name = function
+                .str("name")?
+                .ok_or_else(|| ApiError::missing(&function.path("name")))?;
+            if !list.iter().any(|t| t.name == name) {
+                return Err(ApiError::invalid_value(
+                    &function.path("name"),
+                    format!("no tool is named {name:?}."),
+                ));
+            }
+            ToolChoice::Function(name.to_string())
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_type(
+                "tool_choice",
+                "a string or an object",
+            ));
+        }
+    };
+    if list.is_empty() {
+        return Err(ApiError::invalid_value(
+            "tool_choice",
+            "only allowed when 'tools' are given.",
+        ));
+    }
+    let response = match response {
+        None => serde_json::json!({"type": "string"}),
+        Some(Constraint::JsonSchema(schema)) => schema.clone(),
+        Some(_) => serde_json::json!({"type": "object"}),
+    };
+    Ok(Some(Tools {
+        tools: list,
+        choice,
+        parallel,
+        response,
+    }))
+}
+
+/// One of `tools`: `{"type": "function", "function": {"name", "description", "parameters"}}`.
+fn tool(item: &Value, path: &str) -> Result<Tool, ApiError> {
+    let t = Fields::of(item, path)?;
+    match t.str("type")? {
+        Some("function") => {}
+        Some(other) => {
+            return Err(ApiError::unsupported(
+                &t.path("type"),
+                format!("tools of type {other:?} are not supported; only functions."),
+            ));
+        }
+        None => return Err(ApiError::missing(&t.path("type"))),
+    }
+    let f = Fields::of(t.required("function")?, &t.path("function"))?;
+    let name = f
+        .str("name")?
+        .ok_or_else(|| ApiError::missing(&f.path("name")))?;
+    let name_ok = !name.is_empty()
+        && name.len() <= MAX_TOOL_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err(ApiError::invalid_value(
+            &f.path("name"),
+            format!(
+                "{name:?}: a name is 1 to {MAX_TOOL_NAME} letters, digits, underscores or dashes."
+            ),
+        ));
+    }
+    f.bool("strict")?;
+    let parameters = match f.get("parameters") {
+        None => serde_json::json!({"type": "object", "properties": {}}),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => return Err(ApiError::invalid_type(&f.path("parameters"), "an object")),
+    };
+    Ok(Tool {
+        name: name.to_string(),
+        description: f.str("description")?.map(str::to_string),
+        parameters,
+    })
+}
+
+/// An assistant turn's `tool_calls`: each call's name and arguments (parsed when they are JSON).
+fn assistant_calls(value: &Value, path: &str) -> Result<Vec<(String, String, Value)>, ApiError> {
+    let Value::Array(calls) = value else {
+        return Err(ApiError::invalid_type(path, "an array"));
+    };
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, call)| {
+            let c = Fields::of(call, &format!("{path}[{i}]"))?;
+            let id = c
+                .str("id")?
+                .ok_or_else(|| ApiError::missing(&c.path("id")))?;
+            if let Some(kind) = c.str("type")?
+                && kind != "function"
+            {
+                return Err(ApiError::unsupported(
+                    &c.path("type"),
+                    format!("calls of type {kind:?} are not supported; only functions."),
+                ));
+            }
+            let function = Fields::of(c.required("function")?, &c.path("function"))?;
+            let name = function
+                .str("name")?
+                .ok_or_else(|| ApiError::missing(&function.path("name")))?;
+            let arguments = function.str("arguments")?.unwrap_or("{}");
+            let arguments = serde_json::from_str(arguments)
+                .unwrap_or_else(|_| Value::String(arguments.to_string()));
+            Ok((id.to_string(), name.to_string(), arguments))
+        })
+        .collect()
 }
 
 fn message_content(value: &Value, path: &str) -> Result<String, ApiError> {
@@ -443,7 +630,9 @@ pub fn chat(body: &Value) -> Result<Parsed, ApiError> {
         Value::Array(m) => m,
         _ => return Err(ApiError::invalid_type("messages", "an array")),
     };
-    let mut conversation = Vec::with_capacity(messages.len());
+    let mut conversation = Vec::with_capacity(messages.len() + 1);
+    // Which tool each earlier call id named, for the results that answer them.
+    let mut call_names: Vec<(String, String)> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let path = format!("messages[{i}]");
         let m = Fields::of(m, &path)?;
@@ -454,18 +643,18 @@ pub fn chat(body: &Value) -> Result<Parsed, ApiError> {
         // OpenAI's newer name for the system role; chat templates know only `system`.
         let role = match role {
             "developer" => "system",
-            "system" | "user" | "assistant" => role,
+            "system" | "user" | "assistant" | "tool" => role,
             other => {
                 return Err(ApiError::invalid_value(
                     &m.path("role"),
-                    format!("{other:?} is not one of system, developer, user, assistant."),
+                    format!("{other:?} is not one of system, developer, user, assistant, tool."),
                 ));
             }
         };
-        if m.get("tool_calls").is_some() || m.get("function_call").is_some() {
+        if m.get("function_call").is_some() {
             return Err(ApiError::unsupported(
-                &m.path("tool_calls"),
-                "this server does not support tools.",
+                &m.path("function_call"),
+                "the deprecated functions are not supported; use 'tool_calls'.",
             ));
         }
         let content = match m.get("content") {
@@ -473,8 +662,46 @@ pub fn chat(body: &Value) -> Result<Parsed, ApiError> {
             None if role == "assistant" => String::new(),
             None => return Err(ApiError::missing(&m.path("content"))),
         };
-        conversation.push(ChatMessage::new(role, content));
+        match (role, m.get("tool_calls")) {
+            ("assistant", Some(calls)) => {
+                let calls = assistant_calls(calls, &m.path("tool_calls"))?;
+                let named: Vec<(String, Value)> = calls
+                    .iter()
+                    .map(|(_, name, args)| (name.clone(), args.clone()))
+                    .collect();
+                call_names.extend(calls.into_iter().map(|(id, name, _)| (id, name)));
+                conversation.push(tools::calls_message(&content, &named));
+            }
+            (_, Some(_)) => {
+                return Err(ApiError::invalid_value(
+                    &m.path("tool_calls"),
+                    "only assistant messages make tool calls.",
+                ));
+            }
+            ("tool", None) => {
+                let id = m
+                    .str("tool_call_id")?
+                    .ok_or_else(|| ApiError::missing(&m.path("tool_call_id")))?;
+                let name = match call_names.iter().rev().find(|(c, _)| c == id) {
+                    Some((_, name)) => name.clone(),
+                    None => {
+                        return Err(ApiError::invalid_value(
+                            &m.path("tool_call_id"),
+                            format!("{id:?} answers no tool call of an earlier assistant message."),
+                        ));
+                    }
+                };
+                conversation.push(tools::result_message(&name, &content));
+            }
+            (_, None) => conversation.push(ChatMessage::new(role, content)),
+        }
     }
+    let tools = tools(&f, parsed.request.params.constraint.as_ref())?;
+    if let Some(t) = &tools {
+        t.add_to(&mut conversation);
+        parsed.request.params.constraint = Some(t.constraint());
+    }
+    parsed.tools = tools;
     let logprobs = f.bool("logprobs")?.unwrap_or(false);
     let top = f.int_in("top_logprobs", 0, i128::from(MAX_TOP_LOGPROBS))?;
     if top.is_some() && !logprobs {
@@ -504,6 +731,14 @@ fn token_ids(items: &[Value], path: &str) -> Result<Vec<u32>, ApiError> {
 pub fn completion(body: &Value) -> Result<Parsed, ApiError> {
     let f = Fields::of(body, "")?;
     let mut parsed = common(&f, Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
+    for key in ["tools", "tool_choice", "parallel_tool_calls"] {
+        if f.get(key).is_some() {
+            return Err(ApiError::unsupported(
+                key,
+                "tools are for /v1/chat/completions.",
+            ));
+        }
+    }
     let one_prompt = || {
         ApiError::invalid_value(
             "prompt",
@@ -712,7 +947,12 @@ mod tests {
                 "top_logprobs",
                 "invalid_value",
             ),
-            (with("tools", json!([])), "tools", "unsupported_parameter"),
+            (with("tools", json!([])), "tools", "invalid_value"),
+            (
+                with("functions", json!([])),
+                "functions",
+                "unsupported_parameter",
+            ),
             (
                 with("stream_options", json!({"include_usage": true})),
                 "stream_options",

@@ -6,6 +6,7 @@ use serde_json::Map;
 use crate::engine::StopReason;
 use crate::engine::TokenLogprob;
 use crate::engine::service::{ModelInfo, Usage};
+use crate::openai::tools::ToolCall;
 
 /// OpenAI's stand-in for a log-probability of minus infinity, which JSON cannot hold.
 const NEG_INF_LOGPROB: f32 = -9999.0;
@@ -101,7 +102,56 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the reply is tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallBody>,
+}
+
+/// A tool call, in a message or (with its `index`) in a stream's delta.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text.
+    pub arguments: String,
+}
+
+impl ToolCallBody {
+    /// The calls of a reply; `indexed` for a stream's delta.
+    pub fn list(calls: &[ToolCall], indexed: bool) -> Vec<ToolCallBody> {
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ToolCallBody {
+                index: indexed.then_some(i),
+                id: c.id.clone(),
+                kind: "function",
+                function: FunctionCall {
+                    name: c.name.clone(),
+                    arguments: c.arguments.clone(),
+                },
+            })
+            .collect()
+    }
+}
+
+/// `tool_calls` when the reply called tools, else as [`finish_reason`] says.
+pub fn chat_finish_reason(stop: &StopReason, calls: &[ToolCall]) -> &'static str {
+    if calls.is_empty() {
+        finish_reason(stop)
+    } else {
+        "tool_calls"
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -129,6 +179,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallBody>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -20,6 +20,7 @@ use crate::engine::TokenLogprob;
 use crate::engine::service::{Event, RequestStream, Timings, Usage};
 use crate::openai::request::{self, Endpoint, Parsed};
 use crate::openai::response::*;
+use crate::openai::tools::ReplyParser;
 
 const FINGERPRINT: &str = concat!("sovereign-", env!("CARGO_PKG_VERSION"));
 
@@ -87,17 +88,19 @@ async fn generate(
     };
     // Templating and tokenizing a long prompt takes a while: keep it off the async workers.
     let engine = state.engine.clone();
+    let constraint_param = parsed.constraint_param();
+    let reply = parsed.tools.as_ref().map(ReplyParser::new);
     let request = parsed.request;
     let events = tokio::task::spawn_blocking(move || engine.submit(request))
         .await
         .map_err(|e| ApiError::internal(format!("the request was lost: {e}")))?
-        .map_err(|e| ApiError::from_submit(e, endpoint.prompt_param()))?;
+        .map_err(|e| ApiError::from_submit(e, endpoint.prompt_param(), constraint_param))?;
     if parsed.stream {
-        Ok(stream(events, meta, endpoint, parsed.include_usage).into_response())
+        Ok(stream(events, meta, endpoint, parsed.include_usage, reply).into_response())
     } else {
         let done = collect(events, &meta.id).await?;
         Ok(match endpoint {
-            Endpoint::Chat => Json(chat_body(done, meta)).into_response(),
+            Endpoint::Chat => Json(chat_body(done, meta, reply)).into_response(),
             Endpoint::Completions => Json(text_body(done, meta)).into_response(),
         })
     }
@@ -160,10 +163,18 @@ async fn collect(mut events: RequestStream, id: &str) -> Result<Collected, ApiEr
     }
 }
 
-fn chat_body(done: Collected, meta: Meta) -> ChatCompletion {
+fn chat_body(done: Collected, meta: Meta, reply: Option<ReplyParser>) -> ChatCompletion {
     let logprobs = meta.logprobs.then(|| ChatLogprobs {
         content: done.logprobs.iter().map(ChatTokenLogprob::from).collect(),
     });
+    let (content, calls) = match reply {
+        Some(mut reply) => {
+            reply.push(&done.text);
+            let (reply, _) = reply.finish();
+            (reply.content, reply.tool_calls)
+        }
+        None => (Some(done.text), Vec::new()),
+    };
     ChatCompletion {
         id: meta.id,
         object: "chat.completion",
@@ -174,10 +185,11 @@ fn chat_body(done: Collected, meta: Meta) -> ChatCompletion {
             index: 0,
             message: AssistantMessage {
                 role: "assistant",
-                content: done.text,
+                content,
+                tool_calls: ToolCallBody::list(&calls, false),
             },
             logprobs,
-            finish_reason: finish_reason(&done.stop),
+            finish_reason: chat_finish_reason(&done.stop, &calls),
         }],
         usage: done.usage.into(),
     }
@@ -218,6 +230,8 @@ struct Streamer {
     role_sent: bool,
     /// Where the next token starts in the completion (the legacy logprobs' `text_offset`).
     offsets: TextOffsets,
+    /// Reads a reply that may call tools.
+    reply: Option<ReplyParser>,
     done: bool,
 }
 
@@ -286,6 +300,7 @@ impl Streamer {
                 Delta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    tool_calls: None,
                 },
                 None,
                 None,
@@ -294,6 +309,11 @@ impl Streamer {
     }
 
     fn delta(&mut self, text: String, logprob: Option<TokenLogprob>, out: &mut Vec<sse::Event>) {
+        // A reply that may call tools streams the text of a direct answer only.
+        let text = match &mut self.reply {
+            Some(reply) => reply.push(&text),
+            None => text,
+        };
         // A token whose text is held back (it may start a stop string) has nothing to say unless
         // its log-probability was asked for (the engine reports them only then).
         if text.is_empty() && logprob.is_none() {
@@ -307,8 +327,8 @@ impl Streamer {
                 });
                 self.chat_chunk(
                     Delta {
-                        role: None,
                         content: Some(text),
+                        ..Delta::default()
                     },
                     logprobs,
                     None,
@@ -328,7 +348,31 @@ impl Streamer {
 
     fn finish(&mut self, stop: &StopReason, usage: Usage, out: &mut Vec<sse::Event>) {
         self.role_chunk(out);
-        let reason = Some(finish_reason(stop));
+        let mut reason = Some(finish_reason(stop));
+        if let Some(reply) = &self.reply {
+            let (reply, unsent) = reply.finish();
+            if !unsent.is_empty() {
+                out.push(self.chat_chunk(
+                    Delta {
+                        content: Some(unsent),
+                        ..Delta::default()
+                    },
+                    None,
+                    None,
+                ));
+            }
+            if !reply.tool_calls.is_empty() {
+                out.push(self.chat_chunk(
+                    Delta {
+                        tool_calls: Some(ToolCallBody::list(&reply.tool_calls, true)),
+                        ..Delta::default()
+                    },
+                    None,
+                    None,
+                ));
+            }
+            reason = Some(chat_finish_reason(stop, &reply.tool_calls));
+        }
         out.push(match self.endpoint {
             Endpoint::Chat => self.chat_chunk(Delta::default(), None, reason),
             Endpoint::Completions => self.text_chunk(String::new(), None, reason),
@@ -405,6 +449,7 @@ fn stream(
     meta: Meta,
     endpoint: Endpoint,
     include_usage: bool,
+    reply: Option<ReplyParser>,
 ) -> impl IntoResponse {
     let streamer = Streamer {
         events,
@@ -413,6 +458,7 @@ fn stream(
         include_usage,
         role_sent: false,
         offsets: TextOffsets::default(),
+        reply,
         done: false,
     };
     let chunks = futures_util::stream::unfold(streamer, |mut s| async move {

@@ -99,26 +99,49 @@ pub fn render_chat_template(
     let template = env
         .template_from_str(template)
         .map_err(|e| TokenizerError::ChatTemplate(describe(&e)))?;
-    let messages: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let mut map = BTreeMap::new();
-            map.insert("role", Value::from(m.role.as_str()));
-            map.insert("content", Value::from(m.content.as_str()));
-            Value::from(map)
-        })
-        .collect();
-    let mut ctx = BTreeMap::new();
-    ctx.insert("messages", Value::from(messages));
-    ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
-    ctx.insert("bos_token", Value::from(bos_token));
-    ctx.insert("eos_token", Value::from(eos_token));
-    // transformers passes these as None when the caller has none; templates test for that.
-    ctx.insert("tools", Value::from(()));
-    ctx.insert("documents", Value::from(()));
-    template
-        .render(Value::from(ctx))
-        .map_err(|e| TokenizerError::ChatTemplate(describe(&e)))
+    let render = |messages: &[ChatMessage], add_generation_prompt: bool| {
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                let mut map = BTreeMap::new();
+                map.insert("role", Value::from(m.role.as_str()));
+                map.insert("content", Value::from(m.content.as_str()));
+                Value::from(map)
+            })
+            .collect();
+        let mut ctx = BTreeMap::new();
+        ctx.insert("messages", Value::from(messages));
+        ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
+        ctx.insert("bos_token", Value::from(bos_token));
+        ctx.insert("eos_token", Value::from(eos_token));
+        // transformers passes these as None when the caller has none; templates test for that.
+        ctx.insert("tools", Value::from(()));
+        ctx.insert("documents", Value::from(()));
+        template.render(Value::from(ctx))
+    };
+    // Tool results go in as the user's words where the template has no turn for them (it
+    // fails on the role, or leaves the message out).
+    let tool_turns = messages.iter().any(|m| m.role == "tool") && {
+        const MARK: &str = "\u{1}tool result\u{1}";
+        let probe = [
+            ChatMessage::user("?"),
+            ChatMessage::assistant("!"),
+            ChatMessage::new("tool", MARK),
+        ];
+        render(&probe, false).is_ok_and(|text| text.contains(MARK))
+    };
+    let messages: Vec<ChatMessage> = if tool_turns || !messages.iter().any(|m| m.role == "tool") {
+        messages.to_vec()
+    } else {
+        messages
+            .iter()
+            .map(|m| match m.role.as_str() {
+                "tool" => ChatMessage::user(m.content.clone()),
+                _ => m.clone(),
+            })
+            .collect()
+    };
+    render(&messages, add_generation_prompt).map_err(|e| TokenizerError::ChatTemplate(describe(&e)))
 }
 
 /// The error with its cause chain: minijinja keeps the interesting part (which filter, which
@@ -390,6 +413,30 @@ mod tests {
             "{err}"
         );
         assert_eq!(render(template, &[ChatMessage::user("x")], false), "ok");
+    }
+
+    #[test]
+    fn tool_results_go_in_as_user_turns_where_the_template_has_none() {
+        let conversation = [
+            ChatMessage::user("weather?"),
+            ChatMessage::assistant("call"),
+            ChatMessage::new("tool", "21C"),
+        ];
+        // ChatML writes any role.
+        let out = render(CHATML, &conversation, false);
+        assert!(out.ends_with("<|im_start|>tool\n21C<|im_end|>\n"), "{out}");
+        // A template that refuses other roles gets the result as the user's.
+        let strict = "{% for m in messages %}{% if m.role not in ['user', 'assistant'] %}{{ raise_exception('bad role ' + m.role) }}{% endif %}[{{ m.role }}:{{ m.content }}]{% endfor %}";
+        assert_eq!(
+            render(strict, &conversation, false),
+            "[user:weather?][assistant:call][user:21C]"
+        );
+        // So does one that would leave it out.
+        let silent = "{% for m in messages %}{% if m.role in ['user', 'assistant'] %}[{{ m.role }}:{{ m.content }}]{% endif %}{% endfor %}";
+        assert_eq!(
+            render(silent, &conversation, false),
+            "[user:weather?][assistant:call][user:21C]"
+        );
     }
 
     #[test]

@@ -114,6 +114,25 @@ def check_page(driver, args, out):
         f" response_format: {json.dumps(answer)} }});"
         "return { content: r.choices[0].message.content, finish_reason: r.choices[0].finish_reason };",
     )
+    # Tool calling: a call with arguments that parse, gathered from the stream by the JS API.
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 30}},
+                "required": ["city"],
+            },
+        },
+    }
+    out["tool_call"] = run_async(
+        driver,
+        "const r = await window.sovereign.chat.completions.create({ messages: [{ role: 'user',"
+        " content: 'What is the weather in Paris?' }], max_tokens: 40, temperature: 0,"
+        f" tools: [{json.dumps(tool)}], tool_choice: 'required' }});"
+        "return { message: r.choices[0].message, finish_reason: r.choices[0].finish_reason };",
+    )
     out["bad_schema"] = run_async(
         driver,
         "await window.sovereign.chat.completions.create({ messages: [{ role: 'user', content: 'hi' }],"

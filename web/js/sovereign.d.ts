@@ -48,9 +48,22 @@ export interface LoadOptions {
   cache?: boolean;
 }
 
-export interface ChatMessage {
-  role: 'system' | 'developer' | 'user' | 'assistant';
-  content: string;
+export interface ToolCall {
+  id: string;
+  type: 'function';
+  /** `arguments` is JSON text. */
+  function: { name: string; arguments: string };
+}
+
+export type ChatMessage =
+  | { role: 'system' | 'developer' | 'user'; content: string }
+  | { role: 'assistant'; content: string | null; tool_calls?: ToolCall[] }
+  /** The result of the call `tool_call_id`. */
+  | { role: 'tool'; tool_call_id: string; content: string };
+
+export interface Tool {
+  type: 'function';
+  function: { name: string; description?: string; parameters?: object; strict?: boolean };
 }
 
 /** Sampling and limits, as OpenAI's API names them, plus llama.cpp's extras. */
@@ -81,6 +94,11 @@ export interface SamplingFields {
 export interface ChatRequest extends SamplingFields {
   messages: ChatMessage[];
   top_logprobs?: number;
+  /** Functions the model may call; its reply is then calls or (with 'auto') words. */
+  tools?: Tool[];
+  tool_choice?: 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } };
+  /** Several calls in one reply (default false). */
+  parallel_tool_calls?: boolean;
 }
 
 export interface CompletionRequest extends SamplingFields {
@@ -109,14 +127,19 @@ export interface SovereignFields {
   cancelled?: boolean;
 }
 
-export type FinishReason = 'stop' | 'length' | null;
+export type FinishReason = 'stop' | 'length' | 'tool_calls' | null;
 
 export interface ChatChunk {
   id: string;
   object: 'chat.completion.chunk';
   created: number;
   model: string;
-  choices: { index: number; delta: { role?: 'assistant'; content?: string }; logprobs: unknown; finish_reason: FinishReason }[];
+  choices: {
+    index: number;
+    delta: { role?: 'assistant'; content?: string; tool_calls?: (ToolCall & { index: number })[] };
+    logprobs: unknown;
+    finish_reason: FinishReason;
+  }[];
   usage?: Usage;
   sovereign?: SovereignFields;
 }
@@ -136,7 +159,12 @@ export interface ChatCompletion {
   object: 'chat.completion';
   created: number;
   model: string;
-  choices: { index: number; message: { role: 'assistant'; content: string }; logprobs: null; finish_reason: FinishReason }[];
+  choices: {
+    index: number;
+    message: { role: 'assistant'; content: string | null; tool_calls?: ToolCall[] };
+    logprobs: null;
+    finish_reason: FinishReason;
+  }[];
   usage: Usage;
   sovereign: SovereignFields;
 }

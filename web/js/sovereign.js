@@ -216,16 +216,22 @@ export class Sovereign {
 async function collect(endpoint, stream) {
   let text = '';
   const tokenIds = [];
+  const toolCalls = [];
   let last = null;
   for await (const chunk of stream) {
     const choice = chunk.choices[0];
     text += (endpoint === 'chat' ? choice.delta?.content : choice.text) ?? '';
+    // Calls come whole, each in one delta.
+    for (const { index, ...call } of choice.delta?.tool_calls ?? []) toolCalls[index] = call;
     tokenIds.push(...(chunk.sovereign?.token_ids ?? []));
     last = chunk;
   }
   const finish = last?.choices[0].finish_reason ?? 'stop';
+  const message = toolCalls.length
+    ? { role: 'assistant', content: null, tool_calls: toolCalls }
+    : { role: 'assistant', content: text };
   const choice = endpoint === 'chat'
-    ? { index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: finish }
+    ? { index: 0, message, logprobs: null, finish_reason: finish }
     : { index: 0, text, logprobs: null, finish_reason: finish };
   return {
     id: last?.id,

@@ -11,8 +11,9 @@ use sovereign::openai::request;
 pub use sovereign::openai::request::Endpoint;
 use sovereign::openai::response::{
     ChatChunk, ChatChunkChoice, ChatLogprobs, ChatTokenLogprob, Delta, TextChoice, TextCompletion,
-    TextLogprobs, TextOffsets, UsageBody, finish_reason,
+    TextLogprobs, TextOffsets, ToolCallBody, UsageBody, chat_finish_reason, finish_reason,
 };
+use sovereign::openai::tools::ReplyParser;
 
 const FINGERPRINT: &str = concat!("sovereign-web-", env!("CARGO_PKG_VERSION"));
 
@@ -26,6 +27,8 @@ pub struct Generation {
     role_sent: bool,
     /// Where the next token starts in the text (the legacy logprobs' `text_offset`).
     offsets: TextOffsets,
+    /// Reads a reply that may call tools.
+    reply: Option<ReplyParser>,
     done: bool,
 }
 
@@ -56,9 +59,11 @@ pub fn submit(
     if parsed.model != loaded {
         return Err(ApiError::model_not_found(&parsed.model));
     }
+    let constraint_param = parsed.constraint_param();
+    let reply = parsed.tools.as_ref().map(ReplyParser::new);
     let events = engine
         .submit(parsed.request)
-        .map_err(|e| ApiError::from_submit(e, endpoint.prompt_param()))?;
+        .map_err(|e| ApiError::from_submit(e, endpoint.prompt_param(), constraint_param))?;
     Ok(Generation {
         events,
         endpoint,
@@ -67,6 +72,7 @@ pub fn submit(
         model: loaded,
         role_sent: false,
         offsets: TextOffsets::default(),
+        reply,
         done: false,
     })
 }
@@ -101,9 +107,8 @@ impl Generation {
         &self,
         delta: Option<Delta>,
         text: Option<String>,
-        finish: Option<&StopReason>,
+        finish: Option<&'static str>,
     ) -> Value {
-        let finish = finish.map(finish_reason);
         let chunk = match self.endpoint {
             Endpoint::Chat => serde_json::to_value(ChatChunk {
                 id: self.id.clone(),
@@ -167,16 +172,22 @@ impl Generation {
                             Some(Delta {
                                 role: Some("assistant"),
                                 content: Some(String::new()),
+                                tool_calls: None,
                             }),
                             None,
                             None,
                         ));
                     }
+                    // A reply that may call tools streams the text of a direct answer only.
+                    let text = match &mut self.reply {
+                        Some(reply) => reply.push(&text),
+                        None => text,
+                    };
                     let mut chunk = match self.endpoint {
                         Endpoint::Chat => self.chunk(
                             Some(Delta {
-                                role: None,
                                 content: Some(text),
+                                ..Delta::default()
                             }),
                             None,
                             None,
@@ -207,7 +218,27 @@ impl Generation {
                     timings,
                 } => {
                     self.done = true;
-                    let mut chunk = self.chunk(None, None, Some(&stop));
+                    let mut out = Vec::new();
+                    let mut reason = finish_reason(&stop);
+                    if let Some(reply) = &self.reply {
+                        let (reply, unsent) = reply.finish();
+                        let tool_calls = (!reply.tool_calls.is_empty())
+                            .then(|| ToolCallBody::list(&reply.tool_calls, true));
+                        if !unsent.is_empty() || tool_calls.is_some() {
+                            let content = (!unsent.is_empty()).then_some(unsent);
+                            out.push(self.chunk(
+                                Some(Delta {
+                                    content,
+                                    tool_calls,
+                                    ..Delta::default()
+                                }),
+                                None,
+                                None,
+                            ));
+                        }
+                        reason = chat_finish_reason(&stop, &reply.tool_calls);
+                    }
+                    let mut chunk = self.chunk(None, None, Some(reason));
                     chunk["usage"] =
                         serde_json::to_value(UsageBody::from(usage)).unwrap_or_default();
                     let mut ext = Map::new();
@@ -217,7 +248,8 @@ impl Generation {
                         Value::Bool(stop == StopReason::Cancelled),
                     );
                     chunk["sovereign"] = Value::Object(ext);
-                    return Some(Ok(vec![chunk]));
+                    out.push(chunk);
+                    return Some(Ok(out));
                 }
                 Event::Failed(message) => {
                     self.done = true;
