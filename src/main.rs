@@ -151,8 +151,8 @@ struct SamplingArgs {
     /// As --json-schema, with the schema read from a file.
     #[arg(long, value_name = "FILE", group = "constraint")]
     json_schema_file: Option<PathBuf>,
-    /// Constrain the output to this grammar, in llguidance's Lark syntax (`start: ...`; not
-    /// llama.cpp's GBNF).
+    /// Constrain the output to this grammar: llama.cpp's GBNF (`root ::= ...`) or llguidance's
+    /// Lark syntax (`start: ...`).
     #[arg(long, value_name = "GRAMMAR", group = "constraint")]
     grammar: Option<String>,
     /// As --grammar, with the grammar read from a file.
@@ -204,9 +204,9 @@ impl SamplingArgs {
         } else if let Some(path) = &self.json_schema_file {
             schema(&read(path)?, &path.display().to_string())
         } else if let Some(grammar) = &self.grammar {
-            Ok(Some(Constraint::Lark(grammar.clone())))
+            Ok(Some(Constraint::grammar(grammar.clone())))
         } else if let Some(path) = &self.grammar_file {
-            Ok(Some(Constraint::Lark(read(path)?)))
+            Ok(Some(Constraint::grammar(read(path)?)))
         } else {
             Ok(None)
         }

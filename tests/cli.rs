@@ -956,6 +956,27 @@ fn constrained_output_follows_its_schema_or_grammar() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out == "yes!" || out == "no!", "{out:?}");
+    // The same grammar in llama.cpp's GBNF, from a file.
+    let gbnf = dir.path().join("answer.gbnf");
+    std::fs::write(
+        &gbnf,
+        "# yes or no\nroot ::= answer \"!\"\nanswer ::= \"yes\" | \"no\"\n",
+    )
+    .unwrap();
+    let o = sovereign(&[
+        "run",
+        "-m",
+        m,
+        "--temp",
+        "0",
+        "-n",
+        "20",
+        "--grammar-file",
+        gbnf.to_str().unwrap(),
+        "Is the sky blue? Answer:",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), out);
 
     // Each chat reply follows the schema; the conversation goes on.
     let o = chat_session(
@@ -981,6 +1002,10 @@ fn constrained_output_follows_its_schema_or_grammar() {
         (vec!["--json", "-j", "{}"], "cannot be used with"),
         (vec!["-j", r#"{"type": "strnig"}"#], "strnig"),
         (vec!["--grammar", "start: ("], "invalid grammar"),
+        (
+            vec!["--grammar", "root ::= answr\nanswer ::= \"yes\""],
+            "GBNF line 1: rule answr is used but never defined",
+        ),
     ] {
         let mut full = vec!["run", "-m", m, "-n", "4"];
         full.extend(args.iter());

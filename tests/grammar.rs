@@ -270,6 +270,72 @@ fn a_regex_constraint_matches_whole() {
     }
 }
 
+/// A JSON value in llama.cpp's grammar format: rules across lines, comments, classes with
+/// escapes and negation, bounded repetitions.
+const JSON_GBNF: &str = r#"
+# Any JSON object; one space at most where whitespace may go.
+root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null")
+object ::=
+  "{" ws (
+    string ":" ws value
+    ("," ws string ":" ws value)*
+  )? "}"
+array  ::= "[" ws ( value ("," ws value)* )? "]"
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) )* "\""
+number ::= "-"? ([0-9] | [1-9] [0-9]{1,15}) ("." [0-9]+)? ([eE] [-+]? [0-9]{1,3})?
+ws     ::= " "?
+"#;
+
+#[test]
+fn gbnf_grammars_hold_as_llama_cpp_reads_them() {
+    assert!(matches!(
+        Constraint::grammar(JSON_GBNF),
+        Constraint::Gbnf(_)
+    ));
+    for seed in 0..6 {
+        let (text, _, stop) = generate_biased(
+            sampled(seed, Constraint::grammar(JSON_GBNF)),
+            300 + seed,
+            0.0,
+            b"\"}]",
+        );
+        assert_eq!(stop, StopReason::EndOfGeneration, "{text:?}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        assert!(v.is_object(), "{text:?}");
+    }
+    // Rule names in capitals, a rule repeated by count, alternatives.
+    let greeting = "root ::= Greeting \" \" Name{1,2} \"!\"\nGreeting ::= \"Hello\" | \"Hi\"\nName ::= [A-Z] [a-z]{2,6}\n";
+    for seed in 0..6 {
+        let (text, _, stop) = generate(sampled(seed, Constraint::grammar(greeting)), seed, 0.0);
+        assert_eq!(stop, StopReason::EndOfGeneration, "{text:?}");
+        let names = text
+            .strip_prefix("Hello ")
+            .or_else(|| text.strip_prefix("Hi "))
+            .and_then(|t| t.strip_suffix('!'))
+            .unwrap_or_else(|| panic!("{text:?}"));
+        // One or two names, each a capital and 2 to 6 small letters.
+        let starts: Vec<usize> = names
+            .char_indices()
+            .filter(|(_, c)| c.is_ascii_uppercase())
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            starts.first() == Some(&0) && (1..=2).contains(&starts.len()),
+            "{text:?}"
+        );
+        let mut bounds = starts.clone();
+        bounds.push(names.len());
+        for w in bounds.windows(2) {
+            let name = &names[w[0]..w[1]];
+            assert!(
+                (3..=7).contains(&name.len()) && name[1..].chars().all(|c| c.is_ascii_lowercase()),
+                "{text:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_grammars_are_refused_with_their_reason() {
     let (_, grammars) = smollm();
@@ -300,6 +366,13 @@ fn bad_grammars_are_refused_with_their_reason() {
     assert!(e.starts_with("invalid grammar: "), "{e}");
     let e = refused(Constraint::Lark(r#"root ::= "yes" | "no""#.into()));
     assert!(e.contains("looks like GBNF"), "{e}");
+    let e = refused(Constraint::grammar("root ::= answer\nanswr ::= \"yes\""));
+    assert!(
+        e.contains("line 1: rule answer is used but never defined"),
+        "{e}"
+    );
+    let e = refused(Constraint::Gbnf("start ::= \"yes\"".into()));
+    assert!(e.contains("no root rule"), "{e}");
     let e = refused(Constraint::Lark("  \n".into()));
     assert!(e.contains("empty"), "{e}");
     let e = refused(Constraint::Regex("(unclosed".into()));

@@ -685,6 +685,27 @@ fn bad_requests_get_openai_errors_and_never_reach_the_engine() {
             "functions",
             "unsupported_parameter",
         ),
+        (
+            chat(json!({"grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}})),
+            "grammar",
+            "invalid_value",
+        ),
+        (
+            chat(json!({"grammar": "root ::= \"a\"",
+                "tools": [{"type": "function", "function": {"name": "f"}}]})),
+            "grammar",
+            "invalid_value",
+        ),
+        (
+            chat(json!({"grammar": "root ::= [z-a]"})),
+            "grammar",
+            "invalid_value",
+        ),
+        (
+            chat(json!({"json_schema": 5})),
+            "json_schema",
+            "invalid_type",
+        ),
         // A tool's schema that the grammar engine cannot read names the tools.
         (
             chat(

@@ -22,6 +22,8 @@ pub enum Constraint {
     JsonSchema(Value),
     /// Text derived from this grammar in llguidance's Lark syntax (`start: ...`).
     Lark(String),
+    /// Text derived from this grammar in llama.cpp's GBNF (`root ::= ...`).
+    Gbnf(String),
     /// Text that matches this regular expression whole.
     Regex(String),
 }
@@ -37,6 +39,16 @@ fn compact_json() -> Value {
 }
 
 impl Constraint {
+    /// A grammar in either syntax: GBNF where a rule is defined with `::=`, else Lark.
+    pub fn grammar(text: impl Into<String>) -> Self {
+        let text = text.into();
+        if super::gbnf::is_gbnf(&text) {
+            Constraint::Gbnf(text)
+        } else {
+            Constraint::Lark(text)
+        }
+    }
+
     fn top_level(&self) -> Result<TopLevelGrammar, EngineError> {
         Ok(match self {
             Constraint::JsonObject => {
@@ -70,6 +82,9 @@ impl Constraint {
                 }
                 TopLevelGrammar::from_lark(grammar.clone())
             }
+            Constraint::Gbnf(grammar) => TopLevelGrammar::from_lark(
+                super::gbnf::gbnf_to_lark(grammar).map_err(EngineError::Grammar)?,
+            ),
             Constraint::Regex(rx) => TopLevelGrammar::from_regex(rx),
         })
     }

@@ -2,6 +2,7 @@
 //! (CLI, server, apps) talks to.
 
 mod draft;
+pub mod gbnf;
 mod grammar;
 pub mod sampler;
 pub mod sequence;

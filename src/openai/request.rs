@@ -26,17 +26,8 @@ pub struct Parsed {
     pub include_usage: bool,
     /// The tools the reply may call (chat only); the reply is read back into calls.
     pub tools: Option<Tools>,
-}
-
-impl Parsed {
-    /// The request field a grammar error is about.
-    pub fn constraint_param(&self) -> &'static str {
-        if self.tools.is_some() {
-            "tools"
-        } else {
-            "response_format"
-        }
-    }
+    /// The request field the constraint came from, named when it does not compile.
+    pub constraint_param: &'static str,
 }
 
 /// The two generation endpoints.
@@ -299,6 +290,41 @@ fn response_format(f: &Fields) -> Result<Option<Constraint>, ApiError> {
     }
 }
 
+/// The constraint of `response_format`, or of llama.cpp's `grammar` (GBNF, or Lark) and
+/// `json_schema`, and the field it came from. One request takes one of them.
+fn constraint(f: &Fields) -> Result<(Option<Constraint>, &'static str), ApiError> {
+    let mut found = Vec::new();
+    if let Some(c) = response_format(f)? {
+        found.push((c, "response_format"));
+    }
+    if let Some(grammar) = f.str("grammar")?
+        && !grammar.trim().is_empty()
+    {
+        found.push((Constraint::grammar(grammar), "grammar"));
+    }
+    match f.get("json_schema") {
+        None => {}
+        Some(schema @ (Value::Object(_) | Value::Bool(true))) => {
+            found.push((Constraint::JsonSchema(schema.clone()), "json_schema"))
+        }
+        Some(_) => return Err(ApiError::invalid_type("json_schema", "an object")),
+    }
+    match found.len() {
+        0 => Ok((None, "response_format")),
+        1 => {
+            let (c, param) = found.remove(0);
+            Ok((Some(c), param))
+        }
+        _ => Err(ApiError::invalid_value(
+            found[1].1,
+            format!(
+                "a request takes one of response_format, grammar and json_schema; this one also has {}.",
+                found[0].1
+            ),
+        )),
+    }
+}
+
 fn stop_strings(f: &Fields) -> Result<Vec<String>, ApiError> {
     let stop = match f.get("stop") {
         None => Vec::new(),
@@ -392,12 +418,13 @@ fn common(f: &Fields, default_max_tokens: Option<u32>) -> Result<Parsed, ApiErro
         seed: f.integer("seed")?.map(|s| s as u64),
         logit_bias: logit_bias(f)?,
     };
+    let (constraint, constraint_param) = constraint(f)?;
     let params = GenerateParams {
         max_tokens,
         sampling,
         stop: stop_strings(f)?,
         ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
-        constraint: response_format(f)?,
+        constraint,
         // The engine's setting (`sovereign serve --draft`), not the request's.
         draft: 0,
     };
@@ -411,6 +438,7 @@ fn common(f: &Fields, default_max_tokens: Option<u32>) -> Result<Parsed, ApiErro
         stream,
         include_usage,
         tools: None,
+        constraint_param,
     })
 }
 
@@ -500,7 +528,13 @@ fn tools(f: &Fields, response: Option<&Constraint>) -> Result<Option<Tools>, Api
     let response = match response {
         None => serde_json::json!({"type": "string"}),
         Some(Constraint::JsonSchema(schema)) => schema.clone(),
-        Some(_) => serde_json::json!({"type": "object"}),
+        Some(Constraint::JsonObject) => serde_json::json!({"type": "object"}),
+        Some(Constraint::Lark(_) | Constraint::Gbnf(_) | Constraint::Regex(_)) => {
+            return Err(ApiError::invalid_value(
+                "grammar",
+                "a grammar and tools cannot be combined (a reply that calls no tool may be held to response_format or json_schema).",
+            ));
+        }
     };
     Ok(Some(Tools {
         tools: list,
@@ -701,6 +735,9 @@ pub fn chat(body: &Value) -> Result<Parsed, ApiError> {
         t.add_to(&mut conversation);
         parsed.request.params.constraint = Some(t.constraint());
     }
+    if tools.is_some() {
+        parsed.constraint_param = "tools";
+    }
     parsed.tools = tools;
     let logprobs = f.bool("logprobs")?.unwrap_or(false);
     let top = f.int_in("top_logprobs", 0, i128::from(MAX_TOP_LOGPROBS))?;
@@ -874,6 +911,33 @@ mod tests {
             constraint(json!({"type": "json_schema", "json_schema": {"name": "a"}})),
             Some(Constraint::JsonObject)
         );
+        // llama.cpp's own fields: a grammar (GBNF or Lark) and a schema.
+        let gbnf = r#"root ::= "yes" | "no""#;
+        let p = completion(&json!({"model": "m", "prompt": "x", "grammar": gbnf})).unwrap();
+        assert_eq!(
+            p.request.params.constraint,
+            Some(Constraint::Gbnf(gbnf.into()))
+        );
+        assert_eq!(p.constraint_param, "grammar");
+        let p =
+            completion(&json!({"model": "m", "prompt": "x", "grammar": "start: \"a\""})).unwrap();
+        assert_eq!(
+            p.request.params.constraint,
+            Some(Constraint::Lark("start: \"a\"".into()))
+        );
+        let p = chat(
+            &json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "json_schema": schema}),
+        )
+        .unwrap();
+        assert_eq!(
+            p.request.params.constraint,
+            Some(Constraint::JsonSchema(schema.clone()))
+        );
+        assert_eq!(p.constraint_param, "json_schema");
+        let both = completion(&json!({"model": "m", "prompt": "x", "grammar": gbnf,
+            "response_format": {"type": "json_object"}}));
+        assert_eq!(both.unwrap_err().param.as_deref(), Some("grammar"));
         let body = json!({"model": "m", "prompt": "x", "response_format": {"type": "json_object"}});
         assert_eq!(
             completion(&body).unwrap().request.params.constraint,

@@ -88,7 +88,7 @@ async fn generate(
     };
     // Templating and tokenizing a long prompt takes a while: keep it off the async workers.
     let engine = state.engine.clone();
-    let constraint_param = parsed.constraint_param();
+    let constraint_param = parsed.constraint_param;
     let reply = parsed.tools.as_ref().map(ReplyParser::new);
     let request = parsed.request;
     let events = tokio::task::spawn_blocking(move || engine.submit(request))

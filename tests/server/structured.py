@@ -5,6 +5,8 @@ server cannot compile."""
 import json
 import warnings
 
+import openai
+
 from pydantic import BaseModel, Field
 
 from common import Timer, check, check_eq, client, dump, parse_args
@@ -122,6 +124,24 @@ def main():
     check_eq(r.choices[0].finish_reason, "stop", f"finish_reason of {dump(r)}")
     check_city(r.choices[0].text, "completion")
 
+    with Timer("llama.cpp's grammar field (GBNF)"):
+        gbnf = 'root ::= answer "."\nanswer ::= "yes" | "no"  # llama.cpp\'s format\n'
+        r = c.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Is the sky blue?"}],
+            temperature=0,
+            max_tokens=8,
+            extra_body={"grammar": gbnf},
+        )
+    check(r.choices[0].message.content in ("yes.", "no."), f"grammar: {dump(r)}")
+    check_eq(r.choices[0].finish_reason, "stop", "finish_reason under a grammar")
+    try:
+        c.completions.create(model=model, prompt="x", max_tokens=4, extra_body={"grammar": "root ::= missing"})
+        raise AssertionError("a grammar with an undefined rule was accepted")
+    except openai.BadRequestError as e:
+        check_eq(e.body.get("param"), "grammar", "param of the bad grammar")
+        check("missing" in e.body.get("message", ""), f"message names the rule: {e.body}")
+
     try:
         c.chat.completions.create(
             model=model,
@@ -131,8 +151,6 @@ def main():
         )
         raise AssertionError("a schema with an unknown type was accepted")
     except Exception as e:
-        import openai
-
         check(isinstance(e, openai.BadRequestError), f"bad schema: {e!r}")
         check_eq(e.body.get("param"), "response_format", "param of the bad schema")
         check("strnig" in e.body.get("message", ""), f"message names the fault: {e.body}")

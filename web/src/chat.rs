@@ -59,7 +59,7 @@ pub fn submit(
     if parsed.model != loaded {
         return Err(ApiError::model_not_found(&parsed.model));
     }
-    let constraint_param = parsed.constraint_param();
+    let constraint_param = parsed.constraint_param;
     let reply = parsed.tools.as_ref().map(ReplyParser::new);
     let events = engine
         .submit(parsed.request)
