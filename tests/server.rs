@@ -1077,6 +1077,83 @@ fn tools_are_called_and_their_results_answered() {
     assert_eq!(streamed.concat(), text);
 }
 
+/// llama.cpp's `/tokenize`, `/detokenize` and `/apply-template`: the engine's own tokens and
+/// prompt, and OpenAI-shaped errors.
+#[test]
+fn tokenize_detokenize_and_apply_template() {
+    let server = main_server();
+    let port = server.port;
+    let file = sovereign::format::GgufFile::open(common::model_path()).unwrap();
+    let tokenizer = sovereign::tokenizer::Tokenizer::from_gguf(file.metadata()).unwrap();
+    let text = "Hello <|im_start|> wörld 🍕";
+    let want = tokenizer.encode(text, false).unwrap();
+
+    let r = post(port, "/tokenize", &json!({"content": text}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ids: Vec<u32> = serde_json::from_value(r.json()["tokens"].clone()).unwrap();
+    assert_eq!(ids, want);
+    assert!(ids.contains(&tokenizer.token_to_id("<|im_start|>").unwrap()));
+
+    // Pieces: text where the token is whole UTF-8, its bytes where it is part of a character,
+    // and a control token's name.
+    let r = post(port, "/tokenize", &json!({"content": text, "with_pieces": true}));
+    let pieces = r.json()["tokens"].as_array().unwrap().clone();
+    assert_eq!(pieces.len(), want.len());
+    let mut bytes = Vec::new();
+    for (p, &id) in pieces.iter().zip(&want) {
+        assert_eq!(p["id"], id);
+        match &p["piece"] {
+            Value::String(s) if s == "<|im_start|>" => {}
+            Value::String(s) => bytes.extend_from_slice(s.as_bytes()),
+            Value::Array(b) => bytes.extend(b.iter().map(|x| x.as_u64().unwrap() as u8)),
+            other => panic!("piece {other}"),
+        }
+    }
+    assert_eq!(String::from_utf8(bytes).unwrap(), "Hello  wörld 🍕");
+
+    let r = post(port, "/detokenize", &json!({"tokens": want}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["content"], tokenizer.decode(&want).unwrap());
+
+    // The prompt a chat request becomes, tools included.
+    let messages = json!([{"role": "user", "content": "Hi"}]);
+    let r = post(port, "/apply-template", &json!({"messages": messages}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let prompt = r.json()["prompt"].as_str().unwrap().to_string();
+    assert_eq!(
+        prompt,
+        tokenizer
+            .apply_chat_template(&[sovereign::tokenizer::ChatMessage::user("Hi")], true)
+            .unwrap()
+    );
+    let r = post(
+        port,
+        "/apply-template",
+        &json!({"messages": messages, "tools": [{"type": "function",
+            "function": {"name": "get_weather"}}]}),
+    );
+    let with_tools = r.json()["prompt"].as_str().unwrap().to_string();
+    assert!(with_tools.contains("get_weather") && with_tools.ends_with("assistant\n"));
+
+    for (path, body, param) in [
+        ("/tokenize", json!({}), "content"),
+        ("/tokenize", json!({"content": 5}), "content"),
+        ("/detokenize", json!({"tokens": [1, "x"]}), "tokens[1]"),
+        ("/detokenize", json!({"tokens": [99_999_999]}), "tokens"),
+        ("/apply-template", json!({"messages": []}), "messages"),
+    ] {
+        let r = post(port, path, &body);
+        assert_error(
+            &format!("{path} {body}"),
+            &r,
+            400,
+            "invalid_request_error",
+            None,
+            Some(param),
+        );
+    }
+}
+
 /// Byte-level tokens that hold part of a character: their `bytes` rebuild the text, and the
 /// legacy offsets count characters of the text.
 #[test]

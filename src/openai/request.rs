@@ -828,6 +828,44 @@ pub fn completion(body: &Value) -> Result<Parsed, ApiError> {
     Ok(parsed)
 }
 
+/// `POST /tokenize` (llama.cpp's): the text, whether to add the model's BOS/EOS, and whether
+/// to give each token's text beside its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizeRequest {
+    pub content: String,
+    pub add_special: bool,
+    pub with_pieces: bool,
+}
+
+pub fn tokenize(body: &Value) -> Result<TokenizeRequest, ApiError> {
+    let f = Fields::of(body, "")?;
+    let content = f
+        .str("content")?
+        .ok_or_else(|| ApiError::missing("content"))?
+        .to_string();
+    if f.bool("parse_special")? == Some(false) {
+        return Err(ApiError::unsupported(
+            "parse_special",
+            "special tokens written in the text are always parsed.",
+        ));
+    }
+    Ok(TokenizeRequest {
+        content,
+        add_special: f.bool("add_special")?.unwrap_or(false),
+        with_pieces: f.bool("with_pieces")?.unwrap_or(false),
+    })
+}
+
+/// `POST /detokenize` (llama.cpp's): the token ids.
+pub fn detokenize(body: &Value) -> Result<Vec<u32>, ApiError> {
+    let f = Fields::of(body, "")?;
+    match f.get("tokens") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(ids)) => token_ids(ids, "tokens"),
+        Some(_) => Err(ApiError::invalid_type("tokens", "an array of token ids")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1035,6 +1073,31 @@ mod tests {
             assert_eq!(e.status, 400);
         }
         assert!(chat(&json!([1, 2])).is_err());
+    }
+
+    #[test]
+    fn tokenize_and_detokenize_bodies() {
+        assert_eq!(
+            tokenize(&json!({"content": "hi", "with_pieces": true})).unwrap(),
+            TokenizeRequest {
+                content: "hi".into(),
+                add_special: false,
+                with_pieces: true
+            }
+        );
+        assert_eq!(
+            tokenize(&json!({})).unwrap_err().param.as_deref(),
+            Some("content")
+        );
+        assert!(tokenize(&json!({"content": "x", "parse_special": false})).is_err());
+        assert_eq!(detokenize(&json!({"tokens": [1, 2]})).unwrap(), vec![1, 2]);
+        assert_eq!(
+            detokenize(&json!({"tokens": [1, -2]}))
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("tokens[1]")
+        );
     }
 
     #[test]

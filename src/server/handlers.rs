@@ -501,6 +501,75 @@ pub async fn get_model(
     }
 }
 
+/// `POST /tokenize`, as llama.cpp's server answers it: `{"tokens": [ids]}`, or with
+/// `with_pieces` `{"tokens": [{"id", "piece"}]}` (a piece that is not whole UTF-8 as its bytes).
+pub async fn tokenize(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req = request::tokenize(&body)?;
+    let tokenizer = state.engine.tokenizer();
+    let ids = tokenizer
+        .encode(&req.content, req.add_special)
+        .map_err(|e| ApiError::invalid_value("content", e))?;
+    let tokens: Vec<serde_json::Value> = if req.with_pieces {
+        ids.iter()
+            .map(|&id| {
+                let bytes = tokenizer.token_bytes(id).unwrap_or_default();
+                let piece = if bytes.is_empty() {
+                    // A control token: its name, as it was written.
+                    serde_json::Value::from(tokenizer.token_text(id).unwrap_or_default())
+                } else {
+                    match std::str::from_utf8(bytes) {
+                        Ok(text) => serde_json::Value::from(text),
+                        Err(_) => serde_json::Value::from(bytes.to_vec()),
+                    }
+                };
+                serde_json::json!({"id": id, "piece": piece})
+            })
+            .collect()
+    } else {
+        ids.iter().map(|&id| serde_json::Value::from(id)).collect()
+    };
+    Ok(Json(serde_json::json!({ "tokens": tokens })))
+}
+
+/// `POST /detokenize`, as llama.cpp's server answers it: `{"content": text}`.
+pub async fn detokenize(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ids = request::detokenize(&body)?;
+    let content = state
+        .engine
+        .tokenizer()
+        .decode(&ids)
+        .map_err(|e| ApiError::invalid_value("tokens", e))?;
+    Ok(Json(serde_json::json!({ "content": content })))
+}
+
+/// `POST /apply-template`, as llama.cpp's server answers it: the prompt a chat request's
+/// messages (and tools) become through the model's chat template, `{"prompt": text}`.
+pub async fn apply_template(
+    State(state): State<AppState>,
+    JsonBody(mut body): JsonBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if let serde_json::Value::Object(map) = &mut body {
+        map.entry("model")
+            .or_insert_with(|| state.config.model_id.clone().into());
+    }
+    let parsed = request::chat(&body)?;
+    let crate::engine::service::Prompt::Chat(messages) = &parsed.request.prompt else {
+        return Err(ApiError::internal("a chat request without messages"));
+    };
+    let prompt = state
+        .engine
+        .tokenizer()
+        .apply_chat_template(messages, true)
+        .map_err(|e| ApiError::invalid_value("messages", e))?;
+    Ok(Json(serde_json::json!({ "prompt": prompt })))
+}
+
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
