@@ -336,6 +336,55 @@ fn gbnf_grammars_hold_as_llama_cpp_reads_them() {
     }
 }
 
+/// Whether `constraint` takes `text` whole, fed one character (one token) at a time.
+fn accepts(constraint: &Constraint, text: &str) -> bool {
+    let (tokenizer, grammars) = smollm();
+    let mut state = grammars.parser(constraint).expect("compile the grammar");
+    let mut row = vec![0f32; tokenizer.n_vocab()];
+    let mut masked = Vec::new();
+    for c in text.chars() {
+        let ids = tokenizer.encode(&c.to_string(), false).unwrap();
+        assert_eq!(ids.len(), 1, "{c:?} is not one token");
+        if state.is_complete() {
+            return false;
+        }
+        row.iter_mut().for_each(|l| *l = 0.0);
+        state.mask(&row, &mut masked, false).unwrap();
+        if masked[ids[0] as usize] == f32::NEG_INFINITY || state.accept(ids[0]).is_err() {
+            return false;
+        }
+    }
+    if state.is_complete() {
+        return true;
+    }
+    state.mask(&row, &mut masked, false).unwrap();
+    state.ends_here()
+}
+
+/// Where one literal is the start of what another rule allows, llama.cpp reads on character by
+/// character; so does the grammar here.
+#[test]
+fn gbnf_literals_that_start_other_text_do_not_shut_it_out() {
+    let g = Constraint::grammar(
+        "root ::= key \": \" val\nkey ::= [a-z]+\nval ::= \"null\" | \"nullable\" | [a-z]+\n",
+    );
+    for text in [
+        "x: nul",
+        "x: nux",
+        "x: nullx",
+        "x: null",
+        "x: nullable",
+        "x: ab",
+    ] {
+        assert!(accepts(&g, text), "{text:?} refused");
+    }
+    for text in ["x: ", "x:nul", "X: a", "x: a1"] {
+        assert!(!accepts(&g, text), "{text:?} accepted");
+    }
+    let g = Constraint::grammar("root ::= (\"a\" | \"ab\") \"bc\"");
+    assert!(accepts(&g, "abc") && accepts(&g, "abbc") && !accepts(&g, "ab"));
+}
+
 #[test]
 fn bad_grammars_are_refused_with_their_reason() {
     let (_, grammars) = smollm();

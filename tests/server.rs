@@ -1096,7 +1096,11 @@ fn tokenize_detokenize_and_apply_template() {
 
     // Pieces: text where the token is whole UTF-8, its bytes where it is part of a character,
     // and a control token's name.
-    let r = post(port, "/tokenize", &json!({"content": text, "with_pieces": true}));
+    let r = post(
+        port,
+        "/tokenize",
+        &json!({"content": text, "with_pieces": true}),
+    );
     let pieces = r.json()["tokens"].as_array().unwrap().clone();
     assert_eq!(pieces.len(), want.len());
     let mut bytes = Vec::new();
@@ -1342,6 +1346,11 @@ fn openai_client_structured_outputs() {
 #[test]
 fn openai_client_tool_calls() {
     python("tools", &[]);
+}
+
+#[test]
+fn ollama_client_chat_generate_and_tools() {
+    python("ollama_api", &[]);
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! What GBNF has: rules `name ::= ...` (names of letters, digits and `-`; the start is `root`),
 //! strings `"..."`, character classes `[a-z]` and `[^...]`, `.` for any character, groups,
 //! alternatives `|`, the repetitions `*`, `+`, `?`, `{m}`, `{m,}`, `{m,n}` and `#` comments.
-//! Escapes are `\n \r \t \\ \" \[ \] \-`, `\xHH`, `\uHHHH` and `\UHHHHHHHH`. A rule may span lines.
+//! Escapes are `\n \r \t \\ \" \[ \]`, `\xHH`, `\uHHHH` and `\UHHHHHHHH` (and `\-`, which
+//! llama.cpp refuses). A rule may span lines.
 //!
 //! In Lark, a lowercase name is a rule, `[...]` is optional and a newline ends a rule; so every
 //! rule is renamed (`g-` and its name, capitals as `_` and the letter), every class becomes a
@@ -310,10 +311,12 @@ pub fn gbnf_to_lark(grammar: &str) -> Result<String, String> {
         }
         out.push_str(&lark_name(name));
         out.push(':');
-        let mut depth = 0usize;
-        // Whether the last item can take a repetition.
-        let mut after_item = false;
+        // Where each open group starts in `out`, and where the last item starts (None where
+        // nothing may be repeated: at the start, after `|` or `(`).
+        let mut groups: Vec<usize> = Vec::new();
+        let mut last_item: Option<usize> = None;
         for (at, tok) in &tokens[start + 2..end] {
+            let item_start = out.len();
             match tok {
                 Tok::Name(n) => {
                     used.push((*at, n.clone()));
@@ -322,14 +325,28 @@ pub fn gbnf_to_lark(grammar: &str) -> Result<String, String> {
                 }
                 Tok::Str(s) if s.is_empty() => {
                     // Nothing to match; Lark takes an empty sequence for it.
-                    after_item = false;
+                    last_item = None;
                     continue;
                 }
-                Tok::Str(s) => {
+                Tok::Str(s) if s.chars().count() == 1 => {
                     out.push(' ');
                     lark_string(s, &mut out);
                 }
+                Tok::Str(s) => {
+                    // One literal per character: Lark's lexer takes the longest literal it can
+                    // and never goes back, so `"null"` whole would refuse `nul` followed by
+                    // another rule's `x`, which llama.cpp's character-level parser allows.
+                    out.push_str(" (");
+                    for c in s.chars() {
+                        out.push(' ');
+                        lark_string(c.encode_utf8(&mut [0; 4]), &mut out);
+                    }
+                    out.push_str(" )");
+                }
                 Tok::Class { negated, items } => {
+                    if items.is_empty() {
+                        return Err(err_at(*at, "an empty character class".into()));
+                    }
                     out.push_str(" /[");
                     if *negated {
                         out.push('^');
@@ -345,55 +362,57 @@ pub fn gbnf_to_lark(grammar: &str) -> Result<String, String> {
                 }
                 Tok::Any => out.push_str(" /(?s:.)/"),
                 Tok::Open => {
-                    depth += 1;
+                    groups.push(out.len());
                     out.push_str(" (");
-                    after_item = false;
+                    last_item = None;
                     continue;
                 }
                 Tok::Close => {
-                    depth = depth
-                        .checked_sub(1)
+                    let open = groups
+                        .pop()
                         .ok_or_else(|| err_at(*at, "unmatched )".into()))?;
                     out.push_str(" )");
+                    last_item = Some(open);
+                    continue;
                 }
                 Tok::Bar => {
                     out.push_str(" |");
-                    after_item = false;
+                    last_item = None;
                     continue;
                 }
-                Tok::Op(op) => {
-                    if !after_item {
-                        return Err(err_at(*at, format!("{op} follows nothing")));
-                    }
-                    out.push(*op);
-                    after_item = false;
-                    continue;
-                }
-                Tok::Repeat(min, max) => {
-                    if !after_item {
+                Tok::Op(_) | Tok::Repeat(..) => {
+                    let Some(item) = last_item else {
                         return Err(err_at(*at, "a repetition follows nothing".into()));
+                    };
+                    let suffix = match tok {
+                        Tok::Op(op) => op.to_string(),
+                        Tok::Repeat(min, max) => match (min.unwrap_or(0), max) {
+                            // Zero times: the item matches nothing.
+                            (_, Some(0)) => {
+                                out.truncate(item);
+                                last_item = None;
+                                continue;
+                            }
+                            (lo, Some(hi)) if lo == *hi => format!("{{{lo}}}"),
+                            (lo, Some(hi)) => format!("{{{lo},{hi}}}"),
+                            (lo, None) => format!("{{{lo},}}"),
+                        },
+                        _ => String::new(),
+                    };
+                    // A repeated item repeated again (`"a"+?`) is grouped first.
+                    if out[item..].ends_with(|c: char| "*+?}".contains(c)) {
+                        out.insert_str(item, " (");
+                        out.push_str(" )");
                     }
-                    match (min.unwrap_or(0), max) {
-                        (_, Some(0)) => {
-                            return Err(err_at(*at, "a repetition of at most 0".into()));
-                        }
-                        (lo, Some(hi)) if lo == *hi => {
-                            let _ = write!(out, "{{{lo}}}");
-                        }
-                        (lo, Some(hi)) => {
-                            let _ = write!(out, "{{{lo},{hi}}}");
-                        }
-                        (lo, None) => {
-                            let _ = write!(out, "{{{lo},}}");
-                        }
-                    }
-                    after_item = false;
+                    out.push_str(&suffix);
+                    last_item = Some(item);
                     continue;
                 }
                 Tok::Define => return Err(err_at(*at, "::= where no rule starts".into())),
             }
-            after_item = true;
+            last_item = Some(item_start);
         }
+        let depth = groups.len();
         if depth > 0 {
             return Err(err_at(tokens[start].0, format!("rule {name}: unclosed (")));
         }
@@ -417,14 +436,14 @@ mod tests {
 
     #[test]
     fn rules_classes_and_repetitions_become_lark() {
-        let g = "# yes or no\nroot ::= answer \"!\"{1,3}\nanswer ::= (\"yes\" |\n  \"no\") [a-z\\-]* [^\\n\"/]? .\nMixed-Case ::= \"\\x41\\u00e9\\U0001F355\\t\"{2,} root{3}\n";
+        let g = "# yes or no\nroot ::= answer \"!\"{1,3}\nanswer ::= (\"yes\" |\n  \"no\") [a-z\\-]* [^\\n\"/]? .\nMixed-Case ::= \"\\x41\\u00e9\\U0001F355\\t\"{2,} root{3} \"a\"+? \"z\"{0} \"b\"\n";
         let lark = gbnf_to_lark(g).unwrap();
         assert_eq!(
             lark,
             "start: g-root\n\
              g-root: g-answer \"!\"{1,3}\n\
-             g-answer: ( \"yes\" | \"no\" ) /[a-z\\x{2d}]/* /[^\\x{a}\\x{22}\\x{2f}]/? /(?s:.)/\n\
-             g-_mixed-_case: \"A\u{e9}\u{1f355}\\u0009\"{2,} g-root{3}\n"
+             g-answer: ( ( \"y\" \"e\" \"s\" ) | ( \"n\" \"o\" ) ) /[a-z\\x{2d}]/* /[^\\x{a}\\x{22}\\x{2f}]/? /(?s:.)/\n\
+             g-_mixed-_case: ( \"A\" \"\u{e9}\" \"\u{1f355}\" \"\\u0009\" ){2,} g-root{3} ( \"a\"+ )? \"b\"\n"
         );
         assert!(is_gbnf(g));
         assert!(!is_gbnf("start: \"a\" // x ::= y\n"));
@@ -442,7 +461,7 @@ mod tests {
             ("root ::= (\"x\"", "unclosed ("),
             ("root ::= \"x\")", "unmatched )"),
             ("root ::= * \"x\"", "follows nothing"),
-            ("root ::= \"x\"+*", "follows nothing"),
+            ("root ::= [] \"x\"", "empty character class"),
             ("root ::= \"x\\q\"", "unknown escape \\q"),
             ("root ::= [z-a]", "reversed"),
             ("root ::= \"x\"{3,1}", "reversed"),

@@ -696,7 +696,11 @@ pub fn chat(body: &Value) -> Result<Parsed, ApiError> {
             None if role == "assistant" => String::new(),
             None => return Err(ApiError::missing(&m.path("content"))),
         };
-        match (role, m.get("tool_calls")) {
+        // An empty list of calls is no call.
+        let calls = m
+            .get("tool_calls")
+            .filter(|c| c.as_array().is_none_or(|a| !a.is_empty()));
+        match (role, calls) {
             ("assistant", Some(calls)) => {
                 let calls = assistant_calls(calls, &m.path("tool_calls"))?;
                 let named: Vec<(String, Value)> = calls

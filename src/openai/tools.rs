@@ -55,6 +55,8 @@ pub struct Tools {
 /// What a direct reply starts with when it is a string, in the layout the grammar writes
 /// (compact, a space after `:`): its text streams from here.
 const RESPONSE_PREFIX: &str = "{\"response\": \"";
+/// What a direct reply of any JSON value starts with.
+const RESPONSE_VALUE_PREFIX: &str = "{\"response\": ";
 
 impl Tools {
     /// The tools a reply may call.
@@ -200,12 +202,17 @@ impl Tools {
 
 /// Gives every object schema with `properties` and no word on others `additionalProperties:
 /// false`, as llama.cpp does: arguments a tool does not define are a small model's invention.
+/// Schemas whose properties are combined with others' (`allOf`, or `anyOf`/`oneOf` beside
+/// their own) stay open, as do conditions (`not`, `if`), whose meaning closing would change.
 fn close_objects(schema: &mut Value) {
     let Value::Object(m) = schema else { return };
     let open = [
         "additionalProperties",
         "patternProperties",
         "unevaluatedProperties",
+        "allOf",
+        "anyOf",
+        "oneOf",
     ];
     if m.contains_key("properties") && !open.iter().any(|k| m.contains_key(*k)) {
         m.insert("additionalProperties".into(), Value::Bool(false));
@@ -215,13 +222,10 @@ fn close_objects(schema: &mut Value) {
             ("properties" | "patternProperties" | "$defs" | "definitions", Value::Object(map)) => {
                 map.values_mut().for_each(close_objects)
             }
-            ("anyOf" | "oneOf" | "allOf" | "prefixItems" | "items", Value::Array(list)) => {
+            ("anyOf" | "oneOf" | "prefixItems" | "items", Value::Array(list)) => {
                 list.iter_mut().for_each(close_objects)
             }
-            (
-                "items" | "additionalProperties" | "not" | "if" | "then" | "else" | "contains",
-                v @ Value::Object(_),
-            ) => close_objects(v),
+            ("items" | "additionalProperties", v @ Value::Object(_)) => close_objects(v),
             _ => {}
         }
     }
@@ -262,6 +266,11 @@ fn embed(schema: &Value, key: &str, defs: &mut Map<String, Value>) -> Value {
     let base = format!("#/$defs/{key}");
     let mut moved = schema.clone();
     rebase(&mut moved, &base);
+    // An `$id` would make the rewritten references resolve against it.
+    if let Value::Object(m) = &mut moved {
+        m.remove("$id");
+        m.remove("$schema");
+    }
     defs.insert(key.to_string(), moved);
     json!({ "$ref": base })
 }
@@ -363,6 +372,10 @@ impl ReplyParser {
             // Cut short (the token limit, a stop string): what was written, as text.
             _ if self.raw.starts_with(RESPONSE_PREFIX) && self.streams => Reply {
                 content: Some(self.text.clone()),
+                tool_calls: Vec::new(),
+            },
+            _ if self.raw.starts_with(RESPONSE_VALUE_PREFIX) => Reply {
+                content: Some(self.raw[RESPONSE_VALUE_PREFIX.len()..].to_string()),
                 tool_calls: Vec::new(),
             },
             _ => Reply {
@@ -604,6 +617,24 @@ mod tests {
         );
         assert_eq!(args["additionalProperties"]["additionalProperties"], false);
         assert!(args["$defs"]["d"].get("additionalProperties").is_none());
+        // Combined schemas stay open: closing each part would refuse the others' properties.
+        open.tools[0].parameters = json!({"type": "object",
+            "allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}],
+            "properties": {"c": {"type": "object", "properties": {},
+                "anyOf": [{"properties": {}}]}}});
+        let s = open.schema();
+        let args = &s["anyOf"][0]["properties"]["tool_calls"]["items"]["anyOf"][0]["properties"]["arguments"];
+        assert!(args.get("additionalProperties").is_none(), "{args}");
+        assert!(args["allOf"][0].get("additionalProperties").is_none());
+        assert!(
+            args["properties"]["c"]
+                .get("additionalProperties")
+                .is_none()
+        );
+        assert_eq!(
+            args["properties"]["c"]["anyOf"][0]["additionalProperties"],
+            false
+        );
         // The prompt shows the schema as given.
         assert!(
             !open
@@ -625,6 +656,7 @@ mod tests {
     fn schemas_that_refer_into_themselves_move_under_defs() {
         let mut t = tools(ToolChoice::Required, false);
         t.tools[0].parameters = json!({
+            "$id": "https://example.com/place.json",
             "type": "object",
             "properties": {"place": {"$ref": "#/$defs/Place"}},
             "$defs": {"Place": {"type": "object", "properties": {"near": {"$ref": "#"}}}},
@@ -633,6 +665,7 @@ mod tests {
         let item = &s["properties"]["tool_calls"]["items"]["anyOf"][0];
         assert_eq!(item["properties"]["arguments"]["$ref"], "#/$defs/tool_0");
         let moved = &s["$defs"]["tool_0"];
+        assert!(moved.get("$id").is_none());
         assert_eq!(
             moved["properties"]["place"]["$ref"],
             "#/$defs/tool_0/$defs/Place"
@@ -722,6 +755,9 @@ mod tests {
         let (reply, unsent) = p.finish();
         assert_eq!(reply.content.as_deref(), Some(r#"{"a":1}"#));
         assert_eq!(unsent, r#"{"a":1}"#);
+        let mut p = ReplyParser::new(&t);
+        p.push(r#"{"response": {"a": [1, "#);
+        assert_eq!(p.finish().0.content.as_deref(), Some(r#"{"a": [1, "#));
     }
 
     #[test]

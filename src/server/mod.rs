@@ -1,19 +1,23 @@
 //! `sovereign serve`: an OpenAI-compatible HTTP server (axum + tokio) over the engine service.
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (both streaming as
-//! server-sent events or not), `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`,
+//! server-sent events or not), `GET /v1/models`, `GET /v1/models/{id}`, llama.cpp's
+//! `POST /tokenize`, `/detokenize` and `/apply-template`, Ollama's `/api/chat`,
+//! `/api/generate`, `/api/tags`, `/api/show`, `/api/ps` and `/api/version`, `GET /health`,
 //! `GET /metrics` (Prometheus text).
 //!
 //! Safe by default: it listens on 127.0.0.1; with an API key every endpoint but `/health`
 //! needs `Authorization: Bearer KEY`; requests naming a host other than the loopback names (or
 //! those allowed) are refused, so a web page cannot reach it through DNS rebinding; CORS is off
 //! unless origins are given; bodies are JSON only and bounded; a full queue answers 429.
-//! Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
+//! Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}` (Ollama's
+//! endpoints: `{"error": "..."}`).
 
 mod error;
 mod guard;
 mod handlers;
 mod metrics;
+mod ollama;
 pub mod web;
 
 use std::future::Future;
@@ -177,6 +181,12 @@ impl Server {
             .route("/tokenize", post(handlers::tokenize))
             .route("/detokenize", post(handlers::detokenize))
             .route("/apply-template", post(handlers::apply_template))
+            .route("/api/chat", post(ollama::chat))
+            .route("/api/generate", post(ollama::generate))
+            .route("/api/tags", get(ollama::tags))
+            .route("/api/ps", get(ollama::ps))
+            .route("/api/show", post(ollama::show))
+            .route("/api/version", get(ollama::version))
             .route("/health", get(handlers::health))
             .route("/metrics", get(handlers::metrics))
             .fallback(handlers::not_found)

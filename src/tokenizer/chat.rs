@@ -119,28 +119,48 @@ pub fn render_chat_template(
         ctx.insert("documents", Value::from(()));
         template.render(Value::from(ctx))
     };
-    // Tool results go in as the user's words where the template has no turn for them (it
-    // fails on the role, or leaves the message out).
-    let tool_turns = messages.iter().any(|m| m.role == "tool") && {
-        const MARK: &str = "\u{1}tool result\u{1}";
-        let probe = [
-            ChatMessage::user("?"),
-            ChatMessage::assistant("!"),
-            ChatMessage::new("tool", MARK),
-        ];
+    // A template without a turn for tool results (it fails on the role, or leaves the message
+    // out) gets them as the user's words, one message for consecutive results (templates that
+    // want turns to alternate refuse two user messages in a row); one without a system turn
+    // gets the system prompt at the start of the first user message.
+    const MARK: &str = "SovereignRoleProbe";
+    let renders = |role: &str| {
+        let probe = match role {
+            "system" => vec![ChatMessage::system(MARK), ChatMessage::user("?")],
+            _ => vec![
+                ChatMessage::user("?"),
+                ChatMessage::assistant("!"),
+                ChatMessage::new(role, MARK),
+            ],
+        };
         render(&probe, false).is_ok_and(|text| text.contains(MARK))
     };
-    let messages: Vec<ChatMessage> = if tool_turns || !messages.iter().any(|m| m.role == "tool") {
-        messages.to_vec()
-    } else {
-        messages
-            .iter()
-            .map(|m| match m.role.as_str() {
-                "tool" => ChatMessage::user(m.content.clone()),
-                _ => m.clone(),
-            })
-            .collect()
-    };
+    let mut messages: std::borrow::Cow<[ChatMessage]> = messages.into();
+    if messages.iter().any(|m| m.role == "tool") && !renders("tool") {
+        let mut merged: Vec<ChatMessage> = Vec::with_capacity(messages.len());
+        let mut after_tool = false;
+        for m in messages.iter() {
+            match merged.last_mut() {
+                Some(prev) if m.role == "tool" && after_tool => {
+                    prev.content.push('\n');
+                    prev.content.push_str(&m.content);
+                }
+                _ if m.role == "tool" => merged.push(ChatMessage::user(m.content.clone())),
+                _ => merged.push(m.clone()),
+            }
+            after_tool = m.role == "tool";
+        }
+        messages = merged.into();
+    }
+    if messages.first().is_some_and(|m| m.role == "system") && !renders("system") {
+        let mut rest = messages[1..].to_vec();
+        let system = &messages[0].content;
+        match rest.iter_mut().find(|m| m.role == "user") {
+            Some(user) => user.content = format!("{system}\n\n{}", user.content),
+            None => rest.insert(0, ChatMessage::user(system.clone())),
+        }
+        messages = rest.into();
+    }
     render(&messages, add_generation_prompt).map_err(|e| TokenizerError::ChatTemplate(describe(&e)))
 }
 
@@ -174,7 +194,7 @@ fn strftime_now(format: String) -> Result<Value, Error> {
 
 /// The common `strftime` directives for a UTC time; others are copied through unchanged.
 #[cfg(not(target_arch = "wasm32"))]
-fn strftime(format: &str, unix_secs: u64) -> String {
+pub(crate) fn strftime(format: &str, unix_secs: u64) -> String {
     const MONTHS: [&str; 12] = [
         "January",
         "February",
@@ -437,6 +457,40 @@ mod tests {
             render(silent, &conversation, false),
             "[user:weather?][assistant:call][user:21C]"
         );
+        // Several results in a row are one user message there.
+        let two = [
+            ChatMessage::user("weather?"),
+            ChatMessage::assistant("call"),
+            ChatMessage::new("tool", "21C"),
+            ChatMessage::new("tool", "sunny"),
+        ];
+        assert_eq!(
+            render(strict, &two, false),
+            "[user:weather?][assistant:call][user:21C\nsunny]"
+        );
+        // A template that writes tool content as JSON still shows it has a turn for it.
+        let json_content =
+            "{% for m in messages %}[{{ m.role }}:{{ m.content | tojson }}]{% endfor %}";
+        assert_eq!(
+            render(json_content, &conversation, false),
+            "[user:\"weather?\"][assistant:\"call\"][tool:\"21C\"]"
+        );
+    }
+
+    #[test]
+    fn a_template_without_a_system_turn_gets_the_system_prompt_in_the_first_user_message() {
+        let no_system = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}[{{ m.role }}:{{ m.content }}]{% endfor %}";
+        let conversation = [
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("Hi"),
+            ChatMessage::assistant("Hello"),
+        ];
+        assert_eq!(
+            render(no_system, &conversation, false),
+            "[user:Be brief.\n\nHi][assistant:Hello]"
+        );
+        // A template that writes the system turn keeps it.
+        assert!(render(CHATML, &conversation, false).starts_with("<|im_start|>system\nBe brief."));
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! could only honour it by holding text back, and the models that want it are not chat models.
 
 pub mod bytes;
-mod chat;
+pub(crate) mod chat;
 mod pretokenize;
 mod spm;
 
