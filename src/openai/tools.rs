@@ -202,19 +202,27 @@ impl Tools {
 
 /// Gives every object schema with `properties` and no word on others `additionalProperties:
 /// false`, as llama.cpp does: arguments a tool does not define are a small model's invention.
-/// Schemas whose properties are combined with others' (`allOf`, or `anyOf`/`oneOf` beside
-/// their own) stay open, as do conditions (`not`, `if`), whose meaning closing would change.
+/// Schemas whose properties are combined with others' stay open: one beside `allOf`, `anyOf`,
+/// `oneOf` or `$ref`, the parts of an `allOf`, and the alternatives of an object that has
+/// properties of its own (closing would refuse the properties of the rest). Conditions (`not`,
+/// `if`) are left as they are: closing would change what they say.
 fn close_objects(schema: &mut Value) {
+    close_objects_at(schema, true)
+}
+
+fn close_objects_at(schema: &mut Value, close_here: bool) {
     let Value::Object(m) = schema else { return };
+    let combined = ["allOf", "anyOf", "oneOf", "$ref"];
     let open = [
         "additionalProperties",
         "patternProperties",
         "unevaluatedProperties",
-        "allOf",
-        "anyOf",
-        "oneOf",
     ];
-    if m.contains_key("properties") && !open.iter().any(|k| m.contains_key(*k)) {
+    let own_properties = m.contains_key("properties") || m.contains_key("$ref");
+    if close_here
+        && m.contains_key("properties")
+        && !open.iter().chain(&combined).any(|k| m.contains_key(*k))
+    {
         m.insert("additionalProperties".into(), Value::Bool(false));
     }
     for (key, value) in m.iter_mut() {
@@ -222,7 +230,13 @@ fn close_objects(schema: &mut Value) {
             ("properties" | "patternProperties" | "$defs" | "definitions", Value::Object(map)) => {
                 map.values_mut().for_each(close_objects)
             }
-            ("anyOf" | "oneOf" | "prefixItems" | "items", Value::Array(list)) => {
+            ("anyOf" | "oneOf", Value::Array(list)) => list
+                .iter_mut()
+                .for_each(|v| close_objects_at(v, !own_properties)),
+            ("allOf", Value::Array(list)) => {
+                list.iter_mut().for_each(|v| close_objects_at(v, false))
+            }
+            ("prefixItems" | "items", Value::Array(list)) => {
                 list.iter_mut().for_each(close_objects)
             }
             ("items" | "additionalProperties", v @ Value::Object(_)) => close_objects(v),
@@ -508,17 +522,21 @@ fn compact(value: &Value) -> String {
 
 struct SpacedFormatter;
 
+fn item_separator<W: ?Sized + std::io::Write>(writer: &mut W, first: bool) -> std::io::Result<()> {
+    if first {
+        Ok(())
+    } else {
+        writer.write_all(b", ")
+    }
+}
+
 impl serde_json::ser::Formatter for SpacedFormatter {
     fn begin_array_value<W: ?Sized + std::io::Write>(
         &mut self,
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        item_separator(writer, first)
     }
 
     fn begin_object_key<W: ?Sized + std::io::Write>(
@@ -526,11 +544,7 @@ impl serde_json::ser::Formatter for SpacedFormatter {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        item_separator(writer, first)
     }
 
     fn begin_object_value<W: ?Sized + std::io::Write>(
@@ -631,8 +645,21 @@ mod tests {
                 .get("additionalProperties")
                 .is_none()
         );
+        // Alternatives beside the object's own properties stay open.
+        assert!(
+            args["properties"]["c"]["anyOf"][0]
+                .get("additionalProperties")
+                .is_none()
+        );
+        open.tools[0].parameters = json!({"anyOf": [
+            {"properties": {"x": {"type": "object", "properties": {}}}},
+            {"type": "string"}]});
+        let s = open.schema();
+        let args = &s["anyOf"][0]["properties"]["tool_calls"]["items"]["anyOf"][0]["properties"]["arguments"];
+        // A plain union's alternatives are whole objects: they close, and so do their insides.
+        assert_eq!(args["anyOf"][0]["additionalProperties"], false);
         assert_eq!(
-            args["properties"]["c"]["anyOf"][0]["additionalProperties"],
+            args["anyOf"][0]["properties"]["x"]["additionalProperties"],
             false
         );
         // The prompt shows the schema as given.

@@ -113,7 +113,7 @@ struct Collected {
     usage: Usage,
 }
 
-fn log_finished(id: &str, stop: &StopReason, usage: &Usage, timings: &Timings) {
+pub(super) fn log_finished(id: &str, stop: &StopReason, usage: &Usage, timings: &Timings) {
     tracing::info!(
         id,
         prompt_tokens = usage.prompt_tokens,

@@ -187,6 +187,7 @@ impl Server {
             .route("/api/ps", get(ollama::ps))
             .route("/api/show", post(ollama::show))
             .route("/api/version", get(ollama::version))
+            .route("/api/{*rest}", axum::routing::any(ollama::not_found))
             .route("/health", get(handlers::health))
             .route("/metrics", get(handlers::metrics))
             .fallback(handlers::not_found)

@@ -25,6 +25,9 @@ use crate::engine::service::{Event, RequestStream, Timings, Usage};
 use crate::openai::request::{self, Endpoint};
 use crate::openai::tools::{self, Reply, ReplyParser, ToolCall};
 
+/// How long a stream waits for a line before it sends an empty one.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 /// An error in Ollama's shape, with the status the OpenAI error would have.
 pub struct OllamaError(ApiError);
 
@@ -71,9 +74,26 @@ fn options_and_format(body: &Value, out: &mut Map<String, Value>) -> Result<(), 
         Some(Value::Object(options)) => {
             for (key, value) in options {
                 match key.as_str() {
-                    "temperature" | "top_p" | "top_k" | "min_p" | "seed" | "stop"
-                    | "repeat_penalty" | "repeat_last_n" | "presence_penalty"
-                    | "frequency_penalty" => {
+                    _ if value.is_null() => {}
+                    "top_p" | "top_k" | "min_p" | "stop" | "repeat_penalty"
+                    | "presence_penalty" | "frequency_penalty" => {
+                        out.insert(key.clone(), value.clone());
+                    }
+                    // Ollama sets no ceiling; past 2 the distribution is flat for any model.
+                    "temperature" => {
+                        let t = value.as_f64().map_or(value.clone(), |t| t.min(2.0).into());
+                        out.insert(key.clone(), t);
+                    }
+                    // A negative seed (Ollama's default, -1) is a random one.
+                    "seed" if value.as_i64().is_some_and(|s| s < 0) => {}
+                    "seed" => {
+                        out.insert(key.clone(), value.clone());
+                    }
+                    // -1: the whole context.
+                    "repeat_last_n" if value.as_i64() == Some(-1) => {
+                        out.insert(key.clone(), u32::MAX.into());
+                    }
+                    "repeat_last_n" => {
                         out.insert(key.clone(), value.clone());
                     }
                     // -1 (the default) runs to the end, -2 until the context is full.
@@ -132,8 +152,9 @@ fn unsupported_if_set(body: &Value, key: &str, why: &str) -> Result<(), ApiError
     Ok(())
 }
 
-/// An Ollama chat message as OpenAI's. Calls get ids (Ollama's have none) and results name
-/// their call by `tool_name`, or answer the first call not yet answered.
+/// Ollama's chat messages as OpenAI's. Calls keep the ids a client gave them and get one
+/// otherwise; a result names its call by `tool_call_id`, else answers the first call not yet
+/// answered of its `tool_name` (or of any tool).
 fn chat_messages(messages: &Value) -> Result<Vec<Value>, ApiError> {
     let Value::Array(messages) = messages else {
         return Err(ApiError::invalid_type("messages", "an array"));
@@ -172,7 +193,10 @@ fn chat_messages(messages: &Value) -> Result<Vec<Value>, ApiError> {
                             Value::Null => "{}".into(),
                             other => other.to_string(),
                         };
-                        let id = format!("call_{}", calls.len());
+                        let id = c["id"]
+                            .as_str()
+                            .filter(|id| !id.is_empty() && !calls.iter().any(|(c, _, _)| c == id))
+                            .map_or_else(|| format!("call_{}", calls.len()), str::to_string);
                         calls.push((id.clone(), name.clone(), false));
                         list.push(json!({"id": id, "type": "function",
                             "function": {"name": name, "arguments": arguments}}));
@@ -185,10 +209,13 @@ fn chat_messages(messages: &Value) -> Result<Vec<Value>, ApiError> {
                     .get("tool_name")
                     .or_else(|| m.get("name"))
                     .and_then(Value::as_str);
-                let call = calls
-                    .iter_mut()
-                    .rev()
-                    .find(|(_, n, answered)| !answered && name.is_none_or(|name| name == n));
+                let by_id = m.get("tool_call_id").and_then(Value::as_str);
+                let call = match by_id {
+                    Some(id) => calls.iter_mut().find(|(c, _, _)| c == id),
+                    None => calls
+                        .iter_mut()
+                        .find(|(_, n, answered)| !answered && name.is_none_or(|name| name == n)),
+                };
                 match call {
                     Some((id, _, answered)) => {
                         *answered = true;
@@ -220,17 +247,28 @@ pub async fn chat(
     check_model(&state, &body)?;
     let mut openai = Map::new();
     openai.insert("model".into(), state.config.model_id.clone().into());
-    let messages = body
-        .get("messages")
-        .cloned()
-        .unwrap_or(Value::Array(Vec::new()));
-    openai.insert("messages".into(), Value::Array(chat_messages(&messages)?));
+    let messages = match body.get("messages") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(m) => chat_messages(m)?,
+    };
+    if messages.is_empty() {
+        // Ollama's way to load a model: answer at once, generate nothing.
+        return Ok(Json(
+            json!({"model": state.config.model_id, "created_at": timestamp(),
+            "message": {"role": "assistant", "content": ""},
+            "done": true, "done_reason": "load"}),
+        )
+        .into_response());
+    }
+    openai.insert("messages".into(), Value::Array(messages));
     // Ollama's clients send `"tools": []` when there are none.
     if let Some(tools) = body
         .get("tools")
         .filter(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()))
     {
         openai.insert("tools".into(), tools.clone());
+        // Ollama puts no limit on the calls of one reply.
+        openai.insert("parallel_tool_calls".into(), true.into());
     }
     options_and_format(&body, &mut openai)?;
     let stream = stream_flag(&body)?;
@@ -335,8 +373,11 @@ impl Shape {
                     message["tool_calls"] = calls
                         .iter()
                         .map(|c| {
+                            // Ollama's clients take arguments as an object only.
                             let arguments = serde_json::from_str::<Value>(&c.arguments)
-                                .unwrap_or_else(|_| Value::String(c.arguments.clone()));
+                                .ok()
+                                .filter(Value::is_object)
+                                .unwrap_or_else(|| json!({}));
                             json!({"function": {"name": c.name, "arguments": arguments}})
                         })
                         .collect();
@@ -363,10 +404,7 @@ impl Shape {
         o.insert("done_reason".into(), reason.into());
         o.insert("total_duration".into(), ns(t.total).into());
         o.insert("load_duration".into(), 0.into());
-        o.insert(
-            "prompt_eval_count".into(),
-            u.prompt_tokens.saturating_sub(u.cached_tokens).into(),
-        );
+        o.insert("prompt_eval_count".into(), u.prompt_tokens.into());
         o.insert(
             "prompt_eval_duration".into(),
             ns(first.saturating_sub(t.queued)).into(),
@@ -387,7 +425,12 @@ async fn run(
     api: Api,
     stream: bool,
 ) -> Result<Response, OllamaError> {
-    let parsed = request::parse(endpoint, &openai)?;
+    let mut parsed = request::parse(endpoint, &openai)?;
+    // Ollama generates to the end unless `num_predict` says otherwise (OpenAI's legacy
+    // endpoint stops at 16 tokens).
+    if openai.get("max_tokens").is_none() {
+        parsed.request.params.max_tokens = None;
+    }
     let constraint_param = parsed.constraint_param;
     let reply = parsed.tools.as_ref().map(ReplyParser::new);
     let engine = state.engine.clone();
@@ -413,7 +456,12 @@ async fn run(
             if l.done {
                 return None;
             }
-            let out = l.next_lines().await;
+            // A line now and then while nothing comes (queued, a long prompt, a reply of tool
+            // calls), so proxies keep the stream open and a vanished client is noticed.
+            let out = match tokio::time::timeout(KEEP_ALIVE, l.next_lines()).await {
+                Ok(out) => out,
+                Err(_) => vec![Value::Object(l.shape.line("", &[], false))],
+            };
             Some((out, l))
         })
         .flat_map(futures_util::stream::iter)
@@ -483,6 +531,7 @@ impl Lines {
                 timings,
             }) => {
                 self.done = true;
+                super::handlers::log_finished("ollama", &stop, &usage, &timings);
                 let (reply, unsent) = match &self.reply {
                     Some(reply) => reply.finish(),
                     None => (Reply::default(), String::new()),
@@ -499,6 +548,7 @@ impl Lines {
             }
             Some(Event::Failed(message)) => {
                 self.done = true;
+                tracing::error!(%message, "generation failed");
                 vec![json!({ "error": format!("Generation failed: {message}") })]
             }
             None => {
@@ -563,6 +613,15 @@ pub async fn show(
         "capabilities": ["completion", "tools"],
         "modified_at": timestamp(),
     })))
+}
+
+/// Any other `/api/...` path: Ollama's endpoints that this server does not have (pulling and
+/// pushing models, embeddings), in Ollama's error shape.
+pub async fn not_found(uri: axum::http::Uri) -> OllamaError {
+    OllamaError(ApiError::not_found(format!(
+        "{} is not an endpoint of this server.",
+        uri.path()
+    )))
 }
 
 /// `GET /api/version`: this server's version (not Ollama's).

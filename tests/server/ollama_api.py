@@ -4,6 +4,7 @@ tools are called, the model is listed, and errors carry Ollama's shape."""
 
 import json
 import sys
+import urllib.request
 
 try:
     import ollama
@@ -43,6 +44,7 @@ def main():
     check_eq(r.message.content, want.choices[0].message.content, "chat text")
     check_eq(r.done_reason, "stop" if want.choices[0].finish_reason == "stop" else "length", "done_reason")
     check_eq(r.eval_count, want.usage.completion_tokens, "eval_count")
+    check_eq(r.prompt_eval_count, want.usage.prompt_tokens, "prompt_eval_count")
     check(r.total_duration > 0 and r.eval_duration > 0, f"durations: {r}")
     check_eq("".join(x.message.content for x in streamed), r.message.content, "streamed chat text")
     check(len(streamed) > 2 and streamed[-1].done and not streamed[0].done, "stream lines")
@@ -54,6 +56,21 @@ def main():
         check_eq(raw.response, want.choices[0].text, "raw generate text")
         templated = o.generate(model=model, prompt=ask[0]["content"], options={"temperature": 0, "num_predict": 24})
         check_eq(templated.response, r.message.content, "templated generate text")
+        # Without num_predict (and with Ollama's -1 defaults) a raw prompt runs to its end, not
+        # to the legacy endpoint's 16 tokens: the templated prompt raw gives the chat's reply.
+        longer = [{"role": "user", "content": "Write two sentences about Paris."}]
+        prompt = json.loads(urllib.request.urlopen(urllib.request.Request(
+            root + "/apply-template", data=json.dumps({"messages": longer}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {args.api_key}"})).read())["prompt"]
+        whole = c.chat.completions.create(model=model, messages=longer, temperature=0)
+        check(whole.usage.completion_tokens > 16, f"a reply of {whole.usage.completion_tokens} tokens proves nothing")
+        raw = o.generate(model=model, prompt=prompt, raw=True,
+                         options={"temperature": 0, "seed": -1, "repeat_last_n": -1, "num_predict": -1})
+        check_eq(raw.response, whole.choices[0].message.content, "raw generate to the end")
+        check_eq(raw.done_reason, "stop", "raw generate's done_reason")
+        # An empty conversation or prompt loads the model, as in Ollama.
+        check_eq(o.chat(model=model, messages=[]).done_reason, "load", "empty chat")
+        check_eq(o.generate(model=model, prompt="").done_reason, "load", "empty generate")
 
     with Timer("format (a JSON schema)"):
         schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"]}
@@ -82,6 +99,16 @@ def main():
             for t in m.tool_calls or []:
                 check_eq(t.function.name, "get_weather", "called tool")
                 check(isinstance(t.function.arguments, dict), f"arguments: {t}")
+        # Results named by the call's id (as LangChain sends them) answer that call.
+        two = q + [
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "a1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+                {"id": "b2", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]},
+            {"role": "tool", "content": "rainy", "tool_call_id": "b2"},
+            {"role": "tool", "content": "sunny", "tool_call_id": "a1"},
+        ]
+        r = o.chat(model=model, messages=two, options={"temperature": 0, "num_predict": 8})
+        check(r.done, "results by id")
         # A result of no call is taken, as Ollama takes it.
         r = o.chat(model=model, messages=q + [{"role": "tool", "content": "sunny", "tool_name": "get_weather"}],
                    options={"temperature": 0, "num_predict": 8})
@@ -91,7 +118,8 @@ def main():
     for what, call, status in [
         ("another model", lambda: o.chat(model="nope", messages=ask), 404),
         ("an image", lambda: o.chat(model=model, messages=[{"role": "user", "content": "x", "images": ["aGk="]}]), 400),
-        ("bad options", lambda: o.generate(model=model, prompt="x", options={"temperature": 9}), 400),
+        ("bad options", lambda: o.generate(model=model, prompt="x", options={"stop": 5}), 400),
+        ("an endpoint it lacks", lambda: o.embed(model=model, input="x"), 404),
     ]:
         try:
             call()
