@@ -49,13 +49,15 @@ struct Lexer<'a> {
     src: &'a str,
 }
 
-impl Lexer<'_> {
-    fn line_of(&self, at: usize) -> usize {
-        self.src[..at.min(self.src.len())].matches('\n').count() + 1
-    }
+/// A fault at byte `at` of `src`, named by its line.
+fn fault(src: &str, at: usize, msg: impl std::fmt::Display) -> String {
+    let line = src[..at.min(src.len())].matches('\n').count() + 1;
+    format!("GBNF line {line}: {msg}")
+}
 
+impl Lexer<'_> {
     fn err(&self, at: usize, msg: impl std::fmt::Display) -> String {
-        format!("GBNF line {}: {msg}", self.line_of(at))
+        fault(self.src, at, msg)
     }
 
     fn hex(&mut self, at: usize, digits: usize) -> Result<char, String> {
@@ -276,10 +278,7 @@ pub fn gbnf_to_lark(grammar: &str) -> Result<String, String> {
         chars: grammar.char_indices().peekable(),
         src: grammar,
     };
-    let err_at = |at: usize, msg: String| {
-        let line = grammar[..at.min(grammar.len())].matches('\n').count() + 1;
-        format!("GBNF line {line}: {msg}")
-    };
+    let err_at = |at: usize, msg: String| fault(grammar, at, msg);
     let tokens = lexer.tokens()?;
     // Rules start at `name ::=`; everything up to the next such pair is the rule's body.
     let starts: Vec<usize> = (0..tokens.len())

@@ -96,6 +96,11 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| ApiError::missing(&self.path(key)))
     }
 
+    fn required_str(&self, key: &str) -> Result<&'a str, ApiError> {
+        self.str(key)?
+            .ok_or_else(|| ApiError::missing(&self.path(key)))
+    }
+
     fn str(&self, key: &str) -> Result<Option<&'a str>, ApiError> {
         self.get(key)
             .map(|v| {
@@ -501,9 +506,7 @@ fn tools(f: &Fields, response: Option<&Constraint>) -> Result<Option<Tools>, Api
                 None => return Err(ApiError::missing(&c.path("type"))),
             }
             let function = Fields::of(c.required("function")?, &c.path("function"))?;
-            let name = function
-                .str("name")?
-                .ok_or_else(|| ApiError::missing(&function.path("name")))?;
+            let name = function.required_str("name")?;
             if !list.iter().any(|t| t.name == name) {
                 return Err(ApiError::invalid_value(
                     &function.path("name"),
@@ -558,9 +561,7 @@ fn tool(item: &Value, path: &str) -> Result<Tool, ApiError> {
         None => return Err(ApiError::missing(&t.path("type"))),
     }
     let f = Fields::of(t.required("function")?, &t.path("function"))?;
-    let name = f
-        .str("name")?
-        .ok_or_else(|| ApiError::missing(&f.path("name")))?;
+    let name = f.required_str("name")?;
     let name_ok = !name.is_empty()
         && name.len() <= MAX_TOOL_NAME
         && name
@@ -597,9 +598,7 @@ fn assistant_calls(value: &Value, path: &str) -> Result<Vec<(String, String, Val
         .enumerate()
         .map(|(i, call)| {
             let c = Fields::of(call, &format!("{path}[{i}]"))?;
-            let id = c
-                .str("id")?
-                .ok_or_else(|| ApiError::missing(&c.path("id")))?;
+            let id = c.required_str("id")?;
             if let Some(kind) = c.str("type")?
                 && kind != "function"
             {
@@ -609,9 +608,7 @@ fn assistant_calls(value: &Value, path: &str) -> Result<Vec<(String, String, Val
                 ));
             }
             let function = Fields::of(c.required("function")?, &c.path("function"))?;
-            let name = function
-                .str("name")?
-                .ok_or_else(|| ApiError::missing(&function.path("name")))?;
+            let name = function.required_str("name")?;
             let arguments = function.str("arguments")?.unwrap_or("{}");
             let arguments = serde_json::from_str(arguments)
                 .unwrap_or_else(|_| Value::String(arguments.to_string()));
@@ -717,9 +714,7 @@ pub fn chat(body: &Value) -> Result<Parsed, ApiError> {
                 ));
             }
             ("tool", None) => {
-                let id = m
-                    .str("tool_call_id")?
-                    .ok_or_else(|| ApiError::missing(&m.path("tool_call_id")))?;
+                let id = m.required_str("tool_call_id")?;
                 let name = match call_names.iter().rev().find(|(c, _)| c == id) {
                     Some((_, name)) => name.clone(),
                     None => {
@@ -843,10 +838,7 @@ pub struct TokenizeRequest {
 
 pub fn tokenize(body: &Value) -> Result<TokenizeRequest, ApiError> {
     let f = Fields::of(body, "")?;
-    let content = f
-        .str("content")?
-        .ok_or_else(|| ApiError::missing("content"))?
-        .to_string();
+    let content = f.required_str("content")?.to_string();
     if f.bool("parse_special")? == Some(false) {
         return Err(ApiError::unsupported(
             "parse_special",

@@ -6,7 +6,7 @@ use serde_json::Map;
 use crate::engine::StopReason;
 use crate::engine::TokenLogprob;
 use crate::engine::service::{ModelInfo, Usage};
-use crate::openai::tools::ToolCall;
+use crate::openai::tools::{ReplyParser, ToolCall};
 
 /// OpenAI's stand-in for a log-probability of minus infinity, which JSON cannot hold.
 const NEG_INF_LOGPROB: f32 = -9999.0;
@@ -143,6 +143,23 @@ impl ToolCallBody {
             })
             .collect()
     }
+}
+
+/// The end of a streamed chat reply that may call tools: a last delta with the text not yet
+/// sent and the calls (none when there is neither), and the finish reason.
+pub fn tool_reply_end(reply: &ReplyParser, stop: &StopReason) -> (Option<Delta>, &'static str) {
+    let (reply, unsent) = reply.finish();
+    let reason = chat_finish_reason(stop, &reply.tool_calls);
+    if unsent.is_empty() && reply.tool_calls.is_empty() {
+        return (None, reason);
+    }
+    let delta = Delta {
+        content: (!unsent.is_empty()).then_some(unsent),
+        tool_calls: (!reply.tool_calls.is_empty())
+            .then(|| ToolCallBody::list(&reply.tool_calls, true)),
+        ..Delta::default()
+    };
+    (Some(delta), reason)
 }
 
 /// `tool_calls` when the reply called tools, else as [`finish_reason`] says.

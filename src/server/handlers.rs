@@ -350,28 +350,11 @@ impl Streamer {
         self.role_chunk(out);
         let mut reason = Some(finish_reason(stop));
         if let Some(reply) = &self.reply {
-            let (reply, unsent) = reply.finish();
-            if !unsent.is_empty() {
-                out.push(self.chat_chunk(
-                    Delta {
-                        content: Some(unsent),
-                        ..Delta::default()
-                    },
-                    None,
-                    None,
-                ));
+            let (delta, tool_reason) = tool_reply_end(reply, stop);
+            if let Some(delta) = delta {
+                out.push(self.chat_chunk(delta, None, None));
             }
-            if !reply.tool_calls.is_empty() {
-                out.push(self.chat_chunk(
-                    Delta {
-                        tool_calls: Some(ToolCallBody::list(&reply.tool_calls, true)),
-                        ..Delta::default()
-                    },
-                    None,
-                    None,
-                ));
-            }
-            reason = Some(chat_finish_reason(stop, &reply.tool_calls));
+            reason = Some(tool_reason);
         }
         out.push(match self.endpoint {
             Endpoint::Chat => self.chat_chunk(Delta::default(), None, reason),

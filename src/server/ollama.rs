@@ -139,8 +139,9 @@ fn options_and_format(body: &Value, out: &mut Map<String, Value>) -> Result<(), 
     Ok(())
 }
 
-fn unsupported_if_set(body: &Value, key: &str, why: &str) -> Result<(), ApiError> {
-    let set = match body.get(key) {
+/// Refuses `key` of `fields` when it holds anything (not null, false, "" or []).
+fn unsupported_if_set(fields: &Map<String, Value>, key: &str, why: &str) -> Result<(), ApiError> {
+    let set = match fields.get(key) {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
         Some(Value::String(s)) => !s.is_empty(),
         Some(Value::Array(a)) => !a.is_empty(),
@@ -168,11 +169,7 @@ fn chat_messages(messages: &Value) -> Result<Vec<Value>, ApiError> {
                 "an object",
             ));
         };
-        unsupported_if_set(
-            &Value::Object(m.clone()),
-            "images",
-            "this server reads text only.",
-        )?;
+        unsupported_if_set(m, "images", "this server reads text only.")?;
         let mut o = Map::new();
         for key in ["role", "content"] {
             if let Some(v) = m.get(key) {
@@ -290,11 +287,13 @@ pub async fn generate(
 ) -> Result<Response, OllamaError> {
     let JsonBody(body) = body?;
     check_model(&state, &body)?;
-    unsupported_if_set(&body, "images", "this server reads text only.")?;
-    unsupported_if_set(&body, "suffix", "this server does not fill in the middle.")?;
-    unsupported_if_set(&body, "template", "the model's own chat template is used.")?;
+    let no_fields = Map::new();
+    let fields = body.as_object().unwrap_or(&no_fields);
+    unsupported_if_set(fields, "images", "this server reads text only.")?;
+    unsupported_if_set(fields, "suffix", "this server does not fill in the middle.")?;
+    unsupported_if_set(fields, "template", "the model's own chat template is used.")?;
     unsupported_if_set(
-        &body,
+        fields,
         "context",
         "continuing from returned context is not supported; send the conversation to /api/chat.",
     )?;

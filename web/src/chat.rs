@@ -11,7 +11,7 @@ use sovereign::openai::request;
 pub use sovereign::openai::request::Endpoint;
 use sovereign::openai::response::{
     ChatChunk, ChatChunkChoice, ChatLogprobs, ChatTokenLogprob, Delta, TextChoice, TextCompletion,
-    TextLogprobs, TextOffsets, ToolCallBody, UsageBody, chat_finish_reason, finish_reason,
+    TextLogprobs, TextOffsets, UsageBody, finish_reason, tool_reply_end,
 };
 use sovereign::openai::tools::ReplyParser;
 
@@ -221,22 +221,11 @@ impl Generation {
                     let mut out = Vec::new();
                     let mut reason = finish_reason(&stop);
                     if let Some(reply) = &self.reply {
-                        let (reply, unsent) = reply.finish();
-                        let tool_calls = (!reply.tool_calls.is_empty())
-                            .then(|| ToolCallBody::list(&reply.tool_calls, true));
-                        if !unsent.is_empty() || tool_calls.is_some() {
-                            let content = (!unsent.is_empty()).then_some(unsent);
-                            out.push(self.chunk(
-                                Some(Delta {
-                                    content,
-                                    tool_calls,
-                                    ..Delta::default()
-                                }),
-                                None,
-                                None,
-                            ));
+                        let (delta, tool_reason) = tool_reply_end(reply, &stop);
+                        if let Some(delta) = delta {
+                            out.push(self.chunk(Some(delta), None, None));
                         }
-                        reason = chat_finish_reason(&stop, &reply.tool_calls);
+                        reason = tool_reason;
                     }
                     let mut chunk = self.chunk(None, None, Some(reason));
                     chunk["usage"] =
