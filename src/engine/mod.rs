@@ -2,6 +2,7 @@
 //! (CLI, server, apps) talks to.
 
 mod draft;
+pub mod embed;
 pub mod gbnf;
 mod grammar;
 pub mod sampler;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use web_time::{Duration, Instant};
 
+pub use embed::{Embedding, Normalize, Pooling};
 pub use grammar::{Constraint, GrammarState, Grammars};
 pub use sampler::{Sampler, SamplingParams};
 pub use sequence::{Advance, Logits, SequenceState, TokenLogprob, TopToken};
@@ -53,6 +55,8 @@ pub struct Model {
     tokenizer: Arc<Tokenizer>,
     grammars: Arc<Grammars>,
     name: String,
+    /// How embeddings are pooled unless a request says otherwise (the file's choice).
+    pooling: Pooling,
 }
 
 impl std::fmt::Debug for Model {
@@ -93,6 +97,7 @@ impl Model {
             .get_str("general.name")
             .unwrap_or(cfg.arch.as_str())
             .to_string();
+        let pooling = Pooling::of_model(file.metadata(), &cfg.arch);
         let llama = LlamaGpu::load(ctx, cfg, file, options, on_progress).await?;
         let tokenizer = Arc::new(tokenizer);
         Ok(Model {
@@ -100,6 +105,7 @@ impl Model {
             grammars: Arc::new(Grammars::new(Arc::clone(&tokenizer))),
             tokenizer,
             name,
+            pooling,
         })
     }
 
@@ -123,6 +129,11 @@ impl Model {
 
     pub fn config(&self) -> &LlamaConfig {
         self.llama.config()
+    }
+
+    /// The pooling the model's file names for embeddings (mean where it names none).
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
     }
 
     pub fn llama(&self) -> &LlamaGpu {
@@ -215,6 +226,47 @@ impl Session {
     /// Tokens currently in the cache.
     pub fn cached(&self) -> &[u32] {
         &self.cached
+    }
+
+    /// The embedding of `tokens`: the final norm's output at every position, pooled and
+    /// normalized. It runs in this session's cache positions, so the cached tokens are
+    /// forgotten.
+    pub async fn embed(
+        &mut self,
+        model: &mut Model,
+        tokens: &[u32],
+        pooling: Pooling,
+        normalize: Normalize,
+    ) -> Result<Embedding> {
+        let n_ctx = model.llama.n_ctx() as usize;
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt.into());
+        }
+        if tokens.len() > n_ctx {
+            return Err(EngineError::PromptTooLong {
+                n_prompt: tokens.len(),
+                n_ctx: n_ctx as u32,
+            }
+            .into());
+        }
+        self.cached.clear();
+        let mut pooler = embed::Pooler::new(pooling, model.config().n_embd as usize);
+        let max_batch = model.llama.max_batch() as usize;
+        for (i, chunk) in tokens.chunks(max_batch).enumerate() {
+            let pos0 = (i * max_batch) as u32;
+            match model.llama.forward(chunk, pos0, Output::AllHidden).await? {
+                Forward::Hidden(rows) => pooler.add(&rows),
+                _ => {
+                    return Err(
+                        EngineError::Stopped("the step returned no hidden rows".into()).into(),
+                    );
+                }
+            }
+        }
+        Ok(Embedding {
+            values: pooler.finish(normalize),
+            n_tokens: tokens.len(),
+        })
     }
 
     /// Runs `prompt`, then generates, handing each piece of text to `on_text` as soon as it is

@@ -11,12 +11,13 @@ use std::task::{Context, Poll};
 use futures_channel::mpsc;
 use web_time::{Duration, Instant};
 
+use super::embed::{Embedding, Normalize, Pooler, Pooling};
 use super::sequence::{Logits, SequenceState, TokenLogprob};
 use super::{EngineError, GenerateParams, Grammars, Model, StopReason};
 use crate::Result;
 use crate::kernels::StepInput;
 use crate::kv::{KvCache, SeqId};
-use crate::model::llama::{PageCopy, StepOutput};
+use crate::model::llama::{Forward, PageCopy, StepOutput};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 /// What to run.
@@ -36,6 +37,18 @@ pub struct Request {
     pub params: GenerateParams,
     /// Report each token's log-probability with this many alternatives (0..=20).
     pub logprobs: Option<usize>,
+}
+
+/// Embeddings of one or more inputs, each pooled into its own vector.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EmbedRequest {
+    pub inputs: Vec<Prompt>,
+    /// `None`: the model's own (see [`Model::pooling`]).
+    pub pooling: Option<Pooling>,
+    pub normalize: Normalize,
+    /// An input longer than the context keeps its first `n_ctx` tokens instead of failing the
+    /// request.
+    pub truncate: bool,
 }
 
 impl Default for Prompt {
@@ -106,6 +119,9 @@ pub struct Metrics {
     pub time_to_first_token_count: u64,
     pub inter_token_seconds_sum: f64,
     pub inter_token_count: u64,
+    /// Embedding requests submitted, and the inputs they embedded.
+    pub embedding_requests: u64,
+    pub embedded_inputs: u64,
     /// Generated tokens per second over the last busy stretch.
     pub decode_tokens_per_second: f64,
     pub requests_preempted: u64,
@@ -131,6 +147,15 @@ pub struct ModelInfo {
     pub backend: String,
     /// Bytes of GPU memory the model holds: weights and KV cache.
     pub gpu_bytes: u64,
+    /// Width of the model's embeddings (its hidden size).
+    pub n_embd: u32,
+    /// How the model pools embeddings unless a request says otherwise.
+    #[serde(serialize_with = "pooling_name")]
+    pub pooling: Pooling,
+}
+
+fn pooling_name<S: serde::Serializer>(p: &Pooling, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(p.name())
 }
 
 #[derive(Debug, Clone)]
@@ -179,7 +204,21 @@ impl Drop for InFlight {
 enum Command {
     /// A checked request: its job and its sequence state, prompt included.
     Submit(Job, Box<SequenceState>, Vec<u32>),
+    Embed(EmbedJob),
     Shutdown,
+}
+
+/// What an embedding request's waiter gets: a vector per input, or why there are none.
+type EmbedReply = std::result::Result<Vec<Embedding>, String>;
+
+/// A checked embedding request: every input's tokens.
+struct EmbedJob {
+    inputs: Vec<Vec<u32>>,
+    pooling: Pooling,
+    normalize: Normalize,
+    reply: futures_channel::oneshot::Sender<EmbedReply>,
+    /// Counts the request as in flight until the engine lets go of it.
+    _in_flight: InFlight,
 }
 
 struct Shared {
@@ -234,6 +273,8 @@ impl Engine {
             adapter: ctx.adapter_info().name.clone(),
             backend: format!("{:?}", ctx.adapter_info().backend),
             gpu_bytes: llama.weight_bytes() + llama.kv_bytes(),
+            n_embd: model.config().n_embd,
+            pooling: model.pooling(),
         };
         let shared = Arc::new(Shared {
             commands: tx,
@@ -353,18 +394,7 @@ impl EngineHandle {
             params.draft = self.shared.options.draft;
         }
         let state = SequenceState::new(&tokens, params, request.logprobs, &self.shared.grammars)?;
-        let (max, running) = (self.shared.options.max_queue, self.shared.n_slots);
-        let admitted =
-            self.shared
-                .in_flight
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < running.saturating_add(max)).then_some(n + 1)
-                });
-        if admitted.is_err() {
-            self.update(|m| m.requests_rejected += 1);
-            return Err(EngineError::QueueFull { max, running }.into());
-        }
-        let in_flight = InFlight(Arc::clone(&self.shared.in_flight));
+        let in_flight = self.take_place()?;
         self.shared.queued.fetch_add(1, Ordering::AcqRel);
         let (events, rx) = mpsc::unbounded();
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -387,6 +417,101 @@ impl EngineHandle {
                 EngineError::Stopped("the engine has stopped".into())
             })?;
         Ok(RequestStream { rx, cancelled })
+    }
+}
+
+impl EngineHandle {
+    /// Counts one more request in flight, or refuses it when the slots and the queue are full.
+    fn take_place(&self) -> Result<InFlight> {
+        let (max, running) = (self.shared.options.max_queue, self.shared.n_slots);
+        let admitted =
+            self.shared
+                .in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < running.saturating_add(max)).then_some(n + 1)
+                });
+        if admitted.is_err() {
+            self.update(|m| m.requests_rejected += 1);
+            return Err(EngineError::QueueFull { max, running }.into());
+        }
+        Ok(InFlight(Arc::clone(&self.shared.in_flight)))
+    }
+
+    /// Checks and queues an embedding request. Fails at once on an empty input, an input
+    /// longer than the context (unless `truncate`), or a full queue. The embeddings come in
+    /// the order of the inputs; dropping the returned waiter cancels the request.
+    pub fn embed(&self, request: EmbedRequest) -> Result<PendingEmbeddings> {
+        if request.inputs.is_empty() {
+            return Err(EngineError::InvalidParameter {
+                name: "input".into(),
+                message: "no inputs to embed".into(),
+            }
+            .into());
+        }
+        let n_ctx = self.shared.info.n_ctx as usize;
+        let numbered = request.inputs.len() > 1;
+        let mut inputs = Vec::with_capacity(request.inputs.len());
+        for (i, prompt) in request.inputs.iter().enumerate() {
+            let mut tokens = self.tokenize(prompt)?;
+            let fault = |message: String| EngineError::InvalidParameter {
+                name: if numbered {
+                    format!("input[{i}]")
+                } else {
+                    "input".into()
+                },
+                message,
+            };
+            if tokens.is_empty() {
+                return Err(fault("it holds no tokens".into()).into());
+            }
+            if tokens.len() > n_ctx {
+                if !request.truncate {
+                    return Err(fault(format!(
+                        "it has {} tokens but the context holds only {n_ctx}",
+                        tokens.len()
+                    ))
+                    .into());
+                }
+                tokens.truncate(n_ctx);
+            }
+            inputs.push(tokens);
+        }
+        let in_flight = self.take_place()?;
+        let (reply, rx) = futures_channel::oneshot::channel();
+        let n_tokens: usize = inputs.iter().map(Vec::len).sum();
+        let job = EmbedJob {
+            pooling: request.pooling.unwrap_or(self.shared.info.pooling),
+            normalize: request.normalize,
+            inputs,
+            reply,
+            _in_flight: in_flight,
+        };
+        self.update(|m| {
+            m.requests_submitted += 1;
+            m.embedding_requests += 1;
+            m.prompt_tokens += n_tokens as u64;
+        });
+        self.shared
+            .commands
+            .unbounded_send(Command::Embed(job))
+            .map_err(|_| EngineError::Stopped("the engine has stopped".into()))?;
+        Ok(PendingEmbeddings { rx })
+    }
+}
+
+/// The embeddings of a request, once the engine has run it. Dropping it cancels the request.
+pub struct PendingEmbeddings {
+    rx: futures_channel::oneshot::Receiver<EmbedReply>,
+}
+
+impl PendingEmbeddings {
+    /// The vectors, one per input in order.
+    pub async fn wait(self) -> Result<Vec<Embedding>> {
+        match self.rx.await {
+            Ok(Ok(embeddings)) => Ok(embeddings),
+            Ok(Err(message)) => Err(EngineError::Stopped(message).into()),
+            Err(_) => Err(EngineError::Stopped("the engine has stopped".into()).into()),
+        }
     }
 }
 
@@ -447,12 +572,14 @@ async fn run_loop(
         if scheduler.is_idle() {
             match futures_util::StreamExt::next(&mut commands).await {
                 Some(Command::Submit(job, state, tokens)) => scheduler.enqueue(job, *state, tokens),
+                Some(Command::Embed(job)) => scheduler.embeds.push_back(job),
                 Some(Command::Shutdown) | None => return,
             }
         }
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
                 Command::Submit(job, state, tokens) => scheduler.enqueue(job, *state, tokens),
+                Command::Embed(job) => scheduler.embeds.push_back(job),
                 Command::Shutdown => return,
             }
         }
@@ -530,6 +657,25 @@ struct Scheduler {
     waiting: VecDeque<Waiting>,
     running: Vec<Running>,
     next_id: SeqId,
+    /// Embedding requests not yet started, and the one running (a chunk of it each step).
+    embeds: VecDeque<EmbedJob>,
+    embedding: Option<EmbedRun>,
+}
+
+/// The embedding request being run: its inputs one after another, each in a sequence of its
+/// own that ends with it.
+struct EmbedRun {
+    job: EmbedJob,
+    done: Vec<Embedding>,
+    current: Option<EmbedSeq>,
+}
+
+struct EmbedSeq {
+    id: SeqId,
+    slot: u32,
+    pooler: Pooler,
+    /// Leading tokens of the input already run.
+    n_done: usize,
 }
 
 impl Scheduler {
@@ -547,12 +693,17 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_id: 0,
+            embeds: VecDeque::new(),
+            embedding: None,
             model,
         }
     }
 
     fn is_idle(&self) -> bool {
-        self.waiting.is_empty() && self.running.is_empty()
+        self.waiting.is_empty()
+            && self.running.is_empty()
+            && self.embeds.is_empty()
+            && self.embedding.is_none()
     }
 
     fn enqueue(&mut self, job: Job, state: SequenceState, tokens: Vec<u32>) {
@@ -571,6 +722,9 @@ impl Scheduler {
 
     async fn iteration(&mut self, handle: &EngineHandle) {
         self.drop_cancelled(handle);
+        // An embedding takes a free slot before waiting generations do, so a stream of those
+        // cannot keep it waiting.
+        self.embed_step(handle).await;
         self.admit(handle);
         self.publish(handle);
         let Some((entries, copies)) = self.plan(handle) else {
@@ -743,6 +897,142 @@ impl Scheduler {
                 pending: None,
                 progress,
             });
+        }
+    }
+
+    /// Runs the next chunk of the embedding request at the head of its queue, in a step of its
+    /// own (its rows want the final norm, not logits), and answers the request once its last
+    /// input is pooled.
+    async fn embed_step(&mut self, handle: &EngineHandle) {
+        if self.embedding.is_none() {
+            while let Some(job) = self.embeds.pop_front() {
+                if job.reply.is_canceled() {
+                    handle.update(|m| m.requests_cancelled += 1);
+                    continue;
+                }
+                self.embedding = Some(EmbedRun {
+                    job,
+                    done: Vec::new(),
+                    current: None,
+                });
+                break;
+            }
+        }
+        let Some(mut run) = self.embedding.take() else {
+            return;
+        };
+        if run.job.reply.is_canceled() {
+            handle.update(|m| m.requests_cancelled += 1);
+            self.end_embedding(run, None);
+            return;
+        }
+        match self.embed_chunk(handle, &mut run).await {
+            Ok(()) if run.done.len() == run.job.inputs.len() => {
+                handle.update(|m| {
+                    m.requests_finished += 1;
+                    m.embedded_inputs += run.done.len() as u64;
+                });
+                let done = std::mem::take(&mut run.done);
+                self.end_embedding(run, Some(Ok(done)));
+            }
+            Ok(()) => self.embedding = Some(run),
+            Err(e) => {
+                tracing::warn!("embedding failed: {e}");
+                handle.update(|m| m.requests_failed += 1);
+                self.end_embedding(run, Some(Err(e.to_string())));
+            }
+        }
+    }
+
+    /// One step of `run`'s current input (starting it when a slot is free).
+    async fn embed_chunk(&mut self, handle: &EngineHandle, run: &mut EmbedRun) -> Result<()> {
+        let kv_fault = |e: crate::kv::KvError| EngineError::Stopped(e.to_string());
+        let Some(tokens) = run.job.inputs.get(run.done.len()) else {
+            return Ok(());
+        };
+        let cur = match run.current.as_mut() {
+            Some(cur) => cur,
+            None => {
+                // No free slot: the input waits for a running sequence to end.
+                let Some(slot) = self.free_slots.pop() else {
+                    return Ok(());
+                };
+                let id = self.next_id;
+                self.next_id += 1;
+                // Every position's rows are pooled, so none may come from the prefix cache.
+                if let Err(e) = self.kv.add_sequence(id, &[]) {
+                    self.free_slots.push(slot);
+                    return Err(kv_fault(e).into());
+                }
+                let n_embd = self.model.config().n_embd as usize;
+                run.current.insert(EmbedSeq {
+                    id,
+                    slot,
+                    pooler: Pooler::new(run.job.pooling, n_embd),
+                    n_done: 0,
+                })
+            }
+        };
+        let budget = if self.running.is_empty() {
+            self.max_batch
+        } else {
+            self.prefill_chunk.min(self.max_batch)
+        };
+        let start = cur.n_done;
+        let chunk = &tokens[start..tokens.len().min(start + budget)];
+        let copies = loop {
+            match self.kv.reserve(cur.id, start + chunk.len()) {
+                Ok(copies) => break copies,
+                Err(crate::kv::KvError::OutOfPages { .. }) if self.preempt_newest() => {
+                    handle.update(|m| m.requests_preempted += 1);
+                }
+                Err(e) => return Err(kv_fault(e).into()),
+            }
+        };
+        let n = chunk.len() as u32;
+        let positions: Vec<u32> = (start as u32..start as u32 + n).collect();
+        let slots = vec![cur.slot; chunk.len()];
+        let out_rows: Vec<u32> = (0..n).collect();
+        let tables = [(cur.slot, self.kv.pages(cur.id).unwrap_or(&[]))];
+        let input = StepInput {
+            tokens: chunk,
+            positions: &positions,
+            slots: &slots,
+            out_rows: &out_rows,
+            tables: &tables,
+        };
+        let forward = self
+            .model
+            .llama_mut()
+            .step(&input, &copies, StepOutput::Hidden)
+            .await?;
+        let Forward::Hidden(rows) = forward else {
+            return Err(EngineError::Stopped("the step returned no hidden rows".into()).into());
+        };
+        cur.pooler.add(&rows);
+        self.kv.commit(cur.id, chunk).map_err(kv_fault)?;
+        cur.n_done += chunk.len();
+        if cur.n_done == tokens.len()
+            && let Some(cur) = run.current.take()
+        {
+            let _ = self.kv.release(cur.id);
+            self.free_slots.push(cur.slot);
+            run.done.push(Embedding {
+                values: cur.pooler.finish(run.job.normalize),
+                n_tokens: tokens.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Frees what `run` holds and answers its request (`None`: nobody is waiting).
+    fn end_embedding(&mut self, mut run: EmbedRun, reply: Option<EmbedReply>) {
+        if let Some(cur) = run.current.take() {
+            let _ = self.kv.release(cur.id);
+            self.free_slots.push(cur.slot);
+        }
+        if let Some(reply) = reply {
+            let _ = run.job.reply.send(reply);
         }
     }
 

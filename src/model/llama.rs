@@ -115,6 +115,9 @@ pub enum StepOutput {
     Argmax,
     /// The logits of each output row: (n_out, n_vocab).
     Logits,
+    /// The final norm's output of each output row, before the output projection:
+    /// (n_out, n_embd). Embeddings are pooled from these.
+    Hidden,
 }
 
 /// A page copy before a step: every layer's K and V of page `src` into page `dst` (copy on
@@ -138,6 +141,8 @@ pub enum Output {
     AllLogits,
     /// The most likely next token after every position (greedy checks of drafted tokens).
     AllArgmax,
+    /// The final norm's output at every position: (n_tokens, n_embd).
+    AllHidden,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +154,8 @@ pub enum Forward {
     Tokens(Vec<u32>),
     /// Logits of the requested rows, (rows, n_vocab).
     Logits(Vec<f32>),
+    /// The final norm's output of the requested rows, (rows, n_embd).
+    Hidden(Vec<f32>),
 }
 
 /// An activation to read back in traced runs: `rows` rows of `row_len` values.
@@ -592,8 +599,10 @@ impl LlamaGpu {
                 wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             )
             .await?;
-        let readback =
-            ReadbackBuffer::new(&ctx, "readback", u64::from(logit_rows) * vocab_row_bytes).await?;
+        // Read back: the logit rows, or the final norm of every row of a batch (embeddings).
+        let readback_bytes = (u64::from(logit_rows) * vocab_row_bytes)
+            .max(u64::from(max_batch) * u64::from(cfg.n_embd) * 4);
+        let readback = ReadbackBuffer::new(&ctx, "readback", readback_bytes).await?;
         let layout = PagedLayout {
             page_size,
             pages_per_seq,
@@ -714,6 +723,15 @@ impl LlamaGpu {
         self.logit_rows
     }
 
+    /// The most output rows a step may ask `output` of: hidden rows fit wherever the batch's
+    /// rows do, logit rows only as many as the logits buffer holds.
+    pub fn max_out_rows(&self, output: StepOutput) -> u32 {
+        match output {
+            StepOutput::Hidden => self.max_batch,
+            _ => self.logit_rows,
+        }
+    }
+
     /// The most tokens of one sequence a step runs with the logits of one-token steps: longer
     /// runs take the prefill attention, which sums in another order. Drafted steps stay within.
     pub fn max_exact_run(&self) -> u32 {
@@ -803,11 +821,11 @@ impl LlamaGpu {
     ) -> Result<Forward> {
         let start = Instant::now();
         self.check_tokens(input.tokens)?;
-        if input.out_rows.len() > self.logit_rows as usize {
+        let max_out = self.max_out_rows(output);
+        if input.out_rows.len() > max_out as usize {
             return Err(ModelError::BadRequest(format!(
-                "{} output rows in one step; at most {}",
+                "{} output rows in one step; at most {max_out}",
                 input.out_rows.len(),
-                self.logit_rows
             ))
             .into());
         }
@@ -859,6 +877,8 @@ impl LlamaGpu {
         };
         let tail: &[Dispatch] = match output {
             StepOutput::Nothing => &[],
+            // The tail's first dispatch is the final norm of the output rows.
+            StepOutput::Hidden => &self.tail_vector[..1],
             _ if shape.n_out < VECTOR_MAX_TOKENS => &self.tail_vector,
             _ => &self.tail_tiled,
         };
@@ -906,6 +926,12 @@ impl LlamaGpu {
                 self.readback
                     .copy_from(&mut encoder, &self.logits, 0, 4 * n_out * vocab)?
             }
+            StepOutput::Hidden => self.readback.copy_from(
+                &mut encoder,
+                &self.xn,
+                0,
+                4 * n_out * u64::from(self.cfg.n_embd),
+            )?,
         }
         self.ctx.queue().submit([encoder.finish()]);
         self.times.host += start.elapsed();
@@ -935,6 +961,11 @@ impl LlamaGpu {
             StepOutput::Logits => Forward::Logits(
                 self.readback
                     .read_f32(&self.ctx, (n_out * vocab) as usize)
+                    .await?,
+            ),
+            StepOutput::Hidden => Forward::Hidden(
+                self.readback
+                    .read_f32(&self.ctx, (n_out * u64::from(self.cfg.n_embd)) as usize)
                     .await?,
             ),
         })
@@ -968,7 +999,7 @@ impl LlamaGpu {
         Ok(match output {
             Output::Nothing => Vec::new(),
             Output::Argmax | Output::LastLogits => vec![n - 1],
-            Output::AllLogits | Output::AllArgmax => (0..n).collect(),
+            Output::AllLogits | Output::AllArgmax | Output::AllHidden => (0..n).collect(),
         })
     }
 
@@ -983,6 +1014,7 @@ impl LlamaGpu {
             Output::Nothing => StepOutput::Nothing,
             Output::Argmax | Output::AllArgmax => StepOutput::Argmax,
             Output::LastLogits | Output::AllLogits => StepOutput::Logits,
+            Output::AllHidden => StepOutput::Hidden,
         };
         Ok(match self.run(start, shape, &[], step_output).await? {
             Forward::Tokens(ids) if output == Output::Argmax => {
