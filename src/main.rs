@@ -66,6 +66,9 @@ enum Command {
     /// Perplexity over a text file, chunked as llama-perplexity chunks it (-c tokens per chunk,
     /// the second half of each scored), so the figures compare.
     Perplexity(PerplexityArgs),
+    /// Embeddings of one or more texts: the final norm's output, pooled and normalized, as
+    /// llama-embedding computes them; with several texts, their cosine similarities too.
+    Embed(EmbedArgs),
     /// Write a Llama-shaped GGUF with random weights, to measure speed at real model sizes
     /// without downloading one (its text is noise).
     Synth(SynthArgs),
@@ -307,6 +310,38 @@ struct PerplexityArgs {
     chunks: Option<u32>,
 }
 
+#[derive(Args)]
+struct EmbedArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A text to embed (repeatable).
+    #[arg(short, long = "prompt")]
+    prompt: Vec<String>,
+    /// A file of texts to embed, one per line (empty lines skipped).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// How positions are pooled into one vector; default: what the model's file says (mean
+    /// where it says nothing).
+    #[arg(long, value_parser = ["mean", "cls", "last"])]
+    pooling: Option<String>,
+    /// -1 none, 0 largest magnitude to 32760 (int16), 1 taxicab, 2 Euclidean (unit length),
+    /// p > 2 the p-norm.
+    #[arg(long = "embd-normalize", default_value_t = 2, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-1..))]
+    embd_normalize: i32,
+    /// text: a line of numbers per text (and the similarity matrix); json: OpenAI's
+    /// embeddings list; array: an array of vectors.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = EmbedOutput::Text)]
+    output: EmbedOutput,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum EmbedOutput {
+    Text,
+    Json,
+    Array,
+}
+
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum BenchOutput {
     Md,
@@ -412,6 +447,10 @@ struct ServeArgs {
     /// step (as `run --draft`): faster replies that repeat their prompt, the same text; 0 is off.
     #[arg(long, value_name = "N", default_value_t = 0)]
     draft: usize,
+    /// How embeddings (/v1/embeddings, /embedding, Ollama's /api/embed) pool positions into one
+    /// vector; default: what the model's file says (mean where it says nothing).
+    #[arg(long, value_parser = ["mean", "cls", "last"])]
+    pooling: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -450,6 +489,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(cli.adapter, args),
         Command::Synth(args) => synth(args),
         Command::Perplexity(args) => perplexity(cli.adapter, args),
+        Command::Embed(args) => embed(cli.adapter, args),
         #[cfg(feature = "server")]
         Command::Serve(args) => serve(cli.adapter, args),
         #[cfg(feature = "server")]
@@ -481,6 +521,7 @@ impl Command {
             Command::Chat(a) => Some(&mut a.model),
             Command::Bench(a) => Some(&mut a.model),
             Command::Perplexity(a) => Some(&mut a.model),
+            Command::Embed(a) => Some(&mut a.model),
             #[cfg(feature = "server")]
             Command::Serve(a) => Some(&mut a.model),
             _ => None,
@@ -1048,6 +1089,98 @@ fn print_profile(r: &sovereign::bench::BenchResult) -> CliResult {
     Ok(())
 }
 
+fn embed(adapter: Option<String>, args: EmbedArgs) -> CliResult {
+    use sovereign::engine::{Normalize, Pooling};
+    let mut texts = args.prompt.clone();
+    if let Some(path) = &args.file {
+        let text = std::fs::read_to_string(path).map_err(|source| sovereign::Error::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })?;
+        texts.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string),
+        );
+    }
+    let invalid = |name: &str, message: String| sovereign::engine::EngineError::InvalidParameter {
+        name: name.into(),
+        message,
+    };
+    if texts.is_empty() {
+        return Err(invalid("prompt", "nothing to embed: give -p TEXT or -f FILE".into()).into());
+    }
+    let normalize = Normalize::new(args.embd_normalize)?;
+    let mut model = load(adapter, &args.model)?;
+    let pooling = match &args.pooling {
+        Some(name) => Pooling::parse(name)?,
+        None => model.pooling(),
+    };
+    let mut session = Session::new();
+    let mut vectors = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let tokens = model.encode(text)?;
+        if tokens.is_empty() {
+            return Err(invalid("prompt", format!("text {i} holds no tokens")).into());
+        }
+        vectors.push(pollster::block_on(
+            session.embed(&mut model, &tokens, pooling, normalize),
+        )?);
+    }
+    match args.output {
+        EmbedOutput::Text => {
+            for (i, e) in vectors.iter().enumerate() {
+                let numbers: Vec<String> = e.values.iter().map(|v| format!("{v:.6}")).collect();
+                out!("embedding {i}: {}", numbers.join(" "));
+            }
+            if vectors.len() > 1 {
+                out!("\ncosine similarity matrix:");
+                for a in &vectors {
+                    let row: Vec<String> = vectors
+                        .iter()
+                        .map(|b| format!("{:6.3}", cosine(&a.values, &b.values)))
+                        .collect();
+                    out!("{}", row.join(" "));
+                }
+            }
+        }
+        EmbedOutput::Json => {
+            let data: Vec<serde_json::Value> = vectors
+                .iter()
+                .enumerate()
+                .map(|(i, e)| serde_json::json!({"object": "embedding", "index": i, "embedding": e.values}))
+                .collect();
+            let n_tokens: usize = vectors.iter().map(|e| e.n_tokens).sum();
+            out!(
+                "{}",
+                serde_json::json!({
+                    "object": "list",
+                    "data": data,
+                    "model": model.name(),
+                    "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+                })
+            );
+        }
+        EmbedOutput::Array => {
+            let all: Vec<&[f32]> = vectors.iter().map(|e| &e.values[..]).collect();
+            out!("{}", serde_json::json!(all));
+        }
+    }
+    Ok(())
+}
+
+/// The cosine of the angle between two vectors (0 where one is zero).
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let d = norm(a) * norm(b);
+    if d > 0.0 { dot / d } else { 0.0 }
+}
+
 fn perplexity(adapter: Option<String>, args: PerplexityArgs) -> CliResult {
     use sovereign::perplexity::{PerplexityOptions, perplexity};
     let text = std::fs::read_to_string(&args.file).map_err(|source| sovereign::Error::Io {
@@ -1338,6 +1471,7 @@ fn web(args: WebArgs) -> CliResult {
 /// engine and serves until Ctrl-C or SIGTERM.
 #[cfg(feature = "server")]
 fn serve(adapter: Option<String>, args: ServeArgs) -> CliResult {
+    use sovereign::engine::Pooling;
     use sovereign::engine::service::{Engine, EngineOptions};
     use sovereign::server::{Server, ServerConfig};
     let path = model_path(&args.model)?;
@@ -1384,6 +1518,7 @@ fn serve(adapter: Option<String>, args: ServeArgs) -> CliResult {
             max_queue: args.max_queue,
             prefill_chunk: args.prefill_chunk as usize,
             draft: args.draft,
+            pooling: args.pooling.as_deref().map(Pooling::parse).transpose()?,
         },
     )?;
     let addr = server.local_addr()?;

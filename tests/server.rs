@@ -1349,6 +1349,11 @@ fn openai_client_tool_calls() {
 }
 
 #[test]
+fn openai_ollama_and_llama_cpp_embeddings() {
+    python("embeddings", &[]);
+}
+
+#[test]
 fn ollama_client_chat_generate_and_tools() {
     python("ollama_api", &[]);
 }

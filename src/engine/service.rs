@@ -170,6 +170,9 @@ pub struct EngineOptions {
     /// Most tokens to draft per step by prompt lookup for requests that do not say
     /// (`GenerateParams::draft` 0); 0: none.
     pub draft: usize,
+    /// How embeddings are pooled; `None`: as the model's file says (mean where it says
+    /// nothing).
+    pub pooling: Option<Pooling>,
 }
 
 impl Default for EngineOptions {
@@ -178,6 +181,7 @@ impl Default for EngineOptions {
             max_queue: 64,
             prefill_chunk: 256,
             draft: 0,
+            pooling: None,
         }
     }
 }
@@ -274,7 +278,7 @@ impl Engine {
             backend: format!("{:?}", ctx.adapter_info().backend),
             gpu_bytes: llama.weight_bytes() + llama.kv_bytes(),
             n_embd: model.config().n_embd,
-            pooling: model.pooling(),
+            pooling: options.pooling.unwrap_or(model.pooling()),
         };
         let shared = Arc::new(Shared {
             commands: tx,

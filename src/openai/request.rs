@@ -862,6 +862,96 @@ pub fn detokenize(body: &Value) -> Result<Vec<u32>, ApiError> {
     }
 }
 
+/// How embeddings are written back: numbers, or base64 of their little-endian f32 bytes (what
+/// OpenAI's clients ask for unless told otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodingFormat {
+    Float,
+    Base64,
+}
+
+/// `POST /v1/embeddings` (or llama.cpp's `/embedding`, whose inputs are under `content`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingsRequest {
+    /// `None`: the served model (llama.cpp's endpoints need none).
+    pub model: Option<String>,
+    pub request: crate::engine::service::EmbedRequest,
+    pub encoding_format: EncodingFormat,
+    /// Dimensions asked for; the model's own are the only ones it has.
+    pub dimensions: Option<u64>,
+}
+
+/// The inputs of an embeddings request under `key`: a string, an array of strings, an array of
+/// token ids, or an array of arrays of token ids, each one input.
+pub fn embedding_inputs(value: &Value, key: &str) -> Result<Vec<Prompt>, ApiError> {
+    let expected =
+        "a string, an array of strings, an array of token ids or an array of arrays of token ids";
+    match value {
+        Value::String(s) => Ok(vec![Prompt::Text(s.clone())]),
+        Value::Array(items) => match items.as_slice() {
+            [] => Err(ApiError::invalid_value(key, "there is nothing to embed.")),
+            [Value::Number(_), ..] => Ok(vec![Prompt::Tokens(token_ids(items, key)?)]),
+            _ => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) => Ok(Prompt::Text(s.clone())),
+                    Value::Array(ids) => {
+                        Ok(Prompt::Tokens(token_ids(ids, &format!("{key}[{i}]"))?))
+                    }
+                    _ => Err(ApiError::invalid_type(
+                        &format!("{key}[{i}]"),
+                        "a string or an array of token ids",
+                    )),
+                })
+                .collect(),
+        },
+        _ => Err(ApiError::invalid_type(key, expected)),
+    }
+}
+
+pub fn embeddings(body: &Value, input_key: &str) -> Result<EmbeddingsRequest, ApiError> {
+    let f = Fields::of(body, "")?;
+    let model = f.str("model")?.map(str::to_string);
+    let inputs = embedding_inputs(f.required(input_key)?, input_key)?;
+    let encoding_format = match f.str("encoding_format")? {
+        None | Some("float") => EncodingFormat::Float,
+        Some("base64") => EncodingFormat::Base64,
+        Some(other) => {
+            return Err(ApiError::invalid_value(
+                "encoding_format",
+                format!("{other:?}: expected \"float\" or \"base64\"."),
+            ));
+        }
+    };
+    let dimensions = f.int_in("dimensions", 1, i128::from(u32::MAX))?;
+    // llama.cpp's: -1 none, 0 int16 range, 1 taxicab, 2 Euclidean (the default), p > 2 p-norm.
+    let normalize = match f.integer("embd_normalize")? {
+        None => crate::engine::Normalize::EUCLIDEAN,
+        Some(p) => i32::try_from(p)
+            .map_err(|_| ApiError::invalid_value("embd_normalize", format!("{p} is too large.")))
+            .and_then(|p| {
+                crate::engine::Normalize::new(p).map_err(|e| match e {
+                    crate::engine::EngineError::InvalidParameter { message, .. } => {
+                        ApiError::invalid_value("embd_normalize", message)
+                    }
+                    other => ApiError::invalid_value("embd_normalize", other),
+                })
+            })?,
+    };
+    Ok(EmbeddingsRequest {
+        model,
+        request: crate::engine::service::EmbedRequest {
+            inputs,
+            pooling: None,
+            normalize,
+            truncate: false,
+        },
+        encoding_format,
+        dimensions,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

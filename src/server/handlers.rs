@@ -517,6 +517,107 @@ pub async fn tokenize(
     Ok(Json(serde_json::json!({ "tokens": tokens })))
 }
 
+/// Runs an embeddings request: the vectors, one per input, and the tokens they took.
+pub(super) async fn embed(
+    state: &AppState,
+    parsed: request::EmbeddingsRequest,
+    input_param: &str,
+) -> Result<Vec<crate::engine::Embedding>, ApiError> {
+    if let Some(model) = &parsed.model
+        && *model != state.config.model_id
+    {
+        return Err(ApiError::model_not_found(model));
+    }
+    let n_embd = state.engine.model_info().n_embd;
+    if let Some(d) = parsed.dimensions
+        && d != u64::from(n_embd)
+    {
+        return Err(ApiError::unsupported(
+            "dimensions",
+            format!("this model's embeddings have {n_embd} dimensions and cannot be shortened."),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let engine = state.engine.clone();
+    let request = parsed.request;
+    // Tokenizing many long inputs takes a while: keep it off the async workers.
+    let pending = tokio::task::spawn_blocking(move || engine.embed(request))
+        .await
+        .map_err(|e| ApiError::internal(format!("the request was lost: {e}")))?
+        .map_err(|e| ApiError::from_submit(e, input_param, input_param))?;
+    let embeddings = pending
+        .wait()
+        .await
+        .map_err(|e| ApiError::from_submit(e, input_param, input_param))?;
+    tracing::info!(
+        inputs = embeddings.len(),
+        tokens = embeddings.iter().map(|e| e.n_tokens).sum::<usize>(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "embedded"
+    );
+    Ok(embeddings)
+}
+
+/// A vector as OpenAI writes it: numbers, or base64 of the little-endian f32 bytes.
+fn encoded(values: &[f32], format: request::EncodingFormat) -> serde_json::Value {
+    match format {
+        request::EncodingFormat::Float => values.iter().copied().collect(),
+        request::EncodingFormat::Base64 => {
+            use base64::Engine as _;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .into()
+        }
+    }
+}
+
+/// `POST /v1/embeddings`: a unit-length vector per input, pooled as the model's file (or
+/// `--pooling`) says.
+pub async fn embeddings(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let parsed = request::embeddings(&body, "input")?;
+    let format = parsed.encoding_format;
+    let embeddings = embed(&state, parsed, "input").await?;
+    let n_tokens: usize = embeddings.iter().map(|e| e.n_tokens).sum();
+    let data: Vec<serde_json::Value> = embeddings
+        .iter()
+        .enumerate()
+        .map(|(index, e)| {
+            serde_json::json!({
+                "object": "embedding",
+                "index": index,
+                "embedding": encoded(&e.values, format),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "object": "list",
+        "data": data,
+        "model": state.config.model_id,
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+    })))
+}
+
+/// `POST /embedding` (and `/embeddings`), as llama.cpp's server answers it: inputs under
+/// `content`, and per input `{"index", "embedding": [vector]}` (one row: the pooled one).
+pub async fn llama_embedding(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let parsed = request::embeddings(&body, "content")?;
+    let embeddings = embed(&state, parsed, "content").await?;
+    Ok(Json(
+        embeddings
+            .iter()
+            .enumerate()
+            .map(|(index, e)| serde_json::json!({"index": index, "embedding": [e.values]}))
+            .collect(),
+    ))
+}
+
 /// `POST /detokenize`, as llama.cpp's server answers it: `{"content": text}`.
 pub async fn detokenize(
     State(state): State<AppState>,

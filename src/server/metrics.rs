@@ -201,6 +201,18 @@ pub fn render(
         m.draft_tokens_accepted as f64,
     );
     o.one(
+        "sovereign_embedding_requests_total",
+        "counter",
+        "Embedding requests submitted.",
+        m.embedding_requests as f64,
+    );
+    o.one(
+        "sovereign_embedded_inputs_total",
+        "counter",
+        "Inputs embedded (a request may hold several).",
+        m.embedded_inputs as f64,
+    );
+    o.one(
         "sovereign_prefix_cache_hits_total",
         "counter",
         "Requests that reused cached prompt K/V.",

@@ -1,6 +1,7 @@
 //! Ollama's API over the same engine, for the clients and tools that speak it: `POST /api/chat`
 //! and `POST /api/generate` (streaming newline-delimited JSON by default, as Ollama does),
-//! `GET /api/tags`, `POST /api/show`, `GET /api/ps` and `GET /api/version`.
+//! `POST /api/embed` and `/api/embeddings`, `GET /api/tags`, `POST /api/show`, `GET /api/ps`
+//! and `GET /api/version`.
 //!
 //! A request is rewritten into the OpenAI request it means and checked by the same code
 //! (`options` become sampling fields, `format` a `response_format`, tools and their results the
@@ -17,11 +18,11 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
-use super::AppState;
 use super::error::ApiError;
 use super::guard::JsonBody;
-use crate::engine::StopReason;
-use crate::engine::service::{Event, RequestStream, Timings, Usage};
+use super::{AppState, handlers};
+use crate::engine::service::{EmbedRequest, Event, RequestStream, Timings, Usage};
+use crate::engine::{Normalize, StopReason};
 use crate::openai::request::{self, Endpoint};
 use crate::openai::tools::{self, Reply, ReplyParser, ToolCall};
 
@@ -608,14 +609,97 @@ pub async fn show(
             "general.architecture": info.arch,
             format!("{}.context_length", info.arch): info.n_ctx,
             format!("{}.vocab_size", info.arch): info.n_vocab,
+            format!("{}.embedding_length", info.arch): info.n_embd,
         },
-        "capabilities": ["completion", "tools"],
+        "capabilities": ["completion", "tools", "embedding"],
         "modified_at": timestamp(),
     })))
 }
 
+/// Ollama's `input`/`prompt` of an embeddings request as engine inputs (empty: nothing to
+/// embed, which Ollama answers with no vectors).
+fn embed_request(
+    state: &AppState,
+    body: &Value,
+    key: &str,
+    normalize: Normalize,
+) -> Result<Option<request::EmbeddingsRequest>, ApiError> {
+    check_model(state, body)?;
+    let inputs = match body.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.is_empty() => return Ok(None),
+        Some(Value::Array(a)) if a.is_empty() => return Ok(None),
+        Some(v) => request::embedding_inputs(v, key)?,
+    };
+    let truncate = match body.get("truncate") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid_type("truncate", "a boolean")),
+    };
+    let dimensions = match body.get("dimensions") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| ApiError::invalid_type("dimensions", "a positive integer"))?,
+        ),
+    };
+    Ok(Some(request::EmbeddingsRequest {
+        model: None,
+        request: EmbedRequest {
+            inputs,
+            pooling: None,
+            normalize,
+            truncate,
+        },
+        encoding_format: request::EncodingFormat::Float,
+        dimensions,
+    }))
+}
+
+/// `POST /api/embed`: unit-length vectors of `input` (a string or an array of them); inputs
+/// longer than the context are cut to it unless `truncate` is false.
+pub async fn embed(
+    State(state): State<AppState>,
+    body: Result<JsonBody, ApiError>,
+) -> Result<Json<Value>, OllamaError> {
+    let JsonBody(body) = body?;
+    let started = std::time::Instant::now();
+    let Some(parsed) = embed_request(&state, &body, "input", Normalize::EUCLIDEAN)? else {
+        return Ok(Json(
+            json!({"model": state.config.model_id, "embeddings": []}),
+        ));
+    };
+    let embeddings = handlers::embed(&state, parsed, "input").await?;
+    let n_tokens: usize = embeddings.iter().map(|e| e.n_tokens).sum();
+    let vectors: Vec<&[f32]> = embeddings.iter().map(|e| &e.values[..]).collect();
+    Ok(Json(json!({
+        "model": state.config.model_id,
+        "embeddings": vectors,
+        "total_duration": started.elapsed().as_nanos() as u64,
+        "load_duration": 0,
+        "prompt_eval_count": n_tokens,
+    })))
+}
+
+/// `POST /api/embeddings`, Ollama's older endpoint: one `prompt`, its vector not normalized.
+pub async fn embeddings(
+    State(state): State<AppState>,
+    body: Result<JsonBody, ApiError>,
+) -> Result<Json<Value>, OllamaError> {
+    let JsonBody(body) = body?;
+    if let Some(Value::Array(_)) = body.get("prompt") {
+        return Err(ApiError::invalid_type("prompt", "a string").into());
+    }
+    let Some(parsed) = embed_request(&state, &body, "prompt", Normalize::NONE)? else {
+        return Ok(Json(json!({"embedding": []})));
+    };
+    let embeddings = handlers::embed(&state, parsed, "prompt").await?;
+    let vector = embeddings.first().map_or(&[][..], |e| &e.values[..]);
+    Ok(Json(json!({ "embedding": vector })))
+}
+
 /// Any other `/api/...` path: Ollama's endpoints that this server does not have (pulling and
-/// pushing models, embeddings), in Ollama's error shape.
+/// pushing models), in Ollama's error shape.
 pub async fn not_found(uri: axum::http::Uri) -> OllamaError {
     OllamaError(ApiError::not_found(format!(
         "{} is not an endpoint of this server.",
