@@ -556,6 +556,131 @@ fn perplexity_scores_a_text_file() {
     );
 }
 
+/// `sovereign embed`: llama-embedding's outputs. The JSON, array and text forms carry the same
+/// vectors; the normalizations scale one vector; the similarity matrix ranks a paraphrase above
+/// an unrelated text; `-f` takes a text per line.
+#[test]
+fn embed_prints_vectors_and_similarities() {
+    let model = model_path();
+    let m = model.to_str().unwrap();
+    let texts = [
+        "The cat sat on the mat.",
+        "A kitten rested on the rug.",
+        "Quarterly revenue rose by eight percent.",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["embed", "-m", m];
+        for t in texts {
+            args.extend(["-p", t]);
+        }
+        args.extend(extra);
+        let o = sovereign(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let vectors = |text: &str| -> Vec<Vec<f64>> { serde_json::from_str(text).unwrap() };
+    let array = vectors(&run(&["-o", "array"]));
+    assert_eq!(array.len(), 3);
+    for v in &array {
+        assert_eq!(v.len(), 576);
+        let norm: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&run(&["-o", "json"])).unwrap();
+    let from_json: Vec<Vec<f64>> = json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap())
+        .collect();
+    assert_eq!(from_json, array);
+    assert!(
+        json["usage"]["prompt_tokens"].as_u64().unwrap() > 15,
+        "{json}"
+    );
+
+    let text = run(&[]);
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, v) in array.iter().enumerate() {
+        let numbers: Vec<f64> = lines[i]
+            .strip_prefix(&format!("embedding {i}: "))
+            .unwrap()
+            .split(' ')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        let err = numbers
+            .iter()
+            .zip(v)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(numbers.len() == 576 && err <= 5e-7, "text line {i}: {err}");
+    }
+    let at = lines
+        .iter()
+        .position(|l| *l == "cosine similarity matrix:")
+        .unwrap();
+    let matrix: Vec<Vec<f64>> = lines[at + 1..at + 4]
+        .iter()
+        .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+        .collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for i in 0..3 {
+        for j in 0..3 {
+            assert!(
+                (matrix[i][j] - dot(&array[i], &array[j])).abs() < 1e-3,
+                "{text}"
+            );
+        }
+    }
+    assert!(matrix[0][1] > matrix[0][2] + 0.05, "{text}");
+
+    // Unnormalized, then scaled to unit length, the same vector; taxicab sums to 1.
+    let raw = vectors(&run(&["-o", "array", "--embd-normalize", "-1"]));
+    let taxicab = vectors(&run(&["-o", "array", "--embd-normalize", "1"]));
+    for i in 0..3 {
+        let norm: f64 = raw[i].iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(norm > 2.0, "unnormalized norm {norm}");
+        let err = raw[i]
+            .iter()
+            .zip(&array[i])
+            .fold(0.0f64, |m, (a, b)| m.max((a / norm - b).abs()));
+        assert!(err < 1e-5, "scaled: {err}");
+        let l1: f64 = taxicab[i].iter().map(|x| x.abs()).sum();
+        assert!((l1 - 1.0).abs() < 1e-4, "taxicab {l1}");
+    }
+    // Last-token pooling gives other vectors.
+    assert_ne!(vectors(&run(&["-o", "array", "--pooling", "last"])), array);
+
+    // A file: a text per line, blank lines skipped.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("texts.txt");
+    std::fs::write(&file, format!("{}\n\n{}\n", texts[0], texts[2])).unwrap();
+    let o = sovereign(&[
+        "embed",
+        "-m",
+        m,
+        "-f",
+        file.to_str().unwrap(),
+        "-o",
+        "array",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let from_file = vectors(&stdout(&o));
+    assert_eq!(from_file, vec![array[0].clone(), array[2].clone()]);
+
+    // Bad input: one error line each.
+    assert_fails(&sovereign(&["embed", "-m", m]), "nothing to embed");
+    assert_fails(&sovereign(&["embed", "-m", m, "-p", ""]), "no tokens");
+    let long = "word ".repeat(300);
+    assert_fails(
+        &sovereign(&["embed", "-m", m, "-c", "128", "-p", &long]),
+        "context holds only 128",
+    );
+    assert_fails(
+        &sovereign(&["embed", "-m", m, "-f", "/nonexistent/texts"]),
+        "reading",
+    );
+}
+
 #[test]
 fn bad_input_gives_one_line_errors() {
     assert_fails(

@@ -1162,6 +1162,63 @@ mod tests {
     }
 
     #[test]
+    fn embeddings_bodies() {
+        let inputs = |v: Value| embeddings(&json!({"input": v}), "input").map(|r| r.request.inputs);
+        assert_eq!(inputs(json!("a")).unwrap(), [Prompt::Text("a".into())]);
+        assert_eq!(
+            inputs(json!(["a", [1, 2]])).unwrap(),
+            [Prompt::Text("a".into()), Prompt::Tokens(vec![1, 2])]
+        );
+        assert_eq!(inputs(json!([5, 6])).unwrap(), [Prompt::Tokens(vec![5, 6])]);
+        for (bad, param) in [
+            (json!([]), "input"),
+            (json!(7), "input"),
+            (json!(["a", 7]), "input[1]"),
+            (json!([[1, -1]]), "input[0][1]"),
+            (json!([1, "a"]), "input[1]"),
+        ] {
+            let e = inputs(bad.clone()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{bad}: {}", e.message);
+        }
+        let r = embeddings(
+            &json!({"content": "x", "encoding_format": "base64", "dimensions": 576,
+                    "embd_normalize": -1, "model": "m"}),
+            "content",
+        )
+        .unwrap();
+        assert_eq!(r.encoding_format, EncodingFormat::Base64);
+        assert_eq!(r.dimensions, Some(576));
+        assert_eq!(r.request.normalize, crate::engine::Normalize::NONE);
+        assert_eq!(r.model.as_deref(), Some("m"));
+        let defaults = embeddings(&json!({"input": "x"}), "input").unwrap();
+        assert_eq!(defaults.encoding_format, EncodingFormat::Float);
+        assert_eq!(
+            defaults.request.normalize,
+            crate::engine::Normalize::EUCLIDEAN
+        );
+        assert!(defaults.model.is_none() && !defaults.request.truncate);
+        for (body, param) in [
+            (json!({}), "input"),
+            (
+                json!({"input": "x", "encoding_format": "int8"}),
+                "encoding_format",
+            ),
+            (json!({"input": "x", "dimensions": 0}), "dimensions"),
+            (
+                json!({"input": "x", "embd_normalize": -2}),
+                "embd_normalize",
+            ),
+            (
+                json!({"input": "x", "embd_normalize": 1e10}),
+                "embd_normalize",
+            ),
+        ] {
+            let e = embeddings(&body, "input").unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
     fn tokenize_and_detokenize_bodies() {
         assert_eq!(
             tokenize(&json!({"content": "hi", "with_pieces": true})).unwrap(),

@@ -296,6 +296,8 @@ mod tests {
             adapter: "x\\y".into(),
             backend: "Vulkan".into(),
             gpu_bytes: 0,
+            n_embd: 4,
+            pooling: crate::engine::Pooling::Mean,
         };
         let m = Metrics {
             kv_pages_total: 10,
