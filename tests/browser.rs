@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sovereign::engine::{GenerateParams, Model, SamplingParams, Session};
+use sovereign::engine::{GenerateParams, Model, Normalize, SamplingParams, Session};
 use sovereign::format::GgufFile;
 use sovereign::gpu::GpuOptions;
 use sovereign::model::LoadOptions;
@@ -65,6 +65,33 @@ fn native_tokens() -> Vec<u32> {
     ))
     .unwrap();
     done.tokens
+}
+
+/// The texts tests/browser/demo.py embeds (`EMBED_TEXTS`), embedded natively.
+fn native_embeddings() -> Vec<Vec<f32>> {
+    let ctx = common::gpu(GpuOptions::default());
+    let file = GgufFile::open(common::model_path()).unwrap();
+    let mut model = pollster::block_on(Model::load(
+        ctx,
+        &file,
+        &LoadOptions::default(),
+        &mut |_| {},
+    ))
+    .unwrap();
+    let mut session = Session::new();
+    [
+        "The cat sat on the mat.",
+        "Quarterly revenue rose by eight percent.",
+    ]
+    .iter()
+    .map(|text| {
+        let tokens = model.encode(text).unwrap();
+        let pooling = model.pooling();
+        pollster::block_on(session.embed(&mut model, &tokens, pooling, Normalize::EUCLIDEAN))
+            .unwrap()
+            .values
+    })
+    .collect()
 }
 
 fn token_ids(value: &Value) -> Vec<u32> {
@@ -195,6 +222,28 @@ fn demo_page_in_chromium_matches_the_native_engine() {
     let bad = &report["bad_schema"];
     assert_eq!(bad["status"], 400, "{bad}");
     assert_eq!(bad["param"], "response_format", "{bad}");
+
+    // Embeddings in the browser (SwiftShader) against the native engine's (lavapipe).
+    let embeddings = &report["embeddings"];
+    assert_eq!(
+        embeddings["indices"],
+        serde_json::json!([0, 1]),
+        "{embeddings}"
+    );
+    let native = native_embeddings();
+    for (i, want) in native.iter().enumerate() {
+        let got: Vec<f32> = serde_json::from_value(embeddings["vectors"][i].clone())
+            .unwrap_or_else(|e| panic!("vector {i}: {e}"));
+        assert_eq!(got.len(), want.len());
+        let err = got
+            .iter()
+            .zip(want)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 2e-3, "embedding {i}: max difference {err}");
+    }
+    let bad = &report["bad_embedding"];
+    assert_eq!(bad["status"], 400, "{bad}");
+    assert_eq!(bad["param"], "dimensions", "{bad}");
 
     // The chat reply streamed in through the page and stopped at the Stop button.
     let before = report["streamed_before_stop"].as_str().unwrap();

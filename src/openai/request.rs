@@ -881,6 +881,21 @@ pub struct EmbeddingsRequest {
     pub dimensions: Option<u64>,
 }
 
+impl EmbeddingsRequest {
+    /// Refuses `dimensions` other than the model's `n_embd`: its vectors cannot be shortened.
+    pub fn check_dimensions(&self, n_embd: u32) -> Result<(), ApiError> {
+        match self.dimensions {
+            Some(d) if d != u64::from(n_embd) => Err(ApiError::unsupported(
+                "dimensions",
+                format!(
+                    "this model's embeddings have {n_embd} dimensions and cannot be shortened."
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The inputs of an embeddings request under `key`: a string, an array of strings, an array of
 /// token ids, or an array of arrays of token ids, each one input.
 pub fn embedding_inputs(value: &Value, key: &str) -> Result<Vec<Prompt>, ApiError> {

@@ -3,9 +3,9 @@
 use serde::Serialize;
 use serde_json::Map;
 
-use crate::engine::StopReason;
-use crate::engine::TokenLogprob;
 use crate::engine::service::{ModelInfo, Usage};
+use crate::engine::{Embedding, StopReason, TokenLogprob};
+use crate::openai::request::EncodingFormat;
 use crate::openai::tools::{ReplyParser, ToolCall};
 
 /// OpenAI's stand-in for a log-probability of minus infinity, which JSON cannot hold.
@@ -326,6 +326,46 @@ pub struct ModelCard {
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelCard>,
+}
+
+/// A vector as OpenAI writes it: numbers, or base64 of the little-endian f32 bytes.
+fn encoded(values: &[f32], format: EncodingFormat) -> serde_json::Value {
+    match format {
+        EncodingFormat::Float => values.iter().copied().collect(),
+        EncodingFormat::Base64 => {
+            use base64::Engine as _;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .into()
+        }
+    }
+}
+
+/// The body of an embeddings response: a vector per input, in order, and the tokens they took.
+pub fn embeddings_body(
+    embeddings: &[Embedding],
+    format: EncodingFormat,
+    model: &str,
+) -> serde_json::Value {
+    let n_tokens: usize = embeddings.iter().map(|e| e.n_tokens).sum();
+    let data: Vec<serde_json::Value> = embeddings
+        .iter()
+        .enumerate()
+        .map(|(index, e)| {
+            serde_json::json!({
+                "object": "embedding",
+                "index": index,
+                "embedding": encoded(&e.values, format),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+    })
 }
 
 #[cfg(test)]

@@ -528,15 +528,7 @@ pub(super) async fn embed(
     {
         return Err(ApiError::model_not_found(model));
     }
-    let n_embd = state.engine.model_info().n_embd;
-    if let Some(d) = parsed.dimensions
-        && d != u64::from(n_embd)
-    {
-        return Err(ApiError::unsupported(
-            "dimensions",
-            format!("this model's embeddings have {n_embd} dimensions and cannot be shortened."),
-        ));
-    }
+    parsed.check_dimensions(state.engine.model_info().n_embd)?;
     let started = std::time::Instant::now();
     let engine = state.engine.clone();
     let request = parsed.request;
@@ -558,20 +550,6 @@ pub(super) async fn embed(
     Ok(embeddings)
 }
 
-/// A vector as OpenAI writes it: numbers, or base64 of the little-endian f32 bytes.
-fn encoded(values: &[f32], format: request::EncodingFormat) -> serde_json::Value {
-    match format {
-        request::EncodingFormat::Float => values.iter().copied().collect(),
-        request::EncodingFormat::Base64 => {
-            use base64::Engine as _;
-            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            base64::engine::general_purpose::STANDARD
-                .encode(bytes)
-                .into()
-        }
-    }
-}
-
 /// `POST /v1/embeddings`: a unit-length vector per input, pooled as the model's file (or
 /// `--pooling`) says.
 pub async fn embeddings(
@@ -581,24 +559,11 @@ pub async fn embeddings(
     let parsed = request::embeddings(&body, "input")?;
     let format = parsed.encoding_format;
     let embeddings = embed(&state, parsed, "input").await?;
-    let n_tokens: usize = embeddings.iter().map(|e| e.n_tokens).sum();
-    let data: Vec<serde_json::Value> = embeddings
-        .iter()
-        .enumerate()
-        .map(|(index, e)| {
-            serde_json::json!({
-                "object": "embedding",
-                "index": index,
-                "embedding": encoded(&e.values, format),
-            })
-        })
-        .collect();
-    Ok(Json(serde_json::json!({
-        "object": "list",
-        "data": data,
-        "model": state.config.model_id,
-        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-    })))
+    Ok(Json(embeddings_body(
+        &embeddings,
+        format,
+        &state.config.model_id,
+    )))
 }
 
 /// `POST /embedding` (and `/embeddings`), as llama.cpp's server answers it: inputs under

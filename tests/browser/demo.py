@@ -38,6 +38,10 @@ CHROME_FLAGS = [
 CHROME_FLAGS += os.environ.get("SOVEREIGN_CHROME_FLAGS", "").split()
 
 
+# Texts the browser embeds; tests/browser.rs embeds the same ones natively.
+EMBED_TEXTS = ["The cat sat on the mat.", "Quarterly revenue rose by eight percent."]
+
+
 def browser(webgpu=True):
     options = Options()
     options.binary_location = "/usr/bin/chromium"
@@ -137,6 +141,20 @@ def check_page(driver, args, out):
         driver,
         "await window.sovereign.chat.completions.create({ messages: [{ role: 'user', content: 'hi' }],"
         " response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'strnig' } } } });"
+        "return { accepted: true };",
+    )
+
+    # Embeddings through the JS API, and a width the model does not have refused.
+    out["embeddings"] = run_async(
+        driver,
+        "const r = await window.sovereign.embeddings.create({ input: "
+        f"{json.dumps(EMBED_TEXTS)} }});"
+        "return { vectors: r.data.map((d) => d.embedding), indices: r.data.map((d) => d.index),"
+        " usage: r.usage };",
+    )
+    out["bad_embedding"] = run_async(
+        driver,
+        "await window.sovereign.embeddings.create({ input: 'hi', dimensions: 8 });"
         "return { accepted: true };",
     )
 

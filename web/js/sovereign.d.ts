@@ -179,6 +179,25 @@ export interface TextCompletion {
   sovereign: SovereignFields;
 }
 
+export interface EmbeddingRequest {
+  /** A text, texts, token ids, or arrays of token ids: a vector for each input. */
+  input: string | string[] | number[] | number[][];
+  model?: string;
+  /** `float` (the default here) or `base64` (little-endian f32 bytes). */
+  encoding_format?: 'float' | 'base64';
+  /** Only the model's own width is accepted. */
+  dimensions?: number;
+  /** llama.cpp's: -1 none, 0 int16 range, 1 taxicab, 2 Euclidean (the default), p > 2 p-norm. */
+  embd_normalize?: number;
+}
+
+export interface EmbeddingResponse {
+  object: 'list';
+  data: { object: 'embedding'; index: number; embedding: number[] | string }[];
+  model: string;
+  usage: { prompt_tokens: number; total_tokens: number };
+}
+
 export declare class Stream<Chunk> implements AsyncIterable<Chunk> {
   /** Resolves with the last chunk (finish_reason, usage, timings). */
   readonly done: Promise<Chunk>;
@@ -250,6 +269,10 @@ export declare class Sovereign {
   readonly completions: {
     create(body: CompletionRequest & { stream: true }, options?: RequestOptions): Promise<Stream<CompletionChunk>>;
     create(body: CompletionRequest & { stream?: false }, options?: RequestOptions): Promise<TextCompletion>;
+  };
+  /** Embeddings: the final norm's output pooled as the model's file says (mean by default). */
+  readonly embeddings: {
+    create(body: EmbeddingRequest): Promise<EmbeddingResponse>;
   };
   stats(): Promise<EngineStats | null>;
   bench(options?: { streams?: number; nPrompt?: number; nGen?: number }): Promise<BenchResult>;

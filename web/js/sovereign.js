@@ -114,6 +114,8 @@ export class Sovereign {
     this.model = null;
     this.chat = { completions: { create: (body, options) => this.#generate('chat', body, options) } };
     this.completions = { create: (body, options) => this.#generate('completions', body, options) };
+    // OpenAI's embeddings.create: a vector per input (numbers, or base64 when asked).
+    this.embeddings = { create: (body) => this.#call({ type: 'embeddings', body }) };
   }
 
   #receive(message) {

@@ -156,7 +156,11 @@ const handlers = {
     return null;
   },
 
-  cancel({ target }) {
+  embeddings({ body }) {
+    return engine.embeddings(JSON.stringify(body));
+  },
+
+    cancel({ target }) {
     return engine ? engine.cancel(target) : false;
   },
 

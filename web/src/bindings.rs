@@ -16,6 +16,7 @@ use sovereign::format::GgufFile;
 use sovereign::gpu::{GpuContext, GpuOptions};
 use sovereign::model::LoadOptions;
 use sovereign::openai::ApiError;
+use sovereign::openai::{request, response};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
@@ -227,6 +228,48 @@ impl WebEngine {
             }
             state.borrow_mut().running.remove(&id);
             outcome
+        })
+    }
+
+    /// Embeds the inputs of an OpenAI embeddings request (`body` as JSON). Resolves to the
+    /// OpenAI response body (vectors as numbers unless `encoding_format` is `base64`); rejects
+    /// with an OpenAI error body.
+    pub fn embeddings(&self, body: &str) -> Promise {
+        let Some(engine) = &self.state.borrow().engine else {
+            return Promise::reject(&api_error(
+                &ApiError::bad_request("No model is loaded.").with_code("model_not_loaded"),
+            ));
+        };
+        let handle = engine.handle();
+        let parsed = serde_json::from_str::<Value>(body)
+            .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))
+            .and_then(|body| request::embeddings(&body, "input"));
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(e) => return Promise::reject(&api_error(&e)),
+        };
+        let info = handle.model_info();
+        if let Err(e) = parsed.check_dimensions(info.n_embd) {
+            return Promise::reject(&api_error(&e));
+        }
+        let model = info.name.clone();
+        let format = parsed.encoding_format;
+        let pending = match handle.embed(parsed.request) {
+            Ok(p) => p,
+            Err(e) => {
+                return Promise::reject(&api_error(&ApiError::from_submit(e, "input", "input")));
+            }
+        };
+        future_to_promise(async move {
+            let embeddings = pending
+                .wait()
+                .await
+                .map_err(|e| api_error(&ApiError::from_submit(e, "input", "input")))?;
+            Ok(to_js(&response::embeddings_body(
+                &embeddings,
+                format,
+                &model,
+            )))
         })
     }
 
