@@ -21,8 +21,10 @@ use serde_json::{Map, Value, json};
 use super::error::ApiError;
 use super::guard::JsonBody;
 use super::{AppState, handlers};
-use crate::engine::service::{EmbedRequest, Event, RequestStream, Timings, Usage};
-use crate::engine::{Normalize, StopReason};
+use crate::engine::service::{
+    EmbedRequest, EngineHandle, Event, Prompt, Request, RequestStream, Timings, Usage,
+};
+use crate::engine::{Normalize, StopReason, fit_conversation};
 use crate::openai::request::{self, Endpoint};
 use crate::openai::tools::{self, Reply, ReplyParser, ToolCall};
 
@@ -418,6 +420,32 @@ impl Shape {
     }
 }
 
+/// A conversation longer than the context loses its oldest turns (system messages stay), as
+/// Ollama's chat does, leaving room for `num_predict` tokens of reply (a quarter of the context
+/// without it). One that fits is left whole.
+fn fit_to_context(engine: &EngineHandle, req: &mut Request) -> crate::Result<()> {
+    let Prompt::Chat(messages) = &req.prompt else {
+        return Ok(());
+    };
+    let tokenizer = engine.tokenizer();
+    let n_ctx = engine.model_info().n_ctx as usize;
+    if tokenizer.encode_chat(messages)?.len() < n_ctx {
+        return Ok(());
+    }
+    let room = req
+        .params
+        .max_tokens
+        .map_or(n_ctx / 4, |n| (n as usize).min(n_ctx / 2));
+    let fitted = fit_conversation(messages, n_ctx, room, |m| Ok(tokenizer.encode_chat(m)?))?;
+    tracing::info!(
+        dropped = fitted.dropped,
+        tokens = fitted.tokens.len(),
+        "conversation cut to the context"
+    );
+    req.prompt = Prompt::Chat(fitted.messages);
+    Ok(())
+}
+
 async fn run(
     state: AppState,
     openai: Value,
@@ -434,11 +462,14 @@ async fn run(
     let constraint_param = parsed.constraint_param;
     let reply = parsed.tools.as_ref().map(ReplyParser::new);
     let engine = state.engine.clone();
-    let req = parsed.request;
-    let events = tokio::task::spawn_blocking(move || engine.submit(req))
-        .await
-        .map_err(|e| ApiError::internal(format!("the request was lost: {e}")))?
-        .map_err(|e| ApiError::from_submit(e, endpoint.prompt_param(), constraint_param))?;
+    let mut req = parsed.request;
+    let events = tokio::task::spawn_blocking(move || {
+        fit_to_context(&engine, &mut req)?;
+        engine.submit(req)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the request was lost: {e}")))?
+    .map_err(|e| ApiError::from_submit(e, endpoint.prompt_param(), constraint_param))?;
     let shape = Shape {
         model: state.config.model_id.clone(),
         api,

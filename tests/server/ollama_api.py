@@ -12,6 +12,8 @@ except ImportError:
     print("this test needs the ollama package: python3 -m pip install ollama", file=sys.stderr)
     sys.exit(2)
 
+import openai
+
 from common import Timer, check, check_eq, client, parse_args
 
 
@@ -115,11 +117,30 @@ def main():
         check(r.done, "a result of no call")
     print(f"  after the result: {r.message}")
 
+    with Timer("a conversation longer than the context"):
+        filler = " ".join(f"Fact {k}: the lighthouse keeper counted {k} ships that night." for k in range(8))
+        long = [{"role": "system", "content": "You are brief."}]
+        for i in range(12):
+            long += [{"role": "user", "content": f"Question {i}. {filler}"},
+                     {"role": "assistant", "content": f"Answer {i}: noted."}]
+        long.append({"role": "user", "content": "What is the capital of France?"})
+        try:
+            c.chat.completions.create(model=model, messages=long, max_tokens=4)
+            raise AssertionError("the OpenAI endpoint took a conversation longer than the context")
+        except openai.BadRequestError as e:
+            check("context" in str(e), f"openai too long: {e}")
+        # Ollama's chat drops the oldest turns instead, keeping the system message and the
+        # question, and leaving room for the reply.
+        r = o.chat(model=model, messages=long, options={"temperature": 0, "num_predict": 4})
+        check(r.done and r.message.content, f"long conversation: {r}")
+        check(600 < r.prompt_eval_count <= 1024 - 4, f"prompt_eval_count {r.prompt_eval_count}")
+    print(f"  long conversation: {r.prompt_eval_count} prompt tokens kept")
+
     for what, call, status in [
         ("another model", lambda: o.chat(model="nope", messages=ask), 404),
         ("an image", lambda: o.chat(model=model, messages=[{"role": "user", "content": "x", "images": ["aGk="]}]), 400),
         ("bad options", lambda: o.generate(model=model, prompt="x", options={"stop": 5}), 400),
-        ("an endpoint it lacks", lambda: o.embed(model=model, input="x"), 404),
+        ("an endpoint it lacks", lambda: o.pull(model), 404),
     ]:
         try:
             call()
