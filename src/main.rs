@@ -1145,21 +1145,12 @@ fn embed(adapter: Option<String>, args: EmbedArgs) -> CliResult {
             }
         }
         EmbedOutput::Json => {
-            let data: Vec<serde_json::Value> = vectors
-                .iter()
-                .enumerate()
-                .map(|(i, e)| serde_json::json!({"object": "embedding", "index": i, "embedding": e.values}))
-                .collect();
-            let n_tokens: usize = vectors.iter().map(|e| e.n_tokens).sum();
-            out!(
-                "{}",
-                serde_json::json!({
-                    "object": "list",
-                    "data": data,
-                    "model": model.name(),
-                    "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-                })
+            let body = sovereign::openai::response::embeddings_body(
+                &vectors,
+                sovereign::openai::request::EncodingFormat::Float,
+                model.name(),
             );
+            out!("{body}");
         }
         EmbedOutput::Array => {
             let all: Vec<&[f32]> = vectors.iter().map(|e| &e.values[..]).collect();

@@ -11,8 +11,12 @@ use sovereign::gpu::GpuOptions;
 use sovereign::model::LoadOptions;
 
 fn load(max_batch: u32, n_seq: u32, kv_tokens: Option<u32>) -> Model {
+    load_ctx(1024, max_batch, n_seq, kv_tokens)
+}
+
+fn load_ctx(n_ctx: u32, max_batch: u32, n_seq: u32, kv_tokens: Option<u32>) -> Model {
     let options = LoadOptions {
-        n_ctx: Some(1024),
+        n_ctx: Some(n_ctx),
         max_batch,
         n_seq,
         kv_tokens,
@@ -268,4 +272,110 @@ fn the_service_embeds_beside_generation() {
     let m = h.metrics();
     assert_eq!((m.embedding_requests, m.embedded_inputs), (3, 5));
     assert_eq!(m.kv_pages_used, 0, "an embedding kept pages");
+}
+
+/// A pool that one generation nearly fills: an embedding that arrives after it waits for its
+/// pages instead of preempting it, and both come out as they would alone. A request dropped
+/// while it runs, or while it is queued, gives back its slot, pages and queue place.
+#[test]
+fn embeddings_wait_for_pages_and_cancel_cleanly() {
+    let (tokens, _) = reference_rows();
+    // 256 positions of pool (16 pages of 16), one context.
+    let engine = Engine::start(load_ctx(256, 64, 4, Some(256)), EngineOptions::default()).unwrap();
+    let h = engine.handle();
+    let prompt: Vec<u32> = tokens.iter().cycle().take(40).copied().collect();
+    let generation = || {
+        h.submit(Request {
+            prompt: Prompt::Tokens(prompt.clone()),
+            params: GenerateParams {
+                max_tokens: Some(150),
+                sampling: SamplingParams::greedy(),
+                ignore_eos: true,
+                ..Default::default()
+            },
+            logprobs: None,
+        })
+        .unwrap()
+    };
+    let drain = |mut s: sovereign::engine::service::RequestStream, first: usize| {
+        let mut out = Vec::new();
+        loop {
+            match pollster::block_on(s.next()).unwrap() {
+                Event::Delta { token, .. } => {
+                    out.extend(token);
+                    if out.len() == first {
+                        return (out, Some(s));
+                    }
+                }
+                Event::Finished { .. } => return (out, None),
+                Event::Started { .. } => {}
+                Event::Failed(e) => panic!("{e}"),
+            }
+        }
+    };
+    let (alone, _) = drain(generation(), usize::MAX);
+    assert_eq!(alone.len(), 150);
+    let long: Vec<u32> = tokens.iter().cycle().take(200).copied().collect();
+    let embed_alone = pollster::block_on(
+        h.embed(EmbedRequest {
+            inputs: vec![Prompt::Tokens(long.clone())],
+            ..Default::default()
+        })
+        .unwrap()
+        .wait(),
+    )
+    .unwrap();
+
+    // The generation holds 12 of the 16 pages by its end; the 200-token input needs 13.
+    let (mut got, rest) = drain(generation(), 20);
+    let pending = h
+        .embed(EmbedRequest {
+            inputs: vec![Prompt::Tokens(long.clone())],
+            ..Default::default()
+        })
+        .unwrap();
+    let (more, _) = drain(rest.unwrap(), usize::MAX);
+    got.extend(more);
+    let beside = pollster::block_on(pending.wait()).unwrap();
+    assert_eq!(got, alone, "the generation changed beside an embedding");
+    assert_eq!(beside[0].values, embed_alone[0].values);
+    let m = h.metrics();
+    assert_eq!(m.requests_preempted, 0, "an older generation was preempted");
+
+    // Dropped while running (a batch of six inputs, larger than the slots) and while queued.
+    let batch = || {
+        h.embed(EmbedRequest {
+            inputs: vec![Prompt::Tokens(long[..100].to_vec()); 6],
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let cancelled_before = m.requests_cancelled;
+    let (running, queued) = (batch(), batch());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(queued);
+    drop(running);
+    let after = pollster::block_on(
+        h.embed(EmbedRequest {
+            inputs: vec![Prompt::Tokens(tokens.clone())],
+            ..Default::default()
+        })
+        .unwrap()
+        .wait(),
+    )
+    .unwrap();
+    assert_eq!(after[0].n_tokens, tokens.len());
+    let m = h.metrics();
+    assert_eq!(m.requests_cancelled - cancelled_before, 2);
+    assert_eq!((m.kv_pages_used, m.running_sequences), (0, 0));
+    // Every place in the queue came back: as many requests as slots and queue allow still fit.
+    let held: Vec<_> = (0..4 + 64).map(|_| batch()).collect();
+    assert!(
+        h.embed(EmbedRequest {
+            inputs: vec![Prompt::Tokens(tokens.clone())],
+            ..Default::default()
+        })
+        .is_err()
+    );
+    drop(held);
 }

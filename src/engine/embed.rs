@@ -1,5 +1,7 @@
 //! Embeddings: the final norm's output at each position of an input, pooled into one vector and
-//! normalized, as llama.cpp's embedding mode does for a decoder model.
+//! normalized, as llama.cpp's embedding mode does for a decoder model. One difference: where
+//! the file names no pooling, llama.cpp returns a row per position (and its OpenAI endpoint
+//! refuses); here such models are mean-pooled, so every endpoint gives one vector per input.
 
 use super::EngineError;
 use crate::format::Metadata;

@@ -47,6 +47,10 @@ pub enum EngineError {
     Stopped(String),
     #[error("invalid grammar: {0}")]
     Grammar(String),
+    /// A request the engine took failed while it ran (not for want of capacity: trying again
+    /// will not help).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// A model on the GPU with its tokenizer.
@@ -258,7 +262,7 @@ impl Session {
                 Forward::Hidden(rows) => pooler.add(&rows),
                 _ => {
                     return Err(
-                        EngineError::Stopped("the step returned no hidden rows".into()).into(),
+                        EngineError::Failed("the step returned no hidden rows".into()).into(),
                     );
                 }
             }

@@ -513,7 +513,7 @@ impl PendingEmbeddings {
     pub async fn wait(self) -> Result<Vec<Embedding>> {
         match self.rx.await {
             Ok(Ok(embeddings)) => Ok(embeddings),
-            Ok(Err(message)) => Err(EngineError::Stopped(message).into()),
+            Ok(Err(message)) => Err(EngineError::Failed(message).into()),
             Err(_) => Err(EngineError::Stopped("the engine has stopped".into()).into()),
         }
     }
@@ -666,15 +666,23 @@ struct Scheduler {
     embedding: Option<EmbedRun>,
 }
 
-/// The embedding request being run: its inputs one after another, each in a sequence of its
-/// own that ends with it.
+/// The embedding request being run: each input in a sequence of its own that ends with it,
+/// as many at once as slots are free and a step's tokens allow.
 struct EmbedRun {
     job: EmbedJob,
-    done: Vec<Embedding>,
-    current: Option<EmbedSeq>,
+    /// Each input's vector, once pooled.
+    done: Vec<Option<Embedding>>,
+    n_done: usize,
+    /// The first input not started.
+    next_input: usize,
+    active: Vec<EmbedSeq>,
+    /// Generations from this id on were admitted after the request began: only they may be
+    /// preempted for its pages.
+    newer_than: SeqId,
 }
 
 struct EmbedSeq {
+    input: usize,
     id: SeqId,
     slot: u32,
     pooler: Pooler,
@@ -839,6 +847,13 @@ impl Scheduler {
             ));
             false
         });
+        // Embedding requests nobody waits for leave the queue (and their place in it) now.
+        let before = self.embeds.len();
+        self.embeds.retain(|job| !job.reply.is_canceled());
+        let gone_embeds = (before - self.embeds.len()) as u64;
+        if gone_embeds > 0 {
+            handle.update(|m| m.requests_cancelled += gone_embeds);
+        }
         // Sent once the jobs are dropped: whoever sees the stream end sees its place free.
         if !ended.is_empty() {
             handle.update(|m| m.requests_cancelled += ended.len() as u64);
@@ -904,7 +919,7 @@ impl Scheduler {
         }
     }
 
-    /// Runs the next chunk of the embedding request at the head of its queue, in a step of its
+    /// Runs the next step of the embedding request at the head of its queue, in a step of its
     /// own (its rows want the final norm, not logits), and answers the request once its last
     /// input is pooled.
     async fn embed_step(&mut self, handle: &EngineHandle) {
@@ -914,10 +929,14 @@ impl Scheduler {
                     handle.update(|m| m.requests_cancelled += 1);
                     continue;
                 }
+                let n = job.inputs.len();
                 self.embedding = Some(EmbedRun {
                     job,
-                    done: Vec::new(),
-                    current: None,
+                    done: vec![None; n],
+                    n_done: 0,
+                    next_input: 0,
+                    active: Vec::new(),
+                    newer_than: self.next_id,
                 });
                 break;
             }
@@ -927,79 +946,141 @@ impl Scheduler {
         };
         if run.job.reply.is_canceled() {
             handle.update(|m| m.requests_cancelled += 1);
-            self.end_embedding(run, None);
+            self.end_embedding(handle, run, None);
             return;
         }
-        match self.embed_chunk(handle, &mut run).await {
-            Ok(()) if run.done.len() == run.job.inputs.len() => {
+        match self.embed_chunks(handle, &mut run).await {
+            Ok(()) if run.n_done == run.job.inputs.len() => {
                 handle.update(|m| {
                     m.requests_finished += 1;
-                    m.embedded_inputs += run.done.len() as u64;
+                    m.embedded_inputs += run.n_done as u64;
                 });
-                let done = std::mem::take(&mut run.done);
-                self.end_embedding(run, Some(Ok(done)));
+                let done = std::mem::take(&mut run.done)
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                self.end_embedding(handle, run, Some(Ok(done)));
             }
             Ok(()) => self.embedding = Some(run),
             Err(e) => {
                 tracing::warn!("embedding failed: {e}");
                 handle.update(|m| m.requests_failed += 1);
-                self.end_embedding(run, Some(Err(e.to_string())));
+                self.end_embedding(handle, run, Some(Err(e.to_string())));
             }
         }
     }
 
-    /// One step of `run`'s current input (starting it when a slot is free).
-    async fn embed_chunk(&mut self, handle: &EngineHandle, run: &mut EmbedRun) -> Result<()> {
-        let kv_fault = |e: crate::kv::KvError| EngineError::Stopped(e.to_string());
-        let Some(tokens) = run.job.inputs.get(run.done.len()) else {
-            return Ok(());
-        };
-        let cur = match run.current.as_mut() {
-            Some(cur) => cur,
-            None => {
-                // No free slot: the input waits for a running sequence to end.
-                let Some(slot) = self.free_slots.pop() else {
-                    return Ok(());
-                };
-                let id = self.next_id;
-                self.next_id += 1;
-                // Every position's rows are pooled, so none may come from the prefix cache.
-                if let Err(e) = self.kv.add_sequence(id, &[]) {
-                    self.free_slots.push(slot);
-                    return Err(kv_fault(e).into());
+    /// Pages for `id` to hold `len` positions: generations admitted after the embedding
+    /// began (`newer_than` on) are preempted for them, older ones never, so a stream of
+    /// embeddings cannot keep one generation recomputing. `None`: not now (older generations,
+    /// or the request's other inputs (`others`), hold the pages and will give them back).
+    fn embed_pages(
+        &mut self,
+        handle: &EngineHandle,
+        id: SeqId,
+        len: usize,
+        newer_than: SeqId,
+        others: bool,
+    ) -> Result<Option<Vec<PageCopy>>> {
+        loop {
+            match self.kv.reserve(id, len) {
+                Ok(copies) => return Ok(Some(copies)),
+                Err(crate::kv::KvError::OutOfPages { .. })
+                    if self.running.iter().any(|r| r.id >= newer_than) =>
+                {
+                    if self.preempt_newest() {
+                        handle.update(|m| m.requests_preempted += 1);
+                    }
                 }
-                let n_embd = self.model.config().n_embd as usize;
-                run.current.insert(EmbedSeq {
-                    id,
-                    slot,
-                    pooler: Pooler::new(run.job.pooling, n_embd),
-                    n_done: 0,
-                })
+                Err(crate::kv::KvError::OutOfPages { .. })
+                    if others || !self.running.is_empty() =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(EngineError::Failed(e.to_string()).into()),
             }
-        };
+        }
+    }
+
+    /// One step of `run`: the next chunk of each input it has started, and more inputs in the
+    /// free slots, up to the step's budget of tokens.
+    async fn embed_chunks(&mut self, handle: &EngineHandle, run: &mut EmbedRun) -> Result<()> {
+        let fault = |e: crate::kv::KvError| EngineError::Failed(e.to_string());
         let budget = if self.running.is_empty() {
             self.max_batch
         } else {
             self.prefill_chunk.min(self.max_batch)
         };
-        let start = cur.n_done;
-        let chunk = &tokens[start..tokens.len().min(start + budget)];
-        let copies = loop {
-            match self.kv.reserve(cur.id, start + chunk.len()) {
-                Ok(copies) => break copies,
-                Err(crate::kv::KvError::OutOfPages { .. }) if self.preempt_newest() => {
-                    handle.update(|m| m.requests_preempted += 1);
+        let n_embd = self.model.config().n_embd as usize;
+        // (index into run.active, tokens of its input in this step)
+        let mut entries: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        let mut copies = Vec::new();
+        let mut used = 0;
+        let mut k = 0;
+        while used < budget {
+            if k == run.active.len() {
+                // Another input, where a slot is free and pages for all of it are: an input
+                // holds its pages from its first step to its last, so inputs never wait on each
+                // other for pages.
+                let Some(&slot) = self.free_slots.last() else {
+                    break;
+                };
+                let Some(tokens) = run.job.inputs.get(run.next_input) else {
+                    break;
+                };
+                let id = self.next_id;
+                // Every position's rows are pooled, so none may come from the prefix cache.
+                self.kv.add_sequence(id, &[]).map_err(fault)?;
+                let others = !run.active.is_empty();
+                match self.embed_pages(handle, id, tokens.len(), run.newer_than, others) {
+                    Ok(Some(c)) => copies.extend(c),
+                    Ok(None) => {
+                        let _ = self.kv.release(id);
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = self.kv.release(id);
+                        return Err(e);
+                    }
                 }
-                Err(e) => return Err(kv_fault(e).into()),
+                self.next_id += 1;
+                self.free_slots.pop();
+                run.active.push(EmbedSeq {
+                    input: run.next_input,
+                    id,
+                    slot,
+                    pooler: Pooler::new(run.job.pooling, n_embd),
+                    n_done: 0,
+                });
+                run.next_input += 1;
             }
-        };
-        let n = chunk.len() as u32;
-        let positions: Vec<u32> = (start as u32..start as u32 + n).collect();
-        let slots = vec![cur.slot; chunk.len()];
-        let out_rows: Vec<u32> = (0..n).collect();
-        let tables = [(cur.slot, self.kv.pages(cur.id).unwrap_or(&[]))];
+            let seq = &run.active[k];
+            let len = run.job.inputs[seq.input].len();
+            let range = seq.n_done..len.min(seq.n_done + budget - used);
+            used += range.len();
+            entries.push((k, range));
+            k += 1;
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (mut tokens, mut positions, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, range) in &entries {
+            let seq = &run.active[*k];
+            tokens.extend_from_slice(&run.job.inputs[seq.input][range.clone()]);
+            positions.extend(range.clone().map(|p| p as u32));
+            slots.extend(std::iter::repeat_n(seq.slot, range.len()));
+        }
+        let out_rows: Vec<u32> = (0..tokens.len() as u32).collect();
+        let tables: Vec<(u32, &[u32])> = entries
+            .iter()
+            .map(|(k, _)| {
+                let seq = &run.active[*k];
+                (seq.slot, self.kv.pages(seq.id).unwrap_or(&[]))
+            })
+            .collect();
         let input = StepInput {
-            tokens: chunk,
+            tokens: &tokens,
             positions: &positions,
             slots: &slots,
             out_rows: &out_rows,
@@ -1011,32 +1092,69 @@ impl Scheduler {
             .step(&input, &copies, StepOutput::Hidden)
             .await?;
         let Forward::Hidden(rows) = forward else {
-            return Err(EngineError::Stopped("the step returned no hidden rows".into()).into());
+            return Err(EngineError::Failed("the step returned no hidden rows".into()).into());
         };
-        cur.pooler.add(&rows);
-        self.kv.commit(cur.id, chunk).map_err(kv_fault)?;
-        cur.n_done += chunk.len();
-        if cur.n_done == tokens.len()
-            && let Some(cur) = run.current.take()
-        {
-            let _ = self.kv.release(cur.id);
-            self.free_slots.push(cur.slot);
-            run.done.push(Embedding {
-                values: cur.pooler.finish(run.job.normalize),
-                n_tokens: tokens.len(),
+        let mut row = 0;
+        for (k, range) in &entries {
+            let seq = &mut run.active[*k];
+            let n = range.len();
+            seq.pooler
+                .add(rows.get(row * n_embd..(row + n) * n_embd).unwrap_or(&[]));
+            row += n;
+            seq.n_done = range.end;
+        }
+        // Finished inputs give back their slot and pages (never offered to the prefix cache:
+        // no generation would share an embedded text's pages often enough to earn their
+        // place there).
+        let mut i = 0;
+        while i < run.active.len() {
+            let seq = &run.active[i];
+            let n_tokens = run.job.inputs[seq.input].len();
+            if seq.n_done < n_tokens {
+                i += 1;
+                continue;
+            }
+            let seq = run.active.remove(i);
+            let _ = self.kv.release(seq.id);
+            self.free_slots.push(seq.slot);
+            if seq.pooler.rows() != n_tokens {
+                return Err(EngineError::Failed(format!(
+                    "input {} pooled {} of its {n_tokens} rows",
+                    seq.input,
+                    seq.pooler.rows()
+                ))
+                .into());
+            }
+            run.done[seq.input] = Some(Embedding {
+                values: seq.pooler.finish(run.job.normalize),
+                n_tokens,
             });
+            run.n_done += 1;
         }
         Ok(())
     }
 
-    /// Frees what `run` holds and answers its request (`None`: nobody is waiting).
-    fn end_embedding(&mut self, mut run: EmbedRun, reply: Option<EmbedReply>) {
-        if let Some(cur) = run.current.take() {
-            let _ = self.kv.release(cur.id);
-            self.free_slots.push(cur.slot);
+    /// Frees what `run` holds, then answers its request (`None`: nobody is waiting), so that
+    /// whoever sees the answer sees the slots, pages and queue place free.
+    fn end_embedding(
+        &mut self,
+        handle: &EngineHandle,
+        mut run: EmbedRun,
+        reply: Option<EmbedReply>,
+    ) {
+        for seq in run.active.drain(..) {
+            let _ = self.kv.release(seq.id);
+            self.free_slots.push(seq.slot);
         }
+        let EmbedJob {
+            reply: sender,
+            _in_flight,
+            ..
+        } = run.job;
+        drop(_in_flight);
+        self.publish(handle);
         if let Some(reply) = reply {
-            let _ = run.job.reply.send(reply);
+            let _ = sender.send(reply);
         }
     }
 

@@ -15,9 +15,8 @@ use futures_util::StreamExt;
 use super::error::ApiError;
 use super::guard::JsonBody;
 use super::{AppState, metrics};
-use crate::engine::StopReason;
-use crate::engine::TokenLogprob;
 use crate::engine::service::{Event, RequestStream, Timings, Usage};
+use crate::engine::{EngineError, StopReason, TokenLogprob};
 use crate::openai::request::{self, Endpoint, Parsed};
 use crate::openai::response::*;
 use crate::openai::tools::ReplyParser;
@@ -533,10 +532,21 @@ pub(super) async fn embed(
     let engine = state.engine.clone();
     let request = parsed.request;
     // Tokenizing many long inputs takes a while: keep it off the async workers.
+    // The engine names inputs `input`; this endpoint's may be under another key.
+    let renamed = |e: crate::Error| match e {
+        crate::Error::Engine(EngineError::InvalidParameter { name, message }) => {
+            let name = match name.strip_prefix("input") {
+                Some(rest) => format!("{input_param}{rest}"),
+                None => name,
+            };
+            EngineError::InvalidParameter { name, message }.into()
+        }
+        other => other,
+    };
     let pending = tokio::task::spawn_blocking(move || engine.embed(request))
         .await
         .map_err(|e| ApiError::internal(format!("the request was lost: {e}")))?
-        .map_err(|e| ApiError::from_submit(e, input_param, input_param))?;
+        .map_err(|e| ApiError::from_submit(renamed(e), input_param, input_param))?;
     let embeddings = pending
         .wait()
         .await
@@ -567,13 +577,19 @@ pub async fn embeddings(
 }
 
 /// `POST /embedding` (and `/embeddings`), as llama.cpp's server answers it: inputs under
-/// `content`, and per input `{"index", "embedding": [vector]}` (one row: the pooled one).
+/// `content` (or `input`), and per input `{"index", "embedding": [vector]}` (one row: the
+/// pooled one).
 pub async fn llama_embedding(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let parsed = request::embeddings(&body, "content")?;
-    let embeddings = embed(&state, parsed, "content").await?;
+    let key = if body.get("content").is_none() && body.get("input").is_some() {
+        "input"
+    } else {
+        "content"
+    };
+    let parsed = request::embeddings(&body, key)?;
+    let embeddings = embed(&state, parsed, key).await?;
     Ok(Json(
         embeddings
             .iter()

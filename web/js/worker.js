@@ -160,7 +160,7 @@ const handlers = {
     return engine.embeddings(JSON.stringify(body));
   },
 
-    cancel({ target }) {
+  cancel({ target }) {
     return engine ? engine.cancel(target) : false;
   },
 
