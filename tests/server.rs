@@ -1349,6 +1349,11 @@ fn openai_client_tool_calls() {
 }
 
 #[test]
+fn llama_cpp_completion_api() {
+    python("llama_cpp", &[]);
+}
+
+#[test]
 fn openai_ollama_and_llama_cpp_embeddings() {
     python("embeddings", &[]);
 }

@@ -343,6 +343,11 @@ impl EngineHandle {
         &self.shared.tokenizer
     }
 
+    /// Sequences the engine runs at once (its slots).
+    pub fn n_slots(&self) -> usize {
+        self.shared.n_slots
+    }
+
     pub fn metrics(&self) -> Metrics {
         self.shared
             .metrics

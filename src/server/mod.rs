@@ -16,6 +16,7 @@
 mod error;
 mod guard;
 mod handlers;
+mod llama_cpp;
 mod metrics;
 mod ollama;
 pub mod web;
@@ -181,6 +182,9 @@ impl Server {
             .route("/v1/embeddings", post(handlers::embeddings))
             .route("/embedding", post(handlers::llama_embedding))
             .route("/embeddings", post(handlers::llama_embedding))
+            .route("/completion", post(llama_cpp::completion))
+            .route("/completions", post(llama_cpp::completion))
+            .route("/props", get(llama_cpp::props))
             .route("/tokenize", post(handlers::tokenize))
             .route("/detokenize", post(handlers::detokenize))
             .route("/apply-template", post(handlers::apply_template))
