@@ -82,6 +82,57 @@ fn greedy_runs_print_the_reference_text() {
     }
 }
 
+/// `--model-draft`: the test model drafting for itself prints the reference text and says how
+/// many drafts it kept; a model of another vocabulary is refused before anything runs.
+#[test]
+fn a_draft_model_prints_the_reference_text() {
+    let model = model_path();
+    let m = model.to_str().unwrap();
+    let case = &greedy_cases()[0];
+    let n = case["n_stable"].as_u64().unwrap().to_string();
+    let prompt = case["prompt"].as_str().unwrap();
+    let o = sovereign(&[
+        "-v",
+        "run",
+        "-m",
+        m,
+        "--model-draft",
+        m,
+        "-n",
+        &n,
+        "--temp",
+        "0",
+        prompt,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), case["text_stable"].as_str().unwrap());
+    assert!(
+        stderr(&o).contains("drafted tokens were sampled"),
+        "{}",
+        stderr(&o)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny.gguf");
+    let o = sovereign(&["synth", "--shape", "tiny", "-o", tiny.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sovereign(&[
+        "run",
+        "-m",
+        m,
+        "--model-draft",
+        tiny.to_str().unwrap(),
+        "-n",
+        "4",
+        "hi",
+    ]);
+    assert_fails(&o, "vocabulary");
+    assert_fails(
+        &sovereign(&["run", "-m", m, "--model-draft", "/nonexistent.gguf", "hi"]),
+        "nonexistent",
+    );
+}
+
 #[test]
 fn sampling_is_reproducible_with_a_seed_and_stops_at_stop_strings() {
     let model = model_path();

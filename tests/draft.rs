@@ -316,3 +316,130 @@ fn drafts_take_no_page_another_sequence_needs() {
     );
     assert!(accepted > 0);
 }
+
+/// A draft model: the test model drafting for itself guesses every greedy token (the check
+/// keeps them all); sampled, it guesses wrong often, and the text is the undrafted run's
+/// either way. Across turns its cache follows the session's. A model of another vocabulary is
+/// refused.
+#[test]
+fn a_draft_model_changes_nothing_but_the_number_of_steps() {
+    use sovereign::engine::DraftModel;
+    let mut target = model(1);
+    let mut draft = DraftModel::new(model(1), &target).unwrap();
+    let mut session = Session::new();
+    let drafted = |target: &mut Model,
+                   draft: &mut DraftModel,
+                   session: &mut Session,
+                   prompt: &[u32],
+                   params: &GenerateParams| {
+        pollster::block_on(session.run_drafted(
+            target,
+            Some(draft),
+            prompt,
+            params,
+            Some(2),
+            &mut |_| ControlFlow::Continue(()),
+        ))
+        .unwrap()
+    };
+    let cases = common::greedy_cases();
+    for case in &cases {
+        let prompt: Vec<u32> = case["prompt_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        let n = case["n_stable"].as_u64().unwrap() as usize;
+        let want: Vec<u32> = case["tokens"].as_array().unwrap()[..n]
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        let p = params(6, SamplingParams::greedy(), n as u32);
+        let got = drafted(&mut target, &mut draft, &mut session, &prompt, &p);
+        // The reference's end-of-turn token (2) ends the run and is not among its tokens.
+        let want: Vec<u32> = want.into_iter().take_while(|&t| t != 2).collect();
+        assert_eq!(got.tokens, want);
+        assert!(got.n_drafted > 0);
+        assert!(
+            got.n_draft_accepted * 10 >= got.n_drafted * 9,
+            "a model drafting for itself: {} of {} kept",
+            got.n_draft_accepted,
+            got.n_drafted
+        );
+    }
+
+    // Sampled: the draft's greedy guesses often miss, and nothing changes.
+    let prompt = chat(&target, "Write a short poem about the sea.");
+    let mut rejected = 0;
+    for seed in [1, 2] {
+        let p = params(6, sampled(seed), 40);
+        let alone = run(
+            &mut target,
+            &mut Session::new(),
+            &prompt,
+            &params(0, sampled(seed), 40),
+        );
+        // A fresh session: a cached prompt would run its last token in a step of its own,
+        // whose logits differ from the prompt step's in their last bits. The draft model's
+        // cache still holds the earlier runs.
+        let got = drafted(&mut target, &mut draft, &mut Session::new(), &prompt, &p);
+        assert_eq!(got.tokens, alone.tokens, "seed {seed}");
+        assert_eq!(got.text, alone.text);
+        rejected += got.n_drafted - got.n_draft_accepted;
+    }
+    assert!(
+        rejected > 0,
+        "no draft was ever rejected: the check was not exercised"
+    );
+
+    // The next turn extends the last: the draft model runs only what it has not seen.
+    let first = drafted(
+        &mut target,
+        &mut draft,
+        &mut session,
+        &prompt,
+        &params(6, SamplingParams::greedy(), 12),
+    );
+    let mut next = prompt.clone();
+    next.extend(&first.tokens);
+    next.extend(chat(&target, "Another one.").iter().skip(1));
+    let turn = drafted(
+        &mut target,
+        &mut draft,
+        &mut session,
+        &next,
+        &params(6, SamplingParams::greedy(), 12),
+    );
+    let fresh = run(
+        &mut target,
+        &mut Session::new(),
+        &next,
+        &params(0, SamplingParams::greedy(), 12),
+    );
+    assert_eq!(turn.tokens, fresh.tokens);
+
+    // Another vocabulary.
+    use sovereign::model::synthetic::{SyntheticSpec, synthetic_llama};
+    let bytes = synthetic_llama(&SyntheticSpec::default())
+        .unwrap()
+        .to_bytes();
+    let file = GgufFile::from_bytes(bytes).unwrap();
+    let other = pollster::block_on(Model::load(
+        gpu(GpuOptions::default()),
+        &file,
+        &LoadOptions::default(),
+        &mut |_| {},
+    ))
+    .unwrap();
+    let err = DraftModel::new(other, &target).unwrap_err().to_string();
+    assert!(
+        err.contains("model-draft") && err.contains("vocabulary"),
+        "{err}"
+    );
+    // A shorter context than the model's.
+    let err = DraftModel::new(model_with(1, 256), &target)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("context"), "{err}");
+}

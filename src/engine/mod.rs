@@ -173,7 +173,8 @@ pub struct GenerateParams {
     pub ignore_eos: bool,
     /// What the generated text must be (JSON, a grammar); `None` leaves the model free.
     pub constraint: Option<Constraint>,
-    /// Most tokens to draft per step by prompt lookup, checked all in one step (0: none). The
+    /// Most tokens to draft per step (by prompt lookup, or by a [`DraftModel`] where one is
+    /// given), checked all in one step (0: none). The
     /// output is what it would be without drafts: a draft is kept only where the token sampled
     /// before it, with the sampler's own draw, is that token.
     pub draft: usize,
@@ -204,9 +205,122 @@ pub struct Completion {
     pub n_reused: usize,
     pub prefill_time: Duration,
     pub decode_time: Duration,
-    /// Tokens drafted by prompt lookup, and how many of them the model went on to sample.
+    /// Tokens drafted (by prompt lookup or a draft model), and how many of them the model went
+    /// on to sample.
     pub n_drafted: usize,
     pub n_draft_accepted: usize,
+}
+
+/// A smaller model that shares the main model's vocabulary, drafting for it: at each step it
+/// runs greedily a few tokens ahead, and the main model checks them all in one step (kept only
+/// where it samples them itself, so the output does not change). Its cache follows the
+/// session's tokens; what it ran past a rejected guess is overwritten.
+pub struct DraftModel {
+    model: Model,
+    /// Tokens whose K/V occupy positions 0.. of the draft model's cache.
+    cached: Vec<u32>,
+}
+
+impl std::fmt::Debug for DraftModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DraftModel")
+            .field("model", &self.model.name)
+            .field("cached", &self.cached.len())
+            .finish()
+    }
+}
+
+impl DraftModel {
+    /// `draft` to draft for `target`: their vocabularies must be the same token for token, and
+    /// the draft's context at least as long as the target's.
+    pub fn new(draft: Model, target: &Model) -> Result<DraftModel> {
+        let (d, t) = (draft.tokenizer(), target.tokenizer());
+        let mismatch = |message: String| EngineError::InvalidParameter {
+            name: "model-draft".into(),
+            message,
+        };
+        if d.n_vocab() != t.n_vocab() {
+            return Err(mismatch(format!(
+                "the draft model has {} tokens, the model {}: they must share a vocabulary",
+                d.n_vocab(),
+                t.n_vocab()
+            ))
+            .into());
+        }
+        if let Some(id) = (0..t.n_vocab() as u32).find(|&id| d.token_text(id) != t.token_text(id)) {
+            return Err(mismatch(format!(
+                "token {id} is {:?} in the draft model and {:?} in the model: they must share a vocabulary",
+                d.token_text(id).unwrap_or_default(),
+                t.token_text(id).unwrap_or_default()
+            ))
+            .into());
+        }
+        let (n_draft, n_target) = (draft.llama.n_ctx(), target.llama.n_ctx());
+        if n_draft < n_target {
+            return Err(mismatch(format!(
+                "the draft model's context ({n_draft}) is shorter than the model's ({n_target})"
+            ))
+            .into());
+        }
+        Ok(DraftModel {
+            model: draft,
+            cached: Vec::new(),
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Up to `n` tokens that the draft model, greedy, writes after `history`. It first runs what
+    /// of `history` its cache lacks.
+    async fn propose(&mut self, history: &[u32], n: usize) -> Result<Vec<u32>> {
+        let llama = &mut self.model.llama;
+        let n_ctx = llama.n_ctx() as usize;
+        if n == 0 || history.is_empty() || history.len() >= n_ctx {
+            return Ok(Vec::new());
+        }
+        // Always run the last token: its output is the first guess.
+        let common = self
+            .cached
+            .iter()
+            .zip(history)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(history.len() - 1);
+        self.cached.truncate(common);
+        let max_batch = llama.max_batch() as usize;
+        let mut pos = common;
+        let mut next = None;
+        for chunk in history[common..].chunks(max_batch) {
+            let last = pos + chunk.len() == history.len();
+            let out = if last {
+                Output::Argmax
+            } else {
+                Output::Nothing
+            };
+            let result = llama.forward(chunk, pos as u32, out).await?;
+            self.cached.extend_from_slice(chunk);
+            pos += chunk.len();
+            if let Forward::Token(t) = result {
+                next = Some(t);
+            }
+        }
+        let mut drafts = Vec::with_capacity(n);
+        while let Some(token) = next {
+            drafts.push(token);
+            if drafts.len() == n || pos + 1 >= n_ctx {
+                break;
+            }
+            next = match llama.forward(&[token], pos as u32, Output::Argmax).await? {
+                Forward::Token(t) => Some(t),
+                _ => None,
+            };
+            self.cached.push(token);
+            pos += 1;
+        }
+        Ok(drafts)
+    }
 }
 
 /// One sequence in the model's KV cache. Tokens it has already run stay cached: a request that
@@ -303,6 +417,21 @@ impl Session {
         logprobs: Option<usize>,
         on_step: &mut dyn FnMut(&Advance) -> ControlFlow<()>,
     ) -> Result<Completion> {
+        self.run_drafted(model, None, prompt, params, logprobs, on_step)
+            .await
+    }
+
+    /// As [`run`](Self::run), with the drafts (up to `params.draft` a step) written by
+    /// `draft` instead of found by prompt lookup, where it is given.
+    pub async fn run_drafted(
+        &mut self,
+        model: &mut Model,
+        mut draft: Option<&mut DraftModel>,
+        prompt: &[u32],
+        params: &GenerateParams,
+        logprobs: Option<usize>,
+        on_step: &mut dyn FnMut(&Advance) -> ControlFlow<()>,
+    ) -> Result<Completion> {
         let n_ctx = model.llama.n_ctx() as usize;
         if prompt.len() > n_ctx {
             return Err(EngineError::PromptTooLong {
@@ -363,6 +492,8 @@ impl Session {
         let mut drafts: Vec<u32> = Vec::new();
         // The next step's tokens: the sampled one and its drafts (one buffer for every step).
         let mut run = Vec::new();
+        // What a draft model drafts after (one buffer for every step).
+        let mut history = Vec::new();
         let (mut n_drafted, mut n_draft_accepted) = (0, 0);
         // -n 0 runs the prompt (into the cache) and samples nothing, as in llama.cpp.
         let stop = if params.max_tokens == Some(0) {
@@ -406,7 +537,22 @@ impl Session {
                     return Err(EngineError::NoCandidates.into());
                 };
                 seq.drafts_checked(drafts.len(), accepted);
-                drafts = seq.draft(n_ctx.saturating_sub(pos + 1).min(max_run.saturating_sub(1)));
+                let room = n_ctx.saturating_sub(pos + 1).min(max_run.saturating_sub(1));
+                drafts = match draft.as_deref_mut() {
+                    Some(d) => {
+                        let budget = seq.draft_budget(room);
+                        if budget == 0 {
+                            Vec::new()
+                        } else {
+                            // What the session holds, then the token this step runs first.
+                            history.clear();
+                            history.extend_from_slice(&self.cached);
+                            history.push(token);
+                            d.propose(&history, budget).await?
+                        }
+                    }
+                    None => seq.draft(room),
+                };
                 run.clear();
                 run.push(token);
                 run.extend_from_slice(&drafts);

@@ -174,10 +174,16 @@ impl SequenceState {
     /// will sample next (prompt lookup); at most `room` of them, and no more than generation
     /// may still use.
     pub fn draft(&self, room: usize) -> Vec<u32> {
+        super::draft::lookup(&self.history, self.draft_budget(room))
+    }
+
+    /// How many tokens to draft now: the length that recent drafts earned, at most `room`,
+    /// and no more than generation may still use.
+    pub fn draft_budget(&self, room: usize) -> usize {
         let left = self.params.max_tokens.map_or(usize::MAX, |m| {
             (m as usize).saturating_sub(self.generated().len() + 1)
         });
-        super::draft::lookup(&self.history, self.draft_len.min(room).min(left))
+        self.draft_len.min(room).min(left)
     }
 
     /// Tells the sequence how its last drafts fared: `accepted` of `drafted` were sampled.
