@@ -486,6 +486,11 @@ struct ServeArgs {
     /// vector; default: what the model's file says (mean where it says nothing).
     #[arg(long, value_parser = ["mean", "cls", "last"])]
     pooling: Option<String>,
+    /// A smaller model with the same vocabulary that drafts for every request that drafts
+    /// (--draft, or a request's own setting), instead of prompt lookup: the same text, in
+    /// fewer steps of the large model where the small one guesses well.
+    #[arg(long = "model-draft", visible_alias = "md", value_name = "GGUF")]
+    model_draft: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -1553,12 +1558,41 @@ fn serve(adapter: Option<String>, args: ServeArgs) -> CliResult {
         kv_mib = model.llama().kv_bytes() >> 20,
         "KV cache"
     );
-    let engine = Engine::start(
+    let draft = match &args.model_draft {
+        None => None,
+        Some(path) => {
+            let file = GgufFile::open(path)?;
+            let l = model.llama();
+            // Its cache mirrors the model's: as many sequences, contexts and positions.
+            let options = LoadOptions {
+                n_ctx: Some(l.n_ctx()),
+                n_seq: l.n_seq(),
+                kv_tokens: Some(l.n_pages() * l.page_size()),
+                page_size: l.page_size(),
+                max_batch: args.model.batch_size,
+                kv_type: args.model.cache_type,
+                ..Default::default()
+            };
+            tracing::info!(model = %path.display(), "loading the draft model");
+            Some(pollster::block_on(Model::load(
+                Arc::clone(l.context()),
+                &file,
+                &options,
+                &mut |_| {},
+            ))?)
+        }
+    };
+    let engine = Engine::start_with_draft(
         model,
+        draft,
         EngineOptions {
             max_queue: args.max_queue,
             prefill_chunk: args.prefill_chunk as usize,
-            draft: args.draft,
+            // A draft model drafts 6 tokens a step unless told otherwise.
+            draft: match (args.draft, &args.model_draft) {
+                (0, Some(_)) => 6,
+                (n, _) => n,
+            },
             pooling: args.pooling.as_deref().map(Pooling::parse).transpose()?,
         },
     )?;

@@ -235,30 +235,45 @@ fn batched_drafts_keep_every_stream_exact() {
         assert_eq!(h.metrics().draft_tokens, 0);
         solo
     };
-    let engine = Engine::start(
-        model(4),
-        EngineOptions {
+    // Drafted by prompt lookup, then by a draft model (the test model drafting for itself).
+    for draft_model in [false, true] {
+        let options = EngineOptions {
             draft: 6,
             ..Default::default()
-        },
-    )
-    .unwrap();
-    let h = engine.handle();
-    let streams: Vec<_> = requests(true)
-        .into_iter()
-        .map(|r| h.submit(r).unwrap())
-        .collect();
-    let together: Vec<_> = streams.into_iter().map(collect).collect();
-    assert_eq!(together, solo);
-    let m = h.metrics();
-    assert!(
-        m.draft_tokens_accepted >= 20 && m.draft_tokens_accepted <= m.draft_tokens,
-        "{} of {} drafts taken",
-        m.draft_tokens_accepted,
-        m.draft_tokens
-    );
-    assert_eq!(m.running_sequences, 0);
-    assert_eq!(m.kv_pages_used, 0, "finished sequences still hold pages");
+        };
+        let draft = draft_model.then(|| model(4));
+        let engine = Engine::start_with_draft(model(4), draft, options).unwrap();
+        let h = engine.handle();
+        let streams: Vec<_> = requests(true)
+            .into_iter()
+            .map(|r| h.submit(r).unwrap())
+            .collect();
+        let together: Vec<_> = streams.into_iter().map(collect).collect();
+        assert_eq!(together, solo, "draft model: {draft_model}");
+        let m = h.metrics();
+        assert!(
+            m.draft_tokens_accepted >= 20 && m.draft_tokens_accepted <= m.draft_tokens,
+            "draft model {draft_model}: {} of {} drafts taken",
+            m.draft_tokens_accepted,
+            m.draft_tokens
+        );
+        if draft_model {
+            // Sampled requests reject guesses; the greedy ones keep nearly all.
+            assert!(
+                m.draft_tokens_accepted < m.draft_tokens,
+                "nothing was rejected"
+            );
+            assert!(m.draft_tokens_accepted * 2 > m.draft_tokens);
+        }
+        assert_eq!(m.running_sequences, 0);
+        assert_eq!(m.kv_pages_used, 0, "finished sequences still hold pages");
+    }
+    // A draft model of fewer sequences than the model is refused.
+    let err = Engine::start_with_draft(model(4), Some(model(2)), EngineOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("sequences"), "{err}");
 }
 
 /// With the pages short, drafts take only what is free: they preempt no one, and every page

@@ -272,6 +272,11 @@ impl DraftModel {
         &self.model
     }
 
+    /// The draft model itself, checked against its model.
+    pub fn into_model(self) -> Model {
+        self.model
+    }
+
     /// Up to `n` tokens that the draft model, greedy, writes after `history`. It first runs what
     /// of `history` its cache lacks.
     async fn propose(&mut self, history: &[u32], n: usize) -> Result<Vec<u32>> {

@@ -266,6 +266,34 @@ pub struct Engine {
 impl Engine {
     /// Starts the loop that owns `model`.
     pub fn start(model: Model, options: EngineOptions) -> Result<Engine> {
+        Self::start_with_draft(model, None, options)
+    }
+
+    /// As [`start`](Self::start), with `draft` drafting for every request that drafts
+    /// (`GenerateParams::draft`, or `options.draft` for those that do not say) instead of
+    /// prompt lookup. It must share the model's vocabulary, hold as long a context and as many
+    /// sequences.
+    pub fn start_with_draft(
+        model: Model,
+        draft: Option<Model>,
+        options: EngineOptions,
+    ) -> Result<Engine> {
+        let draft = match draft {
+            None => None,
+            Some(d) => {
+                let (n_draft, n_seq) = (d.llama().n_seq(), model.llama().n_seq());
+                if n_draft < n_seq {
+                    return Err(EngineError::InvalidParameter {
+                        name: "model-draft".into(),
+                        message: format!(
+                            "the draft model runs {n_draft} sequences at once, the model {n_seq}"
+                        ),
+                    }
+                    .into());
+                }
+                Some(super::DraftModel::new(d, &model)?.into_model())
+            }
+        };
         let (tx, rx) = mpsc::unbounded();
         let llama = model.llama();
         let ctx = llama.context();
@@ -299,7 +327,7 @@ impl Engine {
             // The loop's future holds non-Send callbacks across awaits: build it on its thread.
             let thread = std::thread::Builder::new()
                 .name("sovereign-engine".into())
-                .spawn(move || pollster::block_on(run_loop(model, rx, shared)))
+                .spawn(move || pollster::block_on(run_loop(model, draft, rx, shared)))
                 .map_err(|e| {
                     EngineError::Stopped(format!("cannot start the engine thread: {e}"))
                 })?;
@@ -310,7 +338,7 @@ impl Engine {
         }
         #[cfg(target_arch = "wasm32")]
         {
-            wasm_bindgen_futures::spawn_local(run_loop(model, rx, shared));
+            wasm_bindgen_futures::spawn_local(run_loop(model, draft, rx, shared));
             Ok(Engine { handle })
         }
     }
@@ -572,11 +600,12 @@ impl Drop for RequestStream {
 
 async fn run_loop(
     model: Model,
+    draft: Option<Model>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     shared: Arc<Shared>,
 ) {
     let handle = EngineHandle { shared };
-    let mut scheduler = Scheduler::new(model, handle.shared.options.prefill_chunk);
+    let mut scheduler = Scheduler::new(model, handle.shared.options.prefill_chunk, draft);
     loop {
         if scheduler.is_idle() {
             match futures_util::StreamExt::next(&mut commands).await {
@@ -638,6 +667,8 @@ struct Running {
     /// A sampled token not yet run (the sequence is decoding).
     pending: Option<u32>,
     progress: Progress,
+    /// Tokens whose K/V the draft model holds for this sequence (same id and slot as here).
+    draft_cached: Vec<u32>,
 }
 
 /// One sequence's share of a step.
@@ -669,6 +700,185 @@ struct Scheduler {
     /// Embedding requests not yet started, and the one running (a chunk of it each step).
     embeds: VecDeque<EmbedJob>,
     embedding: Option<EmbedRun>,
+    /// The draft model, where one drafts instead of prompt lookup.
+    drafter: Option<Drafter>,
+}
+
+/// A draft model in the scheduler: its own pool of KV pages, with a sequence for each running
+/// one under the same id and in the same slot.
+struct Drafter {
+    model: Model,
+    kv: KvCache,
+}
+
+/// One sequence's drafting in a step: what the draft model has yet to run, and its guesses.
+struct Proposal {
+    /// Index into the step's entries.
+    entry: usize,
+    id: SeqId,
+    slot: u32,
+    /// The sequence's tokens and the one the step runs first: what the guesses follow.
+    history: Vec<u32>,
+    /// Leading `history` the draft model has run.
+    fed: usize,
+    budget: usize,
+    drafts: Vec<u32>,
+}
+
+impl Drafter {
+    /// Up to `budgets[i]` greedy guesses of the draft model for each decoding entry: first the
+    /// tokens its cache lacks (all sequences in steps of its batch), then a token a step.
+    async fn propose(
+        &mut self,
+        running: &mut [Running],
+        entries: &[Entry],
+        budgets: &[usize],
+    ) -> Result<Vec<Vec<u32>>> {
+        let mut out = vec![Vec::new(); entries.len()];
+        let llama = self.model.llama();
+        let (max_batch, max_rows) = (
+            llama.max_batch() as usize,
+            llama.max_out_rows(StepOutput::Argmax) as usize,
+        );
+        let mut ps: Vec<Proposal> = Vec::new();
+        for (i, (e, &budget)) in entries.iter().zip(budgets).enumerate() {
+            if budget == 0 || ps.len() == max_rows {
+                continue;
+            }
+            let r = &mut running[e.index];
+            let mut history = r.tokens.clone();
+            history.extend(r.pending);
+            let fed = r
+                .draft_cached
+                .iter()
+                .zip(&history)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(history.len().saturating_sub(1));
+            // Pages for the history and every guess but the last (which is never run); a
+            // sequence they cannot be found for drafts nothing this step.
+            if self.kv.reserve(r.id, history.len() + budget - 1).is_err() {
+                continue;
+            }
+            r.draft_cached.truncate(fed);
+            ps.push(Proposal {
+                entry: i,
+                id: r.id,
+                slot: r.slot,
+                history,
+                fed,
+                budget,
+                drafts: Vec::new(),
+            });
+        }
+        // Catching up: each sequence's last history token gives its first guess.
+        while ps.iter().any(|p| p.fed < p.history.len()) {
+            let mut step = StepRows::default();
+            let mut finishing = Vec::new();
+            for (k, p) in ps.iter_mut().enumerate() {
+                let room = max_batch - step.tokens.len();
+                if p.fed == p.history.len() || room == 0 {
+                    continue;
+                }
+                let end = p.history.len().min(p.fed + room);
+                step.add(
+                    p.slot,
+                    p.fed,
+                    &p.history[p.fed..end],
+                    end == p.history.len(),
+                );
+                if end == p.history.len() {
+                    finishing.push(k);
+                }
+                p.fed = end;
+            }
+            let ids = self.run(&ps, &step).await?;
+            for (&k, id) in finishing.iter().zip(ids) {
+                ps[k].drafts.push(id);
+            }
+        }
+        for p in &ps {
+            running[entries[p.entry].index].draft_cached = p.history.clone();
+        }
+        // A token a step, for the sequences that want more.
+        loop {
+            let mut step = StepRows::default();
+            let mut going = Vec::new();
+            for (k, p) in ps.iter().enumerate() {
+                if let Some(&last) = p.drafts.last()
+                    && p.drafts.len() < p.budget
+                {
+                    step.add(p.slot, p.history.len() + p.drafts.len() - 1, &[last], true);
+                    going.push(k);
+                }
+            }
+            if going.is_empty() {
+                break;
+            }
+            let ids = self.run(&ps, &step).await?;
+            for (&k, id) in going.iter().zip(ids) {
+                let p = &mut ps[k];
+                if let Some(&last) = p.drafts.last() {
+                    running[entries[p.entry].index].draft_cached.push(last);
+                }
+                p.drafts.push(id);
+            }
+        }
+        for p in ps {
+            out[p.entry] = p.drafts;
+        }
+        Ok(out)
+    }
+
+    /// Runs one step of the draft model; the argmax of each output row.
+    async fn run(&mut self, ps: &[Proposal], step: &StepRows) -> Result<Vec<u32>> {
+        let tables: Vec<(u32, &[u32])> = ps
+            .iter()
+            .map(|p| (p.slot, self.kv.pages(p.id).unwrap_or(&[])))
+            .collect();
+        let input = StepInput {
+            tokens: &step.tokens,
+            positions: &step.positions,
+            slots: &step.slots,
+            out_rows: &step.out_rows,
+            tables: &tables,
+        };
+        match self
+            .model
+            .llama_mut()
+            .step(&input, &[], StepOutput::Argmax)
+            .await?
+        {
+            Forward::Tokens(ids) if ids.len() == step.out_rows.len() => Ok(ids),
+            _ => {
+                Err(EngineError::Failed("the draft model's step returned no tokens".into()).into())
+            }
+        }
+    }
+}
+
+/// The rows of a step being built.
+#[derive(Default)]
+struct StepRows {
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    slots: Vec<u32>,
+    out_rows: Vec<u32>,
+}
+
+impl StepRows {
+    /// `tokens` of the sequence in `slot` at positions `pos0..`; `output`: the last one's row
+    /// is read.
+    fn add(&mut self, slot: u32, pos0: usize, tokens: &[u32], output: bool) {
+        for (k, &t) in tokens.iter().enumerate() {
+            self.tokens.push(t);
+            self.positions.push((pos0 + k) as u32);
+            self.slots.push(slot);
+        }
+        if output {
+            self.out_rows.push(self.tokens.len() as u32 - 1);
+        }
+    }
 }
 
 /// The embedding request being run: each input in a sequence of its own that ends with it,
@@ -696,7 +906,7 @@ struct EmbedSeq {
 }
 
 impl Scheduler {
-    fn new(model: Model, prefill_chunk: usize) -> Self {
+    fn new(model: Model, prefill_chunk: usize, draft: Option<Model>) -> Self {
         let llama = model.llama();
         let page_size = llama.page_size();
         let pages_per_seq = llama.n_ctx().div_ceil(page_size);
@@ -712,6 +922,15 @@ impl Scheduler {
             next_id: 0,
             embeds: VecDeque::new(),
             embedding: None,
+            drafter: draft.map(|model| {
+                let l = model.llama();
+                let kv = KvCache::new(
+                    l.n_pages(),
+                    l.page_size(),
+                    l.n_ctx().div_ceil(l.page_size()),
+                );
+                Drafter { model, kv }
+            }),
             model,
         }
     }
@@ -744,9 +963,12 @@ impl Scheduler {
         self.embed_step(handle).await;
         self.admit(handle);
         self.publish(handle);
-        let Some((entries, copies)) = self.plan(handle) else {
+        let Some((mut entries, mut copies)) = self.plan(handle) else {
             return;
         };
+        if self.drafter.is_some() {
+            self.add_model_drafts(&mut entries, &mut copies).await;
+        }
         let started = Instant::now();
         let result = self.step(handle, &entries, &copies).await;
         tracing::debug!(
@@ -790,7 +1012,15 @@ impl Scheduler {
     /// Frees the slot and pages of a sequence that has left.
     fn retire(&mut self, r: Running) {
         let _ = self.kv.release(r.id);
+        self.release_draft(r.id);
         self.free_slots.push(r.slot);
+    }
+
+    /// Gives back the draft model's pages of sequence `id`.
+    fn release_draft(&mut self, id: SeqId) {
+        if let Some(d) = self.drafter.as_mut() {
+            let _ = d.kv.release(id);
+        }
     }
 
     fn finish(&mut self, handle: &EngineHandle, r: Running, stop: StopReason) {
@@ -920,7 +1150,12 @@ impl Scheduler {
                 n_cached: cached,
                 pending: None,
                 progress,
+                draft_cached: Vec::new(),
             });
+            if let Some(d) = self.drafter.as_mut() {
+                // Every position the draft model runs is its own: nothing to share.
+                let _ = d.kv.add_sequence(id, &[]);
+            }
         }
     }
 
@@ -1170,6 +1405,7 @@ impl Scheduler {
         };
         let mut r = self.running.swap_remove(i);
         let _ = self.kv.release(r.id);
+        self.release_draft(r.id);
         self.free_slots.push(r.slot);
         r.tokens.extend(r.pending.take());
         tracing::debug!(sequence = r.id, "preempted: out of KV pages");
@@ -1262,9 +1498,11 @@ impl Scheduler {
     /// as one-token steps (runs of up to `max_exact_run` tokens, a step of at most
     /// `max_exact_step`), so drafts change no sequence's logits.
     fn add_drafts(&mut self, entries: &mut [Entry], copies: &mut Vec<PageCopy>, n_out: usize) {
-        if entries
-            .iter()
-            .any(|e| self.running[e.index].pending.is_none())
+        // A draft model drafts after planning (it runs steps of its own).
+        if self.drafter.is_some()
+            || entries
+                .iter()
+                .any(|e| self.running[e.index].pending.is_none())
         {
             return;
         }
@@ -1285,23 +1523,85 @@ impl Scheduler {
             if room == 0 {
                 continue;
             }
-            let mut drafts = r.state.draft(room);
+            let drafts = r.state.draft(room);
             if drafts.is_empty() {
                 continue;
             }
-            // Pages the sequence holds beyond its next token first; new ones only if free.
-            let held = self.kv.pages(r.id).map_or(0, |p| p.len()) * page_size;
-            let end = e.start + 1 + drafts.len();
-            if end > held {
-                match self.kv.reserve(r.id, end) {
-                    Ok(c) => copies.extend(c),
-                    Err(_) => drafts.truncate(held.saturating_sub(e.start + 1)),
-                }
+            let n = self.attach_drafts(e, drafts, copies, page_size);
+            room_in_step -= n;
+            rows -= n;
+        }
+    }
+
+    /// Puts `drafts` after the entry's token, in pages the sequence holds beyond it first and
+    /// new ones only if free (fewer drafts where there are none); returns how many went in.
+    fn attach_drafts(
+        &mut self,
+        e: &mut Entry,
+        mut drafts: Vec<u32>,
+        copies: &mut Vec<PageCopy>,
+        page_size: usize,
+    ) -> usize {
+        let id = self.running[e.index].id;
+        let held = self.kv.pages(id).map_or(0, |p| p.len()) * page_size;
+        let end = e.start + 1 + drafts.len();
+        if end > held {
+            match self.kv.reserve(id, end) {
+                Ok(c) => copies.extend(c),
+                Err(_) => drafts.truncate(held.saturating_sub(e.start + 1)),
             }
-            room_in_step -= drafts.len();
-            rows -= drafts.len();
-            e.drafted = drafts.len();
-            e.tokens.extend(drafts);
+        }
+        e.drafted = drafts.len();
+        e.tokens.extend(drafts);
+        e.drafted
+    }
+
+    /// The draft model's guesses for the decoding sequences of a step that holds nothing else,
+    /// in the room [`add_drafts`](Self::add_drafts) would give prompt lookup. A failure of the
+    /// draft model costs the step its drafts, nothing else.
+    async fn add_model_drafts(&mut self, entries: &mut [Entry], copies: &mut Vec<PageCopy>) {
+        if entries
+            .iter()
+            .any(|e| self.running[e.index].pending.is_none())
+        {
+            return;
+        }
+        let llama = self.model.llama();
+        let max_run = llama.max_exact_run() as usize;
+        let mut room_in_step = (llama.max_exact_step() as usize)
+            .min(self.max_batch)
+            .saturating_sub(entries.len());
+        let mut rows = self.max_out.saturating_sub(entries.len());
+        let mut budgets = Vec::with_capacity(entries.len());
+        for e in entries.iter() {
+            let room = (self.n_ctx - 1)
+                .saturating_sub(e.start)
+                .min(max_run.saturating_sub(1))
+                .min(room_in_step)
+                .min(rows);
+            let budget = self.running[e.index].state.draft_budget(room);
+            room_in_step -= budget;
+            rows -= budget;
+            budgets.push(budget);
+        }
+        if budgets.iter().all(|&b| b == 0) {
+            return;
+        }
+        let Some(d) = self.drafter.as_mut() else {
+            return;
+        };
+        let proposals = match d.propose(&mut self.running, entries, &budgets).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("the draft model failed; this step has no drafts: {e}");
+                return;
+            }
+        };
+        let page_size = self.kv.page_size();
+        for (e, drafts) in entries.iter_mut().zip(proposals) {
+            if !drafts.is_empty() {
+                self.attach_drafts(e, drafts, copies, page_size);
+            }
         }
     }
 
