@@ -433,6 +433,13 @@ fn a_draft_model_changes_nothing_but_the_number_of_steps() {
         &params(0, SamplingParams::greedy(), 12),
     );
     assert_eq!(turn.tokens, fresh.tokens);
+    // Its cache followed: the guesses after the new turn are the model's own.
+    assert!(
+        turn.n_drafted > 0 && turn.n_draft_accepted * 10 >= turn.n_drafted * 9,
+        "next turn: {} of {} kept",
+        turn.n_draft_accepted,
+        turn.n_drafted
+    );
 
     // Another vocabulary.
     use sovereign::model::synthetic::{SyntheticSpec, synthetic_llama};

@@ -277,8 +277,31 @@ impl DraftModel {
         self.model
     }
 
-    /// Up to `n` tokens that the draft model, greedy, writes after `history`. It first runs what
-    /// of `history` its cache lacks.
+    /// Runs what of `tokens` the draft model's cache lacks (a prompt, with the main model's).
+    async fn catch_up(&mut self, tokens: &[u32]) -> Result<()> {
+        let llama = &mut self.model.llama;
+        if tokens.len() > llama.n_ctx() as usize {
+            return Ok(());
+        }
+        let common = self
+            .cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.cached.truncate(common);
+        let max_batch = llama.max_batch() as usize;
+        for chunk in tokens[common..].chunks(max_batch) {
+            llama
+                .forward(chunk, self.cached.len() as u32, Output::Nothing)
+                .await?;
+            self.cached.extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    /// Up to `n` tokens that the draft model, greedy, writes after `history`, ending at its
+    /// first end-of-generation token. It first runs what of `history` its cache lacks.
     async fn propose(&mut self, history: &[u32], n: usize) -> Result<Vec<u32>> {
         let llama = &mut self.model.llama;
         let n_ctx = llama.n_ctx() as usize;
@@ -314,7 +337,11 @@ impl DraftModel {
         let mut drafts = Vec::with_capacity(n);
         while let Some(token) = next {
             drafts.push(token);
-            if drafts.len() == n || pos + 1 >= n_ctx {
+            // Past an end the main model would stop, or go on past a token it did not write.
+            if drafts.len() == n
+                || pos + 1 >= n_ctx
+                || self.model.tokenizer.is_end_of_generation(token)
+            {
                 break;
             }
             next = match llama.forward(&[token], pos as u32, Output::Argmax).await? {
@@ -474,6 +501,13 @@ impl Session {
             result = model.llama.forward(chunk, pos as u32, out).await?;
             self.cached.extend_from_slice(chunk);
             pos += chunk.len();
+        }
+        // The draft model runs the prompt too, counted with it (not with the first token).
+        if let Some(d) = draft.as_deref_mut()
+            && params.draft > 0
+            && params.max_tokens != Some(0)
+        {
+            d.catch_up(prompt).await?;
         }
         let prefill_time = start.elapsed();
 

@@ -220,6 +220,13 @@ impl SequenceState {
         logits: Logits<'_>,
         room: bool,
     ) -> Result<Advance> {
+        // A limit of 0 runs the prompt (into the cache) and samples nothing, as in llama.cpp.
+        if self.params.max_tokens == Some(0) {
+            return Ok(Advance {
+                finished: Some(StopReason::MaxTokens),
+                ..Default::default()
+            });
+        }
         let token = match (logits, &mut self.grammar) {
             (Logits::Argmax(t), None) => t,
             (Logits::Row(row), None) => self.sampler.sample(row, &self.history)?,

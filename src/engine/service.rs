@@ -805,8 +805,10 @@ impl Drafter {
             let mut step = StepRows::default();
             let mut going = Vec::new();
             for (k, p) in ps.iter().enumerate() {
+                // Past an end the model would stop, or go on past a token it did not write.
                 if let Some(&last) = p.drafts.last()
                     && p.drafts.len() < p.budget
+                    && !self.model.tokenizer().is_end_of_generation(last)
                 {
                     step.add(p.slot, p.history.len() + p.drafts.len() - 1, &[last], true);
                     going.push(k);

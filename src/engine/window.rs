@@ -53,8 +53,18 @@ pub fn fit_conversation(
             .iter()
             .position(|m| m.role == "user")
             .map_or(messages.len(), |i| first + 1 + i);
-        dropped += end - first;
-        messages.drain(first..end);
+        // System messages inside the dropped turns stay, as those before them do.
+        let mut k = first;
+        let mut end = end;
+        while k < end {
+            if messages[k].role == "system" {
+                k += 1;
+            } else {
+                messages.remove(k);
+                dropped += 1;
+                end -= 1;
+            }
+        }
     }
 }
 
@@ -95,6 +105,27 @@ mod tests {
         let fit = fit_conversation(&conversation(), 12, 10, encode).unwrap();
         assert_eq!((fit.tokens.len(), fit.dropped), (5, 4));
         assert_eq!(fit.messages.len(), 2);
+    }
+
+    #[test]
+    fn system_messages_inside_dropped_turns_stay() {
+        let mut c = conversation();
+        c.insert(3, ChatMessage::new("system", "now in French"));
+        // 19 + 4 tokens; 18 positions with 2 for the reply keep the system messages and the
+        // last two turns.
+        let fit = fit_conversation(&c, 18, 2, encode).unwrap();
+        assert_eq!(fit.dropped, 2);
+        let kept: Vec<&str> = fit.messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(
+            kept,
+            [
+                "be brief",
+                "now in French",
+                "six",
+                "seven eight nine ten",
+                "eleven"
+            ]
+        );
     }
 
     #[test]

@@ -50,13 +50,14 @@ const ABSENT_SAMPLERS: [(&str, f64); 8] = [
     ("n_keep", 0.0),
 ];
 
-/// The OpenAI completion request a `/completion` body means, and whether it streams.
-fn rewrite(body: &Value, model: &str) -> Result<(Value, bool, Option<usize>), ApiError> {
+/// The OpenAI completion request a `/completion` body means, and how to answer it.
+fn rewrite(body: &Value, model: &str) -> Result<Rewritten, ApiError> {
     let Some(fields) = body.as_object() else {
         return Err(ApiError::invalid_type("body", "a JSON object"));
     };
     let mut out = Map::new();
     out.insert("model".into(), model.into());
+    let mut n_predict = None;
     for (key, value) in fields {
         match key.as_str() {
             _ if value.is_null() => {}
@@ -65,9 +66,12 @@ fn rewrite(body: &Value, model: &str) -> Result<(Value, bool, Option<usize>), Ap
             | "ignore_eos" => {
                 out.insert(key.clone(), value.clone());
             }
-            // llama.cpp sets no ceiling; past 2 the distribution is flat for any model.
+            // llama.cpp sets no ceiling (past 2 the distribution is flat for any model), and
+            // takes 0 and below as greedy.
             "temperature" => {
-                let t = value.as_f64().map_or(value.clone(), |t| t.min(2.0).into());
+                let t = value
+                    .as_f64()
+                    .map_or(value.clone(), |t| t.clamp(0.0, 2.0).into());
                 out.insert(key.clone(), t);
             }
             // -1 (the default) is a random seed.
@@ -82,59 +86,59 @@ fn rewrite(body: &Value, model: &str) -> Result<(Value, bool, Option<usize>), Ap
             "repeat_last_n" => {
                 out.insert(key.clone(), value.clone());
             }
-            // -1 (the default) runs to the end of generation or of the context.
-            "n_predict" => match value.as_i64() {
+            // -1 (the default) and -2 run to the end of generation or of the context; 0 runs
+            // the prompt into the cache and generates nothing. `max_tokens` is llama.cpp's
+            // older name for it.
+            "n_predict" | "max_tokens" => match value.as_i64() {
+                _ if key == "max_tokens" && fields.contains_key("n_predict") => {}
                 Some(n) if n >= 0 => {
-                    out.insert("max_tokens".into(), value.clone());
+                    n_predict = Some(n as u64);
                 }
-                Some(-1) => {}
+                Some(-1 | -2) => {}
                 _ => {
                     return Err(ApiError::invalid_value(
-                        "n_predict",
+                        key,
                         "expected -1 (no limit) or a number of tokens.",
                     ));
                 }
             },
+            // Past 20 alternatives a client learns nothing more (and the engine reports 20).
             "n_probs" => match value.as_u64() {
                 Some(0) => {}
                 Some(n) => {
-                    out.insert("logprobs".into(), n.into());
+                    out.insert("logprobs".into(), n.min(20).into());
                 }
                 None => return Err(ApiError::invalid_type("n_probs", "a non-negative integer")),
             },
+            // Fields that would change the response's shape: honoured at their defaults only.
+            "post_sampling_probs" | "timings_per_token" if value == &Value::Bool(true) => {
+                return Err(ApiError::unsupported(
+                    key,
+                    "this server reports log-probabilities before sampling, and timings once.",
+                ));
+            }
+            "response_fields" if value.as_array().is_some_and(|a| !a.is_empty()) => {
+                return Err(ApiError::unsupported(key, "this server sends every field."));
+            }
+            "n_cmpl" if value.as_u64().is_some_and(|n| n > 1) => {
+                return Err(ApiError::unsupported(key, "one completion per request."));
+            }
             // llama.cpp's form, [[id, bias], ...] with `false` to ban, or OpenAI's map.
             "logit_bias" => {
                 out.insert(key.clone(), logit_bias(value)?);
             }
-            "stream"
-            | "cache_prompt"
-            | "id_slot"
-            | "return_tokens"
-            | "timings_per_token"
-            | "samplers"
-            | "min_keep"
-            | "t_max_predict_ms"
-            | "n_indent"
-            | "post_sampling_probs"
-            | "response_fields"
-            | "n_cmpl"
-            | "model" => {}
             other => {
-                if let Some((_, off)) = ABSENT_SAMPLERS.iter().find(|(k, _)| *k == other) {
-                    if value.as_f64() != Some(*off) {
-                        return Err(ApiError::unsupported(
-                            other,
-                            format!("this server has no such sampler; leave it at {off}."),
-                        ));
-                    }
-                } else if other.starts_with("mirostat") || other.starts_with("dry_") {
-                    // Settings of samplers that are off.
-                } else {
+                if let Some((_, off)) = ABSENT_SAMPLERS.iter().find(|(k, _)| *k == other)
+                    && value.as_f64() != Some(*off)
+                {
                     return Err(ApiError::unsupported(
                         other,
-                        "this server does not take this field.",
+                        format!("this server has no such sampler; leave it at {off}."),
                     ));
                 }
+                // As llama.cpp does, other fields are ignored: clients send whole settings
+                // objects (slot ids, sampler orders, settings of samplers that are off).
+                tracing::debug!(field = other, "ignored");
             }
         }
     }
@@ -150,7 +154,23 @@ fn rewrite(body: &Value, model: &str) -> Result<(Value, bool, Option<usize>), Ap
         .get("logprobs")
         .and_then(Value::as_u64)
         .map(|n| n as usize);
-    Ok((Value::Object(out), stream, n_probs))
+    Ok(Rewritten {
+        openai: Value::Object(out),
+        stream,
+        n_probs,
+        n_predict,
+    })
+}
+
+/// What a `/completion` body means.
+#[derive(Debug)]
+struct Rewritten {
+    /// The OpenAI completion request, without the token limit.
+    openai: Value,
+    stream: bool,
+    n_probs: Option<usize>,
+    /// `None`: no limit.
+    n_predict: Option<u64>,
 }
 
 /// llama.cpp's `logit_bias` as OpenAI's map: `[[id, bias]]` pairs (`false` bans the token) or a
@@ -181,17 +201,25 @@ pub async fn completion(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let (openai, stream, n_probs) = rewrite(&body, &state.config.model_id)?;
+    let Rewritten {
+        openai,
+        stream,
+        n_probs,
+        n_predict,
+    } = rewrite(&body, &state.config.model_id)?;
     let mut parsed = request::completion(&openai)?;
-    if openai.get("max_tokens").is_none() {
-        parsed.request.params.max_tokens = None;
-    }
+    // Set here: the OpenAI parser takes no 0, which llama.cpp takes (the prompt only).
+    parsed.request.params.max_tokens = n_predict.map(|n| n.min(u64::from(u32::MAX)) as u32);
     let constraint_param = parsed.constraint_param;
     let engine = state.engine.clone();
     let req = parsed.request;
     let prompt = match &req.prompt {
         crate::engine::service::Prompt::Text(text) => Value::String(text.clone()),
-        _ => Value::Null,
+        crate::engine::service::Prompt::Tokens(ids) => engine
+            .tokenizer()
+            .decode(ids)
+            .map_or(Value::Null, Value::String),
+        crate::engine::service::Prompt::Chat(_) => Value::Null,
     };
     let events = tokio::task::spawn_blocking(move || engine.submit(req))
         .await
@@ -299,7 +327,7 @@ impl Chunks {
             }) => {
                 self.done = true;
                 super::handlers::log_finished("completion", &stop, &usage, &timings);
-                vec![self.last(&stop, &usage, &timings)]
+                vec![self.last(&stop, &usage, &timings, streaming)]
             }
             Some(Event::Failed(message)) => {
                 self.done = true;
@@ -316,7 +344,7 @@ impl Chunks {
     }
 
     /// The last chunk: llama.cpp's summary of the request (and, unstreamed, its whole text).
-    fn last(&mut self, stop: &StopReason, u: &Usage, t: &Timings) -> Value {
+    fn last(&mut self, stop: &StopReason, u: &Usage, t: &Timings, streaming: bool) -> Value {
         let (stop_type, word) = match stop {
             StopReason::EndOfGeneration => ("eos", ""),
             StopReason::StopString(s) => ("word", s.as_str()),
@@ -328,7 +356,7 @@ impl Chunks {
         let predicted_ms = t.total.saturating_sub(first).as_secs_f64() * 1e3;
         let per_second = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
         let per_token = |n: usize, ms: f64| if n > 0 { ms / n as f64 } else { 0.0 };
-        let evaluated = u.prompt_tokens - u.cached_tokens;
+        let evaluated = u.prompt_tokens.saturating_sub(u.cached_tokens);
         let mut last = json!({
             "index": 0,
             "content": std::mem::take(&mut self.content),
@@ -357,7 +385,8 @@ impl Chunks {
                 "predicted_per_second": per_second(u.completion_tokens, predicted_ms),
             },
         });
-        if self.n_probs.is_some() {
+        // Streamed, each token's probabilities came with it.
+        if self.n_probs.is_some() && !streaming {
             last["completion_probabilities"] = std::mem::take(&mut self.probs).into();
         }
         last
@@ -393,29 +422,45 @@ mod tests {
 
     #[test]
     fn bodies_become_openai_requests_with_llama_cpp_defaults() {
-        let (v, stream, n_probs) = rewrite(
+        let r = rewrite(
             &json!({"prompt": "x", "n_predict": 8, "temperature": 3, "seed": -1,
                     "repeat_last_n": -1, "n_probs": 2, "stream": true, "cache_prompt": true,
-                    "mirostat": 0, "typical_p": 1, "logit_bias": [[5, false], [7, 1.5]]}),
+                    "mirostat": 0, "typical_p": 1, "logit_bias": [[5, false], [7, 1.5]],
+                    "penalize_nl": false, "xtc_threshold": 0.1, "max_tokens": 3}),
             "m",
         )
         .unwrap();
-        assert!(stream);
-        assert_eq!(n_probs, Some(2));
+        assert!(r.stream);
+        assert_eq!((r.n_probs, r.n_predict), (Some(2), Some(8)));
         assert_eq!(
-            v,
-            json!({"model": "m", "prompt": "x", "max_tokens": 8, "temperature": 2.0,
+            r.openai,
+            json!({"model": "m", "prompt": "x", "temperature": 2.0,
                    "repeat_last_n": u32::MAX, "logprobs": 2,
                    "logit_bias": {"5": -100.0, "7": 1.5},
                    "top_k": 40, "top_p": 0.95, "min_p": 0.05})
         );
-        let (v, stream, _) = rewrite(&json!({"prompt": [1, 2], "n_predict": -1}), "m").unwrap();
-        assert!(!stream);
-        assert!(v.get("max_tokens").is_none());
-        assert_eq!(v["temperature"], 0.8);
+        let r = rewrite(&json!({"prompt": [1, 2], "n_predict": -1}), "m").unwrap();
+        assert!(!r.stream && r.n_predict.is_none());
+        assert_eq!(r.openai["temperature"], 0.8);
+        let n = |body: Value| rewrite(&body, "m").unwrap().n_predict;
+        assert_eq!(n(json!({"prompt": "x", "n_predict": 0})), Some(0));
+        assert_eq!(n(json!({"prompt": "x", "n_predict": -2})), None);
+        assert_eq!(n(json!({"prompt": "x", "max_tokens": 5})), Some(5));
+        let t = rewrite(
+            &json!({"prompt": "x", "temperature": -1, "n_probs": 50}),
+            "m",
+        )
+        .unwrap();
+        assert_eq!(
+            (t.openai["temperature"].as_f64(), t.n_probs),
+            (Some(0.0), Some(20))
+        );
         for (body, param) in [
             (json!({"prompt": "x", "mirostat": 2}), "mirostat"),
-            (json!({"prompt": "x", "lora": []}), "lora"),
+            (
+                json!({"prompt": "x", "post_sampling_probs": true}),
+                "post_sampling_probs",
+            ),
             (json!({"prompt": "x", "n_predict": -5}), "n_predict"),
             (json!({"prompt": "x", "logit_bias": [[1]]}), "logit_bias[0]"),
             (json!({"prompt": "x", "stream": "yes"}), "stream"),

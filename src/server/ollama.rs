@@ -422,21 +422,21 @@ impl Shape {
 
 /// A conversation longer than the context loses its oldest turns (system messages stay), as
 /// Ollama's chat does, leaving room for `num_predict` tokens of reply (a quarter of the context
-/// without it). One that fits is left whole.
+/// without it). One that leaves that room is left whole.
 fn fit_to_context(engine: &EngineHandle, req: &mut Request) -> crate::Result<()> {
     let Prompt::Chat(messages) = &req.prompt else {
         return Ok(());
     };
     let tokenizer = engine.tokenizer();
     let n_ctx = engine.model_info().n_ctx as usize;
-    if tokenizer.encode_chat(messages)?.len() < n_ctx {
-        return Ok(());
-    }
     let room = req
         .params
         .max_tokens
         .map_or(n_ctx / 4, |n| (n as usize).min(n_ctx / 2));
     let fitted = fit_conversation(messages, n_ctx, room, |m| Ok(tokenizer.encode_chat(m)?))?;
+    if fitted.dropped == 0 {
+        return Ok(());
+    }
     tracing::info!(
         dropped = fitted.dropped,
         tokens = fitted.tokens.len(),

@@ -88,6 +88,9 @@ def main():
         ]:
             status, e = call("/completion", body)
             check_eq((status, e["error"]["param"]), (400, param), f"refusal of {body}: {e}")
+        # n_predict 0 runs the prompt only, as llama.cpp does.
+        status, none = call("/completion", {"prompt": prompt, "n_predict": 0})
+        check_eq((status, none["content"], none["tokens_predicted"], none["stop"]), (200, "", 0, True), f"n_predict 0: {none}")
         # llama.cpp's page sends every sampler, the absent ones at their off values: served.
         status, ok = call("/completion", {"prompt": prompt, "n_predict": 1, "mirostat": 0, "typical_p": 1.0,
                                           "dry_multiplier": 0, "mirostat_tau": 5, "cache_prompt": True})
