@@ -173,6 +173,11 @@ struct SamplingArgs {
     model_draft: Option<PathBuf>,
 }
 
+/// Tokens to draft a step: `--draft`, or 6 where a draft model is given without it.
+fn draft_tokens(draft: usize, draft_model: bool) -> usize {
+    if draft == 0 && draft_model { 6 } else { draft }
+}
+
 impl SamplingArgs {
     /// The draft model of `--model-draft`, loaded on `model`'s GPU with its context length.
     fn draft_model(
@@ -208,11 +213,7 @@ impl SamplingArgs {
             stop: self.stop.clone(),
             ignore_eos: false,
             constraint,
-            // A draft model drafts 6 tokens a step unless told otherwise.
-            draft: match (self.draft, &self.model_draft) {
-                (0, Some(_)) => 6,
-                (n, _) => n,
-            },
+            draft: draft_tokens(self.draft, self.model_draft.is_some()),
         }
     }
 
@@ -1588,11 +1589,7 @@ fn serve(adapter: Option<String>, args: ServeArgs) -> CliResult {
         EngineOptions {
             max_queue: args.max_queue,
             prefill_chunk: args.prefill_chunk as usize,
-            // A draft model drafts 6 tokens a step unless told otherwise.
-            draft: match (args.draft, &args.model_draft) {
-                (0, Some(_)) => 6,
-                (n, _) => n,
-            },
+            draft: draft_tokens(args.draft, args.model_draft.is_some()),
             pooling: args.pooling.as_deref().map(Pooling::parse).transpose()?,
         },
     )?;

@@ -859,6 +859,35 @@ impl Drafter {
     }
 }
 
+/// What a step leaves for drafts: runs of up to `max_exact_run` tokens and a step of at most
+/// `max_exact_step` (so that drafts change no logits), the logit rows, and the context.
+struct DraftRoom {
+    /// Drafts one sequence may add after its token.
+    run: usize,
+    /// Tokens the step may still take.
+    step: usize,
+    /// Output rows the step may still take.
+    rows: usize,
+    n_ctx: usize,
+}
+
+impl DraftRoom {
+    /// Drafts a sequence whose token runs at `start` may add.
+    fn of(&self, start: usize) -> usize {
+        (self.n_ctx - 1)
+            .saturating_sub(start)
+            .min(self.run)
+            .min(self.step)
+            .min(self.rows)
+    }
+
+    /// `n` drafts went into the step.
+    fn take(&mut self, n: usize) {
+        self.step = self.step.saturating_sub(n);
+        self.rows = self.rows.saturating_sub(n);
+    }
+}
+
 /// The rows of a step being built.
 #[derive(Default)]
 struct StepRows {
@@ -1508,30 +1537,33 @@ impl Scheduler {
         {
             return;
         }
-        let llama = self.model.llama();
-        let max_run = llama.max_exact_run() as usize;
-        let mut room_in_step = (llama.max_exact_step() as usize)
-            .min(self.max_batch)
-            .saturating_sub(entries.len());
-        let mut rows = self.max_out.saturating_sub(n_out);
+        let mut room = self.draft_room(entries.len(), n_out);
         let page_size = self.kv.page_size();
         for e in entries.iter_mut() {
             let r = &self.running[e.index];
-            let room = (self.n_ctx - 1)
-                .saturating_sub(e.start)
-                .min(max_run.saturating_sub(1))
-                .min(room_in_step)
-                .min(rows);
-            if room == 0 {
+            let n = room.of(e.start);
+            if n == 0 {
                 continue;
             }
-            let drafts = r.state.draft(room);
+            let drafts = r.state.draft(n);
             if drafts.is_empty() {
                 continue;
             }
             let n = self.attach_drafts(e, drafts, copies, page_size);
-            room_in_step -= n;
-            rows -= n;
+            room.take(n);
+        }
+    }
+
+    /// The room a step of `n_entries` sequences and `n_out` output rows leaves for drafts.
+    fn draft_room(&self, n_entries: usize, n_out: usize) -> DraftRoom {
+        let llama = self.model.llama();
+        DraftRoom {
+            run: (llama.max_exact_run() as usize).saturating_sub(1),
+            step: (llama.max_exact_step() as usize)
+                .min(self.max_batch)
+                .saturating_sub(n_entries),
+            rows: self.max_out.saturating_sub(n_out),
+            n_ctx: self.n_ctx,
         }
     }
 
@@ -1568,22 +1600,11 @@ impl Scheduler {
         {
             return;
         }
-        let llama = self.model.llama();
-        let max_run = llama.max_exact_run() as usize;
-        let mut room_in_step = (llama.max_exact_step() as usize)
-            .min(self.max_batch)
-            .saturating_sub(entries.len());
-        let mut rows = self.max_out.saturating_sub(entries.len());
+        let mut room = self.draft_room(entries.len(), entries.len());
         let mut budgets = Vec::with_capacity(entries.len());
         for e in entries.iter() {
-            let room = (self.n_ctx - 1)
-                .saturating_sub(e.start)
-                .min(max_run.saturating_sub(1))
-                .min(room_in_step)
-                .min(rows);
-            let budget = self.running[e.index].state.draft_budget(room);
-            room_in_step -= budget;
-            rows -= budget;
+            let budget = self.running[e.index].state.draft_budget(room.of(e.start));
+            room.take(budget);
             budgets.push(budget);
         }
         if budgets.iter().all(|&b| b == 0) {

@@ -50,6 +50,29 @@ const ABSENT_SAMPLERS: [(&str, f64); 8] = [
     ("n_keep", 0.0),
 ];
 
+/// A sampling setting as llama.cpp (and Ollama, in its `options`) writes it, into the OpenAI
+/// request `out`; false for a key that is not one.
+pub(super) fn sampling_option(key: &str, value: &Value, out: &mut Map<String, Value>) -> bool {
+    let value = match key {
+        "top_k" | "top_p" | "min_p" | "stop" | "repeat_penalty" | "presence_penalty"
+        | "frequency_penalty" => value.clone(),
+        // No ceiling there (past 2 the distribution is flat for any model), and 0 and below
+        // are greedy.
+        "temperature" => value
+            .as_f64()
+            .map_or(value.clone(), |t| t.clamp(0.0, 2.0).into()),
+        // A negative seed (the default, -1) is a random one.
+        "seed" if value.as_i64().is_some_and(|s| s < 0) => return true,
+        "seed" => value.clone(),
+        // -1: the whole context.
+        "repeat_last_n" if value.as_i64() == Some(-1) => u32::MAX.into(),
+        "repeat_last_n" => value.clone(),
+        _ => return false,
+    };
+    out.insert(key.into(), value);
+    true
+}
+
 /// The OpenAI completion request a `/completion` body means, and how to answer it.
 fn rewrite(body: &Value, model: &str) -> Result<Rewritten, ApiError> {
     let Some(fields) = body.as_object() else {
@@ -61,29 +84,8 @@ fn rewrite(body: &Value, model: &str) -> Result<Rewritten, ApiError> {
     for (key, value) in fields {
         match key.as_str() {
             _ if value.is_null() => {}
-            "prompt" | "top_k" | "top_p" | "min_p" | "stop" | "repeat_penalty"
-            | "presence_penalty" | "frequency_penalty" | "grammar" | "json_schema"
-            | "ignore_eos" => {
-                out.insert(key.clone(), value.clone());
-            }
-            // llama.cpp sets no ceiling (past 2 the distribution is flat for any model), and
-            // takes 0 and below as greedy.
-            "temperature" => {
-                let t = value
-                    .as_f64()
-                    .map_or(value.clone(), |t| t.clamp(0.0, 2.0).into());
-                out.insert(key.clone(), t);
-            }
-            // -1 (the default) is a random seed.
-            "seed" if value.as_i64().is_some_and(|s| s < 0) => {}
-            "seed" => {
-                out.insert(key.clone(), value.clone());
-            }
-            // -1: the whole context.
-            "repeat_last_n" if value.as_i64() == Some(-1) => {
-                out.insert(key.clone(), u32::MAX.into());
-            }
-            "repeat_last_n" => {
+            _ if sampling_option(key, value, &mut out) => {}
+            "prompt" | "grammar" | "json_schema" | "ignore_eos" => {
                 out.insert(key.clone(), value.clone());
             }
             // -1 (the default) and -2 run to the end of generation or of the context; 0 runs

@@ -78,27 +78,7 @@ fn options_and_format(body: &Value, out: &mut Map<String, Value>) -> Result<(), 
             for (key, value) in options {
                 match key.as_str() {
                     _ if value.is_null() => {}
-                    "top_p" | "top_k" | "min_p" | "stop" | "repeat_penalty"
-                    | "presence_penalty" | "frequency_penalty" => {
-                        out.insert(key.clone(), value.clone());
-                    }
-                    // Ollama sets no ceiling; past 2 the distribution is flat for any model.
-                    "temperature" => {
-                        let t = value.as_f64().map_or(value.clone(), |t| t.min(2.0).into());
-                        out.insert(key.clone(), t);
-                    }
-                    // A negative seed (Ollama's default, -1) is a random one.
-                    "seed" if value.as_i64().is_some_and(|s| s < 0) => {}
-                    "seed" => {
-                        out.insert(key.clone(), value.clone());
-                    }
-                    // -1: the whole context.
-                    "repeat_last_n" if value.as_i64() == Some(-1) => {
-                        out.insert(key.clone(), u32::MAX.into());
-                    }
-                    "repeat_last_n" => {
-                        out.insert(key.clone(), value.clone());
-                    }
+                    _ if super::llama_cpp::sampling_option(key, value, out) => {}
                     // -1 (the default) runs to the end, -2 until the context is full.
                     "num_predict" => match value.as_i64() {
                         Some(n) if n > 0 => {

@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 
 try:
@@ -49,6 +50,26 @@ def metrics(args):
             series, value = line.rsplit(" ", 1)
             out[series] = float(value)
     return out
+
+
+def call(args, method, path, body=None, stream=False):
+    """A request to the server's root (outside /v1): (status, JSON body), or with `stream` the
+    JSON of each server-sent event. Error statuses come back, not raised."""
+    root = args.base_url.rstrip("/").removesuffix("/v1")
+    req = urllib.request.Request(
+        root + path,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {args.api_key}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            text = r.read().decode()
+            if not stream:
+                return r.status, json.loads(text)
+            return r.status, [json.loads(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: ")]
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def check(cond, message):

@@ -7,8 +7,6 @@ import json
 import math
 import struct
 import sys
-import urllib.error
-import urllib.request
 
 try:
     import ollama
@@ -18,7 +16,7 @@ except ImportError:
 
 import openai
 
-from common import Timer, check, check_eq, client, metrics, parse_args
+from common import Timer, call, check, check_eq, client, metrics, parse_args
 
 CAT = "The cat sat on the mat."
 KITTEN = "A kitten rested on the rug."
@@ -39,19 +37,6 @@ def close(a, b, what, tol=1e-4):
     check_eq(len(a), len(b), f"{what}: width")
     err = max(abs(x - y) for x, y in zip(a, b))
     check(err <= tol, f"{what}: max difference {err}")
-
-
-def post(root, path, body, key):
-    req = urllib.request.Request(
-        root + path,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=600) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def main():
@@ -75,13 +60,13 @@ def main():
     check(isinstance(wire, str), f"base64 wire format: {str(wire)[:80]}")
     check_eq(list(struct.unpack("<576f", base64.b64decode(wire))), v, "base64 bytes")
     check_eq((one.object, one.data[0].object, one.data[0].index, one.model), ("list", "embedding", 0, model), "shape")
-    n_cat = len(post(root, "/tokenize", {"content": CAT}, args.api_key)[1]["tokens"])
+    n_cat = len(call(args, "POST", "/tokenize", {"content": CAT})[1]["tokens"])
     check_eq((one.usage.prompt_tokens, one.usage.total_tokens), (n_cat, n_cat), "usage")
 
     with Timer("a batch of three against each alone, token ids against text"):
         batch = c.embeddings.create(model=model, input=[CAT, KITTEN, REVENUE])
         alone = [c.embeddings.create(model=model, input=t).data[0].embedding for t in [CAT, KITTEN, REVENUE]]
-        ids = post(root, "/tokenize", {"content": KITTEN}, args.api_key)[1]["tokens"]
+        ids = call(args, "POST", "/tokenize", {"content": KITTEN})[1]["tokens"]
         by_ids = c.embeddings.create(model=model, input=[ids, ids])
     check_eq([d.index for d in batch.data], [0, 1, 2], "indices")
     for d, a in zip(batch.data, alone):
@@ -93,21 +78,21 @@ def main():
     check(near > far + 0.05, f"similar texts are not closer: {near} vs {far}")
 
     with Timer("llama.cpp /embedding"):
-        status, body = post(root, "/embedding", {"content": CAT}, args.api_key)
+        status, body = call(args, "POST", "/embedding", {"content": CAT})
         check_eq(status, 200, f"/embedding: {body}")
         check_eq([e["index"] for e in body], [0], "/embedding indices")
         close(body[0]["embedding"][0], v, "/embedding vector")
-        status, body = post(root, "/embedding", {"content": [CAT, REVENUE], "embd_normalize": -1}, args.api_key)
+        status, body = call(args, "POST", "/embedding", {"content": [CAT, REVENUE], "embd_normalize": -1})
         check_eq(status, 200, f"/embedding unnormalized: {body}")
         raw_cat = body[0]["embedding"][0]
         check(norm(raw_cat) > 2, f"unnormalized norm {norm(raw_cat)}")
         close([x / norm(raw_cat) for x in raw_cat], v, "unnormalized, then scaled")
         close(body[1]["embedding"][0], [x * norm(body[1]["embedding"][0]) for x in alone[2]], "second input", 1e-4)
         # llama.cpp takes `input` there too, and names the field a bad input was under.
-        status, body = post(root, "/embedding", {"input": CAT}, args.api_key)
+        status, body = call(args, "POST", "/embedding", {"input": CAT})
         check_eq(status, 200, f"/embedding with input: {body}")
         close(body[0]["embedding"][0], v, "/embedding with input")
-        status, body = post(root, "/embedding", {"content": [CAT, ""]}, args.api_key)
+        status, body = call(args, "POST", "/embedding", {"content": [CAT, ""]})
         check_eq((status, body["error"]["param"]), (400, "content[1]"), f"/embedding empty input: {body}")
 
     with Timer("ollama embed and embeddings"):
@@ -115,7 +100,7 @@ def main():
         check_eq(len(e.embeddings), 2, "ollama embed count")
         close(list(e.embeddings[0]), v, "ollama embed")
         close(list(e.embeddings[1]), alone[2], "ollama embed second")
-        check_eq(e.prompt_eval_count, n_cat + len(post(root, "/tokenize", {"content": REVENUE}, args.api_key)[1]["tokens"]), "prompt_eval_count")
+        check_eq(e.prompt_eval_count, n_cat + len(call(args, "POST", "/tokenize", {"content": REVENUE})[1]["tokens"]), "prompt_eval_count")
         single = o.embed(model=model, input=CAT)
         close(list(single.embeddings[0]), v, "ollama embed of a string")
         legacy = o.embeddings(model=model, prompt=CAT)
