@@ -53,6 +53,11 @@ pub enum EngineError {
     Failed(String),
 }
 
+/// How many leading tokens `a` and `b` share: what a cache holding `a` keeps of `b`.
+pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// A model on the GPU with its tokenizer.
 pub struct Model {
     llama: LlamaGpu,
@@ -283,12 +288,7 @@ impl DraftModel {
         if tokens.len() > llama.n_ctx() as usize {
             return Ok(());
         }
-        let common = self
-            .cached
-            .iter()
-            .zip(tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let common = common_prefix(&self.cached, tokens);
         self.cached.truncate(common);
         let max_batch = llama.max_batch() as usize;
         for chunk in tokens[common..].chunks(max_batch) {
@@ -309,13 +309,7 @@ impl DraftModel {
             return Ok(Vec::new());
         }
         // Always run the last token: its output is the first guess.
-        let common = self
-            .cached
-            .iter()
-            .zip(history)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(history.len() - 1);
+        let common = common_prefix(&self.cached, history).min(history.len() - 1);
         self.cached.truncate(common);
         let max_batch = llama.max_batch() as usize;
         let mut pos = common;
@@ -482,13 +476,7 @@ impl Session {
 
         // Reuse the cached prefix, but always run at least the last prompt token: its logits
         // give the first generated token.
-        let reuse = self
-            .cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len() - 1);
+        let reuse = common_prefix(&self.cached, prompt).min(prompt.len() - 1);
         self.cached.truncate(reuse);
 
         let start = Instant::now();

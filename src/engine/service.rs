@@ -748,12 +748,7 @@ impl Drafter {
             let r = &mut running[e.index];
             let mut history = r.tokens.clone();
             history.extend(r.pending);
-            let fed = r
-                .draft_cached
-                .iter()
-                .zip(&history)
-                .take_while(|(a, b)| a == b)
-                .count()
+            let fed = super::common_prefix(&r.draft_cached, &history)
                 .min(history.len().saturating_sub(1));
             // Pages for the history and every guess but the last (which is never run); a
             // sequence they cannot be found for drafts nothing this step.
@@ -838,13 +833,7 @@ impl Drafter {
             .iter()
             .map(|p| (p.slot, self.kv.pages(p.id).unwrap_or(&[])))
             .collect();
-        let input = StepInput {
-            tokens: &step.tokens,
-            positions: &step.positions,
-            slots: &step.slots,
-            out_rows: &step.out_rows,
-            tables: &tables,
-        };
+        let input = step.input(&tables);
         match self
             .model
             .llama_mut()
@@ -898,6 +887,24 @@ struct StepRows {
 }
 
 impl StepRows {
+    /// `tokens` of the sequence in `slot` at positions `pos0..`, every row read.
+    fn add_all(&mut self, slot: u32, pos0: usize, tokens: &[u32]) {
+        let first = self.tokens.len() as u32;
+        self.add(slot, pos0, tokens, false);
+        self.out_rows.extend(first..self.tokens.len() as u32);
+    }
+
+    /// The step's input, with the page tables of its slots.
+    fn input<'a>(&'a self, tables: &'a [(u32, &'a [u32])]) -> StepInput<'a> {
+        StepInput {
+            tokens: &self.tokens,
+            positions: &self.positions,
+            slots: &self.slots,
+            out_rows: &self.out_rows,
+            tables,
+        }
+    }
+
     /// `tokens` of the sequence in `slot` at positions `pos0..`; `output`: the last one's row
     /// is read.
     fn add(&mut self, slot: u32, pos0: usize, tokens: &[u32], output: bool) {
@@ -1335,14 +1342,15 @@ impl Scheduler {
         if entries.is_empty() {
             return Ok(());
         }
-        let (mut tokens, mut positions, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        let mut step = StepRows::default();
         for (k, range) in &entries {
             let seq = &run.active[*k];
-            tokens.extend_from_slice(&run.job.inputs[seq.input][range.clone()]);
-            positions.extend(range.clone().map(|p| p as u32));
-            slots.extend(std::iter::repeat_n(seq.slot, range.len()));
+            step.add_all(
+                seq.slot,
+                range.start,
+                &run.job.inputs[seq.input][range.clone()],
+            );
         }
-        let out_rows: Vec<u32> = (0..tokens.len() as u32).collect();
         let tables: Vec<(u32, &[u32])> = entries
             .iter()
             .map(|(k, _)| {
@@ -1350,13 +1358,7 @@ impl Scheduler {
                 (seq.slot, self.kv.pages(seq.id).unwrap_or(&[]))
             })
             .collect();
-        let input = StepInput {
-            tokens: &tokens,
-            positions: &positions,
-            slots: &slots,
-            out_rows: &out_rows,
-            tables: &tables,
-        };
+        let input = step.input(&tables);
         let forward = self
             .model
             .llama_mut()
